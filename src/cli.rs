@@ -1,0 +1,98 @@
+//! The command line: clap derive, one variant per subcommand, errors printed once at the top.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::commands;
+
+/// Train, evaluate, explain and serve medical image classifiers.
+#[derive(Debug, Parser)]
+#[command(name = "xray", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Split a class-per-folder dataset into train/val/test by patient, without duplicates.
+    Split(commands::split::SplitArgs),
+    /// Train a classifier from a TOML config.
+    Train(commands::train::TrainArgs),
+    /// Evaluate a trained model on a split or a folder.
+    Eval(commands::eval::EvalArgs),
+    /// Predict the class of images or folders of images.
+    Predict(commands::predict::PredictArgs),
+    /// Write a synthetic chest-X-ray-like dataset with known opacity boxes.
+    Synth(commands::synth::SynthArgs),
+    /// Run synth, split, train, eval and predict end to end on the CPU.
+    Demo(commands::demo::DemoArgs),
+}
+
+impl Command {
+    /// Runs the subcommand.
+    pub fn execute(self) -> anyhow::Result<()> {
+        match self {
+            Command::Split(a) => a.execute(),
+            Command::Train(a) => a.execute(),
+            Command::Eval(a) => a.execute(),
+            Command::Predict(a) => a.execute(),
+            Command::Synth(a) => a.execute(),
+            Command::Demo(a) => a.execute(),
+        }
+    }
+}
+
+/// Parses the arguments, runs the command, prints any error as one line, returns the exit code
+/// (0 success, 2 bad usage or config, 1 anything else).
+pub fn run() -> ExitCode {
+    install_panic_hook();
+    let cli = Cli::parse();
+    match cli.command.execute() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(crate::error::exit_code(&err))
+        }
+    }
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+/// A panic is a bug: say so in one line instead of a backtrace (unless RUST_BACKTRACE asks).
+fn install_panic_hook() {
+    if std::env::var_os("RUST_BACKTRACE").is_some() {
+        return;
+    }
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let first = msg
+            .split("Exception raised from")
+            .next()
+            .unwrap_or(&msg)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error{at}: {first} (please report this)");
+    }));
+}

@@ -1,0 +1,8 @@
+//! One module per subcommand: parse arguments, call the library, print.
+
+pub mod demo;
+pub mod eval;
+pub mod predict;
+pub mod split;
+pub mod synth;
+pub mod train;

@@ -1,0 +1,115 @@
+//! `xray predict [--checkpoint RUN_DIR] INPUT... [--format text|json]`
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Args, ValueEnum};
+
+use crate::infer::{resolve_device, Predictor};
+use crate::predict::{collect_inputs, predict_files};
+
+/// Output formats of `xray predict`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// `<path>\t<label>\t<probability %>` per line.
+    Text,
+    /// One JSON object per line.
+    Json,
+    /// A header, then one row per image.
+    Csv,
+}
+
+/// Arguments of `xray predict`.
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// Image files or folders (walked recursively).
+    #[arg(required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Trained run folder.
+    #[arg(long, default_value = "checkpoints/latest")]
+    pub checkpoint: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+}
+
+impl PredictArgs {
+    /// Runs the command; exit code 1 when no input could be read.
+    pub fn execute(self) -> Result<()> {
+        let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
+        let files = collect_inputs(&self.inputs)?;
+        let results = predict_files(&predictor, &files, self.batch_size);
+        let model_name = predictor
+            .run_dir
+            .canonicalize()
+            .unwrap_or_else(|_| predictor.run_dir.clone())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let classes = &predictor.card.classes;
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        if let Format::Csv = self.format {
+            let probs: Vec<String> = classes.iter().map(|c| format!("p_{c}")).collect();
+            writeln!(out, "path,label,probability,{}", probs.join(","))?;
+        }
+        let mut ok = 0;
+        for (path, result) in files.iter().zip(results) {
+            let p = match result {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    continue;
+                }
+            };
+            ok += 1;
+            match self.format {
+                Format::Text => writeln!(
+                    out,
+                    "{}\t{}\t{:.1}%",
+                    path.display(),
+                    p.label,
+                    p.probability * 100.0
+                )?,
+                Format::Json => {
+                    let probabilities: serde_json::Map<String, serde_json::Value> = classes
+                        .iter()
+                        .zip(&p.probabilities)
+                        .map(|(c, v)| (c.clone(), serde_json::json!(v)))
+                        .collect();
+                    let line = serde_json::json!({
+                        "path": path.display().to_string(),
+                        "label": p.label,
+                        "probability": p.probability,
+                        "probabilities": probabilities,
+                        "model": model_name,
+                    });
+                    writeln!(out, "{line}")?
+                }
+                Format::Csv => {
+                    let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+                    let mut row = vec![
+                        path.display().to_string(),
+                        p.label.clone(),
+                        format!("{:.6}", p.probability),
+                    ];
+                    row.extend(p.probabilities.iter().map(|v| format!("{v:.6}")));
+                    w.write_record(&row)?;
+                    out.write_all(&w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
+                }
+            }
+        }
+        out.flush()?;
+        if ok == 0 {
+            anyhow::bail!("none of the {} input image(s) could be read", files.len());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,54 @@
+//! `xray train --config FILE [--set key=value]... [--out RUN_DIR]`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::Config;
+use crate::train::{train, TrainOutcome};
+
+/// Arguments of `xray train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// TOML config file.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key, e.g. `--set train.lr=0.001` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run folder (default checkpoints/<name>-<timestamp>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+impl TrainArgs {
+    /// Runs the command.
+    pub fn execute(self) -> Result<()> {
+        let config = Config::load(&self.config, &self.overrides)?;
+        let outcome = train(&config, self.out.as_deref())?;
+        print_summary(&outcome);
+        Ok(())
+    }
+}
+
+/// Prints where the run went and its best epoch.
+pub fn print_summary(o: &TrainOutcome) {
+    let b = &o.best;
+    println!(
+        "best epoch {} of {}{}: val_acc {:.4}, val_auc {}, val_loss {:.4} ({:.1}s on {:?})",
+        b.epoch,
+        o.history.len(),
+        if o.stopped_early {
+            " (stopped early)"
+        } else {
+            ""
+        },
+        b.val_acc,
+        b.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+        b.val_loss,
+        o.history.iter().map(|m| m.seconds).sum::<f64>(),
+        o.device
+    );
+    println!("run folder: {}", o.run_dir.display());
+}

@@ -1,0 +1,452 @@
+//! The training configuration: a TOML file, `--set a.b=value` overrides, and documented defaults.
+//!
+//! Every key has a default (see each field), unknown keys are an error that names the key, and
+//! the resolved config (every default filled in) is written into the run folder.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+
+/// The whole config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Run name; the run folder is `checkpoints/<name>-<timestamp>` (default "run").
+    pub name: String,
+    /// Seed for weights, sampling and augmentation (default 42).
+    pub seed: u64,
+    /// "auto" (CUDA when available, else CPU), "cpu" or "cuda" (default "auto").
+    pub device: String,
+    /// CPU threads for libtorch and decoding; 0 = all cores (default 0).
+    pub threads: usize,
+    /// Data and input pipeline.
+    pub data: DataConfig,
+    /// The network.
+    pub model: ModelConfig,
+    /// The optimisation loop.
+    pub train: TrainConfig,
+    /// Evaluation settings used when training picks its operating point.
+    pub eval: EvalConfig,
+}
+
+/// `[data]`: where the images are and how they become tensors.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// The folder written by `xray split` (holds split.csv); required.
+    pub split: PathBuf,
+    /// Side of the square network input in pixels (default 224).
+    pub image_size: u32,
+    /// 1 (grey) or 3 (RGB) input channels (default 3).
+    pub channels: u32,
+    /// Per-channel mean on 0..1 pixels (default ImageNet's).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation on 0..1 pixels (default ImageNet's).
+    pub std: Vec<f32>,
+    /// Keep decoded, resized images in memory after the first epoch (default true).
+    pub cache: bool,
+    /// "shuffle" (uniform) or "weighted" (inverse class frequency) sampling (default "shuffle").
+    pub sampler: String,
+    /// Batches decoded ahead of the training step (default 4).
+    pub prefetch: usize,
+    /// Augmentation applied to training images only.
+    pub augment: AugmentConfig,
+}
+
+/// `[data.augment]`: random transforms for training images.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AugmentConfig {
+    /// Probability of a horizontal flip (default 0.0).
+    pub hflip: f32,
+    /// Probability of a vertical flip (default 0.0).
+    pub vflip: f32,
+    /// Maximum rotation in degrees, either way (default 0).
+    pub rotation_degrees: f32,
+    /// Maximum shift as a fraction of the side, either way (default 0).
+    pub shift: f32,
+    /// Maximum brightness change as a fraction, either way (default 0).
+    pub brightness: f32,
+    /// Maximum contrast change as a fraction, either way (default 0).
+    pub contrast: f32,
+}
+
+/// `[model]`: which network and its starting weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Architecture name (default "simple_cnn").
+    pub arch: String,
+    /// A `.safetensors` file of pretrained weights, or "none" (default "none").
+    pub pretrained: String,
+    /// Dropout before the classifier (default 0.2).
+    pub dropout: f64,
+}
+
+/// `[train]`: the optimisation loop.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Maximum epochs (default 10).
+    pub epochs: usize,
+    /// Images per step (default 32).
+    pub batch_size: usize,
+    /// Peak learning rate (default 1e-3).
+    pub lr: f64,
+    /// "adamw", "adam", "sgd" or "rmsprop" (default "adamw").
+    pub optimizer: String,
+    /// Decoupled weight decay for AdamW, L2 for the others (default 1e-4).
+    pub weight_decay: f64,
+    /// Momentum for SGD and RMSprop (default 0.9).
+    pub momentum: f64,
+    /// "none", "balanced" (inverse class frequency) or explicit weights per class (default "none").
+    pub class_weights: ClassWeights,
+    /// Label smoothing for the cross-entropy (default 0.0).
+    pub label_smoothing: f64,
+    /// "none", "cosine" (with warm-up) or "step" (default "cosine").
+    pub scheduler: String,
+    /// Linear warm-up epochs for the cosine schedule (default 0).
+    pub warmup_epochs: usize,
+    /// Step schedule: multiply the rate by `step_gamma` every `step_epochs` (defaults 10, 0.1).
+    pub step_epochs: usize,
+    /// See `step_epochs` (default 0.1).
+    pub step_gamma: f64,
+    /// Metric that picks the best epoch: "val_auc", "val_acc" or "val_loss" (default "val_auc").
+    pub monitor: String,
+    /// Stop after this many epochs without improvement; 0 = never (default 0).
+    pub patience: usize,
+    /// Clip the gradient norm to this value; 0 = off (default 0).
+    pub grad_clip: f64,
+}
+
+/// Class weights for the loss: a keyword or one number per class.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    /// "none" or "balanced".
+    Keyword(String),
+    /// One weight per class, in class order.
+    Explicit(Vec<f64>),
+}
+
+/// `[eval]`: operating-point settings.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Sensitivity the screening operating point must reach (default 0.95).
+    pub target_sensitivity: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            name: "run".into(),
+            seed: 42,
+            device: "auto".into(),
+            threads: 0,
+            data: DataConfig::default(),
+            model: ModelConfig::default(),
+            train: TrainConfig::default(),
+            eval: EvalConfig::default(),
+        }
+    }
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            split: PathBuf::new(),
+            image_size: 224,
+            channels: 3,
+            mean: vec![0.485, 0.456, 0.406],
+            std: vec![0.229, 0.224, 0.225],
+            cache: true,
+            sampler: "shuffle".into(),
+            prefetch: 4,
+            augment: AugmentConfig::default(),
+        }
+    }
+}
+
+impl Default for AugmentConfig {
+    fn default() -> Self {
+        AugmentConfig {
+            hflip: 0.0,
+            vflip: 0.0,
+            rotation_degrees: 0.0,
+            shift: 0.0,
+            brightness: 0.0,
+            contrast: 0.0,
+        }
+    }
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig {
+            arch: "simple_cnn".into(),
+            pretrained: "none".into(),
+            dropout: 0.2,
+        }
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: 10,
+            batch_size: 32,
+            lr: 1e-3,
+            optimizer: "adamw".into(),
+            weight_decay: 1e-4,
+            momentum: 0.9,
+            class_weights: ClassWeights::Keyword("none".into()),
+            label_smoothing: 0.0,
+            scheduler: "cosine".into(),
+            warmup_epochs: 0,
+            step_epochs: 10,
+            step_gamma: 0.1,
+            monitor: "val_auc".into(),
+            patience: 0,
+            grad_clip: 0.0,
+        }
+    }
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            target_sensitivity: 0.95,
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path`, applies `key=value` overrides in order, fills defaults and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::usage(format!("cannot read config {}: {e}", path.display())))?;
+        Self::from_toml_str(&text, overrides).with_context(|| format!("config {}", path.display()))
+    }
+
+    /// Parses TOML text with overrides; see [`Config::load`].
+    pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Config> {
+        let mut table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| Error::usage(one_line(&e.to_string())))?;
+        for item in overrides {
+            apply_override(&mut table, item)?;
+        }
+        let config: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::usage(one_line(&e.to_string())))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that serde cannot: names from fixed sets, positive sizes.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| -> Result<()> { Err(Error::usage(msg).into()) };
+        one_of("device", &self.device, &["auto", "cpu", "cuda"])?;
+        one_of("data.sampler", &self.data.sampler, &["shuffle", "weighted"])?;
+        one_of(
+            "train.optimizer",
+            &self.train.optimizer,
+            &["adamw", "adam", "sgd", "rmsprop"],
+        )?;
+        one_of(
+            "train.scheduler",
+            &self.train.scheduler,
+            &["none", "cosine", "step"],
+        )?;
+        one_of(
+            "train.monitor",
+            &self.train.monitor,
+            &["val_auc", "val_acc", "val_loss"],
+        )?;
+        one_of("model.arch", &self.model.arch, crate::models::ARCHITECTURES)?;
+        if let ClassWeights::Keyword(k) = &self.train.class_weights {
+            one_of("train.class_weights", k, &["none", "balanced"])?;
+        }
+        if self.data.channels != 1 && self.data.channels != 3 {
+            return bad(format!(
+                "data.channels must be 1 or 3, got {}",
+                self.data.channels
+            ));
+        }
+        let c = self.data.channels as usize;
+        if self.data.mean.len() != c || self.data.std.len() != c {
+            return bad(format!(
+                "data.mean and data.std need {c} value(s) each, one per channel"
+            ));
+        }
+        if self.data.std.iter().any(|s| *s <= 0.0) {
+            return bad("data.std values must be positive".into());
+        }
+        if self.data.image_size < 16 {
+            return bad(format!(
+                "data.image_size must be at least 16, got {}",
+                self.data.image_size
+            ));
+        }
+        if self.train.batch_size == 0 || self.train.epochs == 0 {
+            return bad("train.batch_size and train.epochs must be at least 1".into());
+        }
+        if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
+            return bad(format!("train.lr must be positive, got {}", self.train.lr));
+        }
+        if !(0.0..1.0).contains(&self.model.dropout) {
+            return bad(format!(
+                "model.dropout must be in [0, 1), got {}",
+                self.model.dropout
+            ));
+        }
+        if self.data.split.as_os_str().is_empty() {
+            return bad("data.split is required: the folder written by `xray split`".into());
+        }
+        Ok(())
+    }
+
+    /// The config as TOML, every default filled in.
+    pub fn to_toml(&self) -> Result<String> {
+        Ok(toml::to_string_pretty(self)?)
+    }
+}
+
+fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<()> {
+    if allowed.contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::usage(format!(
+            "{key} = \"{value}\" is not one of: {}",
+            allowed.join(", ")
+        ))
+        .into())
+    }
+}
+
+/// toml's messages span several lines (a source excerpt, then `in `section``); keep the
+/// sentence that names the key, with its section and position when given.
+fn one_line(msg: &str) -> String {
+    let lines: Vec<&str> = msg
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let position = lines
+        .first()
+        .filter(|l| l.starts_with("TOML parse error"))
+        .map(|l| l.trim_start_matches("TOML parse error ").to_string());
+    let section = lines
+        .iter()
+        .find(|l| l.starts_with("in `"))
+        .map(|l| l.trim_start_matches("in ").to_string());
+    let sentence = lines
+        .iter()
+        .rev()
+        .find(|l| {
+            !l.starts_with("in `")
+                && !l.starts_with("TOML parse error")
+                && !l.starts_with('|')
+                && !l.chars().next().is_some_and(|c| c.is_ascii_digit())
+        })
+        .copied()
+        .unwrap_or(msg);
+    let mut out = sentence.to_string();
+    if let Some(s) = section {
+        out.push_str(&format!(" (in {s})"));
+    }
+    if let Some(p) = position {
+        out.push_str(&format!(" ({p})"));
+    }
+    out
+}
+
+/// Applies one `a.b.c=value` override; the value is read as TOML (number, bool, array) or else
+/// taken as a plain string.
+pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
+    let (key, raw) = item
+        .split_once('=')
+        .ok_or_else(|| Error::usage(format!("--set {item}: expected key=value")))?;
+    let key = key.trim();
+    let raw = raw.trim();
+    let value = parse_value(raw);
+    let parts: Vec<&str> = key.split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(Error::usage(format!("--set {item}: bad key `{key}`")).into());
+    }
+    let mut cur = table;
+    for part in &parts[..parts.len() - 1] {
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            _ => {
+                return Err(Error::usage(format!("--set {item}: `{part}` is not a section")).into())
+            }
+        };
+    }
+    cur.insert(parts[parts.len() - 1].to_string(), value);
+    Ok(())
+}
+
+fn parse_value(raw: &str) -> toml::Value {
+    let doc = format!("v = {raw}");
+    match doc.parse::<toml::Table>() {
+        Ok(mut t) => t.remove("v").unwrap_or(toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml_str("[train]\nlrr = 0.1\n", &[]).unwrap_err();
+        assert!(format!("{err:#}").contains("lrr"), "{err:#}");
+        assert_eq!(crate::error::exit_code(&err), 2);
+    }
+
+    #[test]
+    fn overrides_are_typed_and_ordered() {
+        let c = Config::from_toml_str(
+            "[data]\nsplit = \"x\"\n",
+            &[
+                "train.lr=0.01".into(),
+                "model.arch=simple_cnn".into(),
+                "train.lr=0.02".into(),
+                "data.mean=[0.5]".into(),
+                "data.std=[0.25]".into(),
+                "data.channels=1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.train.lr, 0.02);
+        assert_eq!(c.data.channels, 1);
+        assert_eq!(c.data.split, PathBuf::from("x"));
+    }
+
+    #[test]
+    fn resolved_config_round_trips() {
+        let c = Config::from_toml_str("[data]\nsplit = \"x\"\n", &[]).unwrap();
+        let again = Config::from_toml_str(&c.to_toml().unwrap(), &[]).unwrap();
+        assert_eq!(c, again);
+    }
+
+    #[test]
+    fn bad_choice_is_a_usage_error() {
+        let err = Config::from_toml_str(
+            "[data]\nsplit = \"x\"\n[train]\noptimizer = \"lion\"\n",
+            &[],
+        )
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("train.optimizer"));
+        assert_eq!(crate::error::exit_code(&err), 2);
+    }
+}

@@ -1,0 +1,99 @@
+//! Reading an image file into pixels the model can take, with clear reasons when it cannot.
+//!
+//! Decoding is bounded (`image::Limits`) so that a decompression bomb or a 100-megapixel scan is
+//! refused with a message instead of exhausting memory.
+
+use std::path::Path;
+
+use image::{imageops::FilterType, DynamicImage, ImageReader};
+
+use crate::error::Error;
+
+/// Largest accepted width or height in pixels.
+pub const MAX_IMAGE_SIDE_PX: u32 = 16_384;
+/// Largest accepted decoding allocation in bytes.
+pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// File extensions (lower case) that xray reads as images.
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+
+/// Whether `path` has an image extension xray reads.
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+fn limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE_PX);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE_PX);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// Decodes `path` (format from its content, not its name), refusing empty, corrupt, unsupported
+/// and oversized files with a reason.
+pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::image(path, io_reason(&e)))?;
+    if meta.len() == 0 {
+        return Err(Error::image(path, "empty file (0 bytes)"));
+    }
+    // The format comes from the content: a text file named .png is not a PNG.
+    let mut head = [0u8; 64];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .map_err(|e| Error::image(path, io_reason(&e)))?;
+    let format = image::guess_format(&head[..n]).map_err(|_| {
+        Error::image(
+            path,
+            "not a recognised image format (PNG, JPEG, BMP or TIFF)",
+        )
+    })?;
+    let mut reader = ImageReader::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
+    reader.set_format(format);
+    reader.limits(limits());
+    reader
+        .decode()
+        .map_err(|e| Error::image(path, image_reason(&e)))
+}
+
+fn io_reason(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => "no such file".into(),
+        std::io::ErrorKind::PermissionDenied => "permission denied".into(),
+        _ => e.to_string(),
+    }
+}
+
+fn image_reason(e: &image::ImageError) -> String {
+    match e {
+        image::ImageError::Limits(_) => format!(
+            "image too large (limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels, {} MiB to decode)",
+            MAX_DECODE_BYTES >> 20
+        ),
+        image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
+        image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
+        other => other.to_string(),
+    }
+}
+
+/// Converts to `channels` (1 = grey, 3 = RGB; alpha dropped, 16-bit scaled to 8) and resizes
+/// to `size`x`size`: the shorter side to `size`, then a centre crop. Returns HWC bytes.
+pub fn to_model_pixels(img: &DynamicImage, size: u32, channels: u32) -> Vec<u8> {
+    let fitted = if img.width() == size && img.height() == size {
+        img.clone()
+    } else {
+        img.resize_to_fill(size, size, FilterType::Triangle)
+    };
+    match channels {
+        1 => fitted.to_luma8().into_raw(),
+        _ => fitted.to_rgb8().into_raw(),
+    }
+}
+
+/// Decodes `path` and returns its model pixels; see [`to_model_pixels`].
+pub fn load_model_pixels(path: &Path, size: u32, channels: u32) -> Result<Vec<u8>, Error> {
+    decode_image(path).map(|img| to_model_pixels(&img, size, channels))
+}

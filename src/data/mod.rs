@@ -1,0 +1,9 @@
+//! Everything between a folder of images and a batch tensor: scanning, splitting, decoding,
+//! augmentation, the parallel loader, and the synthetic dataset.
+
+pub mod augment;
+pub mod decode;
+pub mod loader;
+pub mod scan;
+pub mod split;
+pub mod synth;

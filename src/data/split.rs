@@ -1,0 +1,407 @@
+//! `xray split`: a stratified, patient-grouped, de-duplicated train/val/test split.
+//!
+//! Leakage is impossible by construction: byte-identical files are merged before anything is
+//! assigned (and dropped when they carry two labels), and whole groups (patients) are assigned
+//! to one split. Within each class, groups are shuffled with the seed and dealt to the split
+//! furthest below its target share, which keeps each class's share near the ratios.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::data::decode::decode_image;
+use crate::data::scan::scan_dataset;
+use crate::error::Error;
+use crate::progress;
+
+/// The split names, in the order of the ratios.
+pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// Default `--group-regex`: the patient in Kermany file names (`person123_bacteria_45.jpeg` →
+/// `person123`, `IM-0115-0001.jpeg` → `IM-0115`, `NORMAL2-IM-0927-0001.jpeg` →
+/// `NORMAL2-IM-0927`). Names it does not match are their own group (the file stem).
+pub const DEFAULT_GROUP_REGEX: &str = r"^(person\d+|(?:[A-Za-z0-9]+-)?IM-\d+)[_-]";
+
+/// Options of `xray split`.
+#[derive(Debug, Clone)]
+pub struct SplitOptions {
+    /// Shares of train, val and test; they must sum to 1.
+    pub ratios: [f64; 3],
+    /// Regex whose first capture on the file name is the group.
+    pub group_regex: String,
+    /// Seed for the group shuffle.
+    pub seed: u64,
+}
+
+impl Default for SplitOptions {
+    fn default() -> Self {
+        SplitOptions {
+            ratios: [0.7, 0.15, 0.15],
+            group_regex: DEFAULT_GROUP_REGEX.into(),
+            seed: 42,
+        }
+    }
+}
+
+/// One row of `split.csv`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SplitRecord {
+    /// Path relative to the dataset folder.
+    pub path: String,
+    /// Class name.
+    pub label: String,
+    /// Group (patient) the image belongs to.
+    pub group: String,
+    /// "train", "val" or "test".
+    pub split: String,
+    /// sha256 of the file's bytes, hex.
+    pub sha256: String,
+}
+
+/// A file left out of the split, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Skipped {
+    /// Path relative to the dataset folder.
+    pub path: String,
+    /// Why it was left out.
+    pub reason: String,
+}
+
+/// `split_report.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SplitReport {
+    /// Absolute dataset folder: `train` and `eval` find the images from here.
+    pub data_dir: PathBuf,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// The ratios used.
+    pub ratios: [f64; 3],
+    /// The seed used.
+    pub seed: u64,
+    /// The group regex used.
+    pub group_regex: String,
+    /// Image files found.
+    pub files_found: usize,
+    /// Images in split.csv.
+    pub images_kept: usize,
+    /// Distinct groups among the kept images.
+    pub groups: usize,
+    /// counts[split][class].
+    pub counts: BTreeMap<String, BTreeMap<String, usize>>,
+    /// Byte-identical copies dropped (the first path, sorted, is kept).
+    pub duplicates_dropped: Vec<Skipped>,
+    /// Files whose identical bytes appear under two labels: all copies dropped.
+    pub label_conflicts_dropped: Vec<Skipped>,
+    /// Files that could not be read or decoded.
+    pub corrupt_skipped: Vec<Skipped>,
+}
+
+/// The result of a split: the rows and the report.
+pub struct SplitOutcome {
+    /// Rows of split.csv.
+    pub records: Vec<SplitRecord>,
+    /// The report.
+    pub report: SplitReport,
+}
+
+/// The group of a file name: the regex's first capture, else the stem.
+pub fn group_of(file_name: &str, re: &Regex) -> String {
+    re.captures(file_name)
+        .and_then(|c| c.get(1))
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| {
+            Path::new(file_name)
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| file_name.to_string())
+        })
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
+}
+
+/// Scans, hashes, checks and splits `data_dir`.
+pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcome> {
+    let sum: f64 = opts.ratios.iter().sum();
+    if (sum - 1.0).abs() > 1e-6 || opts.ratios.iter().any(|r| *r < 0.0) {
+        return Err(Error::usage(format!(
+            "--ratios must be three non-negative shares summing to 1, got {:?}",
+            opts.ratios
+        ))
+        .into());
+    }
+    let re =
+        Regex::new(&opts.group_regex).map_err(|e| Error::usage(format!("--group-regex: {e}")))?;
+    let scanned = scan_dataset(data_dir)?;
+    let root = scanned.root.clone();
+
+    // Hash and fully decode every file, in parallel.
+    let bar = progress::bar(scanned.images.len() as u64, "check");
+    let checked: Vec<(usize, Result<String, String>)> = scanned
+        .images
+        .par_iter()
+        .enumerate()
+        .map(|(i, img)| {
+            let path = root.join(&img.rel_path);
+            let result = sha256_file(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|hash| match decode_image(&path) {
+                    Ok(_) => Ok(hash),
+                    Err(Error::Image { reason, .. }) => Err(reason),
+                    Err(e) => Err(e.to_string()),
+                });
+            bar.inc(1);
+            (i, result)
+        })
+        .collect();
+    bar.finish_and_clear();
+
+    let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
+    let mut corrupt = Vec::new();
+    let mut by_hash: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (i, result) in checked {
+        match result {
+            Ok(hash) => by_hash.entry(hash).or_default().push(i),
+            Err(reason) => corrupt.push(Skipped {
+                path: rel(i),
+                reason,
+            }),
+        }
+    }
+
+    // De-duplicate by content.
+    let mut kept: Vec<(usize, String)> = Vec::new();
+    let mut duplicates = Vec::new();
+    let mut conflicts = Vec::new();
+    for (hash, mut idx) in by_hash {
+        idx.sort_by_key(|&i| scanned.images[i].rel_path.clone());
+        let first_label = scanned.images[idx[0]].label;
+        if idx.iter().any(|&i| scanned.images[i].label != first_label) {
+            let labels: Vec<&str> = idx
+                .iter()
+                .map(|&i| scanned.classes[scanned.images[i].label].as_str())
+                .collect();
+            for &i in &idx {
+                conflicts.push(Skipped {
+                    path: rel(i),
+                    reason: format!("same bytes under labels {}", labels.join(", ")),
+                });
+            }
+            continue;
+        }
+        for &i in &idx[1..] {
+            duplicates.push(Skipped {
+                path: rel(i),
+                reason: format!("duplicate of {}", rel(idx[0])),
+            });
+        }
+        kept.push((idx[0], hash));
+    }
+    if kept.is_empty() {
+        return Err(Error::usage(format!("no readable images in {}", root.display())).into());
+    }
+
+    // Groups, and each group's majority class (groups rarely span classes).
+    let mut group_members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    for (k, (i, _)) in kept.iter().enumerate() {
+        let name = scanned.images[*i]
+            .rel_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        group_members
+            .entry(group_of(&name, &re))
+            .or_default()
+            .push(k);
+    }
+    let n_classes = scanned.classes.len();
+    let mut groups_by_class: Vec<Vec<(String, usize)>> = vec![Vec::new(); n_classes];
+    for (group, members) in &group_members {
+        let mut votes = vec![0usize; n_classes];
+        for &k in members {
+            votes[scanned.images[kept[k].0].label] += 1;
+        }
+        let major = (0..n_classes)
+            .max_by_key(|&c| (votes[c], n_classes - c))
+            .unwrap_or(0);
+        groups_by_class[major].push((group.clone(), members.len()));
+    }
+
+    let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
+    let mut assignment: HashMap<String, usize> = HashMap::new();
+    for groups in groups_by_class.iter_mut() {
+        groups.shuffle(&mut rng);
+        let total: usize = groups.iter().map(|g| g.1).sum();
+        let mut filled = [0usize; 3];
+        for (group, size) in groups.iter() {
+            // The split furthest below its target after taking this group.
+            let s = (0..3)
+                .filter(|&s| opts.ratios[s] > 0.0)
+                .max_by(|&a, &b| {
+                    let gap = |s: usize| opts.ratios[s] * total as f64 - filled[s] as f64;
+                    gap(a).total_cmp(&gap(b)).then(b.cmp(&a))
+                })
+                .expect("at least one ratio is positive");
+            filled[s] += size;
+            assignment.insert(group.clone(), s);
+        }
+    }
+
+    let mut records = Vec::with_capacity(kept.len());
+    for (group, members) in &group_members {
+        let s = assignment[group];
+        for &k in members {
+            let (i, hash) = &kept[k];
+            records.push(SplitRecord {
+                path: rel(*i),
+                label: scanned.classes[scanned.images[*i].label].clone(),
+                group: group.clone(),
+                split: SPLITS[s].to_string(),
+                sha256: hash.clone(),
+            });
+        }
+    }
+    records.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for s in SPLITS {
+        let per = counts.entry(s.to_string()).or_default();
+        for c in &scanned.classes {
+            per.insert(c.clone(), 0);
+        }
+    }
+    for r in &records {
+        *counts
+            .get_mut(&r.split)
+            .and_then(|m| m.get_mut(&r.label))
+            .expect("every split and class is counted") += 1;
+    }
+    let report = SplitReport {
+        data_dir: root,
+        classes: scanned.classes.clone(),
+        ratios: opts.ratios,
+        seed: opts.seed,
+        group_regex: opts.group_regex.clone(),
+        files_found: scanned.images.len(),
+        images_kept: records.len(),
+        groups: group_members.len(),
+        counts,
+        duplicates_dropped: duplicates,
+        label_conflicts_dropped: conflicts,
+        corrupt_skipped: corrupt,
+    };
+    Ok(SplitOutcome { records, report })
+}
+
+/// Writes `split.csv` and `split_report.json` into `out`.
+pub fn write_split(out: &Path, outcome: &SplitOutcome) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let csv_path = out.join("split.csv");
+    let mut w = csv::Writer::from_path(&csv_path)
+        .with_context(|| format!("cannot write {}", csv_path.display()))?;
+    for r in &outcome.records {
+        w.serialize(r)?;
+    }
+    w.flush()?;
+    crate::fsutil::write_json_atomic(&out.join("split_report.json"), &outcome.report)
+}
+
+/// A split folder read back: the dataset folder, classes and rows.
+#[derive(Debug, Clone)]
+pub struct SplitSet {
+    /// Absolute dataset folder.
+    pub data_dir: PathBuf,
+    /// Class names in label order.
+    pub classes: Vec<String>,
+    /// Rows of split.csv.
+    pub records: Vec<SplitRecord>,
+}
+
+impl SplitSet {
+    /// Reads `split.csv` and `split_report.json` from `split_dir`.
+    pub fn read(split_dir: &Path) -> Result<SplitSet> {
+        let report_path = split_dir.join("split_report.json");
+        let csv_path = split_dir.join("split.csv");
+        if !csv_path.is_file() || !report_path.is_file() {
+            return Err(Error::usage(format!(
+                "{} is not a split folder (no split.csv / split_report.json; run `xray split` first)",
+                split_dir.display()
+            ))
+            .into());
+        }
+        let report: SplitReport = serde_json::from_slice(
+            &std::fs::read(&report_path)
+                .with_context(|| format!("cannot read {}", report_path.display()))?,
+        )
+        .with_context(|| format!("{} is not a valid split report", report_path.display()))?;
+        let mut reader = csv::Reader::from_path(&csv_path)
+            .with_context(|| format!("cannot read {}", csv_path.display()))?;
+        let records = reader
+            .deserialize()
+            .collect::<Result<Vec<SplitRecord>, _>>()
+            .with_context(|| format!("{} is not a valid split.csv", csv_path.display()))?;
+        Ok(SplitSet {
+            data_dir: report.data_dir,
+            classes: report.classes,
+            records,
+        })
+    }
+
+    /// The `(absolute path, label index)` pairs of one split.
+    pub fn samples(&self, split: &str) -> Result<Vec<(PathBuf, usize)>> {
+        self.records
+            .iter()
+            .filter(|r| r.split == split)
+            .map(|r| {
+                let label = self
+                    .classes
+                    .iter()
+                    .position(|c| *c == r.label)
+                    .ok_or_else(|| anyhow::anyhow!("split.csv: unknown label {}", r.label))?;
+                Ok((self.data_dir.join(&r.path), label))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_regex_finds_kermany_patients() {
+        let re = Regex::new(DEFAULT_GROUP_REGEX).unwrap();
+        assert_eq!(group_of("person123_bacteria_45.jpeg", &re), "person123");
+        assert_eq!(group_of("person1_virus_6.jpeg", &re), "person1");
+        assert_eq!(group_of("IM-0115-0001.jpeg", &re), "IM-0115");
+        assert_eq!(
+            group_of("NORMAL2-IM-0927-0001.jpeg", &re),
+            "NORMAL2-IM-0927"
+        );
+        assert_eq!(group_of("synth_00012.png", &re), "synth_00012");
+    }
+}

@@ -1,0 +1,254 @@
+//! `xray eval`: score a trained model on a split or a folder and write its report.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::data::loader::ImageSet;
+use crate::data::scan::scan_dataset;
+use crate::data::split::SplitSet;
+use crate::error::Error;
+use crate::fsutil::write_json_atomic;
+use crate::infer::{score_set, Predictor};
+use crate::metrics::{
+    accuracy, confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc,
+    roc_auc_ovr, weighted_average, Averages, ClassMetrics,
+};
+
+/// `report.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalReport {
+    /// The run folder evaluated.
+    pub checkpoint: PathBuf,
+    /// What was evaluated: a split name or a folder.
+    pub source: String,
+    /// Number of images.
+    pub n: usize,
+    /// Class names, in confusion-matrix order.
+    pub classes: Vec<String>,
+    /// Share of correct decisions.
+    pub accuracy: Option<f64>,
+    /// Precision, recall, F1 and support per class.
+    pub per_class: BTreeMap<String, ClassMetrics>,
+    /// Unweighted means over classes.
+    pub macro_avg: Averages,
+    /// Support-weighted means over classes.
+    pub weighted_avg: Averages,
+    /// Rows = true class, columns = predicted class.
+    pub confusion_matrix: Vec<Vec<usize>>,
+    /// Two classes: AUC of the second class's probability.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roc_auc: Option<f64>,
+    /// More than two classes: one-vs-rest AUC per class.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roc_auc_ovr: Option<BTreeMap<String, Option<f64>>>,
+    /// More than two classes: mean of the defined one-vs-rest AUCs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roc_auc_macro: Option<f64>,
+    /// The two-class decision threshold used.
+    pub threshold: f64,
+    /// Mean cross-entropy.
+    pub loss: f64,
+}
+
+/// One scored image, for predictions.csv.
+#[derive(Debug, Clone)]
+pub struct ScoredImage {
+    /// The image file.
+    pub path: PathBuf,
+    /// True label index.
+    pub label: usize,
+    /// Predicted label index.
+    pub predicted: usize,
+    /// Probability per class.
+    pub probs: Vec<f64>,
+}
+
+/// Labelled images of `source`: "train", "val" or "test" of the split the model was trained
+/// on (from its config.toml), or a class-per-folder DATA_DIR whose classes must match.
+pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Vec<(PathBuf, usize)>> {
+    let classes = &predictor.card.classes;
+    if ["train", "val", "test"].contains(&source) {
+        let config_path = predictor.run_dir.join("config.toml");
+        let config = crate::config::Config::load(&config_path, &[])?;
+        let split = SplitSet::read(&config.data.split)?;
+        if &split.classes != classes {
+            return Err(Error::usage(format!(
+                "the split's classes {:?} differ from the model's {:?}",
+                split.classes, classes
+            ))
+            .into());
+        }
+        return split.samples(source);
+    }
+    let scanned = scan_dataset(Path::new(source))?;
+    let mut samples = Vec::new();
+    for img in scanned.images {
+        let name = &scanned.classes[img.label];
+        let label = classes.iter().position(|c| c == name).ok_or_else(|| {
+            Error::usage(format!(
+                "class folder \"{name}\" is not one of the model's classes {classes:?}"
+            ))
+        })?;
+        samples.push((scanned.root.join(img.rel_path), label));
+    }
+    Ok(samples)
+}
+
+/// Scores `samples` and computes the report.
+pub fn evaluate(
+    predictor: &Predictor,
+    samples: Vec<(PathBuf, usize)>,
+    source: &str,
+    batch_size: usize,
+) -> Result<(EvalReport, Vec<ScoredImage>)> {
+    if samples.is_empty() {
+        return Err(Error::usage(format!("no images to evaluate in {source}")).into());
+    }
+    let set = Arc::new(ImageSet::new(samples, predictor.input_spec(), false));
+    let scores = score_set(
+        predictor.model(),
+        set.clone(),
+        batch_size,
+        predictor.device,
+        predictor.card.temperature,
+        "eval",
+    )?;
+    let classes = predictor.card.classes.clone();
+    let k = classes.len();
+    let threshold = predictor.card.threshold;
+    let predicted: Vec<usize> = scores.probs.iter().map(|p| decide(p, threshold)).collect();
+    let cm = confusion_matrix(&scores.labels, &predicted, k);
+    let per = per_class(&cm);
+    let (roc_auc_binary, ovr, ovr_macro) = if k == 2 {
+        let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
+        let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
+        (roc_auc(&s, &pos), None, None)
+    } else {
+        let per_auc = roc_auc_ovr(&scores.probs, &scores.labels, k);
+        let macro_auc = mean_defined(&per_auc);
+        let map = classes.iter().cloned().zip(per_auc).collect();
+        (None, Some(map), macro_auc)
+    };
+    let report = EvalReport {
+        checkpoint: predictor.run_dir.clone(),
+        source: source.to_string(),
+        n: scores.labels.len(),
+        classes: classes.clone(),
+        accuracy: accuracy(&scores.labels, &predicted),
+        per_class: classes.iter().cloned().zip(per.iter().cloned()).collect(),
+        macro_avg: macro_average(&per),
+        weighted_avg: weighted_average(&per),
+        confusion_matrix: cm,
+        roc_auc: roc_auc_binary,
+        roc_auc_ovr: ovr,
+        roc_auc_macro: ovr_macro,
+        threshold,
+        loss: scores.loss,
+    };
+    let scored = set
+        .paths
+        .iter()
+        .zip(&scores.labels)
+        .zip(predicted.iter().zip(scores.probs))
+        .map(|((path, &label), (&predicted, probs))| ScoredImage {
+            path: path.clone(),
+            label,
+            predicted,
+            probs,
+        })
+        .collect();
+    Ok((report, scored))
+}
+
+/// Writes `report.json` and `predictions.csv` into `out`.
+pub fn write_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    write_json_atomic(&out.join("report.json"), report)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let mut header = vec!["path".to_string(), "label".into(), "predicted".into()];
+    header.extend(report.classes.iter().map(|c| format!("p_{c}")));
+    w.write_record(&header)?;
+    for s in scored {
+        let mut row = vec![
+            s.path.display().to_string(),
+            report.classes[s.label].clone(),
+            report.classes[s.predicted].clone(),
+        ];
+        row.extend(s.probs.iter().map(|p| format!("{p:.6}")));
+        w.write_record(&row)?;
+    }
+    let bytes = w.into_inner().context("predictions.csv")?;
+    crate::fsutil::write_atomic(&out.join("predictions.csv"), &bytes)
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.4}"))
+}
+
+/// A compact, readable table of the report.
+pub fn report_table(r: &EvalReport) -> String {
+    let width = r.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(12);
+    let mut s = String::new();
+    s.push_str(&format!("{} images from {}\n\n", r.n, r.source));
+    s.push_str(&format!(
+        "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+        "class", "precision", "recall", "f1", "support"
+    ));
+    for c in &r.classes {
+        let m = &r.per_class[c];
+        s.push_str(&format!(
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+            c,
+            fmt(m.precision),
+            fmt(m.recall),
+            fmt(m.f1),
+            m.support
+        ));
+    }
+    for (name, a) in [
+        ("macro avg", &r.macro_avg),
+        ("weighted avg", &r.weighted_avg),
+    ] {
+        s.push_str(&format!(
+            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+            name,
+            fmt(a.precision),
+            fmt(a.recall),
+            fmt(a.f1),
+            r.n
+        ));
+    }
+    s.push_str(&format!("\naccuracy  {}\n", fmt(r.accuracy)));
+    if let Some(auc) = r.roc_auc {
+        s.push_str(&format!(
+            "ROC-AUC   {auc:.4}  (positive class: {})\n",
+            r.classes[1]
+        ));
+    }
+    if let Some(auc) = r.roc_auc_macro {
+        s.push_str(&format!("ROC-AUC   {auc:.4}  (macro one-vs-rest)\n"));
+    }
+    s.push_str("\nconfusion matrix (rows = true, columns = predicted)\n");
+    let cw = width.min(14);
+    s.push_str(&format!("{:<width$}", ""));
+    for c in &r.classes {
+        s.push_str(&format!("  {:>cw$}", truncate(c, cw)));
+    }
+    s.push('\n');
+    for (c, row) in r.classes.iter().zip(&r.confusion_matrix) {
+        s.push_str(&format!("{c:<width$}"));
+        for v in row {
+            s.push_str(&format!("  {v:>cw$}"));
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}

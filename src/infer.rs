@@ -1,0 +1,179 @@
+//! Inference with a trained run folder: load once, then class probabilities for image sets or
+//! decoded pixels. Used by `eval`, `predict` and training's validation pass.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::data::augment::{prepare, Normalize};
+use crate::data::loader::{stream_batches, ImageSet, InputSpec};
+use crate::error::{Error, TorchResultExt};
+use crate::models::{build, Classifier, ModelSpec};
+use crate::progress;
+use crate::train::checkpoint::ModelCard;
+
+/// Picks the device for a `device` setting: "auto" (CUDA when available), "cpu" or "cuda".
+pub fn resolve_device(setting: &str) -> Result<Device> {
+    match setting {
+        "auto" => Ok(Device::cuda_if_available()),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "cuda" => {
+            Err(Error::usage("device \"cuda\" requested but no CUDA device is available").into())
+        }
+        other => {
+            Err(Error::usage(format!("unknown device \"{other}\" (auto, cpu or cuda)")).into())
+        }
+    }
+}
+
+/// A trained model loaded from its run folder.
+pub struct Predictor {
+    /// The run folder.
+    pub run_dir: PathBuf,
+    /// Its model.json.
+    pub card: ModelCard,
+    /// Where it runs.
+    pub device: Device,
+    model: Box<dyn Classifier>,
+    _vs: nn::VarStore,
+}
+
+impl Predictor {
+    /// Loads `RUN_DIR/model.json` and `RUN_DIR/model.safetensors`.
+    pub fn load(run_dir: &Path, device: Device) -> Result<Predictor> {
+        let card = ModelCard::read(run_dir)?;
+        let mut vs = nn::VarStore::new(device);
+        let model = build(
+            &vs.root(),
+            &ModelSpec {
+                arch: card.arch.clone(),
+                in_channels: card.channels as i64,
+                num_classes: card.classes.len() as i64,
+                dropout: card.dropout,
+            },
+        )?;
+        let weights = run_dir.join("model.safetensors");
+        vs.load(&weights)
+            .torch()
+            .with_context(|| format!("cannot load weights {}", weights.display()))?;
+        Ok(Predictor {
+            run_dir: run_dir.to_path_buf(),
+            card,
+            device,
+            model,
+            _vs: vs,
+        })
+    }
+
+    /// The input recipe stored in model.json.
+    pub fn input_spec(&self) -> InputSpec {
+        InputSpec {
+            size: self.card.image_size,
+            channels: self.card.channels,
+            norm: Normalize {
+                mean: self.card.mean.clone(),
+                std: self.card.std.clone(),
+            },
+        }
+    }
+
+    /// The network.
+    pub fn model(&self) -> &dyn Classifier {
+        self.model.as_ref()
+    }
+
+    /// Class probabilities (temperature applied) for HWC pixel buffers already at the model's
+    /// input size, in batches of `batch_size`.
+    pub fn probabilities_of_pixels(
+        &self,
+        pixels: &[Arc<Vec<u8>>],
+        batch_size: usize,
+    ) -> Vec<Vec<f64>> {
+        let spec = self.input_spec();
+        let (size, ch) = (spec.size as usize, spec.channels as usize);
+        let mut out = Vec::with_capacity(pixels.len());
+        for chunk in pixels.chunks(batch_size.max(1)) {
+            let floats: Vec<f32> = chunk
+                .iter()
+                .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, size, ch, &spec.norm, None))
+                .collect();
+            let xs = Tensor::from_slice(&floats)
+                .view([chunk.len() as i64, ch as i64, size as i64, size as i64])
+                .to_device(self.device);
+            let logits = tch::no_grad(|| self.model.forward_t(&xs, false));
+            out.extend(probabilities(&logits, self.card.temperature));
+        }
+        out
+    }
+}
+
+/// Softmax of `logits / temperature` as rows of f64.
+pub fn probabilities(logits: &Tensor, temperature: f64) -> Vec<Vec<f64>> {
+    let probs = (logits.to_kind(Kind::Double) / temperature.max(1e-6))
+        .softmax(-1, Kind::Double)
+        .to_device(Device::Cpu);
+    let n = probs.size()[0];
+    (0..n)
+        .map(|i| Vec::<f64>::try_from(probs.get(i)).unwrap_or_default())
+        .collect()
+}
+
+/// Probabilities, labels and mean cross-entropy of `model` over a whole image set.
+pub struct SetScores {
+    /// Probabilities per image, in set order.
+    pub probs: Vec<Vec<f64>>,
+    /// True labels, in set order.
+    pub labels: Vec<usize>,
+    /// Mean cross-entropy of the (temperature-scaled) logits.
+    pub loss: f64,
+    /// Raw logits per image (before temperature), for calibration.
+    pub logits: Vec<Vec<f64>>,
+}
+
+/// Runs `model` over every image of `set` (no augmentation, no gradient).
+pub fn score_set(
+    model: &dyn Classifier,
+    set: Arc<ImageSet>,
+    batch_size: usize,
+    device: Device,
+    temperature: f64,
+    what: &str,
+) -> Result<SetScores> {
+    let n = set.len();
+    let spec = set.spec().clone();
+    let bar = progress::bar(n as u64, what);
+    let mut probs = vec![Vec::new(); n];
+    let mut logits_out = vec![Vec::new(); n];
+    let mut loss_sum = 0.0;
+    let order: Vec<usize> = (0..n).collect();
+    for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
+        let batch = batch?;
+        let xs = batch.images_tensor(&spec, device);
+        let ys = batch.labels_tensor(device);
+        let logits = tch::no_grad(|| model.forward_t(&xs, false));
+        let scaled = &logits / temperature.max(1e-6);
+        let loss = scaled.cross_entropy_for_logits(&ys).double_value(&[]);
+        loss_sum += loss * batch.indices.len() as f64;
+        let raw = logits.to_kind(Kind::Double).to_device(Device::Cpu);
+        for (row, (&i, p)) in batch
+            .indices
+            .iter()
+            .zip(probabilities(&logits, temperature))
+            .enumerate()
+        {
+            probs[i] = p;
+            logits_out[i] = Vec::<f64>::try_from(raw.get(row as i64)).unwrap_or_default();
+        }
+        bar.inc(batch.indices.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(SetScores {
+        probs,
+        labels: set.labels.clone(),
+        loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        logits: logits_out,
+    })
+}

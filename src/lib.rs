@@ -1,0 +1,22 @@
+//! xray: turn a folder of medical images into a trained, evaluated, explainable classifier.
+//!
+//! The library does the work and knows nothing of the command line except in [`cli`] and
+//! [`commands`], which only wire arguments to it. Pipeline stages each have a module:
+//! [`data`] (scan, split, decode, augment, load, synth), [`models`], [`train`], [`metrics`],
+//! [`evaluate`] and [`infer`].
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod data;
+pub mod error;
+pub mod evaluate;
+pub mod fsutil;
+pub mod infer;
+pub mod metrics;
+pub mod models;
+pub mod predict;
+pub mod progress;
+pub mod train;
+
+pub use error::Error;

@@ -1,0 +1,92 @@
+//! `xray predict`: inputs to decisions, with unreadable files reported one by one.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+use rayon::prelude::*;
+
+use crate::data::decode::{has_image_extension, load_model_pixels};
+use crate::data::scan::walk_files;
+use crate::error::Error;
+use crate::infer::Predictor;
+use crate::metrics::decide;
+use crate::progress;
+
+/// The decision for one image.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Predicted class name.
+    pub label: String,
+    /// Probability of the predicted class.
+    pub probability: f64,
+    /// Probability per class, in the model's class order.
+    pub probabilities: Vec<f64>,
+}
+
+/// Expands `inputs`: files as given, folders walked for image files (sorted).
+/// A missing input is a usage error.
+pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found = Vec::new();
+            walk_files(input, &mut found)?;
+            found.retain(|p| has_image_extension(p));
+            found.sort();
+            files.extend(found);
+        } else if input.exists() {
+            files.push(input.clone());
+        } else {
+            return Err(
+                Error::usage(format!("{}: no such file or folder", input.display())).into(),
+            );
+        }
+    }
+    if files.is_empty() {
+        return Err(Error::usage("no image files in the given inputs").into());
+    }
+    Ok(files)
+}
+
+/// Decodes `files` in parallel and predicts the readable ones in batches; each result is the
+/// prediction or the reason the file could not be read.
+pub fn predict_files(
+    predictor: &Predictor,
+    files: &[PathBuf],
+    batch_size: usize,
+) -> Vec<Result<Prediction, Error>> {
+    let spec = predictor.input_spec();
+    let bar = progress::bar(files.len() as u64, "predict");
+    let decoded: Vec<Result<Arc<Vec<u8>>, Error>> = files
+        .par_iter()
+        .map(|f: &PathBuf| {
+            let r = load_model_pixels(Path::new(f), spec.size, spec.channels).map(Arc::new);
+            bar.inc(1);
+            r
+        })
+        .collect();
+    bar.finish_and_clear();
+    let good: Vec<Arc<Vec<u8>>> = decoded
+        .iter()
+        .filter_map(|r| r.as_ref().ok().cloned())
+        .collect();
+    let mut probs = predictor
+        .probabilities_of_pixels(&good, batch_size)
+        .into_iter();
+    let classes = &predictor.card.classes;
+    decoded
+        .into_iter()
+        .map(|r| {
+            r.map(|_| {
+                let p = probs.next().expect("one probability row per decoded image");
+                let k = decide(&p, predictor.card.threshold);
+                Prediction {
+                    label: classes[k].clone(),
+                    probability: p[k],
+                    probabilities: p,
+                }
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,127 @@
+//! The run folder: `model.json` (everything predict needs), weights, metrics.csv, the
+//! `latest` link. Every write is atomic.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use tch::nn::VarStore;
+
+use crate::error::{Error, TorchResultExt};
+use crate::fsutil::{temp_sibling, write_json_atomic};
+
+/// `model.json`: the architecture, classes and input recipe of a trained model, its decision
+/// threshold and temperature, and its validation metrics at the best epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Architecture name.
+    pub arch: String,
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    /// Side of the square input in pixels.
+    pub image_size: u32,
+    /// Input channels (1 or 3).
+    pub channels: u32,
+    /// Normalisation mean per channel.
+    pub mean: Vec<f32>,
+    /// Normalisation standard deviation per channel.
+    pub std: Vec<f32>,
+    /// Dropout of the head (needed to rebuild the network).
+    pub dropout: f64,
+    /// Two classes: class 1 is predicted when its probability reaches this.
+    pub threshold: f64,
+    /// Logits are divided by this before the softmax (1 = uncalibrated).
+    pub temperature: f64,
+    /// Epoch (1-based) whose weights are in model.safetensors.
+    pub best_epoch: usize,
+    /// Validation metrics at the best epoch.
+    pub metrics: EpochMetrics,
+    /// xray version that trained it.
+    pub xray_version: String,
+}
+
+/// One row of metrics.csv.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochMetrics {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Mean training loss.
+    pub train_loss: f64,
+    /// Training accuracy (with augmentation, dropout on).
+    pub train_acc: f64,
+    /// Mean validation loss.
+    pub val_loss: f64,
+    /// Validation accuracy.
+    pub val_acc: f64,
+    /// Validation ROC-AUC (macro one-vs-rest for more than two classes); empty if undefined.
+    pub val_auc: Option<f64>,
+    /// Wall time of the epoch, training and validation.
+    pub seconds: f64,
+}
+
+impl ModelCard {
+    /// Reads `RUN_DIR/model.json`; a folder without one is a usage error.
+    pub fn read(run_dir: &Path) -> Result<ModelCard> {
+        let path = run_dir.join("model.json");
+        if !run_dir.is_dir() {
+            return Err(Error::usage(format!(
+                "checkpoint {} does not exist (train a model first, or pass --checkpoint RUN_DIR)",
+                run_dir.display()
+            ))
+            .into());
+        }
+        if !path.is_file() {
+            return Err(Error::usage(format!(
+                "{} is not a trained run folder: model.json is missing",
+                run_dir.display()
+            ))
+            .into());
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::usage(format!("{} is not a valid model card: {e}", path.display())).into()
+        })
+    }
+
+    /// Writes `RUN_DIR/model.json` atomically.
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        write_json_atomic(&run_dir.join("model.json"), self)
+    }
+}
+
+/// Saves the variables of `vs` to `path` (safetensors) atomically.
+pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
+    // The temporary name must keep the .safetensors extension: tch picks the format from it.
+    let tmp = temp_sibling(path).with_extension("tmp.safetensors");
+    vs.save(&tmp)
+        .torch()
+        .with_context(|| format!("cannot save weights to {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Writes metrics.csv with every row so far, atomically.
+pub fn write_metrics_csv(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    let bytes = w.into_inner().context("metrics.csv")?;
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+/// Points `<parent of run_dir>/latest` at `run_dir` (a relative symlink, replaced atomically).
+pub fn update_latest(run_dir: &Path) -> Result<PathBuf> {
+    let parent = run_dir.parent().unwrap_or(Path::new("."));
+    let name = run_dir.file_name().context("run folder has no name")?;
+    let latest = parent.join("latest");
+    let tmp = temp_sibling(&latest);
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(name, &tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    std::fs::rename(&tmp, &latest)
+        .with_context(|| format!("cannot update {}", latest.display()))?;
+    Ok(latest)
+}

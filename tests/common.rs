@@ -1,0 +1,94 @@
+//! Shared fixtures: the xray binary, a synth dataset and one trained model per test run.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use assert_cmd::Command;
+
+/// The xray binary under test.
+pub fn xray() -> Command {
+    Command::cargo_bin("xray").expect("the xray binary is built")
+}
+
+/// Repository root (for configs/).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `xray train --config configs/smoke.toml --set data.split=SPLIT`, ready for more arguments.
+pub fn smoke_train(split: &Path) -> Command {
+    let mut cmd = xray();
+    cmd.arg("train")
+        .arg("--config")
+        .arg(repo().join("configs/smoke.toml"))
+        .arg("--set")
+        .arg(format!("data.split={}", split.display()));
+    cmd
+}
+
+/// A synth dataset, its split and a simple_cnn trained on it with configs/smoke.toml, made once
+/// and shared by every test of the run.
+pub struct Trained {
+    /// Keeps the folder alive for the whole test run.
+    pub _dir: tempfile::TempDir,
+    /// The synth dataset.
+    pub data: PathBuf,
+    /// The split folder.
+    pub split: PathBuf,
+    /// The run folder.
+    pub run: PathBuf,
+}
+
+/// The shared trained model (trained on first use).
+pub fn trained() -> &'static Trained {
+    static TRAINED: OnceLock<Trained> = OnceLock::new();
+    TRAINED.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("synth");
+        let split = dir.path().join("split");
+        let run = dir.path().join("runs/smoke");
+        xray()
+            .args(["synth", "--out"])
+            .arg(&data)
+            .args(["--per-class", "400", "--seed", "1"])
+            .assert()
+            .success();
+        xray()
+            .arg("split")
+            .arg(&data)
+            .arg("--out")
+            .arg(&split)
+            .assert()
+            .success();
+        smoke_train(&split)
+            .arg("--out")
+            .arg(&run)
+            .assert()
+            .success();
+        Trained {
+            _dir: dir,
+            data,
+            split,
+            run,
+        }
+    })
+}
+
+/// Reads a JSON file.
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Asserts that stderr is the clean, short kind: no panic, no libtorch backtrace.
+pub fn assert_clean_stderr(stderr: &[u8]) {
+    let text = String::from_utf8_lossy(stderr);
+    for bad in [
+        "panicked",
+        "Exception raised from",
+        "stack backtrace",
+        "RUST_BACKTRACE",
+    ] {
+        assert!(!text.contains(bad), "stderr contains {bad:?}:\n{text}");
+    }
+}

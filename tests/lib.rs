@@ -1,0 +1,7 @@
+//! All integration tests, in one binary to keep link time down (libtorch is large).
+
+mod bad_input;
+mod common;
+mod metrics;
+mod pipeline;
+mod split;

@@ -1,0 +1,199 @@
+//! synth → split → train → eval → predict through the real binary.
+
+use crate::common::{assert_clean_stderr, read_json, trained, xray};
+
+#[test]
+fn simple_cnn_learns_the_synth_task() {
+    let t = trained();
+    let card = read_json(&t.run.join("model.json"));
+    let val_acc = card["metrics"]["val_acc"].as_f64().unwrap();
+    assert!(val_acc >= 0.90, "validation accuracy {val_acc} < 0.90");
+    assert_eq!(card["classes"], serde_json::json!(["normal", "opacity"]));
+    assert_eq!(card["arch"], "simple_cnn");
+    for file in [
+        "config.toml",
+        "model.safetensors",
+        "last.safetensors",
+        "metrics.csv",
+        "state.json",
+    ] {
+        assert!(t.run.join(file).is_file(), "{file} missing");
+    }
+    // metrics.csv: a header and one row per epoch with the documented columns.
+    let metrics = std::fs::read_to_string(t.run.join("metrics.csv")).unwrap();
+    let mut lines = metrics.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "epoch,lr,train_loss,train_acc,val_loss,val_acc,val_auc,seconds"
+    );
+    assert_eq!(lines.count(), 20);
+    // The resolved config has every default filled in and trains as it is.
+    let resolved = std::fs::read_to_string(t.run.join("config.toml")).unwrap();
+    assert!(resolved.contains("label_smoothing") && resolved.contains("[data.augment]"));
+    // `latest` points at the run.
+    let latest = t.run.parent().unwrap().join("latest");
+    assert_eq!(
+        latest.canonicalize().unwrap(),
+        t.run.canonicalize().unwrap()
+    );
+}
+
+#[test]
+fn eval_writes_report_with_metrics() {
+    let t = trained();
+    let out = t.run.join("eval-check");
+    let assert = xray()
+        .arg("eval")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args(["--split", "test", "--out"])
+        .arg(&out)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(
+        stdout.contains("confusion matrix") && stdout.contains("ROC-AUC"),
+        "{stdout}"
+    );
+    let report = read_json(&out.join("report.json"));
+    let acc = report["accuracy"].as_f64().unwrap();
+    let auc = report["roc_auc"].as_f64().unwrap();
+    assert!(acc >= 0.85 && auc >= 0.9, "test accuracy {acc}, auc {auc}");
+    let cm = report["confusion_matrix"].as_array().unwrap();
+    let total: u64 = cm
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(total, report["n"].as_u64().unwrap());
+    for key in ["per_class", "macro_avg", "weighted_avg"] {
+        assert!(report[key].is_object(), "{key} missing");
+    }
+    let preds = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    assert!(preds.starts_with("path,label,predicted,p_normal,p_opacity"));
+    assert_eq!(preds.lines().count() as u64, total + 1);
+
+    // A class-per-folder DATA_DIR works as well.
+    xray()
+        .arg("eval")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .arg("--split")
+        .arg(&t.data)
+        .arg("--out")
+        .arg(t.run.join("eval-folder"))
+        .assert()
+        .success();
+}
+
+#[test]
+fn predict_text_json_and_csv() {
+    let t = trained();
+    let img = t.data.join("opacity/opacity_00003.png");
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let fields: Vec<&str> = text.trim_end().split('\t').collect();
+    assert_eq!(fields.len(), 3, "{text}");
+    assert_eq!(fields[0], img.display().to_string());
+    assert!(["normal", "opacity"].contains(&fields[1]));
+    assert!(fields[2].ends_with('%'));
+
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args(["--format", "json"])
+        .arg(t.data.join("normal"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 400);
+    let normal = lines.iter().filter(|l| l["label"] == "normal").count();
+    assert!(
+        normal >= 340,
+        "only {normal}/400 normal images predicted normal"
+    );
+    let first = &lines[0];
+    let p: f64 = ["normal", "opacity"]
+        .iter()
+        .map(|c| first["probabilities"][c].as_f64().unwrap())
+        .sum();
+    assert!((p - 1.0).abs() < 1e-6);
+    assert_eq!(first["model"], "smoke");
+
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args(["--format", "csv"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        csv.starts_with("path,label,probability,p_normal,p_opacity\n"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 2);
+}
+
+#[test]
+fn predict_reports_unreadable_images_and_goes_on() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.png");
+    let text = dir.path().join("notes.png");
+    let truncated = dir.path().join("truncated.png");
+    std::fs::write(&empty, b"").unwrap();
+    std::fs::write(&text, b"not an image at all").unwrap();
+    let bytes = std::fs::read(t.data.join("normal/normal_00001.png")).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let good = t.data.join("normal/normal_00001.png");
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args([&empty, &text, &truncated, &good])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "one readable image: exit 0");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 3, "{stderr}");
+    for (path, why) in [
+        (&empty, "empty"),
+        (&text, "not a recognised image"),
+        (&truncated, "truncated"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(&path.display().to_string()))
+            .unwrap_or_else(|| panic!("{} not reported:\n{stderr}", path.display()));
+        assert!(line.contains(why), "{line}");
+    }
+    assert_clean_stderr(&out.stderr);
+
+    // None readable: exit 1.
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args([&empty, &text])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_clean_stderr(&out.stderr);
+}
