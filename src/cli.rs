@@ -33,6 +33,16 @@ pub enum Command {
 }
 
 impl Command {
+    /// Whether the command runs networks over many images (and gains from
+    /// [`crate::alloc::reexec_with_malloc_tunables`]); a one-image predict does not.
+    pub fn is_heavy(&self) -> bool {
+        match self {
+            Command::Train(_) | Command::Eval(_) | Command::Demo(_) => true,
+            Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
+            Command::Split(_) | Command::Synth(_) => false,
+        }
+    }
+
     /// Runs the subcommand.
     pub fn execute(self) -> anyhow::Result<()> {
         match self {
@@ -51,6 +61,9 @@ impl Command {
 pub fn run() -> ExitCode {
     install_panic_hook();
     let cli = Cli::parse();
+    if cli.command.is_heavy() {
+        crate::alloc::reexec_with_malloc_tunables();
+    }
     match cli.command.execute() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) if is_broken_pipe(&err) => ExitCode::SUCCESS,

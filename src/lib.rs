@@ -5,6 +5,7 @@
 //! [`data`] (scan, split, decode, augment, load, synth), [`models`], [`train`], [`metrics`],
 //! [`evaluate`] and [`infer`].
 
+pub mod alloc;
 pub mod cli;
 pub mod commands;
 pub mod config;

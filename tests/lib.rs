@@ -2,6 +2,8 @@
 
 mod bad_input;
 mod common;
+mod formats;
 mod metrics;
+mod models;
 mod pipeline;
 mod split;

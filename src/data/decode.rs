@@ -15,7 +15,7 @@ pub const MAX_IMAGE_SIDE_PX: u32 = 16_384;
 pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// File extensions (lower case) that xray reads as images.
-pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
+pub const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "bmp", "tif", "tiff", "dcm", "dicom"];
 
 /// Whether `path` has an image extension xray reads.
 pub fn has_image_extension(path: &Path) -> bool {
@@ -41,14 +41,15 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
         return Err(Error::image(path, "empty file (0 bytes)"));
     }
     // The format comes from the content: a text file named .png is not a PNG.
-    let mut head = [0u8; 64];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-        .map_err(|e| Error::image(path, io_reason(&e)))?;
+    let mut head = [0u8; 132];
+    let n = read_head(path, &mut head).map_err(|e| Error::image(path, io_reason(&e)))?;
+    if n == 132 && &head[128..132] == b"DICM" {
+        return decode_dicom(path);
+    }
     let format = image::guess_format(&head[..n]).map_err(|_| {
         Error::image(
             path,
-            "not a recognised image format (PNG, JPEG, BMP or TIFF)",
+            "not a recognised image format (PNG, JPEG, BMP, TIFF or DICOM)",
         )
     })?;
     let mut reader = ImageReader::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
@@ -57,6 +58,52 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
     reader
         .decode()
         .map_err(|e| Error::image(path, image_reason(&e)))
+}
+
+/// Reads up to `buf.len()` bytes from the start of the file.
+fn read_head(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Decodes a DICOM file (dicom-rs): rescale slope/intercept, the file's VOI window (or min-max
+/// normalisation), MONOCHROME1 inverted so that bone is bright, 8 to 16 bits kept.
+fn decode_dicom(path: &Path) -> Result<DynamicImage, Error> {
+    use dicom_dictionary_std::tags;
+    use dicom_pixeldata::{ConvertOptions, PixelDecoder};
+    let reason = |what: &str, e: &dyn std::fmt::Display| {
+        let text = e.to_string();
+        format!("{what}: {}", text.lines().next().unwrap_or(&text))
+    };
+    let obj = dicom_object::open_file(path)
+        .map_err(|e| Error::image(path, reason("unreadable DICOM", &e)))?;
+    let dim = |tag| {
+        obj.element(tag)
+            .ok()
+            .and_then(|e| e.to_int::<u32>().ok())
+            .ok_or_else(|| Error::image(path, "DICOM without image size (Rows/Columns)"))
+    };
+    let (rows, cols) = (dim(tags::ROWS)?, dim(tags::COLUMNS)?);
+    if rows > MAX_IMAGE_SIDE_PX || cols > MAX_IMAGE_SIDE_PX {
+        return Err(Error::image(
+            path,
+            format!("image too large ({cols}x{rows}; limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels)"),
+        ));
+    }
+    let pixels = obj
+        .decode_pixel_data()
+        .map_err(|e| Error::image(path, reason("DICOM pixel data", &e)))?;
+    pixels
+        .to_dynamic_image_with_options(0, &ConvertOptions::new())
+        .map_err(|e| Error::image(path, reason("DICOM pixel data", &e)))
 }
 
 fn io_reason(e: &std::io::Error) -> String {

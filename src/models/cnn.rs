@@ -2,7 +2,7 @@
 
 use tch::{nn, Tensor};
 
-use super::Classifier;
+use super::{pooled_linear_head, Classifier};
 
 /// Convolution, batch norm and ReLU, then 2x2 max pooling.
 #[derive(Debug)]
@@ -61,21 +61,26 @@ impl SimpleCnn {
 }
 
 impl Classifier for SimpleCnn {
-    fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+    fn num_stages(&self) -> usize {
+        self.blocks.len()
+    }
+
+    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
         let last = self.blocks.len() - 1;
-        self.blocks
-            .iter()
-            .enumerate()
-            .fold(xs.shallow_clone(), |ys, (i, b)| {
-                b.forward_t(&ys, train, i < last)
-            })
+        (from..to).fold(xs.shallow_clone(), |ys, i| {
+            self.blocks[i].forward_t(&ys, train, i < last)
+        })
+    }
+
+    fn stage_prefixes(&self, i: usize) -> Vec<String> {
+        vec![format!("features.{i}.")]
+    }
+
+    fn head_prefix(&self) -> &'static str {
+        "classifier."
     }
 
     fn head(&self, features: &Tensor, train: bool) -> Tensor {
-        features
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(self.dropout, train)
-            .apply_t(&self.classifier, train)
+        pooled_linear_head(features, self.dropout, &self.classifier, train)
     }
 }

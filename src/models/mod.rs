@@ -1,7 +1,14 @@
 //! Network architectures behind one trait that exposes the feature maps and the head
 //! separately: Grad-CAM needs the last convolutional stage, and tch has no forward hooks.
+//!
+//! Feature extractors are sequences of stages, so that training can freeze a prefix (and
+//! compute its activations once) and fine-tune the rest. Parameter names follow torchvision's,
+//! so ImageNet weights converted from torchvision load as they are.
 
 pub mod cnn;
+pub mod mobilenet;
+pub mod pretrained;
+pub mod resnet;
 
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -9,14 +16,24 @@ use tch::{nn, Tensor};
 use crate::error::Error;
 
 /// Architecture names accepted by `model.arch`.
-pub const ARCHITECTURES: &[&str] = &["simple_cnn"];
+pub const ARCHITECTURES: &[&str] = &["simple_cnn", "mobilenet_v2", "resnet18"];
 
-/// An image classifier split at its last convolutional stage.
+/// An image classifier: a sequence of feature stages, then a head.
 pub trait Classifier: Send {
-    /// The last convolutional stage's feature maps, `[n, c, h, w]`.
-    fn features(&self, xs: &Tensor, train: bool) -> Tensor;
-    /// Logits from the feature maps, `[n, classes]`.
+    /// Number of feature stages.
+    fn num_stages(&self) -> usize;
+    /// Runs stages `from..to` on `xs` (the input of stage `from`).
+    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor;
+    /// Prefixes of the variable names that belong to stage `i` (e.g. `features.3.`).
+    fn stage_prefixes(&self, i: usize) -> Vec<String>;
+    /// Prefix of the classifier's variable names, re-made for each task.
+    fn head_prefix(&self) -> &'static str;
+    /// Logits from the last stage's feature maps, `[n, classes]`.
     fn head(&self, features: &Tensor, train: bool) -> Tensor;
+    /// The last convolutional stage's feature maps, `[n, c, h, w]`.
+    fn features(&self, xs: &Tensor, train: bool) -> Tensor {
+        self.run_stages(xs, 0, self.num_stages(), train)
+    }
     /// Logits from images.
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(xs, train), train)
@@ -38,17 +55,29 @@ pub struct ModelSpec {
 
 /// Builds the network named in `spec` under `root`.
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
+    let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
     match spec.arch.as_str() {
-        "simple_cnn" => Ok(Box::new(cnn::SimpleCnn::new(
-            root,
-            spec.in_channels,
-            spec.num_classes,
-            spec.dropout,
-        ))),
+        "simple_cnn" => Ok(Box::new(cnn::SimpleCnn::new(root, c, k, d))),
+        "mobilenet_v2" => Ok(Box::new(mobilenet::MobileNetV2::new(root, c, k, d))),
+        "resnet18" => Ok(Box::new(resnet::ResNet18::new(root, c, k, d))),
         other => Err(Error::usage(format!(
             "unknown model.arch \"{other}\" (one of: {})",
             ARCHITECTURES.join(", ")
         ))
         .into()),
     }
+}
+
+/// Global average pooling, dropout and a linear layer: the head most architectures share.
+pub(crate) fn pooled_linear_head(
+    features: &Tensor,
+    dropout: f64,
+    linear: &nn::Linear,
+    train: bool,
+) -> Tensor {
+    features
+        .adaptive_avg_pool2d([1, 1])
+        .flatten(1, -1)
+        .dropout(dropout, train)
+        .apply(linear)
 }

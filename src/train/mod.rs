@@ -12,6 +12,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
 
+use crate::config::AugmentConfig;
 use crate::config::{ClassWeights, Config};
 use crate::data::augment::Normalize;
 use crate::data::loader::{epoch_order, stream_batches, ImageSet, InputSpec};
@@ -19,7 +20,8 @@ use crate::data::split::SplitSet;
 use crate::error::{Error, TorchResultExt};
 use crate::infer::{resolve_device, score_set};
 use crate::metrics::{accuracy, decide, summary_auc};
-use crate::models::{build, ModelSpec};
+use crate::models::pretrained::load_pretrained;
+use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
 use checkpoint::{save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard};
 
@@ -107,6 +109,186 @@ pub fn class_weights(setting: &ClassWeights, counts: &[usize]) -> Result<Option<
     }
 }
 
+/// The inputs of one training phase: images, or activations of the frozen stages computed once.
+enum Inputs {
+    /// Decoded (and, for training, augmented) images, entering at stage 0.
+    Images {
+        set: Arc<ImageSet>,
+        augment: Option<AugmentConfig>,
+    },
+    /// Activations entering at stage `level`, kept on the CPU, one row per image.
+    Cached {
+        reps: Tensor,
+        labels: Vec<usize>,
+        level: usize,
+    },
+}
+
+impl Inputs {
+    fn labels(&self) -> &[usize] {
+        match self {
+            Inputs::Images { set, .. } => &set.labels,
+            Inputs::Cached { labels, .. } => labels,
+        }
+    }
+}
+
+/// One batch ready for the network: inputs entering at stage `level`, and labels.
+struct DeviceBatch {
+    xs: Tensor,
+    ys: Tensor,
+    labels: Vec<i64>,
+    level: usize,
+}
+
+/// Runs the network from stage `level`: stages before `trainable_from` in eval mode without
+/// gradient (they are frozen), the rest and the head in `train` mode.
+fn forward_from(
+    model: &dyn Classifier,
+    xs: &Tensor,
+    level: usize,
+    trainable_from: usize,
+    train: bool,
+) -> Tensor {
+    let n = model.num_stages();
+    let mut h = xs.shallow_clone();
+    let mut at = level;
+    if at < trainable_from {
+        let to = trainable_from.min(n);
+        h = tch::no_grad(|| model.run_stages(&h, at, to, false));
+        at = to;
+    }
+    if at < n {
+        h = model.run_stages(&h, at, n, train);
+    }
+    model.head(&h, train)
+}
+
+/// Iterates over the batches of one epoch of `inputs` in `order`.
+fn epoch_batches<'a>(
+    inputs: &'a Inputs,
+    order: Vec<usize>,
+    batch_size: usize,
+    seed: u64,
+    prefetch: usize,
+    spec: &'a InputSpec,
+    device: Device,
+) -> Box<dyn Iterator<Item = Result<DeviceBatch>> + 'a> {
+    match inputs {
+        Inputs::Images { set, augment } => Box::new(
+            stream_batches(
+                set.clone(),
+                order,
+                batch_size,
+                augment.clone(),
+                seed,
+                prefetch,
+            )
+            .map(move |b| {
+                let b = b?;
+                Ok(DeviceBatch {
+                    xs: b.images_tensor(spec, device),
+                    ys: b.labels_tensor(device),
+                    labels: b.labels,
+                    level: 0,
+                })
+            }),
+        ),
+        Inputs::Cached {
+            reps,
+            labels,
+            level,
+        } => {
+            let chunks: Vec<Vec<usize>> = order
+                .chunks(batch_size.max(1))
+                .map(<[usize]>::to_vec)
+                .collect();
+            Box::new(chunks.into_iter().map(move |chunk| {
+                let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+                let idx = Tensor::from_slice(&idx);
+                let labels: Vec<i64> = chunk.iter().map(|&i| labels[i] as i64).collect();
+                Ok(DeviceBatch {
+                    xs: reps.index_select(0, &idx).to_device(device),
+                    ys: Tensor::from_slice(&labels).to_device(device),
+                    labels,
+                    level: *level,
+                })
+            }))
+        }
+    }
+}
+
+/// Activations at stage `level` of every image of `set` (eval mode, no augmentation), computed
+/// from `from` (activations at an earlier level) when given.
+fn precompute(
+    model: &dyn Classifier,
+    set: &Arc<ImageSet>,
+    from: Option<(&Tensor, usize)>,
+    level: usize,
+    batch_size: usize,
+    device: Device,
+    what: &str,
+) -> Result<Tensor> {
+    let bar = progress::bar(set.len() as u64, what);
+    let mut parts = Vec::new();
+    match from {
+        Some((reps, at)) => {
+            let n = reps.size()[0];
+            let mut start = 0;
+            while start < n {
+                let len = (batch_size as i64).min(n - start);
+                let xs = reps.narrow(0, start, len).to_device(device);
+                parts.push(
+                    tch::no_grad(|| model.run_stages(&xs, at, level, false)).to_device(Device::Cpu),
+                );
+                bar.inc(len as u64);
+                start += len;
+            }
+        }
+        None => {
+            let order: Vec<usize> = (0..set.len()).collect();
+            for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
+                let batch = batch?;
+                let xs = batch.images_tensor(set.spec(), device);
+                parts.push(
+                    tch::no_grad(|| model.run_stages(&xs, 0, level, false)).to_device(Device::Cpu),
+                );
+                bar.inc(batch.labels.len() as u64);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    let reps = Tensor::cat(&parts, 0);
+    // The head pools first, so pooled activations are exact for it and far smaller.
+    Ok(if level == model.num_stages() {
+        reps.adaptive_avg_pool2d([1, 1])
+    } else {
+        reps
+    })
+}
+
+/// Marks the variables of stages before `trainable_from` as frozen, the rest as trainable.
+fn set_trainable(vs: &nn::VarStore, model: &dyn Classifier, trainable_from: usize) {
+    let frozen: Vec<String> = (0..trainable_from.min(model.num_stages()))
+        .flat_map(|i| model.stage_prefixes(i))
+        .collect();
+    for (name, var) in vs.variables() {
+        let is_frozen = frozen.iter().any(|p| name.starts_with(p.as_str()));
+        // Buffers (batch-norm running statistics) never require a gradient.
+        if var.is_floating_point() && !name.contains("running_") {
+            let _ = var.set_requires_grad(!is_frozen);
+        }
+    }
+}
+
+/// One phase of training: its epochs, the first trainable stage and its learning rate.
+struct Phase {
+    epochs: usize,
+    trainable_from: usize,
+    lr: f64,
+    warmup_epochs: usize,
+}
+
 /// Trains a model as `config` says and writes its run folder.
 pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
     let device = resolve_device(&config.device)?;
@@ -158,6 +340,11 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
             dropout: config.model.dropout,
         },
     )?;
+    if config.model.pretrained != "none" {
+        let path = Path::new(&config.model.pretrained);
+        let report = load_pretrained(&mut vs, path, model.head_prefix())?;
+        eprintln!("pretrained {}: {}", path.display(), report.summary());
+    }
     let tc = &config.train;
     let mut opt = match tc.optimizer.as_str() {
         "adam" => nn::adam(0.9, 0.999, tc.weight_decay).build(&vs, tc.lr),
@@ -175,8 +362,35 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
             .to_device(device)
     });
 
-    let steps_per_epoch = train_set.len().div_ceil(tc.batch_size);
-    let schedule = schedule::Schedule::from_config(tc, steps_per_epoch);
+    let n_stages = model.num_stages();
+    let stage_two_from = if tc.unfreeze_stages == 0 {
+        0
+    } else {
+        n_stages.saturating_sub(tc.unfreeze_stages)
+    };
+    let phases = [
+        Phase {
+            epochs: tc.freeze_epochs,
+            trainable_from: n_stages,
+            lr: tc.lr,
+            warmup_epochs: tc.warmup_epochs,
+        },
+        Phase {
+            epochs: tc.epochs - tc.freeze_epochs,
+            trainable_from: stage_two_from,
+            lr: if tc.freeze_epochs > 0 {
+                tc.lr * tc.finetune_lr_factor
+            } else {
+                tc.lr
+            },
+            warmup_epochs: if tc.freeze_epochs > 0 {
+                0
+            } else {
+                tc.warmup_epochs
+            },
+        },
+    ];
+
     let mut history: Vec<EpochMetrics> = Vec::new();
     let mut state = RunState {
         epochs_done: 0,
@@ -188,135 +402,209 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
     };
     let mut stopped_early = false;
     let weighted = config.data.sampler == "weighted";
+    // Cached activations by level: (train, val).
+    let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
+    let mut epoch = 0;
 
-    for epoch in 1..=tc.epochs {
-        let started = Instant::now();
-        let order = epoch_order(
-            &train_set.labels,
-            n_classes,
-            weighted,
-            config.seed.wrapping_add(epoch as u64 * 7919),
+    'phases: for phase in phases.iter().filter(|p| p.epochs > 0) {
+        set_trainable(&vs, model.as_ref(), phase.trainable_from);
+        let level = phase.trainable_from;
+        let (train_inputs, val_inputs) = if config.train.precompute_frozen && level > 0 {
+            if !cache.iter().any(|c| c.0 == level) {
+                let base = cache.iter().filter(|c| c.0 < level).max_by_key(|c| c.0);
+                let batch = tc.batch_size.max(64);
+                let train_reps = precompute(
+                    model.as_ref(),
+                    &train_set,
+                    base.map(|c| (&c.1, c.0)),
+                    level,
+                    batch,
+                    device,
+                    "features",
+                )?;
+                let val_reps = precompute(
+                    model.as_ref(),
+                    &val_set,
+                    base.map(|c| (&c.2, c.0)),
+                    level,
+                    batch,
+                    device,
+                    "features",
+                )?;
+                cache.push((level, train_reps, val_reps));
+            }
+            let c = cache
+                .iter()
+                .find(|c| c.0 == level)
+                .expect("cached just above");
+            (
+                Inputs::Cached {
+                    reps: c.1.shallow_clone(),
+                    labels: train_set.labels.clone(),
+                    level,
+                },
+                Inputs::Cached {
+                    reps: c.2.shallow_clone(),
+                    labels: val_set.labels.clone(),
+                    level,
+                },
+            )
+        } else {
+            (
+                Inputs::Images {
+                    set: train_set.clone(),
+                    augment: Some(config.data.augment.clone()),
+                },
+                Inputs::Images {
+                    set: val_set.clone(),
+                    augment: None,
+                },
+            )
+        };
+
+        let steps_per_epoch = train_set.len().div_ceil(tc.batch_size);
+        let schedule = schedule::Schedule::for_stage(
+            tc,
+            phase.lr,
+            phase.epochs,
+            phase.warmup_epochs,
+            steps_per_epoch,
         );
-        let bar = progress::bar(order.len() as u64, &format!("epoch {epoch}"));
-        let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
-        let batches = stream_batches(
-            train_set.clone(),
-            order,
-            tc.batch_size,
-            Some(config.data.augment.clone()),
-            config.seed ^ ((epoch as u64) << 40),
-            config.data.prefetch,
-        );
-        for (step, batch) in batches.enumerate() {
-            let batch = batch?;
-            let lr = schedule.lr_at((epoch - 1) * steps_per_epoch + step);
-            opt.set_lr(lr);
-            let xs = batch.images_tensor(&spec, device);
-            let ys = batch.labels_tensor(device);
-            let logits = model.forward_t(&xs, true);
-            let loss = logits
-                .f_cross_entropy_loss(
-                    &ys,
-                    weights.as_ref(),
-                    tch::Reduction::Mean,
-                    -100,
-                    tc.label_smoothing,
-                )
-                .torch()?;
-            let loss_value = loss.double_value(&[]);
-            if !loss_value.is_finite() {
-                bar.finish_and_clear();
-                return Err(anyhow::anyhow!(
-                    "training diverged: the loss became {loss_value} at epoch {epoch}, step {} \
-                     (try a lower train.lr); the last good checkpoint is kept in {}",
-                    step + 1,
-                    run_dir.display()
+        for phase_epoch in 0..phase.epochs {
+            epoch += 1;
+            let started = Instant::now();
+            let order = epoch_order(
+                train_inputs.labels(),
+                n_classes,
+                weighted,
+                config.seed.wrapping_add(epoch as u64 * 7919),
+            );
+            let bar = progress::bar(order.len() as u64, &format!("epoch {epoch}"));
+            let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            let batches = epoch_batches(
+                &train_inputs,
+                order,
+                tc.batch_size,
+                config.seed ^ ((epoch as u64) << 40),
+                config.data.prefetch,
+                &spec,
+                device,
+            );
+            for (step, batch) in batches.enumerate() {
+                let batch = batch?;
+                let lr = schedule.lr_at(phase_epoch * steps_per_epoch + step);
+                opt.set_lr(lr);
+                let logits = forward_from(
+                    model.as_ref(),
+                    &batch.xs,
+                    batch.level,
+                    phase.trainable_from,
+                    true,
+                );
+                let loss = logits
+                    .f_cross_entropy_loss(
+                        &batch.ys,
+                        weights.as_ref(),
+                        tch::Reduction::Mean,
+                        -100,
+                        tc.label_smoothing,
+                    )
+                    .torch()?;
+                let loss_value = loss.double_value(&[]);
+                if !loss_value.is_finite() {
+                    bar.finish_and_clear();
+                    return Err(anyhow::anyhow!(
+                        "training diverged: the loss became {loss_value} at epoch {epoch}, step {} \
+                         (try a lower train.lr); the last good checkpoint is kept in {}",
+                        step + 1,
+                        run_dir.display()
+                    ));
+                }
+                if tc.grad_clip > 0.0 {
+                    opt.backward_step_clip_norm(&loss, tc.grad_clip);
+                } else {
+                    opt.backward_step(&loss);
+                }
+                let n = batch.labels.len();
+                loss_sum += loss_value * n as f64;
+                let predicted = logits.argmax(-1, false).to_device(Device::Cpu);
+                let predicted: Vec<i64> = Vec::try_from(&predicted).unwrap_or_default();
+                correct += predicted
+                    .iter()
+                    .zip(&batch.labels)
+                    .filter(|(p, l)| p == l)
+                    .count();
+                seen += n;
+                bar.inc(n as u64);
+                bar.set_message(format!(
+                    "loss {:.4} acc {:.3}",
+                    loss_sum / seen as f64,
+                    correct as f64 / seen as f64
                 ));
             }
-            if tc.grad_clip > 0.0 {
-                opt.backward_step_clip_norm(&loss, tc.grad_clip);
+            bar.finish_and_clear();
+
+            let val = validate(
+                model.as_ref(),
+                &val_inputs,
+                tc.batch_size.max(64),
+                &spec,
+                device,
+            )?;
+            let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
+            let metrics = EpochMetrics {
+                epoch,
+                lr: schedule.lr_at((phase_epoch + 1) * steps_per_epoch - 1),
+                train_loss: loss_sum / seen.max(1) as f64,
+                train_acc: correct as f64 / seen.max(1) as f64,
+                val_loss: val.loss,
+                val_acc: accuracy(&val.labels, &predicted).unwrap_or(0.0),
+                val_auc: summary_auc(&val.probs, &val.labels, n_classes),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            history.push(metrics.clone());
+
+            let value = monitored(&tc.monitor, &metrics);
+            // Ties (an AUC of 1.0 twice, say) go to the lower validation loss.
+            let improved = match (value, state.best_value) {
+                (Some(v), Some(best)) => {
+                    v > best + 1e-12
+                        || ((v - best).abs() <= 1e-12 && metrics.val_loss < state.best_val_loss)
+                }
+                (Some(_), None) => true,
+                _ => state.best_value.is_none(),
+            };
+            save_weights(&vs, &run_dir.join("last.safetensors"))?;
+            if improved {
+                state.best_value = value;
+                state.best_val_loss = metrics.val_loss;
+                state.best_epoch = epoch;
+                state.epochs_without_improvement = 0;
+                save_weights(&vs, &run_dir.join("model.safetensors"))?;
             } else {
-                opt.backward_step(&loss);
+                state.epochs_without_improvement += 1;
             }
-            let n = batch.labels.len();
-            loss_sum += loss_value * n as f64;
-            let predicted = logits.argmax(-1, false).to_device(Device::Cpu);
-            let predicted: Vec<i64> = Vec::try_from(&predicted).unwrap_or_default();
-            correct += predicted
-                .iter()
-                .zip(&batch.labels)
-                .filter(|(p, l)| p == l)
-                .count();
-            seen += n;
-            bar.inc(n as u64);
-            bar.set_message(format!(
-                "loss {:.4} acc {:.3}",
-                loss_sum / seen as f64,
-                correct as f64 / seen as f64
-            ));
-        }
-        bar.finish_and_clear();
-
-        let val = score_set(
-            model.as_ref(),
-            val_set.clone(),
-            tc.batch_size.max(64),
-            device,
-            1.0,
-            "val",
-        )?;
-        let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
-        let metrics = EpochMetrics {
-            epoch,
-            lr: schedule.lr_at(epoch * steps_per_epoch - 1),
-            train_loss: loss_sum / seen.max(1) as f64,
-            train_acc: correct as f64 / seen.max(1) as f64,
-            val_loss: val.loss,
-            val_acc: accuracy(&val.labels, &predicted).unwrap_or(0.0),
-            val_auc: summary_auc(&val.probs, &val.labels, n_classes),
-            seconds: started.elapsed().as_secs_f64(),
-        };
-        history.push(metrics.clone());
-
-        let value = monitored(&tc.monitor, &metrics);
-        // Ties (an AUC of 1.0 twice, say) go to the lower validation loss.
-        let improved = match (value, state.best_value) {
-            (Some(v), Some(best)) => {
-                v > best + 1e-12
-                    || ((v - best).abs() <= 1e-12 && metrics.val_loss < state.best_val_loss)
+            state.epochs_done = epoch;
+            write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
+            crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
+            eprintln!(
+                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s{}",
+                tc.epochs,
+                metrics.train_loss,
+                metrics.train_acc,
+                metrics.val_loss,
+                metrics.val_acc,
+                metrics.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+                metrics.seconds,
+                if improved { "  *" } else { "" }
+            );
+            if tc.patience > 0 && state.epochs_without_improvement >= tc.patience {
+                stopped_early = epoch < tc.epochs;
+                break 'phases;
             }
-            (Some(_), None) => true,
-            _ => state.best_value.is_none(),
-        };
-        save_weights(&vs, &run_dir.join("last.safetensors"))?;
-        if improved {
-            state.best_value = value;
-            state.best_val_loss = metrics.val_loss;
-            state.best_epoch = epoch;
-            state.epochs_without_improvement = 0;
-            save_weights(&vs, &run_dir.join("model.safetensors"))?;
-        } else {
-            state.epochs_without_improvement += 1;
-        }
-        state.epochs_done = epoch;
-        write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
-        crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
-        eprintln!(
-            "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s{}",
-            tc.epochs,
-            metrics.train_loss,
-            metrics.train_acc,
-            metrics.val_loss,
-            metrics.val_acc,
-            metrics.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
-            metrics.seconds,
-            if improved { "  *" } else { "" }
-        );
-        if tc.patience > 0 && state.epochs_without_improvement >= tc.patience {
-            stopped_early = epoch < tc.epochs;
-            break;
         }
     }
+    drop(cache);
 
     // The best weights become the model.
     vs.load(run_dir.join("model.safetensors")).torch()?;
@@ -346,4 +634,46 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
         stopped_early,
         device,
     })
+}
+
+/// Validation scores for images or cached activations.
+fn validate(
+    model: &dyn Classifier,
+    inputs: &Inputs,
+    batch_size: usize,
+    spec: &InputSpec,
+    device: Device,
+) -> Result<crate::infer::SetScores> {
+    match inputs {
+        Inputs::Images { set, .. } => score_set(model, set.clone(), batch_size, device, 1.0, "val"),
+        Inputs::Cached { labels, .. } => {
+            let n = labels.len();
+            let mut probs = vec![Vec::new(); n];
+            let mut logits_out = vec![Vec::new(); n];
+            let mut loss_sum = 0.0;
+            let mut start = 0;
+            for batch in epoch_batches(inputs, (0..n).collect(), batch_size, 0, 1, spec, device) {
+                let batch = batch?;
+                let logits = tch::no_grad(|| forward_from(model, &batch.xs, batch.level, 0, false));
+                loss_sum += logits.cross_entropy_for_logits(&batch.ys).double_value(&[])
+                    * batch.labels.len() as f64;
+                let raw = logits.to_kind(Kind::Double).to_device(Device::Cpu);
+                for (row, p) in crate::infer::probabilities(&logits, 1.0)
+                    .into_iter()
+                    .enumerate()
+                {
+                    probs[start + row] = p;
+                    logits_out[start + row] =
+                        Vec::<f64>::try_from(raw.get(row as i64)).unwrap_or_default();
+                }
+                start += batch.labels.len();
+            }
+            Ok(crate::infer::SetScores {
+                probs,
+                labels: labels.clone(),
+                loss: loss_sum / n.max(1) as f64,
+                logits: logits_out,
+            })
+        }
+    }
 }

@@ -17,11 +17,23 @@ pub struct Schedule {
 impl Schedule {
     /// The schedule of `train.scheduler` for a run of `train.epochs` epochs.
     pub fn from_config(tc: &TrainConfig, steps_per_epoch: usize) -> Self {
+        Self::for_stage(tc, tc.lr, tc.epochs, tc.warmup_epochs, steps_per_epoch)
+    }
+
+    /// The schedule of `train.scheduler` over one training stage of `epochs` epochs, from
+    /// `base_lr`, with `warmup_epochs` of linear warm-up.
+    pub fn for_stage(
+        tc: &TrainConfig,
+        base_lr: f64,
+        epochs: usize,
+        warmup_epochs: usize,
+        steps_per_epoch: usize,
+    ) -> Self {
         Schedule {
             kind: tc.scheduler.clone(),
-            base_lr: tc.lr,
-            warmup_steps: tc.warmup_epochs * steps_per_epoch,
-            total_steps: (tc.epochs * steps_per_epoch).max(1),
+            base_lr,
+            warmup_steps: warmup_epochs.min(epochs) * steps_per_epoch,
+            total_steps: (epochs * steps_per_epoch).max(1),
             steps_per_epoch: steps_per_epoch.max(1),
             step_epochs: tc.step_epochs.max(1),
             step_gamma: tc.step_gamma,

@@ -1,0 +1,142 @@
+//! MobileNetV2 (Sandler et al. 2018) in torchvision's layout and parameter names
+//! (`features.0.0.weight` ... `features.18.1.*`, `classifier.1.*`).
+
+use tch::{nn, nn::ModuleT, Tensor};
+
+use super::{pooled_linear_head, Classifier};
+
+/// Conv2d + BatchNorm2d + ReLU6, named `p.0` and `p.1` as torchvision's `Conv2dNormActivation`.
+fn conv_bn_relu6(
+    p: &nn::Path,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    stride: i64,
+    groups: i64,
+) -> nn::SequentialT {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: (k - 1) / 2,
+        groups,
+        bias: false,
+        ..Default::default()
+    };
+    nn::seq_t()
+        .add(nn::conv2d(p / 0, c_in, c_out, k, cfg))
+        .add(nn::batch_norm2d(p / 1, c_out, Default::default()))
+        .add_fn(|xs| xs.clamp(0.0, 6.0))
+}
+
+/// An inverted residual block (`features.N.conv.*`).
+#[derive(Debug)]
+struct InvertedResidual {
+    conv: nn::SequentialT,
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, expand: i64) -> Self {
+        let p = p / "conv";
+        let hidden = expand * c_in;
+        let mut conv = nn::seq_t();
+        let mut id = 0;
+        if expand != 1 {
+            conv = conv.add(conv_bn_relu6(&(&p / id), c_in, hidden, 1, 1, 1));
+            id += 1;
+        }
+        conv = conv
+            .add(conv_bn_relu6(&(&p / id), hidden, hidden, 3, stride, hidden))
+            .add(nn::conv2d(&p / (id + 1), hidden, c_out, 1, nn::no_bias()))
+            .add(nn::batch_norm2d(&p / (id + 2), c_out, Default::default()));
+        InvertedResidual {
+            conv,
+            residual: stride == 1 && c_in == c_out,
+        }
+    }
+}
+
+impl ModuleT for InvertedResidual {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = xs.apply_t(&self.conv, train);
+        if self.residual {
+            xs + ys
+        } else {
+            ys
+        }
+    }
+}
+
+/// (expansion, output channels, repeats, first stride) per group of blocks.
+const SETTINGS: [(i64, i64, i64, i64); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
+
+/// `mobilenet_v2`: 19 feature stages (stem, 17 inverted residual blocks, the 1x1 conv to 1280
+/// channels), then pooling, dropout and a linear classifier.
+#[derive(Debug)]
+pub struct MobileNetV2 {
+    stages: Vec<Box<dyn ModuleT>>,
+    dropout: f64,
+    classifier: nn::Linear,
+}
+
+impl MobileNetV2 {
+    /// Builds the network under `p`.
+    pub fn new(p: &nn::Path, in_channels: i64, num_classes: i64, dropout: f64) -> Self {
+        let f = p / "features";
+        let mut stages: Vec<Box<dyn ModuleT>> = Vec::new();
+        stages.push(Box::new(conv_bn_relu6(&(&f / 0), in_channels, 32, 3, 2, 1)));
+        let mut c_in = 32;
+        for &(expand, c_out, repeats, stride) in &SETTINGS {
+            for i in 0..repeats {
+                let s = if i == 0 { stride } else { 1 };
+                let id = stages.len();
+                stages.push(Box::new(InvertedResidual::new(
+                    &(&f / id),
+                    c_in,
+                    c_out,
+                    s,
+                    expand,
+                )));
+                c_in = c_out;
+            }
+        }
+        let id = stages.len();
+        stages.push(Box::new(conv_bn_relu6(&(&f / id), c_in, 1280, 1, 1, 1)));
+        MobileNetV2 {
+            stages,
+            dropout,
+            classifier: nn::linear(p / "classifier" / 1, 1280, num_classes, Default::default()),
+        }
+    }
+}
+
+impl Classifier for MobileNetV2 {
+    fn num_stages(&self) -> usize {
+        self.stages.len()
+    }
+
+    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
+        (from..to).fold(xs.shallow_clone(), |ys, i| {
+            self.stages[i].forward_t(&ys, train)
+        })
+    }
+
+    fn stage_prefixes(&self, i: usize) -> Vec<String> {
+        vec![format!("features.{i}.")]
+    }
+
+    fn head_prefix(&self) -> &'static str {
+        "classifier."
+    }
+
+    fn head(&self, features: &Tensor, train: bool) -> Tensor {
+        pooled_linear_head(features, self.dropout, &self.classifier, train)
+    }
+}

@@ -1,0 +1,249 @@
+//! Every supported format is read correctly, and every broken file is refused with its reason:
+//! fixtures are written by the test itself.
+
+use std::path::{Path, PathBuf};
+
+use dicom_core::{value::PrimitiveValue, DataElement, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use image::{ImageBuffer, Luma, Rgba};
+use xray::data::decode::{decode_image, load_model_pixels};
+use xray::Error;
+
+use crate::common::{read_json, xray};
+
+/// A 16-bit grey DICOM, `width` x `height`, values rising left to right (12 bits stored).
+pub fn write_dicom(path: &Path, photometric: &str, width: u16, height: u16) {
+    let mut pixels: Vec<u16> = Vec::new();
+    for _ in 0..height {
+        for x in 0..width {
+            pixels.push((x as u32 * 4095 / (width as u32 - 1)) as u16);
+        }
+    }
+    let obj = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234567890"),
+        DataElement::new(tags::MODALITY, VR::CS, "DX"),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(height)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(width)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"),
+        DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
+        DataElement::new(tags::WINDOW_CENTER, VR::DS, "2048"),
+        DataElement::new(tags::WINDOW_WIDTH, VR::DS, "4096"),
+        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
+    ]);
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(path)
+        .unwrap();
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A valid PNG header claiming `side` x `side` pixels, with no image data worth the name.
+pub fn write_huge_png_header(path: &Path, side: u32) {
+    let mut ihdr = b"IHDR".to_vec();
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend(side.to_be_bytes());
+    ihdr.extend([8, 0, 0, 0, 0]); // 8-bit grey
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(13u32.to_be_bytes());
+    png.extend(&ihdr);
+    png.extend(crc32(&ihdr).to_be_bytes());
+    png.extend(0u32.to_be_bytes());
+    png.extend(b"IEND");
+    png.extend(crc32(b"IEND").to_be_bytes());
+    std::fs::write(path, png).unwrap();
+}
+
+/// Writes every fixture into `dir` and returns (path, expected: Ok or the reason's key words).
+pub fn write_fixtures(dir: &Path) -> Vec<(PathBuf, Result<(), &'static str>)> {
+    let mut out = Vec::new();
+    let p = dir.join("zero.png");
+    std::fs::write(&p, b"").unwrap();
+    out.push((p, Err("empty")));
+
+    let p = dir.join("notes.png");
+    std::fs::write(&p, b"hello, I am a text file").unwrap();
+    out.push((p, Err("not a recognised image format")));
+
+    let jpeg = dir.join("full.jpg");
+    let rgb = ImageBuffer::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8, (y * 4) as u8, 128])
+    });
+    rgb.save(&jpeg).unwrap();
+    let bytes = std::fs::read(&jpeg).unwrap();
+    let p = dir.join("truncated.jpg");
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    out.push((p, Err("truncated")));
+    out.push((jpeg, Ok(())));
+
+    let p = dir.join("grey16.png");
+    ImageBuffer::from_fn(64, 64, |x, _| Luma([(x * 1040) as u16]))
+        .save(&p)
+        .unwrap();
+    out.push((p, Ok(())));
+
+    let p = dir.join("rgba.png");
+    ImageBuffer::from_fn(64, 64, |x, y| Rgba([x as u8 * 4, y as u8 * 4, 0, 100]))
+        .save(&p)
+        .unwrap();
+    out.push((p, Ok(())));
+
+    let p = dir.join("image.bmp");
+    ImageBuffer::from_fn(64, 64, |x, _| Luma([x as u8 * 4]))
+        .save(&p)
+        .unwrap();
+    out.push((p, Ok(())));
+
+    let p = dir.join("image.tiff");
+    ImageBuffer::from_fn(64, 64, |x, _| Luma([x as u8 * 4]))
+        .save(&p)
+        .unwrap();
+    out.push((p, Ok(())));
+
+    for kind in ["MONOCHROME1", "MONOCHROME2"] {
+        let p = dir.join(format!("{kind}.dcm"));
+        write_dicom(&p, kind, 64, 48);
+        out.push((p, Ok(())));
+    }
+
+    let p = dir.join("huge.png");
+    write_huge_png_header(&p, 20_000);
+    out.push((p, Err("too large")));
+    out
+}
+
+fn reason(e: Error) -> String {
+    match e {
+        Error::Image { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn each_fixture_is_read_or_refused_with_its_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (path, expected) in write_fixtures(dir.path()) {
+        let got = decode_image(&path);
+        match (expected, got) {
+            (Ok(()), Ok(img)) => assert!(img.width() > 0, "{}", path.display()),
+            (Err(words), Err(e)) => {
+                let r = reason(e);
+                assert!(
+                    r.contains(words),
+                    "{}: reason {r:?} lacks {words:?}",
+                    path.display()
+                );
+            }
+            (Ok(()), Err(e)) => panic!("{} refused: {}", path.display(), reason(e)),
+            (Err(words), Ok(_)) => panic!("{} read, expected refusal ({words})", path.display()),
+        }
+    }
+}
+
+#[test]
+fn sixteen_bit_png_keeps_its_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("g16.png");
+    // Columns at 0, 1/3, 2/3 and full scale of 16 bits.
+    ImageBuffer::from_fn(4, 4, |x, _| Luma([(x * 21845) as u16]))
+        .save(&p)
+        .unwrap();
+    let px = load_model_pixels(&p, 4, 1).unwrap();
+    assert_eq!(&px[..4], &[0, 85, 170, 255]);
+}
+
+#[test]
+fn rgba_png_drops_alpha() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("rgba.png");
+    ImageBuffer::from_fn(2, 2, |_, _| Rgba([200u8, 100, 50, 10]))
+        .save(&p)
+        .unwrap();
+    assert_eq!(&load_model_pixels(&p, 2, 3).unwrap()[..3], &[200, 100, 50]);
+}
+
+#[test]
+fn dicom_monochrome1_is_inverted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mono2 = dir.path().join("m2.dcm");
+    let mono1 = dir.path().join("m1.dcm");
+    write_dicom(&mono2, "MONOCHROME2", 32, 32);
+    write_dicom(&mono1, "MONOCHROME1", 32, 32);
+    let a = load_model_pixels(&mono2, 8, 1).unwrap();
+    let b = load_model_pixels(&mono1, 8, 1).unwrap();
+    // MONOCHROME2: dark on the left, bright on the right; MONOCHROME1 the other way round.
+    assert!(a[0] < 30 && a[7] > 225, "{a:?}");
+    assert!(b[0] > 225 && b[7] < 30, "{b:?}");
+    for (x, y) in a.iter().zip(&b) {
+        assert!((*x as i32 + *y as i32 - 255).abs() <= 2, "{a:?} vs {b:?}");
+    }
+}
+
+#[test]
+fn split_completes_past_bad_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    xray()
+        .args(["synth", "--per-class", "10", "--size", "32", "--out"])
+        .arg(&data)
+        .assert()
+        .success();
+    let fixtures = write_fixtures(&data.join("normal"));
+    let out = dir.path().join("split");
+    xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let report = read_json(&out.join("split_report.json"));
+    let skipped = report["corrupt_skipped"].as_array().unwrap();
+    let bad: Vec<_> = fixtures.iter().filter(|f| f.1.is_err()).collect();
+    assert_eq!(skipped.len(), bad.len(), "{skipped:?}");
+    for (path, expected) in bad {
+        let name = path.file_name().unwrap().to_string_lossy();
+        let entry = skipped
+            .iter()
+            .find(|s| s["path"].as_str().unwrap().ends_with(name.as_ref()))
+            .unwrap_or_else(|| panic!("{name} not listed"));
+        assert!(
+            entry["reason"]
+                .as_str()
+                .unwrap()
+                .contains(expected.unwrap_err()),
+            "{entry}"
+        );
+    }
+    let good = fixtures.iter().filter(|f| f.1.is_ok()).count();
+    assert_eq!(report["images_kept"].as_u64().unwrap() as usize, 20 + good);
+}
