@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod models;
 pub mod predict;
 pub mod progress;
+pub mod report;
 pub mod train;
 
 pub use error::Error;

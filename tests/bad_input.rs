@@ -1,7 +1,7 @@
 //! Bad input gets one clear line and the right exit code (2 for usage and config), never a
 //! panic or a libtorch backtrace.
 
-use crate::common::{assert_clean_stderr, repo, smoke_train, trained, xray};
+use crate::common::{assert_clean_stderr, repo, smoke_train, synth_dataset, trained, xray};
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -68,12 +68,7 @@ fn missing_dataset_folder_exits_2() {
 #[test]
 fn empty_class_folder_exits_2() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    xray()
-        .args(["synth", "--per-class", "3", "--size", "32", "--out"])
-        .arg(&data)
-        .assert()
-        .success();
+    let data = synth_dataset(dir.path(), 3, 32);
     std::fs::create_dir(data.join("empty_class")).unwrap();
     let out = xray()
         .arg("split")

@@ -15,6 +15,24 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Writes a synth dataset into `dir/data` (`--per-class N --size PX`) and returns its path.
+pub fn synth_dataset(dir: &Path, per_class: usize, size: u32) -> PathBuf {
+    let data = dir.join("data");
+    xray()
+        .args([
+            "synth",
+            "--per-class",
+            &per_class.to_string(),
+            "--size",
+            &size.to_string(),
+            "--out",
+        ])
+        .arg(&data)
+        .assert()
+        .success();
+    data
+}
+
 /// `xray train --config configs/smoke.toml --set data.split=SPLIT`, ready for more arguments.
 pub fn smoke_train(split: &Path) -> Command {
     let mut cmd = xray();

@@ -10,7 +10,7 @@ use image::{ImageBuffer, Luma, Rgba};
 use xray::data::decode::{decode_image, load_model_pixels};
 use xray::Error;
 
-use crate::common::{read_json, xray};
+use crate::common::{read_json, synth_dataset, xray};
 
 /// A 16-bit grey DICOM, `width` x `height`, values rising left to right (12 bits stored).
 pub fn write_dicom(path: &Path, photometric: &str, width: u16, height: u16) {
@@ -211,12 +211,7 @@ fn dicom_monochrome1_is_inverted() {
 #[test]
 fn split_completes_past_bad_files() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    xray()
-        .args(["synth", "--per-class", "10", "--size", "32", "--out"])
-        .arg(&data)
-        .assert()
-        .success();
+    let data = synth_dataset(dir.path(), 10, 32);
     let fixtures = write_fixtures(&data.join("normal"));
     let out = dir.path().join("split");
     xray()

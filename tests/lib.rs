@@ -6,4 +6,5 @@ mod formats;
 mod metrics;
 mod models;
 mod pipeline;
+mod resume;
 mod split;

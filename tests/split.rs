@@ -3,17 +3,12 @@
 
 use std::collections::HashMap;
 
-use crate::common::{read_json, xray};
+use crate::common::{read_json, synth_dataset, xray};
 
 #[test]
 fn split_keeps_groups_and_duplicates_together() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    xray()
-        .args(["synth", "--per-class", "60", "--size", "48", "--out"])
-        .arg(&data)
-        .assert()
-        .success();
+    let data = synth_dataset(dir.path(), 60, 48);
     // Patients with several images, a byte-identical copy in the same class, and the same bytes
     // under both labels.
     for (class, first_patient) in [("normal", 0), ("opacity", 100)] {

@@ -6,14 +6,17 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::Config;
-use crate::train::{train, TrainOutcome};
+use crate::train::{resume, train, TrainOutcome};
 
 /// Arguments of `xray train`.
 #[derive(Debug, Args)]
 pub struct TrainArgs {
     /// TOML config file.
-    #[arg(long)]
-    pub config: PathBuf,
+    #[arg(long, required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Continue an interrupted run from its last completed epoch.
+    #[arg(long, value_name = "RUN_DIR", conflicts_with_all = ["config", "overrides", "out"])]
+    pub resume: Option<PathBuf>,
     /// Override a config key, e.g. `--set train.lr=0.001` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<String>,
@@ -25,8 +28,13 @@ pub struct TrainArgs {
 impl TrainArgs {
     /// Runs the command.
     pub fn execute(self) -> Result<()> {
-        let config = Config::load(&self.config, &self.overrides)?;
-        let outcome = train(&config, self.out.as_deref())?;
+        let outcome = match (&self.resume, &self.config) {
+            (Some(run_dir), _) => resume(run_dir)?,
+            (None, Some(path)) => {
+                train(&Config::load(path, &self.overrides)?, self.out.as_deref())?
+            }
+            (None, None) => unreachable!("clap requires --config unless --resume is given"),
+        };
         print_summary(&outcome);
         Ok(())
     }

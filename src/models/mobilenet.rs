@@ -3,7 +3,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
-use super::{pooled_linear_head, Classifier};
+use super::StagedClassifier;
 
 /// Conv2d + BatchNorm2d + ReLU6, named `p.0` and `p.1` as torchvision's `Conv2dNormActivation`.
 fn conv_bn_relu6(
@@ -79,64 +79,37 @@ const SETTINGS: [(i64, i64, i64, i64); 7] = [
 
 /// `mobilenet_v2`: 19 feature stages (stem, 17 inverted residual blocks, the 1x1 conv to 1280
 /// channels), then pooling, dropout and a linear classifier.
-#[derive(Debug)]
-pub struct MobileNetV2 {
-    stages: Vec<Box<dyn ModuleT>>,
+pub fn mobilenet_v2(
+    p: &nn::Path,
+    in_channels: i64,
+    num_classes: i64,
     dropout: f64,
-    classifier: nn::Linear,
-}
-
-impl MobileNetV2 {
-    /// Builds the network under `p`.
-    pub fn new(p: &nn::Path, in_channels: i64, num_classes: i64, dropout: f64) -> Self {
-        let f = p / "features";
-        let mut stages: Vec<Box<dyn ModuleT>> = Vec::new();
-        stages.push(Box::new(conv_bn_relu6(&(&f / 0), in_channels, 32, 3, 2, 1)));
-        let mut c_in = 32;
-        for &(expand, c_out, repeats, stride) in &SETTINGS {
-            for i in 0..repeats {
-                let s = if i == 0 { stride } else { 1 };
-                let id = stages.len();
-                stages.push(Box::new(InvertedResidual::new(
-                    &(&f / id),
-                    c_in,
-                    c_out,
-                    s,
-                    expand,
-                )));
-                c_in = c_out;
-            }
-        }
-        let id = stages.len();
-        stages.push(Box::new(conv_bn_relu6(&(&f / id), c_in, 1280, 1, 1, 1)));
-        MobileNetV2 {
-            stages,
-            dropout,
-            classifier: nn::linear(p / "classifier" / 1, 1280, num_classes, Default::default()),
+) -> StagedClassifier {
+    let f = p / "features";
+    let mut stages: Vec<Box<dyn ModuleT>> = Vec::new();
+    stages.push(Box::new(conv_bn_relu6(&(&f / 0), in_channels, 32, 3, 2, 1)));
+    let mut c_in = 32;
+    for &(expand, c_out, repeats, stride) in &SETTINGS {
+        for i in 0..repeats {
+            let s = if i == 0 { stride } else { 1 };
+            let id = stages.len();
+            stages.push(Box::new(InvertedResidual::new(
+                &(&f / id),
+                c_in,
+                c_out,
+                s,
+                expand,
+            )));
+            c_in = c_out;
         }
     }
-}
-
-impl Classifier for MobileNetV2 {
-    fn num_stages(&self) -> usize {
-        self.stages.len()
-    }
-
-    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
-        (from..to).fold(xs.shallow_clone(), |ys, i| {
-            self.stages[i].forward_t(&ys, train)
-        })
-    }
-
-    fn stage_prefixes(&self, i: usize) -> Vec<String> {
-        vec![format!("features.{i}.")]
-    }
-
-    fn head_prefix(&self) -> &'static str {
-        "classifier."
-    }
-
-    fn head(&self, features: &Tensor, train: bool) -> Tensor {
-        pooled_linear_head(features, self.dropout, &self.classifier, train)
-    }
+    let id = stages.len();
+    stages.push(Box::new(conv_bn_relu6(&(&f / id), c_in, 1280, 1, 1, 1)));
+    let stages = stages
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| (s, vec![format!("features.{i}.")]))
+        .collect();
+    let classifier = nn::linear(p / "classifier" / 1, 1280, num_classes, Default::default());
+    StagedClassifier::new(stages, "classifier.", dropout, classifier)
 }

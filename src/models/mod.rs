@@ -57,9 +57,9 @@ pub struct ModelSpec {
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
     match spec.arch.as_str() {
-        "simple_cnn" => Ok(Box::new(cnn::SimpleCnn::new(root, c, k, d))),
-        "mobilenet_v2" => Ok(Box::new(mobilenet::MobileNetV2::new(root, c, k, d))),
-        "resnet18" => Ok(Box::new(resnet::ResNet18::new(root, c, k, d))),
+        "simple_cnn" => Ok(Box::new(cnn::simple_cnn(root, c, k, d))),
+        "mobilenet_v2" => Ok(Box::new(mobilenet::mobilenet_v2(root, c, k, d))),
+        "resnet18" => Ok(Box::new(resnet::resnet18(root, c, k, d))),
         other => Err(Error::usage(format!(
             "unknown model.arch \"{other}\" (one of: {})",
             ARCHITECTURES.join(", ")
@@ -68,16 +68,60 @@ pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     }
 }
 
-/// Global average pooling, dropout and a linear layer: the head most architectures share.
-pub(crate) fn pooled_linear_head(
-    features: &Tensor,
+/// A network made of feature stages and a head of global average pooling, dropout and one
+/// linear layer: the shape every architecture here shares.
+#[derive(Debug)]
+pub struct StagedClassifier {
+    stages: Vec<Box<dyn nn::ModuleT>>,
+    stage_prefixes: Vec<Vec<String>>,
+    head_prefix: &'static str,
     dropout: f64,
-    linear: &nn::Linear,
-    train: bool,
-) -> Tensor {
-    features
-        .adaptive_avg_pool2d([1, 1])
-        .flatten(1, -1)
-        .dropout(dropout, train)
-        .apply(linear)
+    classifier: nn::Linear,
+}
+
+impl StagedClassifier {
+    /// Assembles stages (each with the variable-name prefixes it owns) and the classifier.
+    pub fn new(
+        stages: Vec<(Box<dyn nn::ModuleT>, Vec<String>)>,
+        head_prefix: &'static str,
+        dropout: f64,
+        classifier: nn::Linear,
+    ) -> Self {
+        let (stages, stage_prefixes) = stages.into_iter().unzip();
+        StagedClassifier {
+            stages,
+            stage_prefixes,
+            head_prefix,
+            dropout,
+            classifier,
+        }
+    }
+}
+
+impl Classifier for StagedClassifier {
+    fn num_stages(&self) -> usize {
+        self.stages.len()
+    }
+
+    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
+        (from..to).fold(xs.shallow_clone(), |ys, i| {
+            self.stages[i].forward_t(&ys, train)
+        })
+    }
+
+    fn stage_prefixes(&self, i: usize) -> Vec<String> {
+        self.stage_prefixes[i].clone()
+    }
+
+    fn head_prefix(&self) -> &'static str {
+        self.head_prefix
+    }
+
+    fn head(&self, features: &Tensor, train: bool) -> Tensor {
+        features
+            .adaptive_avg_pool2d([1, 1])
+            .flatten(1, -1)
+            .dropout(self.dropout, train)
+            .apply(&self.classifier)
+    }
 }

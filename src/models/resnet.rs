@@ -3,7 +3,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
-use super::{pooled_linear_head, Classifier};
+use super::StagedClassifier;
 
 fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, padding: i64, stride: i64) -> nn::Conv2D {
     let cfg = nn::ConvConfig {
@@ -78,61 +78,29 @@ impl ModuleT for Stem {
 
 /// `resnet18`: 5 stages (stem, layer1..layer4 of two basic blocks each), then pooling, dropout
 /// and the `fc` classifier.
-#[derive(Debug)]
-pub struct ResNet18 {
-    stages: Vec<Box<dyn ModuleT>>,
+pub fn resnet18(
+    p: &nn::Path,
+    in_channels: i64,
+    num_classes: i64,
     dropout: f64,
-    fc: nn::Linear,
-}
-
-impl ResNet18 {
-    /// Builds the network under `p`.
-    pub fn new(p: &nn::Path, in_channels: i64, num_classes: i64, dropout: f64) -> Self {
-        let mut stages: Vec<Box<dyn ModuleT>> = vec![Box::new(Stem {
-            conv1: conv(p / "conv1", in_channels, 64, 7, 3, 2),
-            bn1: nn::batch_norm2d(p / "bn1", 64, Default::default()),
-        })];
-        let mut c_in = 64;
-        for (i, c_out) in [64, 128, 256, 512].into_iter().enumerate() {
-            let l = p / format!("layer{}", i + 1);
-            let stride = if i == 0 { 1 } else { 2 };
-            let layer = nn::seq_t()
-                .add(BasicBlock::new(&(&l / 0), c_in, c_out, stride))
-                .add(BasicBlock::new(&(&l / 1), c_out, c_out, 1));
-            stages.push(Box::new(layer));
-            c_in = c_out;
-        }
-        ResNet18 {
-            stages,
-            dropout,
-            fc: nn::linear(p / "fc", 512, num_classes, Default::default()),
-        }
+) -> StagedClassifier {
+    let stem = Stem {
+        conv1: conv(p / "conv1", in_channels, 64, 7, 3, 2),
+        bn1: nn::batch_norm2d(p / "bn1", 64, Default::default()),
+    };
+    let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
+        vec![(Box::new(stem), vec!["conv1.".into(), "bn1.".into()])];
+    let mut c_in = 64;
+    for (i, c_out) in [64, 128, 256, 512].into_iter().enumerate() {
+        let name = format!("layer{}", i + 1);
+        let l = p / name.as_str();
+        let stride = if i == 0 { 1 } else { 2 };
+        let layer = nn::seq_t()
+            .add(BasicBlock::new(&(&l / 0), c_in, c_out, stride))
+            .add(BasicBlock::new(&(&l / 1), c_out, c_out, 1));
+        stages.push((Box::new(layer), vec![format!("{name}.")]));
+        c_in = c_out;
     }
-}
-
-impl Classifier for ResNet18 {
-    fn num_stages(&self) -> usize {
-        self.stages.len()
-    }
-
-    fn run_stages(&self, xs: &Tensor, from: usize, to: usize, train: bool) -> Tensor {
-        (from..to).fold(xs.shallow_clone(), |ys, i| {
-            self.stages[i].forward_t(&ys, train)
-        })
-    }
-
-    fn stage_prefixes(&self, i: usize) -> Vec<String> {
-        match i {
-            0 => vec!["conv1.".into(), "bn1.".into()],
-            _ => vec![format!("layer{i}.")],
-        }
-    }
-
-    fn head_prefix(&self) -> &'static str {
-        "fc."
-    }
-
-    fn head(&self, features: &Tensor, train: bool) -> Tensor {
-        pooled_linear_head(features, self.dropout, &self.fc, train)
-    }
+    let fc = nn::linear(p / "fc", 512, num_classes, Default::default());
+    StagedClassifier::new(stages, "fc.", dropout, fc)
 }

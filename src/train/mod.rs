@@ -2,6 +2,7 @@
 //! folder it writes.
 
 pub mod checkpoint;
+pub mod optim;
 pub mod schedule;
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
-use tch::{nn, nn::OptimizerConfig, Device, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::AugmentConfig;
 use crate::config::{ClassWeights, Config};
@@ -291,6 +292,64 @@ struct Phase {
 
 /// Trains a model as `config` says and writes its run folder.
 pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
+    let run_dir = run_dir_for(config, out);
+    std::fs::create_dir_all(&run_dir)
+        .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
+    crate::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
+    run(config, run_dir, None)
+}
+
+/// Continues an interrupted run from its last completed epoch: weights, optimizer state,
+/// schedule position, early-stopping counters and metrics.csv carry on; the random streams are
+/// seeded per epoch, so they carry on too.
+pub fn resume(run_dir: &Path) -> Result<TrainOutcome> {
+    let state_path = run_dir.join("state.json");
+    if !state_path.is_file() {
+        return Err(Error::usage(format!(
+            "{} cannot be resumed: no state.json (it never finished an epoch)",
+            run_dir.display()
+        ))
+        .into());
+    }
+    let config = Config::load(&run_dir.join("config.toml"), &[])?;
+    let state: RunState = serde_json::from_slice(&std::fs::read(&state_path)?)
+        .with_context(|| format!("{} is not a valid run state", state_path.display()))?;
+    if state.finished {
+        return Err(Error::usage(format!(
+            "{} has already finished ({} epochs); nothing to resume",
+            run_dir.display(),
+            state.epochs_done
+        ))
+        .into());
+    }
+    let mut reader = csv::Reader::from_path(run_dir.join("metrics.csv"))
+        .with_context(|| format!("cannot read {}", run_dir.join("metrics.csv").display()))?;
+    let history = reader
+        .deserialize()
+        .collect::<Result<Vec<EpochMetrics>, _>>()
+        .context("metrics.csv")?;
+    if history.len() != state.epochs_done {
+        anyhow::bail!(
+            "{}: metrics.csv has {} epochs but state.json says {}",
+            run_dir.display(),
+            history.len(),
+            state.epochs_done
+        );
+    }
+    eprintln!(
+        "resuming {} after epoch {}",
+        run_dir.display(),
+        state.epochs_done
+    );
+    run(&config, run_dir.to_path_buf(), Some((state, history)))
+}
+
+/// The training loop proper, from scratch or from a saved state.
+fn run(
+    config: &Config,
+    run_dir: PathBuf,
+    resumed: Option<(RunState, Vec<EpochMetrics>)>,
+) -> Result<TrainOutcome> {
     let device = resolve_device(&config.device)?;
     if config.threads > 0 {
         tch::set_num_threads(config.threads as i32);
@@ -325,11 +384,6 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
     ));
     let val_set = Arc::new(ImageSet::new(val_samples, spec.clone(), config.data.cache));
 
-    let run_dir = run_dir_for(config, out);
-    std::fs::create_dir_all(&run_dir)
-        .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
-    crate::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
-
     let mut vs = nn::VarStore::new(device);
     let model = build(
         &vs.root(),
@@ -340,21 +394,19 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
             dropout: config.model.dropout,
         },
     )?;
-    if config.model.pretrained != "none" {
+    if config.model.pretrained != "none" && resumed.is_none() {
         let path = Path::new(&config.model.pretrained);
         let report = load_pretrained(&mut vs, path, model.head_prefix())?;
         eprintln!("pretrained {}: {}", path.display(), report.summary());
     }
     let tc = &config.train;
-    let mut opt = match tc.optimizer.as_str() {
-        "adam" => nn::adam(0.9, 0.999, tc.weight_decay).build(&vs, tc.lr),
-        "sgd" => nn::sgd(tc.momentum, 0.0, tc.weight_decay, true).build(&vs, tc.lr),
-        "rmsprop" => {
-            nn::rms_prop(0.99, 1e-8, tc.weight_decay, tc.momentum, false).build(&vs, tc.lr)
-        }
-        _ => nn::adamw(0.9, 0.999, tc.weight_decay).build(&vs, tc.lr),
-    }
-    .torch()?;
+    let rule = match tc.optimizer.as_str() {
+        "adam" => optim::Rule::Adam,
+        "sgd" => optim::Rule::Sgd { nesterov: true },
+        "rmsprop" => optim::Rule::RmsProp,
+        _ => optim::Rule::AdamW,
+    };
+    let mut opt = optim::Optimizer::new(&vs, rule, tc.lr, tc.weight_decay, tc.momentum);
     let counts = train_set.class_counts(n_classes);
     let weights = class_weights(&tc.class_weights, &counts)?.map(|w| {
         Tensor::from_slice(&w)
@@ -391,26 +443,55 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
         },
     ];
 
-    let mut history: Vec<EpochMetrics> = Vec::new();
-    let mut state = RunState {
-        epochs_done: 0,
-        best_value: None,
-        best_val_loss: f64::INFINITY,
-        best_epoch: 0,
-        epochs_without_improvement: 0,
-        finished: false,
+    let (mut state, mut history) = match resumed {
+        Some((state, history)) => {
+            vs.load(run_dir.join("last.safetensors"))
+                .torch()
+                .context("cannot load last.safetensors")?;
+            let saved_at = opt.load(&run_dir.join("optimizer.safetensors"))?;
+            if saved_at != state.epochs_done {
+                anyhow::bail!(
+                    "{}: optimizer state is from epoch {saved_at} but state.json says {}",
+                    run_dir.display(),
+                    state.epochs_done
+                );
+            }
+            (state, history)
+        }
+        None => (
+            RunState {
+                epochs_done: 0,
+                best_value: None,
+                best_val_loss: f64::INFINITY,
+                best_epoch: 0,
+                epochs_without_improvement: 0,
+                finished: false,
+            },
+            Vec::new(),
+        ),
     };
     let mut stopped_early = false;
     let weighted = config.data.sampler == "weighted";
     // Cached activations by level: (train, val).
     let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
-    let mut epoch = 0;
+    let mut phase_start = 0;
 
     'phases: for phase in phases.iter().filter(|p| p.epochs > 0) {
+        let first_epoch = phase_start;
+        phase_start += phase.epochs;
+        // Skip the epochs a resumed run has done already.
+        let done_here = state
+            .epochs_done
+            .saturating_sub(first_epoch)
+            .min(phase.epochs);
+        if done_here == phase.epochs {
+            continue;
+        }
         set_trainable(&vs, model.as_ref(), phase.trainable_from);
         let level = phase.trainable_from;
         let (train_inputs, val_inputs) = if config.train.precompute_frozen && level > 0 {
             if !cache.iter().any(|c| c.0 == level) {
+                let started = Instant::now();
                 let base = cache.iter().filter(|c| c.0 < level).max_by_key(|c| c.0);
                 let batch = tc.batch_size.max(64);
                 let train_reps = precompute(
@@ -431,6 +512,11 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                     device,
                     "features",
                 )?;
+                eprintln!(
+                    "stages 0..{level} frozen: their activations for {} images computed once in {:.1}s",
+                    train_set.len() + val_set.len(),
+                    started.elapsed().as_secs_f64()
+                );
                 cache.push((level, train_reps, val_reps));
             }
             let c = cache
@@ -470,8 +556,11 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
             phase.warmup_epochs,
             steps_per_epoch,
         );
-        for phase_epoch in 0..phase.epochs {
-            epoch += 1;
+        for phase_epoch in done_here..phase.epochs {
+            let epoch = first_epoch + phase_epoch + 1;
+            // Dropout draws from libtorch's generator: seeded per epoch, so a resumed run
+            // draws what the uninterrupted one would have.
+            tch::manual_seed(config.seed.wrapping_add(epoch as u64) as i64);
             let started = Instant::now();
             let order = epoch_order(
                 train_inputs.labels(),
@@ -490,7 +579,15 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                 &spec,
                 device,
             );
-            for (step, batch) in batches.enumerate() {
+            let mut batches = batches.enumerate();
+            let mut data_wait = std::time::Duration::ZERO;
+            let train_started = Instant::now();
+            loop {
+                let waiting = Instant::now();
+                let Some((step, batch)) = batches.next() else {
+                    break;
+                };
+                data_wait += waiting.elapsed();
                 let batch = batch?;
                 let lr = schedule.lr_at(phase_epoch * steps_per_epoch + step);
                 opt.set_lr(lr);
@@ -520,11 +617,7 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                         run_dir.display()
                     ));
                 }
-                if tc.grad_clip > 0.0 {
-                    opt.backward_step_clip_norm(&loss, tc.grad_clip);
-                } else {
-                    opt.backward_step(&loss);
-                }
+                opt.backward_step(&loss, tc.grad_clip);
                 let n = batch.labels.len();
                 loss_sum += loss_value * n as f64;
                 let predicted = logits.argmax(-1, false).to_device(Device::Cpu);
@@ -543,6 +636,7 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                 ));
             }
             bar.finish_and_clear();
+            let train_seconds = train_started.elapsed().as_secs_f64();
 
             let val = validate(
                 model.as_ref(),
@@ -575,6 +669,7 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                 _ => state.best_value.is_none(),
             };
             save_weights(&vs, &run_dir.join("last.safetensors"))?;
+            opt.save(&run_dir.join("optimizer.safetensors"), epoch)?;
             if improved {
                 state.best_value = value;
                 state.best_val_loss = metrics.val_loss;
@@ -586,9 +681,10 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
             }
             state.epochs_done = epoch;
             write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
+            write_curves(&run_dir, &history);
             crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
             eprintln!(
-                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s{}",
+                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.0} img/s  data wait {:.0}%{}",
                 tc.epochs,
                 metrics.train_loss,
                 metrics.train_acc,
@@ -596,6 +692,8 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
                 metrics.val_acc,
                 metrics.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
                 metrics.seconds,
+                seen as f64 / train_seconds.max(1e-9),
+                100.0 * data_wait.as_secs_f64() / train_seconds.max(1e-9),
                 if improved { "  *" } else { "" }
             );
             if tc.patience > 0 && state.epochs_without_improvement >= tc.patience {
@@ -634,6 +732,17 @@ pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
         stopped_early,
         device,
     })
+}
+
+/// Draws curves.png atomically; a plotting failure is reported, never fatal to training.
+fn write_curves(run_dir: &Path, history: &[EpochMetrics]) {
+    let path = run_dir.join("curves.png");
+    let tmp = crate::fsutil::temp_sibling(&path).with_extension("tmp.png");
+    let result = crate::report::plots::training_curves(&tmp, history)
+        .and_then(|_| std::fs::rename(&tmp, &path).map_err(Into::into));
+    if let Err(e) = result {
+        eprintln!("warning: could not draw {}: {e:#}", path.display());
+    }
 }
 
 /// Validation scores for images or cached activations.
