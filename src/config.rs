@@ -72,6 +72,15 @@ pub struct AugmentConfig {
     pub brightness: f32,
     /// Maximum contrast change as a fraction, either way (default 0).
     pub contrast: f32,
+    /// Maximum saturation change as a fraction, either way; RGB only (default 0).
+    pub saturation: f32,
+    /// Maximum zoom as a fraction, either way (default 0).
+    pub zoom: f32,
+    /// RandomResizedCrop: the crop's share of the image area, [min, max] (default [1, 1]: off).
+    /// Crops are taken from the image already resized to the model's input.
+    pub crop_scale: [f32; 2],
+    /// RandomResizedCrop: the crop's aspect ratio range, [min, max] (default [3/4, 4/3]).
+    pub crop_ratio: [f32; 2],
 }
 
 /// `[model]`: which network and its starting weights.
@@ -190,6 +199,10 @@ impl Default for AugmentConfig {
             shift: 0.0,
             brightness: 0.0,
             contrast: 0.0,
+            saturation: 0.0,
+            zoom: 0.0,
+            crop_scale: [1.0, 1.0],
+            crop_ratio: [3.0 / 4.0, 4.0 / 3.0],
         }
     }
 }
@@ -296,6 +309,12 @@ impl Config {
             return bad(format!(
                 "data.mean and data.std need {c} value(s) each, one per channel"
             ));
+        }
+        let a = &self.data.augment;
+        if !(0.0 < a.crop_scale[0] && a.crop_scale[0] <= a.crop_scale[1] && a.crop_scale[1] <= 1.0)
+            || !(0.0 < a.crop_ratio[0] && a.crop_ratio[0] <= a.crop_ratio[1])
+        {
+            return bad("data.augment.crop_scale must satisfy 0 < min <= max <= 1, and crop_ratio 0 < min <= max".into());
         }
         if self.data.std.iter().any(|s| *s <= 0.0) {
             return bad("data.std values must be positive".into());

@@ -117,3 +117,74 @@ fn split_keeps_groups_and_duplicates_together() {
         std::fs::read(again.join("split.csv")).unwrap()
     );
 }
+
+/// The real Kermany set (../shared): no patient and no file content in two splits, class shares
+/// within 2 points of the ratios, and the byte-identical copies counted.
+#[test]
+fn kermany_split_has_no_leakage() {
+    let data = crate::common::repo().join("../shared/datasets/pneumonia");
+    if !data.is_dir() {
+        println!("skipped: {} is absent", data.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("split");
+    xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let mut reader = csv::Reader::from_path(out.join("split.csv")).unwrap();
+    let mut split_of_group: HashMap<String, String> = HashMap::new();
+    let mut split_of_hash: HashMap<String, String> = HashMap::new();
+    let mut per_class: HashMap<(String, String), f64> = HashMap::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        let (label, group, split, sha) = (&row[1], &row[2], &row[3], &row[4]);
+        let prev = split_of_group.insert(group.to_string(), split.to_string());
+        assert!(
+            prev.is_none_or(|p| p == split),
+            "patient {group} in two splits"
+        );
+        assert!(
+            split_of_hash
+                .insert(sha.to_string(), split.to_string())
+                .is_none(),
+            "{sha} appears twice"
+        );
+        *per_class
+            .entry((label.to_string(), split.to_string()))
+            .or_default() += 1.0;
+    }
+    for class in ["NORMAL", "PNEUMONIA"] {
+        let total: f64 = ["train", "val", "test"]
+            .iter()
+            .map(|s| per_class[&(class.to_string(), s.to_string())])
+            .sum();
+        for (s, ratio) in [("train", 0.7), ("val", 0.15), ("test", 0.15)] {
+            let share = per_class[&(class.to_string(), s.to_string())] / total;
+            assert!((share - ratio).abs() <= 0.02, "{class} {s}: {share:.4}");
+        }
+    }
+    let report = read_json(&out.join("split_report.json"));
+    let dups = report["duplicates_dropped"].as_array().unwrap();
+    assert!(
+        !dups.is_empty(),
+        "the Kermany copy holds byte-identical files"
+    );
+    assert_eq!(
+        report["images_kept"].as_u64().unwrap() as usize
+            + dups.len()
+            + report["label_conflicts_dropped"].as_array().unwrap().len()
+            + report["corrupt_skipped"].as_array().unwrap().len(),
+        report["files_found"].as_u64().unwrap() as usize
+    );
+    // Kermany names carry the patient: far fewer groups than images.
+    assert!(report["groups"].as_u64().unwrap() < 3500);
+    assert_eq!(
+        split_of_hash.len(),
+        report["images_kept"].as_u64().unwrap() as usize
+    );
+}

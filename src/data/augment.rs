@@ -36,48 +36,132 @@ pub fn prepare<R: Rng>(
             }
         }
         Some((cfg, rng)) => {
-            let hflip = rng.gen::<f32>() < cfg.hflip;
-            let vflip = rng.gen::<f32>() < cfg.vflip;
-            let angle = symmetric(rng, cfg.rotation_degrees).to_radians();
-            let (dx, dy) = (
-                symmetric(rng, cfg.shift) * size as f32,
-                symmetric(rng, cfg.shift) * size as f32,
-            );
-            let brightness = 1.0 + symmetric(rng, cfg.brightness);
-            let contrast = 1.0 + symmetric(rng, cfg.contrast);
-            let (sin, cos) = angle.sin_cos();
-            let centre = size as f32 / 2.0;
-            let mut mean_level = 0f32;
-            // Inverse mapping: for each output pixel, where it comes from in the input.
-            for y in 0..size {
-                for x in 0..size {
-                    let ox = x as f32 + 0.5 - centre - dx;
-                    let oy = y as f32 + 0.5 - centre - dy;
-                    let mut sx = cos * ox + sin * oy + centre - 0.5;
-                    let mut sy = -sin * ox + cos * oy + centre - 0.5;
-                    if hflip {
-                        sx = size as f32 - 1.0 - sx;
-                    }
-                    if vflip {
-                        sy = size as f32 - 1.0 - sy;
-                    }
-                    for c in 0..channels {
-                        let v = bilinear(pixels, size, channels, c, sx, sy) / 255.0 * brightness;
-                        out[c * plane + y * size + x] = v;
-                        mean_level += v;
-                    }
-                }
-            }
-            mean_level /= out.len() as f32;
-            for c in 0..channels {
-                for v in &mut out[c * plane..(c + 1) * plane] {
-                    let adjusted = ((*v - mean_level) * contrast + mean_level).clamp(0.0, 1.0);
-                    *v = (adjusted - norm.mean[c]) / norm.std[c];
-                }
-            }
+            let t = Transform::sample(cfg, rng, size as f32);
+            apply(&t, pixels, size, channels, norm, &mut out);
         }
     }
     out
+}
+
+/// Applies one drawn transform: geometry by inverse mapping with bilinear sampling, then
+/// brightness, saturation, contrast and normalisation.
+fn apply(
+    t: &Transform,
+    pixels: &[u8],
+    size: usize,
+    channels: usize,
+    norm: &Normalize,
+    out: &mut [f32],
+) {
+    let plane = size * size;
+    let s = size as f32;
+    let centre = s / 2.0;
+    let mut mean_level = 0f32;
+    // Inverse mapping: for each output pixel, where it comes from in the input.
+    for y in 0..size {
+        for x in 0..size {
+            let (sx, sy) = t.source(x as f32 + 0.5 - centre, y as f32 + 0.5 - centre, s);
+            for c in 0..channels {
+                let v = bilinear(pixels, size, channels, c, sx, sy) / 255.0 * t.brightness;
+                out[c * plane + y * size + x] = v;
+                mean_level += v;
+            }
+        }
+    }
+    mean_level /= out.len() as f32;
+    if channels == 3 && t.saturation != 1.0 {
+        for i in 0..plane {
+            let grey = 0.299 * out[i] + 0.587 * out[plane + i] + 0.114 * out[2 * plane + i];
+            for c in 0..3 {
+                let v = &mut out[c * plane + i];
+                *v = grey + (*v - grey) * t.saturation;
+            }
+        }
+    }
+    for c in 0..channels {
+        for v in &mut out[c * plane..(c + 1) * plane] {
+            let adjusted = ((*v - mean_level) * t.contrast + mean_level).clamp(0.0, 1.0);
+            *v = (adjusted - norm.mean[c]) / norm.std[c];
+        }
+    }
+}
+
+/// One draw of every random transform.
+struct Transform {
+    hflip: bool,
+    vflip: bool,
+    /// Rotation (sin, cos).
+    rotation: (f32, f32),
+    shift: (f32, f32),
+    zoom: f32,
+    /// Crop size as a fraction of the side (width, height) and its centre offset in pixels.
+    crop: (f32, f32),
+    crop_centre: (f32, f32),
+    brightness: f32,
+    contrast: f32,
+    saturation: f32,
+}
+
+impl Transform {
+    fn sample<R: Rng>(cfg: &AugmentConfig, rng: &mut R, side: f32) -> Self {
+        let hflip = rng.gen::<f32>() < cfg.hflip;
+        let vflip = rng.gen::<f32>() < cfg.vflip;
+        let angle = symmetric(rng, cfg.rotation_degrees).to_radians();
+        let shift = (
+            symmetric(rng, cfg.shift) * side,
+            symmetric(rng, cfg.shift) * side,
+        );
+        let zoom = 1.0 + symmetric(rng, cfg.zoom);
+        // RandomResizedCrop: area share and log-uniform aspect ratio, the crop inside the image.
+        let (mut cw, mut ch) = (1.0f32, 1.0f32);
+        if cfg.crop_scale[0] < 1.0 {
+            let area = rng.gen_range(cfg.crop_scale[0]..=cfg.crop_scale[1]);
+            let (lo, hi) = (cfg.crop_ratio[0].ln(), cfg.crop_ratio[1].ln());
+            let ratio = if hi > lo {
+                rng.gen_range(lo..=hi).exp()
+            } else {
+                cfg.crop_ratio[0]
+            };
+            cw = (area * ratio).sqrt().min(1.0);
+            ch = (area / ratio).sqrt().min(1.0);
+        }
+        let crop_centre = (
+            symmetric(rng, (1.0 - cw) / 2.0) * side,
+            symmetric(rng, (1.0 - ch) / 2.0) * side,
+        );
+        Transform {
+            hflip,
+            vflip,
+            rotation: angle.sin_cos(),
+            shift,
+            zoom,
+            crop: (cw, ch),
+            crop_centre,
+            brightness: 1.0 + symmetric(rng, cfg.brightness),
+            contrast: 1.0 + symmetric(rng, cfg.contrast),
+            saturation: 1.0 + symmetric(rng, cfg.saturation),
+        }
+    }
+
+    /// The source position (pixel coordinates) of the output offset (u, v) from the centre.
+    fn source(&self, u: f32, v: f32, side: f32) -> (f32, f32) {
+        let (u, v) = (
+            (u - self.shift.0) / self.zoom,
+            (v - self.shift.1) / self.zoom,
+        );
+        let (sin, cos) = self.rotation;
+        let (u, v) = (cos * u + sin * v, -sin * u + cos * v);
+        let centre = side / 2.0;
+        let mut sx = u * self.crop.0 + self.crop_centre.0 + centre - 0.5;
+        let mut sy = v * self.crop.1 + self.crop_centre.1 + centre - 0.5;
+        if self.hflip {
+            sx = side - 1.0 - sx;
+        }
+        if self.vflip {
+            sy = side - 1.0 - sy;
+        }
+        (sx, sy)
+    }
 }
 
 fn symmetric<R: Rng>(rng: &mut R, max: f32) -> f32 {
@@ -126,6 +210,64 @@ mod tests {
         let same = prepare(&pixels, 4, 1, &norm1(), Some((&cfg, &mut rng)));
         for (a, b) in plain.iter().zip(&same) {
             assert!((a - b).abs() < 1e-5, "{plain:?} vs {same:?}");
+        }
+    }
+
+    #[test]
+    fn full_area_crop_and_no_zoom_is_identity() {
+        let pixels: Vec<u8> = (0..64u8).map(|v| v * 4).collect();
+        let plain = prepare::<rand_chacha::ChaCha8Rng>(&pixels, 8, 1, &norm1(), None);
+        let cfg = AugmentConfig {
+            crop_scale: [1.0, 1.0],
+            zoom: 0.0,
+            ..AugmentConfig::default()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let same = prepare(&pixels, 8, 1, &norm1(), Some((&cfg, &mut rng)));
+        assert!(plain.iter().zip(&same).all(|(a, b)| (a - b).abs() < 1e-5));
+    }
+
+    #[test]
+    fn random_resized_crop_magnifies() {
+        // A crop of a quarter of the area doubles the scale: neighbouring output pixels step
+        // half a source pixel, so a horizontal ramp's slope halves.
+        let pixels: Vec<u8> = (0..32 * 32).map(|i| ((i % 32) * 8) as u8).collect();
+        let cfg = AugmentConfig {
+            crop_scale: [0.25, 0.25],
+            crop_ratio: [1.0, 1.0],
+            ..AugmentConfig::default()
+        };
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let out = prepare(&pixels, 32, 1, &norm1(), Some((&cfg, &mut rng)));
+        let row = &out[16 * 32..17 * 32];
+        let slope = (row[20] - row[10]) / 10.0;
+        assert!((slope - 4.0 / 255.0).abs() < 1e-3, "slope {slope}");
+    }
+
+    #[test]
+    fn zero_saturation_gives_grey() {
+        let pixels: Vec<u8> = [200u8, 50, 10].repeat(4);
+        let t = Transform {
+            hflip: false,
+            vflip: false,
+            rotation: (0.0, 1.0),
+            shift: (0.0, 0.0),
+            zoom: 1.0,
+            crop: (1.0, 1.0),
+            crop_centre: (0.0, 0.0),
+            brightness: 1.0,
+            contrast: 1.0,
+            saturation: 0.0,
+        };
+        let norm = Normalize {
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+        };
+        let mut out = vec![0f32; 12];
+        apply(&t, &pixels, 2, 3, &norm, &mut out);
+        let grey = (0.299 * 200.0 + 0.587 * 50.0 + 0.114 * 10.0) / 255.0;
+        for v in &out {
+            assert!((v - grey).abs() < 1e-5, "{out:?}");
         }
     }
 

@@ -475,6 +475,20 @@ fn run(
     // Cached activations by level: (train, val).
     let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
     let mut phase_start = 0;
+    // Levels whose activations the phases still to run will train on.
+    let precompute_levels: Vec<usize> = if tc.precompute_frozen {
+        let mut start = 0;
+        phases
+            .iter()
+            .filter_map(|p| {
+                let (first, level) = (start, p.trainable_from);
+                start += p.epochs;
+                (p.epochs > 0 && first + p.epochs > state.epochs_done && level > 0).then_some(level)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
 
     'phases: for phase in phases.iter().filter(|p| p.epochs > 0) {
         let first_epoch = phase_start;
@@ -490,15 +504,28 @@ fn run(
         set_trainable(&vs, model.as_ref(), phase.trainable_from);
         let level = phase.trainable_from;
         let (train_inputs, val_inputs) = if config.train.precompute_frozen && level > 0 {
-            if !cache.iter().any(|c| c.0 == level) {
+            // Compute the lowest level any remaining phase needs first, and each higher one
+            // from it: the frozen stages run once over the images.
+            let mut levels: Vec<usize> = precompute_levels
+                .iter()
+                .copied()
+                .filter(|&l| l <= level)
+                .collect();
+            levels.push(level);
+            levels.sort_unstable();
+            levels.dedup();
+            for l in levels {
+                if cache.iter().any(|c| c.0 == l) {
+                    continue;
+                }
                 let started = Instant::now();
-                let base = cache.iter().filter(|c| c.0 < level).max_by_key(|c| c.0);
+                let base = cache.iter().filter(|c| c.0 < l).max_by_key(|c| c.0);
                 let batch = tc.batch_size.max(64);
                 let train_reps = precompute(
                     model.as_ref(),
                     &train_set,
                     base.map(|c| (&c.1, c.0)),
-                    level,
+                    l,
                     batch,
                     device,
                     "features",
@@ -507,17 +534,18 @@ fn run(
                     model.as_ref(),
                     &val_set,
                     base.map(|c| (&c.2, c.0)),
-                    level,
+                    l,
                     batch,
                     device,
                     "features",
                 )?;
                 eprintln!(
-                    "stages 0..{level} frozen: their activations for {} images computed once in {:.1}s",
+                    "stages {}..{l} frozen: their activations for {} images computed once in {:.1}s",
+                    base.map_or(0, |c| c.0),
                     train_set.len() + val_set.len(),
                     started.elapsed().as_secs_f64()
                 );
-                cache.push((level, train_reps, val_reps));
+                cache.push((l, train_reps, val_reps));
             }
             let c = cache
                 .iter()
