@@ -22,7 +22,7 @@ fi
 
 list=$(mktemp)
 trap 'rm -f "$list"' EXIT
-find "$data" -name '*.jpeg' | sort | head -n "$n" > "$list"
+find "$data" -name '*.jpeg' | sort | awk -v n="$n" 'NR <= n' > "$list"
 echo "images: $(wc -l < "$list") Kermany JPEGs at 224 px; cores: $(nproc)" >&2
 
 export LIBTORCH="$torch_dir" LIBTORCH_CXX11_ABI=1

@@ -311,9 +311,12 @@ impl Config {
             ));
         }
         let a = &self.data.augment;
-        if !(0.0 < a.crop_scale[0] && a.crop_scale[0] <= a.crop_scale[1] && a.crop_scale[1] <= 1.0)
-            || !(0.0 < a.crop_ratio[0] && a.crop_ratio[0] <= a.crop_ratio[1])
-        {
+        let crop_ok = 0.0 < a.crop_scale[0]
+            && a.crop_scale[0] <= a.crop_scale[1]
+            && a.crop_scale[1] <= 1.0
+            && 0.0 < a.crop_ratio[0]
+            && a.crop_ratio[0] <= a.crop_ratio[1];
+        if !crop_ok {
             return bad("data.augment.crop_scale must satisfy 0 < min <= max <= 1, and crop_ratio 0 < min <= max".into());
         }
         if self.data.std.iter().any(|s| *s <= 0.0) {

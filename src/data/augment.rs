@@ -26,6 +26,19 @@ pub fn prepare<R: Rng>(
     augment: Option<(&AugmentConfig, &mut R)>,
 ) -> Vec<f32> {
     let mut out = vec![0f32; channels * size * size];
+    prepare_into(pixels, size, channels, norm, augment, &mut out);
+    out
+}
+
+/// [`prepare`] into a caller's buffer of `channels * size * size` floats (a batch slot).
+pub fn prepare_into<R: Rng>(
+    pixels: &[u8],
+    size: usize,
+    channels: usize,
+    norm: &Normalize,
+    augment: Option<(&AugmentConfig, &mut R)>,
+    out: &mut [f32],
+) {
     let plane = size * size;
     match augment {
         None => {
@@ -37,10 +50,9 @@ pub fn prepare<R: Rng>(
         }
         Some((cfg, rng)) => {
             let t = Transform::sample(cfg, rng, size as f32);
-            apply(&t, pixels, size, channels, norm, &mut out);
+            apply(&t, pixels, size, channels, norm, out);
         }
     }
-    out
 }
 
 /// Applies one drawn transform: geometry by inverse mapping with bilinear sampling, then
@@ -57,15 +69,43 @@ fn apply(
     let s = size as f32;
     let centre = s / 2.0;
     let mut mean_level = 0f32;
-    // Inverse mapping: for each output pixel, where it comes from in the input.
+    // The source position is affine in the output position: step it instead of recomputing.
+    let origin = t.source(0.5 - centre, 0.5 - centre, s);
+    let right = t.source(1.5 - centre, 0.5 - centre, s);
+    let down = t.source(0.5 - centre, 1.5 - centre, s);
+    let (dxx, dyx) = (right.0 - origin.0, right.1 - origin.1);
+    let (dxy, dyy) = (down.0 - origin.0, down.1 - origin.1);
+    let scale = t.brightness / 255.0;
+    let row = size * channels;
     for y in 0..size {
+        let mut sx = origin.0 + y as f32 * dxy;
+        let mut sy = origin.1 + y as f32 * dyy;
         for x in 0..size {
-            let (sx, sy) = t.source(x as f32 + 0.5 - centre, y as f32 + 0.5 - centre, s);
-            for c in 0..channels {
-                let v = bilinear(pixels, size, channels, c, sx, sy) / 255.0 * t.brightness;
-                out[c * plane + y * size + x] = v;
-                mean_level += v;
+            let (x0, y0) = (sx.floor(), sy.floor());
+            let (fx, fy) = (sx - x0, sy - y0);
+            let (xi, yi) = (x0 as isize, y0 as isize);
+            let o = y * size + x;
+            if xi >= 0 && yi >= 0 && (xi as usize) + 1 < size && (yi as usize) + 1 < size {
+                // All four taps inside: no bounds checks per tap.
+                let i = yi as usize * row + xi as usize * channels;
+                for c in 0..channels {
+                    let top =
+                        pixels[i + c] as f32 * (1.0 - fx) + pixels[i + channels + c] as f32 * fx;
+                    let bottom = pixels[i + row + c] as f32 * (1.0 - fx)
+                        + pixels[i + row + channels + c] as f32 * fx;
+                    let v = (top * (1.0 - fy) + bottom * fy) * scale;
+                    out[c * plane + o] = v;
+                    mean_level += v;
+                }
+            } else {
+                for c in 0..channels {
+                    let v = bilinear(pixels, size, channels, c, sx, sy) * scale;
+                    out[c * plane + o] = v;
+                    mean_level += v;
+                }
             }
+            sx += dxx;
+            sy += dyx;
         }
     }
     mean_level /= out.len() as f32;

@@ -128,19 +128,20 @@ fn image_reason(e: &image::ImageError) -> String {
 
 /// Converts to `channels` (1 = grey, 3 = RGB; alpha dropped, 16-bit scaled to 8) and resizes
 /// to `size`x`size`: the shorter side to `size`, then a centre crop. Returns HWC bytes.
-pub fn to_model_pixels(img: &DynamicImage, size: u32, channels: u32) -> Vec<u8> {
+pub fn to_model_pixels(img: DynamicImage, size: u32, channels: u32) -> Vec<u8> {
     let fitted = if img.width() == size && img.height() == size {
-        img.clone()
+        img
     } else {
         img.resize_to_fill(size, size, FilterType::Triangle)
     };
+    // into_*: no copy when the image already has the wanted layout.
     match channels {
-        1 => fitted.to_luma8().into_raw(),
-        _ => fitted.to_rgb8().into_raw(),
+        1 => fitted.into_luma8().into_raw(),
+        _ => fitted.into_rgb8().into_raw(),
     }
 }
 
 /// Decodes `path` and returns its model pixels; see [`to_model_pixels`].
 pub fn load_model_pixels(path: &Path, size: u32, channels: u32) -> Result<Vec<u8>, Error> {
-    decode_image(path).map(|img| to_model_pixels(&img, size, channels))
+    decode_image(path).map(|img| to_model_pixels(img, size, channels))
 }

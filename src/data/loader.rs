@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::AugmentConfig;
-use crate::data::augment::{prepare, Normalize};
+use crate::data::augment::{prepare_into, Normalize};
 use crate::data::decode::load_model_pixels;
 use crate::error::Error;
 
@@ -129,25 +129,27 @@ pub fn build_batch(
     seed: u64,
 ) -> Result<Batch, Error> {
     let spec = set.spec();
-    let prepared: Vec<Vec<f32>> = indices
-        .par_iter()
-        .enumerate()
-        .map(|(pos, &i)| {
+    let (size, ch) = (spec.size as usize, spec.channels as usize);
+    let per_image = ch * size * size;
+    let mut images = vec![0f32; per_image * indices.len()];
+    images
+        .par_chunks_mut(per_image)
+        .zip(indices.par_iter().enumerate())
+        .try_for_each(|(slot, (pos, &i))| -> Result<(), Error> {
             let pixels = set.pixels(i)?;
-            let (size, ch) = (spec.size as usize, spec.channels as usize);
-            Ok(match augment {
+            match augment {
                 Some(cfg) => {
                     let mut rng = ChaCha8Rng::seed_from_u64(
                         seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos as u64,
                     );
-                    prepare(&pixels, size, ch, &spec.norm, Some((cfg, &mut rng)))
+                    prepare_into(&pixels, size, ch, &spec.norm, Some((cfg, &mut rng)), slot)
                 }
-                None => prepare::<ChaCha8Rng>(&pixels, size, ch, &spec.norm, None),
-            })
-        })
-        .collect::<Result<_, Error>>()?;
+                None => prepare_into::<ChaCha8Rng>(&pixels, size, ch, &spec.norm, None, slot),
+            }
+            Ok(())
+        })?;
     Ok(Batch {
-        images: prepared.concat(),
+        images,
         labels: indices.iter().map(|&i| set.labels[i] as i64).collect(),
         indices: indices.to_vec(),
     })
