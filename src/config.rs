@@ -115,8 +115,19 @@ pub struct TrainConfig {
     pub class_weights: ClassWeights,
     /// Label smoothing for the cross-entropy (default 0.0).
     pub label_smoothing: f64,
-    /// "none", "cosine" (with warm-up) or "step" (default "cosine").
+    /// "none", "cosine" (with warm-up), "step", or "plateau" (multiply the rate by
+    /// `plateau_factor` after `plateau_patience` epochs without improvement of `monitor`)
+    /// (default "cosine").
     pub scheduler: String,
+    /// Reduce-on-plateau: epochs without improvement before the rate drops (default 2).
+    pub plateau_patience: usize,
+    /// Reduce-on-plateau: the factor applied to the rate (default 0.5).
+    pub plateau_factor: f64,
+    /// "cross_entropy" or "focal" (Lin et al. 2017; class weights act as alpha) (default
+    /// "cross_entropy").
+    pub loss: String,
+    /// Focal loss focusing parameter gamma (default 2.0).
+    pub focal_gamma: f64,
     /// Linear warm-up epochs for the cosine schedule (default 0).
     pub warmup_epochs: usize,
     /// Step schedule: multiply the rate by `step_gamma` every `step_epochs` (defaults 10, 0.1).
@@ -229,6 +240,10 @@ impl Default for TrainConfig {
             class_weights: ClassWeights::Keyword("none".into()),
             label_smoothing: 0.0,
             scheduler: "cosine".into(),
+            plateau_patience: 2,
+            plateau_factor: 0.5,
+            loss: "cross_entropy".into(),
+            focal_gamma: 2.0,
             warmup_epochs: 0,
             step_epochs: 10,
             step_gamma: 0.1,
@@ -287,8 +302,9 @@ impl Config {
         one_of(
             "train.scheduler",
             &self.train.scheduler,
-            &["none", "cosine", "step"],
+            &["none", "cosine", "step", "plateau"],
         )?;
+        one_of("train.loss", &self.train.loss, &["cross_entropy", "focal"])?;
         one_of(
             "train.monitor",
             &self.train.monitor,

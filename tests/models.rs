@@ -134,3 +134,29 @@ fn pretrained_loading_reports_loaded_and_skipped() {
     assert_eq!(report.adapted, vec!["features.0.0.weight".to_string()]);
     assert_eq!(report.loaded.len(), 259);
 }
+
+/// The EfficientNet-Lite0 ImageNet weights load strictly (every name and shape matches), and
+/// as pretrained weights everything but `_fc` is taken. On scikit-image's photos the network
+/// gives chelsea.png "Egyptian cat" (285) and coffee.png "espresso" (967), as MobileNetV2 does
+/// (checked by hand; the photos are not shipped here).
+#[test]
+fn efficientnet_lite0_takes_the_imagenet_weights() {
+    let Some(weights) = shared_weights("efficientnet_lite0_imagenet.safetensors") else {
+        return;
+    };
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = build(&vs.root(), &spec("efficientnet_lite0", 3, 1000)).unwrap();
+    vs.load(&weights).unwrap();
+    let xs = Tensor::zeros([1, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let logits = tch::no_grad(|| model.forward_t(&xs, false));
+    assert_eq!(logits.size(), vec![1, 1000]);
+    assert!(logits.isfinite().all().int64_value(&[]) == 1);
+
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = build(&vs.root(), &spec("efficientnet_lite0", 3, 4)).unwrap();
+    let report = load_pretrained(&mut vs, &weights, model.head_prefix()).unwrap();
+    assert_eq!(report.loaded.len(), 245);
+    assert!(report.missing.is_empty(), "{:?}", report.missing);
+    let skipped: Vec<&str> = report.skipped.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(skipped, vec!["_fc.bias", "_fc.weight"]);
+}

@@ -6,9 +6,11 @@
 //! so ImageNet weights converted from torchvision load as they are.
 
 pub mod cnn;
+pub mod efficientnet;
 pub mod mobilenet;
 pub mod pretrained;
 pub mod resnet;
+pub mod sepres;
 
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -16,7 +18,13 @@ use tch::{nn, Tensor};
 use crate::error::Error;
 
 /// Architecture names accepted by `model.arch`.
-pub const ARCHITECTURES: &[&str] = &["simple_cnn", "mobilenet_v2", "resnet18"];
+pub const ARCHITECTURES: &[&str] = &[
+    "simple_cnn",
+    "sepres_cnn",
+    "mobilenet_v2",
+    "resnet18",
+    "efficientnet_lite0",
+];
 
 /// An image classifier: a sequence of feature stages, then a head.
 pub trait Classifier: Send {
@@ -58,7 +66,9 @@ pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
     match spec.arch.as_str() {
         "simple_cnn" => Ok(Box::new(cnn::simple_cnn(root, c, k, d))),
+        "sepres_cnn" => Ok(Box::new(sepres::sepres_cnn(root, c, k, d))),
         "mobilenet_v2" => Ok(Box::new(mobilenet::mobilenet_v2(root, c, k, d))),
+        "efficientnet_lite0" => Ok(Box::new(efficientnet::efficientnet_lite0(root, c, k, d))),
         "resnet18" => Ok(Box::new(resnet::resnet18(root, c, k, d))),
         other => Err(Error::usage(format!(
             "unknown model.arch \"{other}\" (one of: {})",

@@ -56,6 +56,42 @@ pub struct RunState {
     pub epochs_without_improvement: usize,
     /// Whether the run has finished.
     pub finished: bool,
+    /// Reduce-on-plateau: the factor applied to the scheduled rate so far.
+    #[serde(default = "one")]
+    pub lr_scale: f64,
+    /// Reduce-on-plateau: epochs since the last improvement or rate drop.
+    #[serde(default)]
+    pub plateau_wait: usize,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+/// The training loss: cross-entropy (class weights, label smoothing) or focal loss (class
+/// weights as alpha), averaged with the weights as torch's weighted cross-entropy is.
+fn training_loss(
+    logits: &Tensor,
+    ys: &Tensor,
+    weights: Option<&Tensor>,
+    tc: &crate::config::TrainConfig,
+) -> Result<Tensor> {
+    if tc.loss == "focal" {
+        let log_p = logits.log_softmax(-1, Kind::Float);
+        let log_pt = log_p.gather(1, &ys.unsqueeze(1), false).squeeze_dim(1);
+        let pt = log_pt.exp();
+        let per_sample = (pt.neg() + 1.0).pow_tensor_scalar(tc.focal_gamma).neg() * &log_pt;
+        return Ok(match weights {
+            Some(w) => {
+                let wt = w.index_select(0, ys);
+                (per_sample * &wt).sum(Kind::Float) / wt.sum(Kind::Float)
+            }
+            None => per_sample.mean(Kind::Float),
+        });
+    }
+    logits
+        .f_cross_entropy_loss(ys, weights, tch::Reduction::Mean, -100, tc.label_smoothing)
+        .torch()
 }
 
 /// Where the run folder goes: `out`, else `checkpoints/<name>-<timestamp>`.
@@ -466,6 +502,8 @@ fn run(
                 best_epoch: 0,
                 epochs_without_improvement: 0,
                 finished: false,
+                lr_scale: 1.0,
+                plateau_wait: 0,
             },
             Vec::new(),
         ),
@@ -617,7 +655,7 @@ fn run(
                 };
                 data_wait += waiting.elapsed();
                 let batch = batch?;
-                let lr = schedule.lr_at(phase_epoch * steps_per_epoch + step);
+                let lr = schedule.lr_at(phase_epoch * steps_per_epoch + step) * state.lr_scale;
                 opt.set_lr(lr);
                 let logits = forward_from(
                     model.as_ref(),
@@ -626,15 +664,7 @@ fn run(
                     phase.trainable_from,
                     true,
                 );
-                let loss = logits
-                    .f_cross_entropy_loss(
-                        &batch.ys,
-                        weights.as_ref(),
-                        tch::Reduction::Mean,
-                        -100,
-                        tc.label_smoothing,
-                    )
-                    .torch()?;
+                let loss = training_loss(&logits, &batch.ys, weights.as_ref(), tc)?;
                 let loss_value = loss.double_value(&[]);
                 if !loss_value.is_finite() {
                     bar.finish_and_clear();
@@ -676,7 +706,7 @@ fn run(
             let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
             let metrics = EpochMetrics {
                 epoch,
-                lr: schedule.lr_at((phase_epoch + 1) * steps_per_epoch - 1),
+                lr: schedule.lr_at((phase_epoch + 1) * steps_per_epoch - 1) * state.lr_scale,
                 train_loss: loss_sum / seen.max(1) as f64,
                 train_acc: correct as f64 / seen.max(1) as f64,
                 val_loss: val.loss,
@@ -707,12 +737,20 @@ fn run(
             } else {
                 state.epochs_without_improvement += 1;
             }
+            if tc.scheduler == "plateau" {
+                state.plateau_wait = if improved { 0 } else { state.plateau_wait + 1 };
+                if state.plateau_wait >= tc.plateau_patience.max(1) {
+                    state.lr_scale *= tc.plateau_factor;
+                    state.plateau_wait = 0;
+                    eprintln!("validation plateau: learning rate x{}", tc.plateau_factor);
+                }
+            }
             state.epochs_done = epoch;
             write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
             write_curves(&run_dir, &history);
             crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
             eprintln!(
-                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.0} img/s  data wait {:.0}%{}",
+                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.0} img/s  data wait {:.1}%{}",
                 tc.epochs,
                 metrics.train_loss,
                 metrics.train_acc,
@@ -812,5 +850,63 @@ fn validate(
                 logits: logits_out,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::TrainConfig;
+
+    /// Focal loss by hand: logits [2, 0], true class 0: p = e^2 / (e^2 + 1) = 0.880797,
+    /// FL = -(1 - p)^2 ln p = 0.0018035; with gamma 0 it is the cross-entropy, -ln p = 0.126928.
+    #[test]
+    fn focal_loss_matches_hand_computation() {
+        let logits = Tensor::from_slice(&[2.0f32, 0.0]).view([1, 2]);
+        let ys = Tensor::from_slice(&[0i64]);
+        let mut tc = TrainConfig {
+            loss: "focal".into(),
+            focal_gamma: 2.0,
+            ..TrainConfig::default()
+        };
+        let fl = training_loss(&logits, &ys, None, &tc)
+            .unwrap()
+            .double_value(&[]);
+        assert!((fl - 0.0018035).abs() < 1e-6, "{fl}");
+        tc.focal_gamma = 0.0;
+        let ce = training_loss(&logits, &ys, None, &tc)
+            .unwrap()
+            .double_value(&[]);
+        assert!((ce - 0.126928).abs() < 1e-5, "{ce}");
+    }
+
+    /// Weighted focal loss averages with the weights, as torch's weighted cross-entropy does.
+    #[test]
+    fn focal_loss_weights_average_like_cross_entropy() {
+        let logits = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0, 0.5, 0.5]).view([3, 2]);
+        let ys = Tensor::from_slice(&[0i64, 0, 1]);
+        let w = Tensor::from_slice(&[1.0f32, 3.0]);
+        let tc = TrainConfig {
+            loss: "focal".into(),
+            focal_gamma: 0.0,
+            ..TrainConfig::default()
+        };
+        let fl = training_loss(&logits, &ys, Some(&w), &tc)
+            .unwrap()
+            .double_value(&[]);
+        let ce = training_loss(&logits, &ys, Some(&w), &TrainConfig::default())
+            .unwrap()
+            .double_value(&[]);
+        assert!((fl - ce).abs() < 1e-6, "{fl} vs {ce}");
+    }
+
+    #[test]
+    fn balanced_class_weights_follow_sklearn() {
+        // sklearn.utils.class_weight.compute_class_weight("balanced", classes=[0,1], y) with
+        // 30 of class 0 and 10 of class 1: n / (k * count) = 40/60, 40/20.
+        let w = class_weights(&ClassWeights::Keyword("balanced".into()), &[30, 10])
+            .unwrap()
+            .unwrap();
+        assert!((w[0] - 2.0 / 3.0).abs() < 1e-12 && (w[1] - 2.0).abs() < 1e-12);
     }
 }

@@ -1,0 +1,111 @@
+//! `sepres_cnn`: a small network of depthwise-separable convolution blocks with residual
+//! links, trained from scratch (the Xception-style CNN of many Kaggle notebooks).
+
+use tch::{nn, nn::ModuleT, Tensor};
+
+use super::StagedClassifier;
+
+/// Depthwise 3x3 then pointwise 1x1 convolution, batch norm.
+#[derive(Debug)]
+struct SeparableConv {
+    depthwise: nn::Conv2D,
+    pointwise: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl SeparableConv {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
+        let dw = nn::ConvConfig {
+            padding: 1,
+            groups: c_in,
+            bias: false,
+            ..Default::default()
+        };
+        SeparableConv {
+            depthwise: nn::conv2d(p / "dw", c_in, c_in, 3, dw),
+            pointwise: nn::conv2d(p / "pw", c_in, c_out, 1, nn::no_bias()),
+            bn: nn::batch_norm2d(p / "bn", c_out, Default::default()),
+        }
+    }
+
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.depthwise)
+            .apply(&self.pointwise)
+            .apply_t(&self.bn, train)
+    }
+}
+
+/// Two separable convolutions and 2x2 max pooling, plus a strided 1x1 shortcut.
+#[derive(Debug)]
+struct ResidualBlock {
+    sep1: SeparableConv,
+    sep2: SeparableConv,
+    shortcut: nn::Conv2D,
+    shortcut_bn: nn::BatchNorm,
+}
+
+impl ModuleT for ResidualBlock {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        let ys = self
+            .sep2
+            .forward_t(&self.sep1.forward_t(xs, train).relu(), train)
+            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
+        let skip = xs.apply(&self.shortcut).apply_t(&self.shortcut_bn, train);
+        (ys + skip).relu()
+    }
+}
+
+/// The stem: 3x3 stride-2 convolution, batch norm, ReLU.
+#[derive(Debug)]
+struct Stem {
+    conv: nn::Conv2D,
+    bn: nn::BatchNorm,
+}
+
+impl ModuleT for Stem {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
+        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+    }
+}
+
+/// `sepres_cnn`: stem (32 channels, stride 2), four residual separable blocks (64, 128, 256,
+/// 256 channels, each halving the size), then pooling, dropout and a linear classifier.
+/// L2 regularisation comes from `train.weight_decay`.
+pub fn sepres_cnn(
+    p: &nn::Path,
+    in_channels: i64,
+    num_classes: i64,
+    dropout: f64,
+) -> StagedClassifier {
+    let stem_cfg = nn::ConvConfig {
+        stride: 2,
+        padding: 1,
+        bias: false,
+        ..Default::default()
+    };
+    let stem = Stem {
+        conv: nn::conv2d(p / "stem" / "conv", in_channels, 32, 3, stem_cfg),
+        bn: nn::batch_norm2d(p / "stem" / "bn", 32, Default::default()),
+    };
+    let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
+        vec![(Box::new(stem), vec!["stem.".into()])];
+    let mut c_in = 32;
+    for (i, c_out) in [64, 128, 256, 256].into_iter().enumerate() {
+        let b = p / "blocks" / i;
+        let shortcut_cfg = nn::ConvConfig {
+            stride: 2,
+            bias: false,
+            ..Default::default()
+        };
+        let block = ResidualBlock {
+            sep1: SeparableConv::new(&(&b / "sep1"), c_in, c_out),
+            sep2: SeparableConv::new(&(&b / "sep2"), c_out, c_out),
+            shortcut: nn::conv2d(&b / "shortcut", c_in, c_out, 1, shortcut_cfg),
+            shortcut_bn: nn::batch_norm2d(&b / "shortcut_bn", c_out, Default::default()),
+        };
+        stages.push((Box::new(block), vec![format!("blocks.{i}.")]));
+        c_in = c_out;
+    }
+    let classifier = nn::linear(p / "classifier", c_in, num_classes, Default::default());
+    StagedClassifier::new(stages, "classifier.", dropout, classifier)
+}
