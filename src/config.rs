@@ -147,6 +147,9 @@ pub struct TrainConfig {
     pub unfreeze_stages: usize,
     /// Stage two's learning rate is `lr` times this (default 0.1).
     pub finetune_lr_factor: f64,
+    /// Automatic mixed precision on CUDA (float16 autocast with a dynamic loss scale); ignored
+    /// on the CPU (default false).
+    pub amp: bool,
     /// Compute the frozen stages' activations once, keep them in memory, and train on them:
     /// much faster on a CPU, but no augmentation of the training images (default false).
     pub precompute_frozen: bool,
@@ -254,6 +257,7 @@ impl Default for TrainConfig {
             unfreeze_stages: 0,
             finetune_lr_factor: 0.1,
             precompute_frozen: false,
+            amp: false,
         }
     }
 }

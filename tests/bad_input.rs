@@ -152,3 +152,18 @@ fn diverging_learning_rate_stops_cleanly() {
     assert!(err.contains("diverged"), "{err}");
     assert_clean_stderr(&out.stderr);
 }
+
+/// Every shipped config parses, with every key known and every value valid.
+#[test]
+fn shipped_configs_are_valid() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            xray::config::Config::load(&path, &[])
+                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 6, "only {n} configs");
+}

@@ -513,6 +513,8 @@ fn run(
     // Cached activations by level: (train, val).
     let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
     let mut phase_start = 0;
+    let amp = tc.amp && device.is_cuda();
+    let mut scaler = optim::LossScaler::default();
     // Levels whose activations the phases still to run will train on.
     let precompute_levels: Vec<usize> = if tc.precompute_frozen {
         let mut start = 0;
@@ -657,13 +659,16 @@ fn run(
                 let batch = batch?;
                 let lr = schedule.lr_at(phase_epoch * steps_per_epoch + step) * state.lr_scale;
                 opt.set_lr(lr);
-                let logits = forward_from(
-                    model.as_ref(),
-                    &batch.xs,
-                    batch.level,
-                    phase.trainable_from,
-                    true,
-                );
+                let logits = tch::autocast(amp, || {
+                    forward_from(
+                        model.as_ref(),
+                        &batch.xs,
+                        batch.level,
+                        phase.trainable_from,
+                        true,
+                    )
+                })
+                .to_kind(Kind::Float);
                 let loss = training_loss(&logits, &batch.ys, weights.as_ref(), tc)?;
                 let loss_value = loss.double_value(&[]);
                 if !loss_value.is_finite() {
@@ -675,7 +680,11 @@ fn run(
                         run_dir.display()
                     ));
                 }
-                opt.backward_step(&loss, tc.grad_clip);
+                if amp {
+                    opt.backward_step_scaled(&loss, tc.grad_clip, &mut scaler);
+                } else {
+                    opt.backward_step(&loss, tc.grad_clip);
+                }
                 let n = batch.labels.len();
                 loss_sum += loss_value * n as f64;
                 let predicted = logits.argmax(-1, false).to_device(Device::Cpu);

@@ -39,6 +39,38 @@ pub struct Optimizer {
     step: i64,
 }
 
+/// Dynamic loss scale for float16 training (torch.cuda.amp.GradScaler's defaults).
+#[derive(Debug, Clone)]
+pub struct LossScaler {
+    /// The current scale.
+    pub scale: f64,
+    good_steps: usize,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65536.0,
+            good_steps: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    fn overflowed(&mut self) {
+        self.scale *= 0.5;
+        self.good_steps = 0;
+    }
+
+    fn stepped(&mut self) {
+        self.good_steps += 1;
+        if self.good_steps == 2000 {
+            self.scale *= 2.0;
+            self.good_steps = 0;
+        }
+    }
+}
+
 const BETA1: f64 = 0.9;
 const BETA2: f64 = 0.999;
 const EPS: f64 = 1e-8;
@@ -113,6 +145,41 @@ impl Optimizer {
             self.clip_grad_norm(clip);
         }
         self.step();
+    }
+
+    /// Mixed-precision step: backward of `loss * scaler.scale`, gradients unscaled, and the
+    /// update skipped (with the scale halved) when any gradient overflowed, as torch's
+    /// GradScaler does. Returns whether the update was applied.
+    pub fn backward_step_scaled(
+        &mut self,
+        loss: &Tensor,
+        clip: f64,
+        scaler: &mut LossScaler,
+    ) -> bool {
+        self.zero_grad();
+        (loss * scaler.scale).backward();
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .collect();
+        let finite = grads
+            .iter()
+            .all(|g| g.isfinite().all().int64_value(&[]) == 1);
+        if !finite {
+            scaler.overflowed();
+            return false;
+        }
+        for mut g in grads {
+            let _ = g.g_mul_scalar_(1.0 / scaler.scale);
+        }
+        if clip > 0.0 {
+            self.clip_grad_norm(clip);
+        }
+        self.step();
+        scaler.stepped();
+        true
     }
 
     /// One update of every parameter that has a gradient.
@@ -261,6 +328,23 @@ mod tests {
             opt.backward_step(&loss, 0.0);
         }
         assert!((w.double_value(&[0]) - 0.46).abs() < 1e-6);
+    }
+
+    #[test]
+    fn overflowing_step_is_skipped_and_the_scale_halves() {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var_copy("w", &Tensor::from_slice(&[1.0f32]));
+        let mut opt = Optimizer::new(&vs, Rule::Sgd { nesterov: false }, 0.1, 0.0, 0.0);
+        let mut scaler = LossScaler::default();
+        // float32 overflows at 3.4e38: a loss of 1e36 times 65536 does.
+        let huge = (&w * 1e36f64).sum(Kind::Float);
+        assert!(!opt.backward_step_scaled(&huge, 0.0, &mut scaler));
+        assert_eq!(scaler.scale, 32768.0);
+        assert_eq!(w.double_value(&[0]), 1.0);
+        // A normal loss: gradients are unscaled before the update (w -= 0.1 * 2w).
+        let loss = w.square().sum(Kind::Float);
+        assert!(opt.backward_step_scaled(&loss, 0.0, &mut scaler));
+        assert!((w.double_value(&[0]) - 0.8).abs() < 1e-6);
     }
 
     #[test]
