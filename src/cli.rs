@@ -28,6 +28,8 @@ pub enum Command {
     Predict(commands::predict::PredictArgs),
     /// Write a synthetic chest-X-ray-like dataset with known opacity boxes.
     Synth(commands::synth::SynthArgs),
+    /// Convert a PyTorch state-dict file (.pth) into safetensors for `model.pretrained`.
+    ImportWeights(commands::import_weights::ImportWeightsArgs),
     /// Run synth, split, train, eval and predict end to end on the CPU.
     Demo(commands::demo::DemoArgs),
 }
@@ -39,7 +41,7 @@ impl Command {
         match self {
             Command::Train(_) | Command::Eval(_) | Command::Demo(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
-            Command::Split(_) | Command::Synth(_) => false,
+            Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
         }
     }
 
@@ -51,6 +53,7 @@ impl Command {
             Command::Eval(a) => a.execute(),
             Command::Predict(a) => a.execute(),
             Command::Synth(a) => a.execute(),
+            Command::ImportWeights(a) => a.execute(),
             Command::Demo(a) => a.execute(),
         }
     }

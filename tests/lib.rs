@@ -3,6 +3,7 @@
 mod bad_input;
 mod common;
 mod formats;
+mod import_weights;
 mod metrics;
 mod models;
 mod pipeline;

@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod eval;
+pub mod import_weights;
 pub mod predict;
 pub mod split;
 pub mod synth;

@@ -7,6 +7,7 @@
 
 pub mod cnn;
 pub mod efficientnet;
+pub mod import;
 pub mod mobilenet;
 pub mod pretrained;
 pub mod resnet;

@@ -1,0 +1,92 @@
+//! `xray import-weights` on a .pth that PyTorch writes during the test: the imported ResNet18
+//! reproduces PyTorch's logits.
+
+use std::path::PathBuf;
+
+use tch::{nn, Device, Kind, Tensor};
+use xray::models::{build, ModelSpec};
+
+use crate::common::{repo, xray};
+
+/// The Python of the libtorch cache (scripts/libtorch.sh installs it; the tests need it built).
+fn torch_python() -> Option<PathBuf> {
+    let out = std::process::Command::new(repo().join("scripts/libtorch.sh"))
+        .output()
+        .ok()?;
+    let torch_dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+    let python = torch_dir.join("../../../../bin/python");
+    python.is_file().then_some(python)
+}
+
+#[test]
+fn imported_resnet18_reproduces_pytorch_logits() {
+    let Some(python) = torch_python() else {
+        println!("skipped: no Python torch from scripts/libtorch.sh");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pth = dir.path().join("resnet18.pth");
+    let logits_txt = dir.path().join("logits.txt");
+    let status = std::process::Command::new(&python)
+        .arg(repo().join("tests/fixtures/resnet18_pth.py"))
+        .arg(&pth)
+        .arg(&logits_txt)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the PyTorch side failed");
+
+    let out = dir.path().join("resnet18.safetensors");
+    let assert = xray()
+        .arg("import-weights")
+        .arg(&pth)
+        .args(["--arch", "resnet18", "-o"])
+        .arg(&out)
+        .assert()
+        .success();
+    let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
+    assert!(
+        stdout.contains("wrote 102 tensors of resnet18 (1000 classes)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("batch-norm step counters"), "{stdout}");
+
+    let mut vs = nn::VarStore::new(Device::Cpu);
+    let model = build(
+        &vs.root(),
+        &ModelSpec {
+            arch: "resnet18".into(),
+            in_channels: 3,
+            num_classes: 1000,
+            dropout: 0.0,
+        },
+    )
+    .unwrap();
+    vs.load(&out).unwrap();
+    let x = (Tensor::arange(3 * 64 * 64, (Kind::Float, Device::Cpu)).reshape([1, 3, 64, 64])
+        * 0.001)
+        .sin();
+    let ours: Vec<f32> = Vec::try_from(tch::no_grad(|| model.forward_t(&x, false)).get(0)).unwrap();
+    let theirs: Vec<f32> = std::fs::read_to_string(&logits_txt)
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(ours.len(), theirs.len());
+    let worst = ours
+        .iter()
+        .zip(&theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-4, "largest logit difference {worst}");
+
+    // The wrong architecture is refused with a reason.
+    let out = xray()
+        .arg("import-weights")
+        .arg(&pth)
+        .args(["--arch", "mobilenet_v2", "-o"])
+        .arg(dir.path().join("x.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a mobilenet_v2 state dict"));
+}
