@@ -381,7 +381,7 @@ pub fn read_torch_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
             storages.insert(t.storage.clone(), bytes);
         }
         let bytes = &storages[&t.storage];
-        let elem = t.kind.elt_size_in_bytes() as usize;
+        let elem = t.kind.elt_size_in_bytes();
         let flat =
             Tensor::f_from_data_size(bytes, &[(bytes.len() / elem) as i64], t.kind).torch()?;
         let tensor = flat

@@ -42,50 +42,48 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
         .filter(|v| v.is_finite())
         .collect();
     let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.05;
-    let mut chart = ChartBuilder::on(&panels[0])
-        .caption("loss", ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(x_range.clone(), 0.0..max_loss)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(plot_err)?;
-    let series: [Curve; 2] = [
+    let loss_curves: [Curve; 2] = [
         ("train", BLUE, |m| Some(m.train_loss)),
         ("validation", RED, |m| Some(m.val_loss)),
     ];
-    for (name, color, pick) in series {
-        draw_series(&mut chart, history, name, color, pick)?;
-    }
-    legend(&mut chart, SeriesLabelPosition::UpperRight)?;
-
-    let mut chart = ChartBuilder::on(&panels[1])
-        .caption("accuracy and AUC", ("sans-serif", 24))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(55)
-        .build_cartesian_2d(x_range, 0.0..1.0)
-        .map_err(plot_err)?;
-    chart
-        .configure_mesh()
-        .x_desc("epoch")
-        .label_style(("sans-serif", 14))
-        .draw()
-        .map_err(plot_err)?;
-    let series: [Curve; 3] = [
+    let quality_curves: [Curve; 3] = [
         ("train accuracy", BLUE, |m| Some(m.train_acc)),
         ("validation accuracy", RED, |m| Some(m.val_acc)),
         ("validation AUC", GREEN, |m| m.val_auc),
     ];
-    for (name, color, pick) in series {
-        draw_series(&mut chart, history, name, color, pick)?;
+    let panel_specs: [(&str, f64, &[Curve], SeriesLabelPosition); 2] = [
+        (
+            "loss",
+            max_loss,
+            &loss_curves,
+            SeriesLabelPosition::UpperRight,
+        ),
+        (
+            "accuracy and AUC",
+            1.0,
+            &quality_curves,
+            SeriesLabelPosition::LowerRight,
+        ),
+    ];
+    for (area, (caption, y_max, curves, position)) in panels.iter().zip(panel_specs) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(caption, ("sans-serif", 24))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(x_range.clone(), 0.0..y_max)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("epoch")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        for &(name, color, pick) in curves {
+            draw_series(&mut chart, history, name, color, pick)?;
+        }
+        legend(&mut chart, position)?;
     }
-    legend(&mut chart, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(plot_err)?;
     Ok(())
 }

@@ -116,14 +116,18 @@ impl Optimizer {
         }
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`.
-    pub fn clip_grad_norm(&mut self, max_norm: f64) {
-        let grads: Vec<Tensor> = self
-            .params
+    /// The gradients of the parameters that have one (frozen ones have none).
+    fn gradients(&self) -> Vec<Tensor> {
+        self.params
             .iter()
             .map(|(_, p)| p.grad())
             .filter(|g| g.defined())
-            .collect();
+            .collect()
+    }
+
+    /// Scales gradients so their global L2 norm is at most `max_norm`.
+    pub fn clip_grad_norm(&mut self, max_norm: f64) {
+        let grads = self.gradients();
         let total: f64 = grads
             .iter()
             .map(|g| g.square().sum(Kind::Double).double_value(&[]))
@@ -158,12 +162,7 @@ impl Optimizer {
     ) -> bool {
         self.zero_grad();
         (loss * scaler.scale).backward();
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(|(_, p)| p.grad())
-            .filter(|g| g.defined())
-            .collect();
+        let grads = self.gradients();
         let finite = grads
             .iter()
             .all(|g| g.isfinite().all().int64_value(&[]) == 1);
