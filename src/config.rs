@@ -111,6 +111,8 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     /// Momentum for SGD and RMSprop (default 0.9).
     pub momentum: f64,
+    /// Nesterov momentum for SGD (default true).
+    pub nesterov: bool,
     /// "none", "balanced" (inverse class frequency) or explicit weights per class (default "none").
     pub class_weights: ClassWeights,
     /// Label smoothing for the cross-entropy (default 0.0).
@@ -240,6 +242,7 @@ impl Default for TrainConfig {
             optimizer: "adamw".into(),
             weight_decay: 1e-4,
             momentum: 0.9,
+            nesterov: true,
             class_weights: ClassWeights::Keyword("none".into()),
             label_smoothing: 0.0,
             scheduler: "cosine".into(),

@@ -30,62 +30,77 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
 /// validation.
 pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     register_fonts();
-    let root = BitMapBackend::new(path, (1200, 450)).into_drawing_area();
-    root.fill(&WHITE).map_err(plot_err)?;
-    let panels = root.split_evenly((1, 2));
-    let epochs = history.len().max(2) as f64;
-    let x_range = 1.0..epochs;
+    const WIDTH_PX: u32 = 1200;
+    const HEIGHT_PX: u32 = 450;
+    // Drawn into memory and encoded with the image crate (plotters' own encoder would pull in
+    // a second version of it).
+    let mut pixels = vec![0u8; (WIDTH_PX * HEIGHT_PX * 3) as usize];
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut pixels, (WIDTH_PX, HEIGHT_PX)).into_drawing_area();
+        root.fill(&WHITE).map_err(plot_err)?;
+        let panels = root.split_evenly((1, 2));
+        let epochs = history.len().max(2) as f64;
+        let x_range = 1.0..epochs;
 
-    let losses: Vec<f64> = history
-        .iter()
-        .flat_map(|m| [m.train_loss, m.val_loss])
-        .filter(|v| v.is_finite())
-        .collect();
-    let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.05;
-    let loss_curves: [Curve; 2] = [
-        ("train", BLUE, |m| Some(m.train_loss)),
-        ("validation", RED, |m| Some(m.val_loss)),
-    ];
-    let quality_curves: [Curve; 3] = [
-        ("train accuracy", BLUE, |m| Some(m.train_acc)),
-        ("validation accuracy", RED, |m| Some(m.val_acc)),
-        ("validation AUC", GREEN, |m| m.val_auc),
-    ];
-    let panel_specs: [(&str, f64, &[Curve], SeriesLabelPosition); 2] = [
-        (
-            "loss",
-            max_loss,
-            &loss_curves,
-            SeriesLabelPosition::UpperRight,
-        ),
-        (
-            "accuracy and AUC",
-            1.0,
-            &quality_curves,
-            SeriesLabelPosition::LowerRight,
-        ),
-    ];
-    for (area, (caption, y_max, curves, position)) in panels.iter().zip(panel_specs) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(caption, ("sans-serif", 24))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(55)
-            .build_cartesian_2d(x_range.clone(), 0.0..y_max)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc("epoch")
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(plot_err)?;
-        for &(name, color, pick) in curves {
-            draw_series(&mut chart, history, name, color, pick)?;
+        let losses: Vec<f64> = history
+            .iter()
+            .flat_map(|m| [m.train_loss, m.val_loss])
+            .filter(|v| v.is_finite())
+            .collect();
+        let max_loss = losses.iter().cloned().fold(0.0, f64::max).max(1e-3) * 1.05;
+        let loss_curves: [Curve; 2] = [
+            ("train", BLUE, |m| Some(m.train_loss)),
+            ("validation", RED, |m| Some(m.val_loss)),
+        ];
+        let quality_curves: [Curve; 3] = [
+            ("train accuracy", BLUE, |m| Some(m.train_acc)),
+            ("validation accuracy", RED, |m| Some(m.val_acc)),
+            ("validation AUC", GREEN, |m| m.val_auc),
+        ];
+        let panel_specs: [(&str, f64, &[Curve], SeriesLabelPosition); 2] = [
+            (
+                "loss",
+                max_loss,
+                &loss_curves,
+                SeriesLabelPosition::UpperRight,
+            ),
+            (
+                "accuracy and AUC",
+                1.0,
+                &quality_curves,
+                SeriesLabelPosition::LowerRight,
+            ),
+        ];
+        for (area, (caption, y_max, curves, position)) in panels.iter().zip(panel_specs) {
+            let mut chart = ChartBuilder::on(area)
+                .caption(caption, ("sans-serif", 24))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(55)
+                .build_cartesian_2d(x_range.clone(), 0.0..y_max)
+                .map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .x_desc("epoch")
+                .label_style(("sans-serif", 14))
+                .draw()
+                .map_err(plot_err)?;
+            for &(name, color, pick) in curves {
+                draw_series(&mut chart, history, name, color, pick)?;
+            }
+            legend(&mut chart, position)?;
         }
-        legend(&mut chart, position)?;
+        root.present().map_err(plot_err)?;
     }
-    root.present().map_err(plot_err)?;
-    Ok(())
+    image::save_buffer(
+        path,
+        &pixels,
+        WIDTH_PX,
+        HEIGHT_PX,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 type Chart<'a> = ChartContext<

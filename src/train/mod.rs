@@ -438,7 +438,9 @@ fn run(
     let tc = &config.train;
     let rule = match tc.optimizer.as_str() {
         "adam" => optim::Rule::Adam,
-        "sgd" => optim::Rule::Sgd { nesterov: true },
+        "sgd" => optim::Rule::Sgd {
+            nesterov: tc.nesterov,
+        },
         "rmsprop" => optim::Rule::RmsProp,
         _ => optim::Rule::AdamW,
     };
