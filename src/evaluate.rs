@@ -14,8 +14,9 @@ use crate::error::Error;
 use crate::fsutil::write_json_atomic;
 use crate::infer::{score_set, Predictor};
 use crate::metrics::{
-    accuracy, confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc,
-    roc_auc_ovr, weighted_average, Averages, ClassMetrics,
+    accuracy, average_precision, average_precision_ovr, balanced_accuracy, cohen_kappa,
+    confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc, roc_auc_ovr,
+    weighted_average, Averages, ClassMetrics,
 };
 
 /// `report.json`.
@@ -48,6 +49,12 @@ pub struct EvalReport {
     /// More than two classes: mean of the defined one-vs-rest AUCs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roc_auc_macro: Option<f64>,
+    /// Mean recall over the classes present.
+    pub balanced_accuracy: Option<f64>,
+    /// Cohen's kappa of predictions against labels.
+    pub cohen_kappa: Option<f64>,
+    /// Two classes: average precision (PR-AUC) of the second class; more: per class.
+    pub pr_auc: BTreeMap<String, Option<f64>>,
     /// The two-class decision threshold used.
     pub threshold: f64,
     /// Mean cross-entropy.
@@ -123,6 +130,7 @@ pub fn evaluate(
     let predicted: Vec<usize> = scores.probs.iter().map(|p| decide(p, threshold)).collect();
     let cm = confusion_matrix(&scores.labels, &predicted, k);
     let per = per_class(&cm);
+    let (balanced_accuracy, cohen_kappa) = (balanced_accuracy(&cm), cohen_kappa(&cm));
     let (roc_auc_binary, ovr, ovr_macro) = if k == 2 {
         let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
         let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
@@ -146,6 +154,19 @@ pub fn evaluate(
         roc_auc: roc_auc_binary,
         roc_auc_ovr: ovr,
         roc_auc_macro: ovr_macro,
+        balanced_accuracy,
+        cohen_kappa,
+        pr_auc: if k == 2 {
+            let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
+            let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
+            BTreeMap::from([(classes[1].clone(), average_precision(&s, &pos))])
+        } else {
+            classes
+                .iter()
+                .cloned()
+                .zip(average_precision_ovr(&scores.probs, &scores.labels, k))
+                .collect()
+        },
         threshold,
         loss: scores.loss,
     };
@@ -223,11 +244,17 @@ pub fn report_table(r: &EvalReport) -> String {
         ));
     }
     s.push_str(&format!("\naccuracy  {}\n", fmt(r.accuracy)));
+    s.push_str(&format!("balanced  {}\n", fmt(r.balanced_accuracy)));
+    s.push_str(&format!("kappa     {}\n", fmt(r.cohen_kappa)));
     if let Some(auc) = r.roc_auc {
         s.push_str(&format!(
             "ROC-AUC   {auc:.4}  (positive class: {})\n",
             r.classes[1]
         ));
+    }
+    if r.classes.len() == 2 {
+        let ap = r.pr_auc.get(&r.classes[1]).copied().flatten();
+        s.push_str(&format!("PR-AUC    {}  (average precision)\n", fmt(ap)));
     }
     if let Some(auc) = r.roc_auc_macro {
         s.push_str(&format!("ROC-AUC   {auc:.4}  (macro one-vs-rest)\n"));

@@ -1,6 +1,7 @@
 //! Metrics against values computed by scikit-learn 1.9.1 on the same small inputs:
 //!
 //! ```python
+//! from sklearn.metrics import average_precision_score, balanced_accuracy_score, cohen_kappa_score
 //! from sklearn.metrics import roc_auc_score, confusion_matrix, precision_recall_fscore_support
 //! roc_auc_score(y, s)                                   # binary, tied scores
 //! precision_recall_fscore_support(yt, yp, labels=[0,1,2], zero_division=np.nan)
@@ -23,6 +24,16 @@ fn binary_auc_with_tied_scores_matches_sklearn() {
     let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9, 0.35, 0.6];
     let pos: Vec<bool> = y.iter().map(|&v| v == 1).collect();
     close(roc_auc(&s, &pos), 0.68);
+}
+
+#[test]
+fn average_precision_with_tied_scores_matches_sklearn() {
+    // average_precision_score(y, s) on the inputs above.
+    let y = [0, 0, 1, 1, 0, 1, 0, 1, 1, 0];
+    let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9, 0.35, 0.6];
+    let pos: Vec<bool> = y.iter().map(|&v| v == 1).collect();
+    close(average_precision(&s, &pos), 0.75);
+    assert_eq!(average_precision(&[0.3], &[false]), None);
 }
 
 #[test]
@@ -81,6 +92,13 @@ fn multiclass_report_matches_sklearn() {
     close(ovr[1], 0.7916666666666667);
     close(ovr[2], 1.0);
     close(mean_defined(&ovr), 0.875);
+    // balanced_accuracy_score, cohen_kappa_score, average_precision_score per class.
+    close(balanced_accuracy(&cm), 0.5);
+    close(cohen_kappa(&cm), 0.33333333333333337);
+    let ap = average_precision_ovr(&p, &yt, 3);
+    close(ap[0], 0.8303571428571428);
+    close(ap[1], 0.775);
+    close(ap[2], 1.0);
 }
 
 #[test]

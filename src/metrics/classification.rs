@@ -137,6 +137,76 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Average precision (area under the precision-recall curve as scikit-learn computes it:
+/// the sum over score thresholds of the recall gained times the precision there, tied scores
+/// taken together). `None` without positives.
+pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    if n_pos == 0 {
+        return None;
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let (mut tp, mut fp, mut prev_recall, mut ap) = (0usize, 0usize, 0.0, 0.0);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if positive[order[j]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        let recall = tp as f64 / n_pos as f64;
+        ap += (recall - prev_recall) * tp as f64 / (tp + fp) as f64;
+        prev_recall = recall;
+        i = j;
+    }
+    Some(ap)
+}
+
+/// One-vs-rest average precision per class.
+pub fn average_precision_ovr(
+    probs: &[Vec<f64>],
+    y_true: &[usize],
+    n_classes: usize,
+) -> Vec<Option<f64>> {
+    (0..n_classes)
+        .map(|c| {
+            let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
+            let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
+            average_precision(&scores, &positive)
+        })
+        .collect()
+}
+
+/// Balanced accuracy: the mean recall over the classes present in the labels.
+pub fn balanced_accuracy(cm: &[Vec<usize>]) -> Option<f64> {
+    let recalls: Vec<Option<f64>> = per_class(cm).iter().map(|m| m.recall).collect();
+    mean_defined(&recalls)
+}
+
+/// Cohen's kappa: agreement between labels and predictions beyond chance. `None` when chance
+/// agreement is already perfect (a single class everywhere).
+pub fn cohen_kappa(cm: &[Vec<usize>]) -> Option<f64> {
+    let n: usize = cm.iter().flatten().sum();
+    if n == 0 {
+        return None;
+    }
+    let n = n as f64;
+    let observed = (0..cm.len()).map(|k| cm[k][k]).sum::<usize>() as f64 / n;
+    let expected: f64 = (0..cm.len())
+        .map(|k| {
+            let row: usize = cm[k].iter().sum();
+            let col: usize = cm.iter().map(|r| r[k]).sum();
+            row as f64 * col as f64 / (n * n)
+        })
+        .sum();
+    (expected < 1.0).then(|| (observed - expected) / (1.0 - expected))
+}
+
 /// One-vs-rest ROC-AUC per class from probabilities `probs[sample][class]`.
 pub fn roc_auc_ovr(probs: &[Vec<f64>], y_true: &[usize], n_classes: usize) -> Vec<Option<f64>> {
     (0..n_classes)
