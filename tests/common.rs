@@ -33,6 +33,17 @@ pub fn synth_dataset(dir: &Path, per_class: usize, size: u32) -> PathBuf {
     data
 }
 
+/// `xray split DATA --out OUT` (default options), asserted to succeed.
+pub fn split_dataset(data: &Path, out: &Path) {
+    xray()
+        .arg("split")
+        .arg(data)
+        .arg("--out")
+        .arg(out)
+        .assert()
+        .success();
+}
+
 /// `xray train --config configs/smoke.toml --set data.split=SPLIT`, ready for more arguments.
 pub fn smoke_train(split: &Path) -> Command {
     let mut cmd = xray();
@@ -71,13 +82,7 @@ pub fn trained() -> &'static Trained {
             .args(["--per-class", "400", "--seed", "1"])
             .assert()
             .success();
-        xray()
-            .arg("split")
-            .arg(&data)
-            .arg("--out")
-            .arg(&split)
-            .assert()
-            .success();
+        split_dataset(&data, &split);
         smoke_train(&split)
             .arg("--out")
             .arg(&run)

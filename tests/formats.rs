@@ -10,7 +10,7 @@ use image::{ImageBuffer, Luma, Rgba};
 use xray::data::decode::{decode_image, load_model_pixels};
 use xray::Error;
 
-use crate::common::{read_json, synth_dataset, xray};
+use crate::common::{read_json, split_dataset, synth_dataset};
 
 /// A 16-bit grey DICOM, `width` x `height`, values rising left to right (12 bits stored).
 pub fn write_dicom(path: &Path, photometric: &str, width: u16, height: u16) {
@@ -214,13 +214,7 @@ fn split_completes_past_bad_files() {
     let data = synth_dataset(dir.path(), 10, 32);
     let fixtures = write_fixtures(&data.join("normal"));
     let out = dir.path().join("split");
-    xray()
-        .arg("split")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
+    split_dataset(&data, &out);
     let report = read_json(&out.join("split_report.json"));
     let skipped = report["corrupt_skipped"].as_array().unwrap();
     let bad: Vec<_> = fixtures.iter().filter(|f| f.1.is_err()).collect();

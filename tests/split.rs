@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use crate::common::{read_json, synth_dataset, xray};
+use crate::common::{read_json, split_dataset, synth_dataset, xray};
 
 #[test]
 fn split_keeps_groups_and_duplicates_together() {
@@ -129,13 +129,7 @@ fn kermany_split_has_no_leakage() {
     }
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("split");
-    xray()
-        .arg("split")
-        .arg(&data)
-        .arg("--out")
-        .arg(&out)
-        .assert()
-        .success();
+    split_dataset(&data, &out);
     let mut reader = csv::Reader::from_path(out.join("split.csv")).unwrap();
     let mut split_of_group: HashMap<String, String> = HashMap::new();
     let mut split_of_hash: HashMap<String, String> = HashMap::new();

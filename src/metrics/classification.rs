@@ -173,11 +173,21 @@ pub fn average_precision_ovr(
     y_true: &[usize],
     n_classes: usize,
 ) -> Vec<Option<f64>> {
+    one_vs_rest(probs, y_true, n_classes, average_precision)
+}
+
+/// A binary score metric applied to each class against the rest.
+fn one_vs_rest(
+    probs: &[Vec<f64>],
+    y_true: &[usize],
+    n_classes: usize,
+    metric: fn(&[f64], &[bool]) -> Option<f64>,
+) -> Vec<Option<f64>> {
     (0..n_classes)
         .map(|c| {
             let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
             let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
-            average_precision(&scores, &positive)
+            metric(&scores, &positive)
         })
         .collect()
 }
@@ -209,13 +219,7 @@ pub fn cohen_kappa(cm: &[Vec<usize>]) -> Option<f64> {
 
 /// One-vs-rest ROC-AUC per class from probabilities `probs[sample][class]`.
 pub fn roc_auc_ovr(probs: &[Vec<f64>], y_true: &[usize], n_classes: usize) -> Vec<Option<f64>> {
-    (0..n_classes)
-        .map(|c| {
-            let scores: Vec<f64> = probs.iter().map(|p| p[c]).collect();
-            let positive: Vec<bool> = y_true.iter().map(|&t| t == c).collect();
-            roc_auc(&scores, &positive)
-        })
-        .collect()
+    one_vs_rest(probs, y_true, n_classes, roc_auc)
 }
 
 /// Mean of the defined values; `None` when none is.
