@@ -13,6 +13,8 @@ use crate::data::split::SplitSet;
 use crate::error::Error;
 use crate::fsutil::write_json_atomic;
 use crate::infer::{score_set, Predictor};
+use crate::metrics::calibration::{expected_calibration_error, softmax_at_temperature};
+use crate::metrics::operating::{at_threshold, bootstrap_ci95, OperatingPoint};
 use crate::metrics::{
     accuracy, average_precision, average_precision_ovr, balanced_accuracy, cohen_kappa,
     confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc, roc_auc_ovr,
@@ -57,9 +59,60 @@ pub struct EvalReport {
     pub pr_auc: BTreeMap<String, Option<f64>>,
     /// The two-class decision threshold used.
     pub threshold: f64,
+    /// Two classes: sensitivity (recall of the second class) at `threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<f64>,
+    /// Two classes: specificity (recall of the first class) at `threshold`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specificity: Option<f64>,
+    /// Stratified bootstrap 95% intervals (1000 resamples, seed 0).
+    pub ci95: Ci95,
+    /// Expected calibration error (15 bins) before and after temperature scaling.
+    pub ece: Ece,
+    /// Two classes: the target sensitivity the screening point was chosen for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_sensitivity: Option<f64>,
+    /// Two classes: Youden's threshold (chosen on validation) and its figures here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_youden: Option<OperatingPoint>,
+    /// Two classes: the highest threshold with validation sensitivity >= the target, and its
+    /// figures here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold_at_sensitivity: Option<OperatingPoint>,
     /// Mean cross-entropy.
     pub loss: f64,
 }
+
+/// Bootstrap 95% intervals, `[low, high]`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ci95 {
+    /// Accuracy.
+    pub accuracy: Option<[f64; 2]>,
+    /// ROC-AUC (two classes) or macro one-vs-rest ROC-AUC.
+    pub roc_auc: Option<[f64; 2]>,
+    /// Two classes: sensitivity at the decision threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sensitivity: Option<[f64; 2]>,
+    /// Two classes: specificity at the decision threshold.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub specificity: Option<[f64; 2]>,
+}
+
+/// Calibration before and after temperature scaling.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ece {
+    /// ECE of the raw softmax.
+    pub before: Option<f64>,
+    /// ECE after dividing the logits by `temperature`.
+    pub after: Option<f64>,
+    /// The temperature fitted on validation (model.json).
+    pub temperature: f64,
+}
+
+/// Bootstrap resamples for the intervals.
+pub const BOOTSTRAP_RESAMPLES: usize = 1000;
+/// Confidence bins for the ECE.
+pub const ECE_BINS: usize = 15;
 
 /// One scored image, for predictions.csv.
 #[derive(Debug, Clone)]
@@ -131,6 +184,60 @@ pub fn evaluate(
     let cm = confusion_matrix(&scores.labels, &predicted, k);
     let per = per_class(&cm);
     let (balanced_accuracy, cohen_kappa) = (balanced_accuracy(&cm), cohen_kappa(&cm));
+    let labels = &scores.labels;
+    let binary = k == 2;
+    let positive: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
+    let pos_scores: Vec<f64> = scores.probs.iter().map(|p| p[k.min(2) - 1]).collect();
+    let subset_auc = |idx: &[usize]| {
+        let probs: Vec<Vec<f64>> = idx.iter().map(|&i| scores.probs[i].clone()).collect();
+        let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();
+        crate::metrics::summary_auc(&probs, &y, k)
+    };
+    let rate = |want: bool| {
+        let (predicted, labels) = (&predicted, labels);
+        move |idx: &[usize]| {
+            let rows: Vec<usize> = idx
+                .iter()
+                .copied()
+                .filter(|&i| (labels[i] == 1) == want)
+                .collect();
+            (!rows.is_empty()).then(|| {
+                rows.iter()
+                    .filter(|&&i| (predicted[i] == 1) == want)
+                    .count() as f64
+                    / rows.len() as f64
+            })
+        }
+    };
+    let ci95 = Ci95 {
+        accuracy: bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, |idx| {
+            Some(
+                idx.iter().filter(|&&i| predicted[i] == labels[i]).count() as f64
+                    / idx.len().max(1) as f64,
+            )
+        }),
+        roc_auc: bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, subset_auc),
+        sensitivity: binary
+            .then(|| bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, rate(true)))
+            .flatten(),
+        specificity: binary
+            .then(|| bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, rate(false)))
+            .flatten(),
+    };
+    let raw: Vec<Vec<f64>> = scores
+        .logits
+        .iter()
+        .map(|z| softmax_at_temperature(z, 1.0))
+        .collect();
+    let ece = Ece {
+        before: expected_calibration_error(&raw, labels, ECE_BINS),
+        after: expected_calibration_error(&scores.probs, labels, ECE_BINS),
+        temperature: predictor.card.temperature,
+    };
+    let chosen = predictor.card.operating_points.as_ref().filter(|_| binary);
+    let here = |p: Option<OperatingPoint>| {
+        p.and_then(|p| at_threshold(&pos_scores, &positive, p.threshold))
+    };
     let (roc_auc_binary, ovr, ovr_macro) = if k == 2 {
         let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
         let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
@@ -168,6 +275,13 @@ pub fn evaluate(
                 .collect()
         },
         threshold,
+        sensitivity: binary.then(|| per[1].recall).flatten(),
+        specificity: binary.then(|| per[0].recall).flatten(),
+        ci95,
+        ece,
+        target_sensitivity: chosen.map(|o| o.target_sensitivity),
+        threshold_youden: chosen.and_then(|o| here(o.youden)),
+        threshold_at_sensitivity: chosen.and_then(|o| here(o.at_sensitivity)),
         loss: scores.loss,
     };
     let scored = set
@@ -243,21 +357,59 @@ pub fn report_table(r: &EvalReport) -> String {
             r.n
         ));
     }
-    s.push_str(&format!("\naccuracy  {}\n", fmt(r.accuracy)));
+    let ci = |c: Option<[f64; 2]>| {
+        c.map_or(String::new(), |c| {
+            format!("  [95% CI {:.4}-{:.4}]", c[0], c[1])
+        })
+    };
+    s.push_str(&format!(
+        "\naccuracy  {}{}\n",
+        fmt(r.accuracy),
+        ci(r.ci95.accuracy)
+    ));
     s.push_str(&format!("balanced  {}\n", fmt(r.balanced_accuracy)));
     s.push_str(&format!("kappa     {}\n", fmt(r.cohen_kappa)));
     if let Some(auc) = r.roc_auc {
         s.push_str(&format!(
-            "ROC-AUC   {auc:.4}  (positive class: {})\n",
+            "ROC-AUC   {auc:.4}{}  (positive class: {})\n",
+            ci(r.ci95.roc_auc),
             r.classes[1]
         ));
     }
+    if let (Some(se), Some(sp)) = (r.sensitivity, r.specificity) {
+        s.push_str(&format!(
+            "at threshold {:.4}: sensitivity {se:.4}{}, specificity {sp:.4}{}\n",
+            r.threshold,
+            ci(r.ci95.sensitivity),
+            ci(r.ci95.specificity)
+        ));
+    }
+    for (name, p) in [
+        ("Youden", r.threshold_youden),
+        ("sensitivity target", r.threshold_at_sensitivity),
+    ] {
+        if let Some(p) = p {
+            s.push_str(&format!(
+                "{name} threshold {:.4} (from validation): sensitivity {:.4}, specificity {:.4}\n",
+                p.threshold, p.sensitivity, p.specificity
+            ));
+        }
+    }
+    s.push_str(&format!(
+        "ECE (15 bins) {} before, {} after temperature scaling (T = {:.3})\n",
+        fmt(r.ece.before),
+        fmt(r.ece.after),
+        r.ece.temperature
+    ));
     if r.classes.len() == 2 {
         let ap = r.pr_auc.get(&r.classes[1]).copied().flatten();
         s.push_str(&format!("PR-AUC    {}  (average precision)\n", fmt(ap)));
     }
     if let Some(auc) = r.roc_auc_macro {
-        s.push_str(&format!("ROC-AUC   {auc:.4}  (macro one-vs-rest)\n"));
+        s.push_str(&format!(
+            "ROC-AUC   {auc:.4}{}  (macro one-vs-rest)\n",
+            ci(r.ci95.roc_auc)
+        ));
     }
     s.push_str("\nconfusion matrix (rows = true, columns = predicted)\n");
     let cw = width.min(14);

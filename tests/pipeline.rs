@@ -69,7 +69,43 @@ fn eval_writes_report_with_metrics() {
     for key in ["per_class", "macro_avg", "weighted_avg"] {
         assert!(report[key].is_object(), "{key} missing");
     }
+    // Uncertainty, calibration and the operating points chosen on validation.
+    let ci = report["ci95"]["accuracy"].as_array().unwrap();
+    let (lo, hi) = (ci[0].as_f64().unwrap(), ci[1].as_f64().unwrap());
+    assert!(
+        lo <= acc && acc <= hi && hi - lo < 0.2,
+        "accuracy {acc} CI [{lo}, {hi}]"
+    );
+    assert!(report["ci95"]["roc_auc"].is_array() && report["ci95"]["sensitivity"].is_array());
+    assert!(
+        report["ece"]["before"].as_f64().is_some() && report["ece"]["after"].as_f64().is_some()
+    );
+    let at_sens = &report["threshold_at_sensitivity"];
+    assert!(at_sens["threshold"].as_f64().is_some() && at_sens["sensitivity"].as_f64().is_some());
+    assert!(report["threshold_youden"]["specificity"].as_f64().is_some());
+    let card = read_json(&t.run.join("model.json"));
+    let threshold = card["threshold"].as_f64().unwrap();
+    assert_eq!(report["threshold"].as_f64().unwrap(), threshold);
+    assert_eq!(
+        card["operating_points"]["at_sensitivity"]["threshold"]
+            .as_f64()
+            .unwrap(),
+        threshold
+    );
+    assert!(card["temperature"].as_f64().unwrap() > 0.0);
+
     let preds = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
+    // The decision follows the stored threshold.
+    let mut rows = csv::Reader::from_reader(preds.as_bytes());
+    for row in rows.records() {
+        let row = row.unwrap();
+        let p: f64 = row[4].parse().unwrap();
+        assert_eq!(
+            &row[2] == "opacity",
+            p >= threshold - 1e-6,
+            "{row:?} at {threshold}"
+        );
+    }
     assert!(preds.starts_with("path,label,predicted,p_normal,p_opacity"));
     assert_eq!(preds.lines().count() as u64, total + 1);
 

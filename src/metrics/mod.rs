@@ -1,5 +1,7 @@
 //! Classification metrics, computed from labels and class probabilities.
 
+pub mod calibration;
 pub mod classification;
+pub mod operating;
 
 pub use classification::*;

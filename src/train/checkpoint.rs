@@ -38,6 +38,21 @@ pub struct ModelCard {
     pub metrics: EpochMetrics,
     /// xray version that trained it.
     pub xray_version: String,
+    /// Two classes: the operating points chosen on the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_points: Option<ValidationOperatingPoints>,
+}
+
+/// Operating points of a two-class model, chosen on the validation split (after temperature
+/// scaling); `threshold` of the card is `at_sensitivity`'s when it exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidationOperatingPoints {
+    /// The sensitivity the screening point must reach (`eval.target_sensitivity`).
+    pub target_sensitivity: f64,
+    /// Youden's J optimum on validation.
+    pub youden: Option<crate::metrics::operating::OperatingPoint>,
+    /// The highest threshold reaching the target sensitivity on validation.
+    pub at_sensitivity: Option<crate::metrics::operating::OperatingPoint>,
 }
 
 /// One row of metrics.csv.

@@ -24,7 +24,10 @@ use crate::metrics::{accuracy, decide, summary_auc};
 use crate::models::pretrained::load_pretrained;
 use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
-use checkpoint::{save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard};
+use checkpoint::{
+    save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard,
+    ValidationOperatingPoints,
+};
 
 /// What a finished training run reports.
 #[derive(Debug, Clone)]
@@ -784,6 +787,47 @@ fn run(
     // The best weights become the model.
     vs.load(run_dir.join("model.safetensors")).torch()?;
     let best = history[state.best_epoch.max(1) - 1].clone();
+    // Calibration and operating points, on validation with the best weights.
+    let val = score_set(
+        model.as_ref(),
+        val_set.clone(),
+        tc.batch_size.max(64),
+        device,
+        1.0,
+        "calibrate",
+    )?;
+    let temperature = crate::metrics::calibration::fit_temperature(&val.logits, &val.labels);
+    let operating_points = (n_classes == 2).then(|| {
+        let scores: Vec<f64> = val
+            .logits
+            .iter()
+            .map(|z| crate::metrics::calibration::softmax_at_temperature(z, temperature)[1])
+            .collect();
+        let positive: Vec<bool> = val.labels.iter().map(|&l| l == 1).collect();
+        ValidationOperatingPoints {
+            target_sensitivity: config.eval.target_sensitivity,
+            youden: crate::metrics::operating::youden(&scores, &positive),
+            at_sensitivity: crate::metrics::operating::at_sensitivity(
+                &scores,
+                &positive,
+                config.eval.target_sensitivity,
+            ),
+        }
+    });
+    let threshold = operating_points
+        .as_ref()
+        .and_then(|o| o.at_sensitivity)
+        .map_or(0.5, |p| p.threshold);
+    eprintln!(
+        "calibration on validation: temperature {temperature:.3}{}",
+        match &operating_points {
+            Some(o) => format!(
+                "; decision threshold {threshold:.4} (sensitivity >= {} on validation)",
+                o.target_sensitivity
+            ),
+            None => String::new(),
+        }
+    );
     let card = ModelCard {
         arch: config.model.arch.clone(),
         classes: split.classes.clone(),
@@ -792,11 +836,12 @@ fn run(
         mean: config.data.mean.clone(),
         std: config.data.std.clone(),
         dropout: config.model.dropout,
-        threshold: 0.5,
-        temperature: 1.0,
+        threshold,
+        temperature,
         best_epoch: best.epoch,
         metrics: best.clone(),
         xray_version: env!("CARGO_PKG_VERSION").to_string(),
+        operating_points,
     };
     card.write(&run_dir)?;
     state.finished = true;

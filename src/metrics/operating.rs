@@ -1,0 +1,141 @@
+//! Operating points of a two-class screening model, and bootstrap confidence intervals.
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+/// A decision threshold on the positive class's probability, with its sensitivity and
+/// specificity (positive when the probability is at least the threshold).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct OperatingPoint {
+    /// The threshold.
+    pub threshold: f64,
+    /// True-positive rate at the threshold.
+    pub sensitivity: f64,
+    /// True-negative rate at the threshold.
+    pub specificity: f64,
+}
+
+/// Sensitivity and specificity at `threshold`; `None` unless both classes occur.
+pub fn at_threshold(scores: &[f64], positive: &[bool], threshold: f64) -> Option<OperatingPoint> {
+    let (mut tp, mut fn_, mut tn, mut fp) = (0usize, 0usize, 0usize, 0usize);
+    for (&s, &p) in scores.iter().zip(positive) {
+        match (p, s >= threshold) {
+            (true, true) => tp += 1,
+            (true, false) => fn_ += 1,
+            (false, false) => tn += 1,
+            (false, true) => fp += 1,
+        }
+    }
+    (tp + fn_ > 0 && tn + fp > 0).then(|| OperatingPoint {
+        threshold,
+        sensitivity: tp as f64 / (tp + fn_) as f64,
+        specificity: tn as f64 / (tn + fp) as f64,
+    })
+}
+
+/// Every distinct score as a threshold, highest first, with its operating point.
+fn candidates(scores: &[f64], positive: &[bool]) -> Vec<OperatingPoint> {
+    let mut thresholds: Vec<f64> = scores.to_vec();
+    thresholds.sort_by(|a, b| b.total_cmp(a));
+    thresholds.dedup();
+    thresholds
+        .into_iter()
+        .filter_map(|t| at_threshold(scores, positive, t))
+        .collect()
+}
+
+/// The threshold maximising Youden's J = sensitivity + specificity - 1 (the highest such
+/// threshold on ties).
+pub fn youden(scores: &[f64], positive: &[bool]) -> Option<OperatingPoint> {
+    candidates(scores, positive)
+        .into_iter()
+        .fold(None, |best: Option<OperatingPoint>, p| {
+            let j = p.sensitivity + p.specificity;
+            match best {
+                Some(b) if b.sensitivity + b.specificity >= j => Some(b),
+                _ => Some(p),
+            }
+        })
+}
+
+/// The highest threshold whose sensitivity reaches `target` (screening: sensitivity first).
+pub fn at_sensitivity(scores: &[f64], positive: &[bool], target: f64) -> Option<OperatingPoint> {
+    candidates(scores, positive)
+        .into_iter()
+        .find(|p| p.sensitivity >= target)
+}
+
+/// A 95% interval of a statistic by the stratified bootstrap: each resample draws, with
+/// replacement, as many samples of each class as the class has; the statistic is computed on
+/// the resampled indices; the 2.5th and 97.5th percentiles of the defined values are returned.
+pub fn bootstrap_ci95<F>(labels: &[usize], resamples: usize, seed: u64, stat: F) -> Option<[f64; 2]>
+where
+    F: Fn(&[usize]) -> Option<f64>,
+{
+    let n_classes = labels.iter().max().map_or(0, |m| m + 1);
+    let by_class: Vec<Vec<usize>> = (0..n_classes)
+        .map(|c| (0..labels.len()).filter(|&i| labels[i] == c).collect())
+        .collect();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut values: Vec<f64> = Vec::with_capacity(resamples);
+    let mut idx = Vec::with_capacity(labels.len());
+    for _ in 0..resamples {
+        idx.clear();
+        for members in by_class.iter().filter(|m| !m.is_empty()) {
+            for _ in 0..members.len() {
+                idx.push(members[rng.gen_range(0..members.len())]);
+            }
+        }
+        if let Some(v) = stat(&idx) {
+            values.push(v);
+        }
+    }
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(|a, b| a.total_cmp(b));
+    let q =
+        |p: f64| values[((p * (values.len() - 1) as f64).round() as usize).min(values.len() - 1)];
+    Some([q(0.025), q(0.975)])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Scores and labels (1 = positive), worked by hand:
+    // thresholds 0.9: sens 1/4 spec 4/4 | 0.8: 2/4, 4/4 | 0.7: 2/4, 3/4 | 0.6: 3/4, 3/4 |
+    // 0.4: 4/4, 3/4 | 0.3: 4/4, 2/4 | 0.2: 4/4, 1/4 | 0.1: 4/4, 0/4.
+    const S: [f64; 8] = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1];
+    const P: [bool; 8] = [true, true, false, true, true, false, false, false];
+
+    #[test]
+    fn youden_picks_the_best_j() {
+        let p = youden(&S, &P).unwrap();
+        assert_eq!(p.threshold, 0.4);
+        assert_eq!((p.sensitivity, p.specificity), (1.0, 0.75));
+    }
+
+    #[test]
+    fn highest_threshold_reaching_the_sensitivity() {
+        let p = at_sensitivity(&S, &P, 0.7).unwrap();
+        assert_eq!(
+            (p.threshold, p.sensitivity, p.specificity),
+            (0.6, 0.75, 0.75)
+        );
+        assert_eq!(at_sensitivity(&S, &P, 0.95).unwrap().threshold, 0.4);
+    }
+
+    #[test]
+    fn bootstrap_interval_brackets_the_value_and_is_seeded() {
+        let labels: Vec<usize> = (0..200).map(|i| usize::from(i % 4 == 0)).collect();
+        let correct: Vec<bool> = (0..200).map(|i| i % 10 != 0).collect();
+        let acc = |idx: &[usize]| {
+            Some(idx.iter().filter(|&&i| correct[i]).count() as f64 / idx.len() as f64)
+        };
+        let ci = bootstrap_ci95(&labels, 1000, 7, acc).unwrap();
+        assert!(ci[0] < 0.9 && 0.9 < ci[1] && ci[1] - ci[0] < 0.12, "{ci:?}");
+        assert_eq!(Some(ci), bootstrap_ci95(&labels, 1000, 7, acc));
+    }
+}
