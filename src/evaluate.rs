@@ -18,7 +18,7 @@ use crate::metrics::operating::{at_threshold, bootstrap_ci95, OperatingPoint};
 use crate::metrics::{
     accuracy, average_precision, average_precision_ovr, balanced_accuracy, cohen_kappa,
     confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc, roc_auc_ovr,
-    weighted_average, Averages, ClassMetrics,
+    roc_curve, weighted_average, Averages, ClassMetrics,
 };
 
 /// `report.json`.
@@ -299,10 +299,31 @@ pub fn evaluate(
     Ok((report, scored))
 }
 
-/// Writes `report.json` and `predictions.csv` into `out`.
+/// Writes `report.json`, `predictions.csv`, `confusion.png` and `roc.png` into `out`.
 pub fn write_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_json_atomic(&out.join("report.json"), report)?;
+    crate::report::plots::confusion_matrix_png(
+        &out.join("confusion.png"),
+        &report.classes,
+        &report.confusion_matrix,
+    )?;
+    let k = report.classes.len();
+    let curve_of = |c: usize| {
+        let scores: Vec<f64> = scored.iter().map(|s| s.probs[c]).collect();
+        let positive: Vec<bool> = scored.iter().map(|s| s.label == c).collect();
+        (
+            report.classes[c].clone(),
+            roc_curve(&scores, &positive),
+            roc_auc(&scores, &positive),
+        )
+    };
+    let curves: Vec<_> = if k == 2 {
+        vec![curve_of(1)]
+    } else {
+        (0..k).map(curve_of).collect()
+    };
+    crate::report::plots::roc_png(&out.join("roc.png"), &curves)?;
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "label".into(), "predicted".into()];
     header.extend(report.classes.iter().map(|c| format!("p_{c}")));

@@ -36,6 +36,22 @@ fn average_precision_with_tied_scores_matches_sklearn() {
     assert_eq!(average_precision(&[0.3], &[false]), None);
 }
 
+/// sklearn.metrics.roc_curve(y, s, drop_intermediate=False) on the same inputs: (0, 0) at
+/// threshold inf, then thresholds 0.9, 0.8, 0.6, 0.4, 0.35, 0.2, 0.1.
+#[test]
+fn roc_curve_matches_sklearn() {
+    let y = [0, 0, 1, 1, 0, 1, 0, 1, 1, 0];
+    let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9, 0.35, 0.6];
+    let pos: Vec<bool> = y.iter().map(|&v| v == 1).collect();
+    let fpr = [0.0, 0.0, 0.0, 0.2, 0.6, 0.6, 0.8, 1.0];
+    let tpr = [0.0, 0.2, 0.4, 0.4, 0.6, 1.0, 1.0, 1.0];
+    let got = roc_curve(&s, &pos);
+    assert_eq!(got.len(), fpr.len(), "{got:?}");
+    for ((f, t), (ef, et)) in got.iter().zip(fpr.iter().zip(tpr)) {
+        assert!((f - ef).abs() < 1e-12 && (t - et).abs() < 1e-12, "{got:?}");
+    }
+}
+
 #[test]
 fn auc_is_undefined_without_both_classes() {
     assert_eq!(roc_auc(&[0.2, 0.7], &[true, true]), None);

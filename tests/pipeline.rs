@@ -14,8 +14,10 @@ fn simple_cnn_learns_the_synth_task() {
         "config.toml",
         "model.safetensors",
         "last.safetensors",
+        "optimizer.safetensors",
         "metrics.csv",
         "state.json",
+        "curves.png",
     ] {
         assert!(t.run.join(file).is_file(), "{file} missing");
     }
@@ -93,6 +95,11 @@ fn eval_writes_report_with_metrics() {
         threshold
     );
     assert!(card["temperature"].as_f64().unwrap() > 0.0);
+
+    for picture in ["confusion.png", "roc.png"] {
+        let img = image::open(out.join(picture)).unwrap_or_else(|e| panic!("{picture}: {e}"));
+        assert!(img.width() >= 300 && img.height() >= 150, "{picture}");
+    }
 
     let preds = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     // The decision follows the stored threshold.

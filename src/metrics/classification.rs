@@ -217,6 +217,35 @@ pub fn cohen_kappa(cm: &[Vec<usize>]) -> Option<f64> {
     (expected < 1.0).then(|| (observed - expected) / (1.0 - expected))
 }
 
+/// The ROC curve: (false-positive rate, true-positive rate) at every distinct threshold, from
+/// (0, 0) to (1, 1). Empty unless both classes occur.
+pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Vec::new();
+    }
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut points = vec![(0.0, 0.0)];
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < order.len() {
+        let mut j = i;
+        while j < order.len() && scores[order[j]] == scores[order[i]] {
+            if positive[order[j]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            j += 1;
+        }
+        points.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+        i = j;
+    }
+    points
+}
+
 /// One-vs-rest ROC-AUC per class from probabilities `probs[sample][class]`.
 pub fn roc_auc_ovr(probs: &[Vec<f64>], y_true: &[usize], n_classes: usize) -> Vec<Option<f64>> {
     one_vs_rest(probs, y_true, n_classes, roc_auc)
