@@ -187,7 +187,12 @@ pub fn evaluate(
     let labels = &scores.labels;
     let binary = k == 2;
     let positive: Vec<bool> = labels.iter().map(|&l| l == 1).collect();
-    let pos_scores: Vec<f64> = scores.probs.iter().map(|p| p[k.min(2) - 1]).collect();
+    // Two classes: the second class's probability is the score thresholds apply to.
+    let pos_scores: Vec<f64> = if binary {
+        scores.probs.iter().map(|p| p[1]).collect()
+    } else {
+        Vec::new()
+    };
     let subset_auc = |idx: &[usize]| {
         let probs: Vec<Vec<f64>> = idx.iter().map(|&i| scores.probs[i].clone()).collect();
         let y: Vec<usize> = idx.iter().map(|&i| labels[i]).collect();

@@ -137,6 +137,29 @@ pub fn roc_auc(scores: &[f64], positive: &[bool]) -> Option<f64> {
     Some(u / (n_pos as f64 * n_neg as f64))
 }
 
+/// Walking the scores from the highest down, tied scores together: at each distinct score,
+/// that threshold and the true and false positives at or above it.
+pub fn counts_by_threshold(scores: &[f64], positive: &[bool]) -> Vec<(f64, usize, usize)> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut out = Vec::new();
+    let (mut tp, mut fp) = (0usize, 0usize);
+    let mut i = 0;
+    while i < order.len() {
+        let threshold = scores[order[i]];
+        while i < order.len() && scores[order[i]] == threshold {
+            if positive[order[i]] {
+                tp += 1;
+            } else {
+                fp += 1;
+            }
+            i += 1;
+        }
+        out.push((threshold, tp, fp));
+    }
+    out
+}
+
 /// Average precision (area under the precision-recall curve as scikit-learn computes it:
 /// the sum over score thresholds of the recall gained times the precision there, tied scores
 /// taken together). `None` without positives.
@@ -145,24 +168,12 @@ pub fn average_precision(scores: &[f64], positive: &[bool]) -> Option<f64> {
     if n_pos == 0 {
         return None;
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp, mut prev_recall, mut ap) = (0usize, 0usize, 0.0, 0.0);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            if positive[order[j]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            j += 1;
-        }
+    let mut prev_recall = 0.0;
+    let mut ap = 0.0;
+    for (_, tp, fp) in counts_by_threshold(scores, positive) {
         let recall = tp as f64 / n_pos as f64;
         ap += (recall - prev_recall) * tp as f64 / (tp + fp) as f64;
         prev_recall = recall;
-        i = j;
     }
     Some(ap)
 }
@@ -225,25 +236,10 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
     if n_pos == 0 || n_neg == 0 {
         return Vec::new();
     }
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let mut points = vec![(0.0, 0.0)];
-    let (mut tp, mut fp) = (0usize, 0usize);
-    let mut i = 0;
-    while i < order.len() {
-        let mut j = i;
-        while j < order.len() && scores[order[j]] == scores[order[i]] {
-            if positive[order[j]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            j += 1;
-        }
-        points.push((fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
-        i = j;
-    }
-    points
+    let points = counts_by_threshold(scores, positive)
+        .into_iter()
+        .map(|(_, tp, fp)| (fp as f64 / n_neg as f64, tp as f64 / n_pos as f64));
+    std::iter::once((0.0, 0.0)).chain(points).collect()
 }
 
 /// One-vs-rest ROC-AUC per class from probabilities `probs[sample][class]`.

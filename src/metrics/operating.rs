@@ -4,6 +4,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::classification::counts_by_threshold;
+
 /// A decision threshold on the positive class's probability, with its sensitivity and
 /// specificity (positive when the probability is at least the threshold).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
@@ -36,12 +38,18 @@ pub fn at_threshold(scores: &[f64], positive: &[bool], threshold: f64) -> Option
 
 /// Every distinct score as a threshold, highest first, with its operating point.
 fn candidates(scores: &[f64], positive: &[bool]) -> Vec<OperatingPoint> {
-    let mut thresholds: Vec<f64> = scores.to_vec();
-    thresholds.sort_by(|a, b| b.total_cmp(a));
-    thresholds.dedup();
-    thresholds
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    let n_neg = positive.len() - n_pos;
+    if n_pos == 0 || n_neg == 0 {
+        return Vec::new();
+    }
+    counts_by_threshold(scores, positive)
         .into_iter()
-        .filter_map(|t| at_threshold(scores, positive, t))
+        .map(|(threshold, tp, fp)| OperatingPoint {
+            threshold,
+            sensitivity: tp as f64 / n_pos as f64,
+            specificity: (n_neg - fp) as f64 / n_neg as f64,
+        })
         .collect()
 }
 

@@ -210,21 +210,10 @@ fn unpickle(data: &[u8]) -> Result<Value> {
                 let k = memo.len() as u32;
                 memo.insert(k, stack.last().cloned().unwrap_or(Value::None));
             }
-            b'h' => {
-                let k = r.u8()? as u32;
-                stack.push(
-                    memo.get(&k)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("pickle memo {k} missing"))?,
-                );
-            }
-            b'j' => {
-                let k = r.u32()?;
-                stack.push(
-                    memo.get(&k)
-                        .cloned()
-                        .ok_or_else(|| anyhow!("pickle memo {k} missing"))?,
-                );
+            b'h' | b'j' => {
+                let k = if op == b'h' { r.u8()? as u32 } else { r.u32()? };
+                let v = memo.get(&k).cloned();
+                stack.push(v.ok_or_else(|| anyhow!("pickle memo {k} missing"))?);
             }
             b'c' => {
                 let module = r.line()?;
