@@ -517,6 +517,9 @@ fn run(
     let weighted = config.data.sampler == "weighted";
     // Cached activations by level: (train, val).
     let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
+    // Validation scores of the best epoch, for calibration at the end (a resumed run whose
+    // best epoch came before the interruption scores validation again).
+    let mut best_val: Option<crate::infer::SetScores> = None;
     let mut phase_start = 0;
     let amp = tc.amp && device.is_cuda();
     let mut scaler = optim::LossScaler::default();
@@ -748,6 +751,7 @@ fn run(
                 state.best_epoch = epoch;
                 state.epochs_without_improvement = 0;
                 save_weights(&vs, &run_dir.join("model.safetensors"))?;
+                best_val = Some(val);
             } else {
                 state.epochs_without_improvement += 1;
             }
@@ -788,14 +792,17 @@ fn run(
     vs.load(run_dir.join("model.safetensors")).torch()?;
     let best = history[state.best_epoch.max(1) - 1].clone();
     // Calibration and operating points, on validation with the best weights.
-    let val = score_set(
-        model.as_ref(),
-        val_set.clone(),
-        tc.batch_size.max(64),
-        device,
-        1.0,
-        "calibrate",
-    )?;
+    let val = match best_val {
+        Some(val) => val,
+        None => score_set(
+            model.as_ref(),
+            val_set.clone(),
+            tc.batch_size.max(64),
+            device,
+            1.0,
+            "calibrate",
+        )?,
+    };
     let temperature = crate::metrics::calibration::fit_temperature(&val.logits, &val.labels);
     let operating_points = (n_classes == 2).then(|| {
         let scores: Vec<f64> = val
