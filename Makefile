@@ -1,6 +1,6 @@
 # The two commands of the README, each doing its own set-up on a fresh machine:
 #   make demo   synth -> split -> train -> eval -> predict on the CPU
-#   make test   the whole test suite
+#   make test   the whole test suite (installs Chromium for the browser tests)
 # libtorch 2.11.0 comes from the PyPI torch wheel, installed once into
 # $XRAY_TORCH_HOME (default ~/.cache/xray/torch-2.11.0) by scripts/libtorch.sh.
 
@@ -16,6 +16,7 @@ demo: build
 	target/release/xray demo
 
 test: libtorch
+	scripts/chromium.sh
 	$(TORCH_ENV) $(CARGO) test --release
 
 build: libtorch

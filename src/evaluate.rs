@@ -13,12 +13,14 @@ use crate::data::split::SplitSet;
 use crate::error::Error;
 use crate::fsutil::write_json_atomic;
 use crate::infer::{score_set, Predictor};
-use crate::metrics::calibration::{expected_calibration_error, softmax_at_temperature};
+use crate::metrics::calibration::{
+    expected_calibration_error, reliability_bins, softmax_at_temperature,
+};
 use crate::metrics::operating::{at_threshold, bootstrap_ci95, OperatingPoint};
 use crate::metrics::{
     accuracy, average_precision, average_precision_ovr, balanced_accuracy, cohen_kappa,
-    confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc, roc_auc_ovr,
-    roc_curve, weighted_average, Averages, ClassMetrics,
+    confusion_matrix, decide, macro_average, mean_defined, per_class, pr_curve, roc_auc,
+    roc_auc_ovr, roc_curve, weighted_average, Averages, ClassMetrics,
 };
 
 /// `report.json`.
@@ -26,6 +28,8 @@ use crate::metrics::{
 pub struct EvalReport {
     /// The run folder evaluated.
     pub checkpoint: PathBuf,
+    /// The model's architecture.
+    pub arch: String,
     /// What was evaluated: a split name or a folder.
     pub source: String,
     /// Number of images.
@@ -123,8 +127,10 @@ pub struct ScoredImage {
     pub label: usize,
     /// Predicted label index.
     pub predicted: usize,
-    /// Probability per class.
+    /// Probability per class (temperature-scaled).
     pub probs: Vec<f64>,
+    /// The raw logits.
+    pub logits: Vec<f64>,
 }
 
 /// Labelled images of `source`: "train", "val" or "test" of the split the model was trained
@@ -255,6 +261,7 @@ pub fn evaluate(
     };
     let report = EvalReport {
         checkpoint: predictor.run_dir.clone(),
+        arch: predictor.card.arch.clone(),
         source: source.to_string(),
         n: scores.labels.len(),
         classes: classes.clone(),
@@ -294,41 +301,185 @@ pub fn evaluate(
         .iter()
         .zip(&scores.labels)
         .zip(predicted.iter().zip(scores.probs))
-        .map(|((path, &label), (&predicted, probs))| ScoredImage {
-            path: path.clone(),
-            label,
-            predicted,
-            probs,
-        })
+        .zip(scores.logits)
+        .map(
+            |(((path, &label), (&predicted, probs)), logits)| ScoredImage {
+                path: path.clone(),
+                label,
+                predicted,
+                probs,
+                logits,
+            },
+        )
         .collect();
     Ok((report, scored))
 }
 
-/// Writes `report.json`, `predictions.csv`, `confusion.png` and `roc.png` into `out`.
+/// Images in the error gallery.
+pub const GALLERY_SIZE: usize = 12;
+
+/// Writes `report.json`, `predictions.csv`, the pictures (`confusion.png`, `roc.png`,
+/// `pr.png`, `calibration.png`, `errors.png`), `report.md` and the self-contained
+/// `report.html` into `out`.
 pub fn write_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
+    use crate::report::plots;
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_json_atomic(&out.join("report.json"), report)?;
-    crate::report::plots::confusion_matrix_png(
+    write_predictions_csv(&out.join("predictions.csv"), report, scored)?;
+    plots::confusion_matrix_png(
         &out.join("confusion.png"),
         &report.classes,
         &report.confusion_matrix,
     )?;
     let k = report.classes.len();
-    let curve_of = |c: usize| {
-        let scores: Vec<f64> = scored.iter().map(|s| s.probs[c]).collect();
-        let positive: Vec<bool> = scored.iter().map(|s| s.label == c).collect();
+    // Two classes: the positive (second) class's curve; more: one per class against the rest.
+    let curve_classes: Vec<usize> = if k == 2 { vec![1] } else { (0..k).collect() };
+    let class_scores = |c: usize| -> (Vec<f64>, Vec<bool>) {
         (
-            report.classes[c].clone(),
-            roc_curve(&scores, &positive),
-            roc_auc(&scores, &positive),
+            scored.iter().map(|s| s.probs[c]).collect(),
+            scored.iter().map(|s| s.label == c).collect(),
         )
     };
-    let curves: Vec<_> = if k == 2 {
-        vec![curve_of(1)]
-    } else {
-        (0..k).map(curve_of).collect()
-    };
-    crate::report::plots::roc_png(&out.join("roc.png"), &curves)?;
+    let mut roc = Vec::new();
+    let mut pr = Vec::new();
+    for &c in &curve_classes {
+        let (scores, positive) = class_scores(c);
+        let name = report.classes[c].clone();
+        roc.push((
+            name.clone(),
+            roc_curve(&scores, &positive),
+            roc_auc(&scores, &positive),
+        ));
+        pr.push((
+            name,
+            pr_curve(&scores, &positive),
+            average_precision(&scores, &positive),
+        ));
+    }
+    plots::roc_png(&out.join("roc.png"), &roc)?;
+    let first = curve_classes[0];
+    let prevalence =
+        scored.iter().filter(|s| s.label == first).count() as f64 / scored.len().max(1) as f64;
+    plots::pr_png(&out.join("pr.png"), &pr, prevalence)?;
+    let labels: Vec<usize> = scored.iter().map(|s| s.label).collect();
+    let raw: Vec<Vec<f64>> = scored
+        .iter()
+        .map(|s| softmax_at_temperature(&s.logits, 1.0))
+        .collect();
+    let scaled: Vec<Vec<f64>> = scored.iter().map(|s| s.probs.clone()).collect();
+    plots::calibration_png(
+        &out.join("calibration.png"),
+        &reliability_bins(&raw, &labels, ECE_BINS),
+        &reliability_bins(&scaled, &labels, ECE_BINS),
+        (report.ece.before, report.ece.after),
+        report.ece.temperature,
+    )?;
+    write_error_gallery(&out.join("errors.png"), report, scored)?;
+
+    let mut figures = Vec::new();
+    let curves = report.checkpoint.join("curves.png");
+    let mut names: Vec<(PathBuf, String, &str)> = [
+        ("confusion.png", "Confusion matrix"),
+        ("roc.png", "ROC curves"),
+        ("pr.png", "Precision-recall curves"),
+        ("calibration.png", "Reliability diagram"),
+        ("errors.png", "Most confident mistakes"),
+    ]
+    .into_iter()
+    .map(|(f, t)| (out.join(f), f.to_string(), t))
+    .collect();
+    if curves.is_file() {
+        let rel = pathdiff_or_absolute(&curves, out);
+        names.push((curves, rel, "Training curves"));
+    }
+    for (path, file, title) in names {
+        let png =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let wide = image::load_from_memory(&png)
+            .map(|img| img.width() >= 800)
+            .unwrap_or(false);
+        figures.push(crate::report::page::Figure {
+            file,
+            title: title.to_string(),
+            png,
+            wide,
+        });
+    }
+    crate::fsutil::write_atomic(
+        &out.join("report.md"),
+        crate::report::page::markdown(report, &report.arch, &figures).as_bytes(),
+    )?;
+    crate::fsutil::write_atomic(
+        &out.join("report.html"),
+        crate::report::page::html(report, &report.arch, &figures).as_bytes(),
+    )
+}
+
+/// `target` relative to `dir` when `dir` is its grandparent's child (the eval folder inside the
+/// run folder), otherwise its absolute form.
+fn pathdiff_or_absolute(target: &Path, dir: &Path) -> String {
+    let same_parent = target
+        .parent()
+        .zip(dir.parent())
+        .is_some_and(|(a, b)| a == b);
+    match (same_parent, target.file_name()) {
+        (true, Some(name)) => format!("../{}", name.to_string_lossy()),
+        _ => std::fs::canonicalize(target)
+            .unwrap_or_else(|_| target.to_path_buf())
+            .display()
+            .to_string(),
+    }
+}
+
+/// `errors.png`: the most confident mistakes (highest probability of the wrong prediction),
+/// each with its true and predicted label, that probability and the file name.
+fn write_error_gallery(path: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
+    let mut mistakes: Vec<&ScoredImage> =
+        scored.iter().filter(|s| s.predicted != s.label).collect();
+    mistakes.sort_by(|a, b| b.probs[b.predicted].total_cmp(&a.probs[a.predicted]));
+    let tiles: Vec<crate::report::plots::GalleryTile> = mistakes
+        .iter()
+        .take(GALLERY_SIZE)
+        .map(|s| {
+            // An image that cannot be read again (moved since scoring) is drawn grey.
+            let image = crate::data::decode::decode_image(&s.path)
+                .map(|img| img.to_rgb8())
+                .unwrap_or_else(|_| image::RgbImage::from_pixel(8, 8, image::Rgb([128; 3])));
+            let name = s
+                .path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            crate::report::plots::GalleryTile {
+                image,
+                caption: vec![
+                    format!("true: {}", report.classes[s.label]),
+                    format!(
+                        "predicted: {} {:.1}%",
+                        report.classes[s.predicted],
+                        100.0 * s.probs[s.predicted]
+                    ),
+                    name,
+                ],
+            }
+        })
+        .collect();
+    let title = format!(
+        "the {} most confident of {} mistakes (of {} images)",
+        tiles.len(),
+        mistakes.len(),
+        scored.len()
+    );
+    crate::report::plots::gallery_png(
+        path,
+        &title,
+        &tiles,
+        &format!("no mistakes among {} images", scored.len()),
+    )
+}
+
+/// `predictions.csv`: path, label, predicted, one probability column per class.
+fn write_predictions_csv(path: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "label".into(), "predicted".into()];
     header.extend(report.classes.iter().map(|c| format!("p_{c}")));
@@ -343,7 +494,7 @@ pub fn write_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> 
         w.write_record(&row)?;
     }
     let bytes = w.into_inner().context("predictions.csv")?;
-    crate::fsutil::write_atomic(&out.join("predictions.csv"), &bytes)
+    crate::fsutil::write_atomic(path, &bytes)
 }
 
 fn fmt(v: Option<f64>) -> String {

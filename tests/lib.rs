@@ -1,6 +1,7 @@
 //! All integration tests, in one binary to keep link time down (libtorch is large).
 
 mod bad_input;
+mod browser;
 mod common;
 mod formats;
 mod import_weights;
@@ -9,3 +10,4 @@ mod models;
 mod pipeline;
 mod resume;
 mod split;
+mod webdriver;

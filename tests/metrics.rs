@@ -52,6 +52,23 @@ fn roc_curve_matches_sklearn() {
     }
 }
 
+/// sklearn.metrics.precision_recall_curve(y, s, drop_intermediate=False) on the same inputs,
+/// read from its last point (recall 0, precision 1) back to threshold 0.1.
+#[test]
+fn pr_curve_matches_sklearn() {
+    let y = [0, 0, 1, 1, 0, 1, 0, 1, 1, 0];
+    let s = [0.1, 0.4, 0.35, 0.8, 0.4, 0.4, 0.2, 0.9, 0.35, 0.6];
+    let pos: Vec<bool> = y.iter().map(|&v| v == 1).collect();
+    let recall = [0.0, 0.2, 0.4, 0.4, 0.6, 1.0, 1.0, 1.0];
+    let precision = [1.0, 1.0, 1.0, 2.0 / 3.0, 0.5, 0.625, 5.0 / 9.0, 0.5];
+    let got = pr_curve(&s, &pos);
+    assert_eq!(got.len(), recall.len(), "{got:?}");
+    for ((r, p), (er, ep)) in got.iter().zip(recall.iter().zip(precision)) {
+        assert!((r - er).abs() < 1e-12 && (p - ep).abs() < 1e-12, "{got:?}");
+    }
+    assert!(pr_curve(&[0.2], &[false]).is_empty());
+}
+
 #[test]
 fn auc_is_undefined_without_both_classes() {
     assert_eq!(roc_auc(&[0.2, 0.7], &[true, true]), None);

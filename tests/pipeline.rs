@@ -96,10 +96,25 @@ fn eval_writes_report_with_metrics() {
     );
     assert!(card["temperature"].as_f64().unwrap() > 0.0);
 
-    for picture in ["confusion.png", "roc.png"] {
+    for picture in [
+        "confusion.png",
+        "roc.png",
+        "pr.png",
+        "calibration.png",
+        "errors.png",
+    ] {
         let img = image::open(out.join(picture)).unwrap_or_else(|e| panic!("{picture}: {e}"));
         assert!(img.width() >= 300 && img.height() >= 150, "{picture}");
     }
+    let md = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        md.contains("| accuracy |") && md.contains("(errors.png)"),
+        "{md}"
+    );
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    // Self-contained: every picture inlined, nothing fetched from elsewhere.
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 6);
+    assert!(!html.contains("http://") && !html.contains("https://"));
 
     let preds = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
     // The decision follows the stored threshold.

@@ -1,16 +1,23 @@
 //! Calibration: expected calibration error and temperature scaling.
 
-/// Expected calibration error with `bins` equal-width confidence bins (Guo et al. 2017): the
-/// confidence is the top probability, the bin's accuracy the share of its top classes that are
-/// right; the gaps are weighted by the bin's share of samples. `None` for no samples.
-pub fn expected_calibration_error(
-    probs: &[Vec<f64>],
-    y_true: &[usize],
-    bins: usize,
-) -> Option<f64> {
-    if probs.is_empty() || bins == 0 {
-        return None;
-    }
+/// One confidence bin of a reliability diagram.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ReliabilityBin {
+    /// Lower edge (exclusive, but the first bin takes a confidence of exactly 0).
+    pub lo: f64,
+    /// Upper edge (inclusive).
+    pub hi: f64,
+    /// Samples whose top probability falls in the bin.
+    pub count: usize,
+    /// Mean top probability of those samples (`None` for an empty bin).
+    pub confidence: Option<f64>,
+    /// Share of those samples whose top class is right (`None` for an empty bin).
+    pub accuracy: Option<f64>,
+}
+
+/// The reliability diagram's `bins` equal-width bins of top-class confidence (Guo et al.
+/// 2017): per bin, how many samples, their mean confidence and their accuracy.
+pub fn reliability_bins(probs: &[Vec<f64>], y_true: &[usize], bins: usize) -> Vec<ReliabilityBin> {
     let mut count = vec![0usize; bins];
     let mut conf_sum = vec![0f64; bins];
     let mut correct = vec![0usize; bins];
@@ -26,13 +33,38 @@ pub fn expected_calibration_error(
         conf_sum[b] += conf;
         correct[b] += usize::from(k == t);
     }
+    (0..bins)
+        .map(|b| {
+            let c = count[b] as f64;
+            ReliabilityBin {
+                lo: b as f64 / bins as f64,
+                hi: (b + 1) as f64 / bins as f64,
+                count: count[b],
+                confidence: (count[b] > 0).then(|| conf_sum[b] / c),
+                accuracy: (count[b] > 0).then(|| correct[b] as f64 / c),
+            }
+        })
+        .collect()
+}
+
+/// Expected calibration error with `bins` equal-width confidence bins (Guo et al. 2017): the
+/// confidence is the top probability, the bin's accuracy the share of its top classes that are
+/// right; the gaps are weighted by the bin's share of samples. `None` for no samples.
+pub fn expected_calibration_error(
+    probs: &[Vec<f64>],
+    y_true: &[usize],
+    bins: usize,
+) -> Option<f64> {
+    if probs.is_empty() || bins == 0 {
+        return None;
+    }
     let n = probs.len() as f64;
     Some(
-        (0..bins)
-            .filter(|&b| count[b] > 0)
-            .map(|b| {
-                let c = count[b] as f64;
-                (correct[b] as f64 / c - conf_sum[b] / c).abs() * c / n
+        reliability_bins(probs, y_true, bins)
+            .iter()
+            .filter_map(|b| {
+                let (acc, conf) = (b.accuracy?, b.confidence?);
+                Some((acc - conf).abs() * b.count as f64 / n)
             })
             .sum(),
     )
@@ -117,6 +149,12 @@ mod tests {
         let y = [0, 0, 1, 0];
         let ece = expected_calibration_error(&probs, &y, 10).unwrap();
         assert!((ece - 0.4125).abs() < 1e-12, "{ece}");
+        let bins = reliability_bins(&probs, &y, 10);
+        assert_eq!(bins.iter().map(|b| b.count).sum::<usize>(), 4);
+        assert_eq!((bins[8].count, bins[8].accuracy), (2, Some(0.5)));
+        assert_eq!((bins[5].count, bins[5].accuracy), (2, Some(1.0)));
+        assert!((bins[5].confidence.unwrap() - 0.575).abs() < 1e-12);
+        assert_eq!(bins[0].confidence, None);
     }
 
     /// Over-confident logits (true logits times 3) are fixed by T close to 3.

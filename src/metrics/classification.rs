@@ -242,6 +242,19 @@ pub fn roc_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
     std::iter::once((0.0, 0.0)).chain(points).collect()
 }
 
+/// The precision-recall curve as (recall, precision) at every distinct threshold, from the
+/// lowest recall up, starting at scikit-learn's (0, 1). Empty without positives.
+pub fn pr_curve(scores: &[f64], positive: &[bool]) -> Vec<(f64, f64)> {
+    let n_pos = positive.iter().filter(|&&p| p).count();
+    if n_pos == 0 {
+        return Vec::new();
+    }
+    let points = counts_by_threshold(scores, positive)
+        .into_iter()
+        .map(|(_, tp, fp)| (tp as f64 / n_pos as f64, tp as f64 / (tp + fp) as f64));
+    std::iter::once((0.0, 1.0)).chain(points).collect()
+}
+
 /// One-vs-rest ROC-AUC per class from probabilities `probs[sample][class]`.
 pub fn roc_auc_ovr(probs: &[Vec<f64>], y_true: &[usize], n_classes: usize) -> Vec<Option<f64>> {
     one_vs_rest(probs, y_true, n_classes, roc_auc)

@@ -1,4 +1,5 @@
-//! PNG plots: training curves, confusion matrices, ROC curves.
+//! PNG plots: training curves, confusion matrices, ROC and precision-recall curves, reliability
+//! diagrams and image galleries.
 
 use std::path::Path;
 use std::sync::Once;
@@ -6,6 +7,7 @@ use std::sync::Once;
 use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
+use crate::metrics::calibration::ReliabilityBin;
 use crate::train::checkpoint::EpochMetrics;
 
 /// DejaVu Sans (Bitstream Vera licence, see assets/DejaVuSans.LICENSE).
@@ -137,14 +139,55 @@ pub fn confusion_matrix_png(path: &Path, classes: &[String], cm: &[Vec<usize>]) 
     )
 }
 
-/// A ROC curve to draw: its legend, points (false-positive rate, true-positive rate), AUC.
-pub type RocCurve = (String, Vec<(f64, f64)>, Option<f64>);
+/// A curve to draw: its legend, its points, and the area under it (AUC or average precision).
+pub type ScoreCurve = (String, Vec<(f64, f64)>, Option<f64>);
+
+/// What distinguishes the ROC plot from the precision-recall plot.
+struct CurvePlot<'a> {
+    title: &'a str,
+    x_desc: &'a str,
+    y_desc: &'a str,
+    /// The area's name in the legend.
+    area: &'a str,
+    /// The reference line: chance, and its legend.
+    reference: (Vec<(f64, f64)>, String),
+    legend: SeriesLabelPosition,
+}
 
 /// `roc.png`: one ROC curve per class or positive class, with the chance line.
-pub fn roc_png(path: &Path, curves: &[RocCurve]) -> Result<()> {
+pub fn roc_png(path: &Path, curves: &[ScoreCurve]) -> Result<()> {
+    let plot = CurvePlot {
+        title: "ROC",
+        x_desc: "false-positive rate (1 - specificity)",
+        y_desc: "true-positive rate (sensitivity)",
+        area: "AUC",
+        reference: (vec![(0.0, 0.0), (1.0, 1.0)], "chance".into()),
+        legend: SeriesLabelPosition::LowerRight,
+    };
+    curves_png(path, plot, curves)
+}
+
+/// `pr.png`: one precision-recall curve per class or positive class, with each class's
+/// prevalence (a chance classifier's precision) as the reference for the first.
+pub fn pr_png(path: &Path, curves: &[ScoreCurve], prevalence: f64) -> Result<()> {
+    let plot = CurvePlot {
+        title: "precision-recall",
+        x_desc: "recall (sensitivity)",
+        y_desc: "precision (positive predictive value)",
+        area: "AP",
+        reference: (
+            vec![(0.0, prevalence), (1.0, prevalence)],
+            format!("chance (prevalence {prevalence:.3})"),
+        ),
+        legend: SeriesLabelPosition::LowerLeft,
+    };
+    curves_png(path, plot, curves)
+}
+
+fn curves_png(path: &Path, plot: CurvePlot<'_>, curves: &[ScoreCurve]) -> Result<()> {
     render_png(path, 640, 600, |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("ROC", ("sans-serif", 24))
+            .caption(plot.title, ("sans-serif", 24))
             .margin(14)
             .x_label_area_size(45)
             .y_label_area_size(55)
@@ -152,40 +195,187 @@ pub fn roc_png(path: &Path, curves: &[RocCurve]) -> Result<()> {
             .map_err(plot_err)?;
         chart
             .configure_mesh()
-            .x_desc("false-positive rate (1 - specificity)")
-            .y_desc("true-positive rate (sensitivity)")
+            .x_desc(plot.x_desc)
+            .y_desc(plot.y_desc)
             .label_style(("sans-serif", 14))
             .draw()
             .map_err(plot_err)?;
         chart
             .draw_series(LineSeries::new(
-                [(0.0, 0.0), (1.0, 1.0)],
+                plot.reference.0.clone(),
                 BLACK.mix(0.4).stroke_width(1),
             ))
-            .map_err(plot_err)?;
-        for (i, (name, points, auc)) in curves.iter().enumerate() {
+            .map_err(plot_err)?
+            .label(plot.reference.1.clone())
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
+        for (i, (name, points, area)) in curves.iter().enumerate() {
             let color = Palette99::pick(i).to_rgba();
-            let label = match auc {
-                Some(a) => format!("{name} (AUC {a:.3})"),
+            let label = match area {
+                Some(a) => format!("{name} ({} {a:.3})", plot.area),
                 None => name.clone(),
             };
-            chart
-                .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-                .map_err(plot_err)?
-                .label(label)
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-                });
+            labelled_line(&mut chart, points.clone(), color, label)?;
         }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 14))
-            .position(SeriesLabelPosition::LowerRight)
-            .draw()
-            .map_err(plot_err)
+        legend(&mut chart, plot.legend)
     })
+}
+
+/// `calibration.png`: the reliability diagram (accuracy against mean confidence per bin, before
+/// and after temperature scaling, with the diagonal of perfect calibration) above a histogram of
+/// how many images fall in each bin.
+pub fn calibration_png(
+    path: &Path,
+    before: &[ReliabilityBin],
+    after: &[ReliabilityBin],
+    ece: (Option<f64>, Option<f64>),
+    temperature: f64,
+) -> Result<()> {
+    render_png(path, 640, 760, |root| {
+        let (top, bottom) = root.split_vertically(560);
+        let mut chart = ChartBuilder::on(&top)
+            .caption("reliability diagram", ("sans-serif", 24))
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("confidence (top-class probability)")
+            .y_desc("accuracy")
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        // The gap to the diagonal of the calibrated bins, shaded.
+        chart
+            .draw_series(after.iter().filter(|b| b.count > 0).map(|b| {
+                let acc = b.accuracy.unwrap_or(0.0);
+                Rectangle::new([(b.lo, 0.0), (b.hi, acc)], BLUE.mix(0.12).filled())
+            }))
+            .map_err(plot_err)?;
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (1.0, 1.0)],
+                BLACK.mix(0.5).stroke_width(1),
+            ))
+            .map_err(plot_err)?
+            .label("perfect calibration")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.5)));
+        let fmt = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.4}"));
+        let series: [(String, &[ReliabilityBin], RGBColor); 2] = [
+            (format!("raw softmax (ECE {})", fmt(ece.0)), before, RED),
+            (
+                format!("T = {temperature:.3} (ECE {})", fmt(ece.1)),
+                after,
+                BLUE,
+            ),
+        ];
+        for (label, bins, color) in series {
+            let points: Vec<(f64, f64)> = bins
+                .iter()
+                .filter_map(|b| Some((b.confidence?, b.accuracy?)))
+                .collect();
+            line_with_points(&mut chart, points, color, label)?;
+        }
+        legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
+
+        let max = after.iter().map(|b| b.count).max().unwrap_or(0).max(1) as f64;
+        let mut hist = ChartBuilder::on(&bottom)
+            .margin(14)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0.0..1.0, 0.0..max * 1.1)
+            .map_err(plot_err)?;
+        hist.configure_mesh()
+            .x_desc("confidence after scaling")
+            .y_desc("images")
+            .y_labels(4)
+            .y_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        hist.draw_series(after.iter().map(|b| {
+            Rectangle::new(
+                [(b.lo, 0.0), (b.hi, b.count as f64)],
+                BLUE.mix(0.6).filled(),
+            )
+        }))
+        .map_err(plot_err)?;
+        Ok(())
+    })
+}
+
+/// One tile of the error gallery: the image and what to write under it.
+pub struct GalleryTile {
+    /// The image, any size; it is fitted into the tile.
+    pub image: image::RgbImage,
+    /// Lines of caption (label, prediction, file name).
+    pub caption: Vec<String>,
+}
+
+/// `errors.png`: a grid of images with captions, such as the most confident mistakes; `title`
+/// on top, `empty` written instead when there are no tiles.
+pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str) -> Result<()> {
+    const TILE: u32 = 200;
+    const CAPTION: u32 = 58;
+    const PAD: u32 = 10;
+    const HEADER: u32 = 40;
+    let cols = tiles.len().clamp(1, 4) as u32;
+    let rows = tiles.len().div_ceil(4).max(1) as u32;
+    let width = PAD + cols * (TILE + PAD);
+    let height = HEADER + rows * (TILE + CAPTION + PAD);
+    let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    for (i, tile) in tiles.iter().enumerate() {
+        let (col, row) = (i as u32 % 4, i as u32 / 4);
+        let (x0, y0) = (
+            PAD + col * (TILE + PAD),
+            HEADER + row * (TILE + CAPTION + PAD),
+        );
+        let (w, h) = tile.image.dimensions();
+        let scale = TILE as f64 / w.max(h).max(1) as f64;
+        let (tw, th) = (
+            ((w as f64 * scale).round() as u32).max(1),
+            ((h as f64 * scale).round() as u32).max(1),
+        );
+        let thumb =
+            image::imageops::resize(&tile.image, tw, th, image::imageops::FilterType::Triangle);
+        let (ox, oy) = (x0 + (TILE - tw) / 2, y0 + (TILE - th) / 2);
+        image::imageops::replace(&mut canvas, &thumb, ox as i64, oy as i64);
+    }
+    register_fonts();
+    let mut pixels = canvas.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+        let text = if tiles.is_empty() { empty } else { title };
+        root.draw(&Text::new(
+            text,
+            (PAD as i32, 10),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(plot_err)?;
+        for (i, tile) in tiles.iter().enumerate() {
+            let (col, row) = (i as u32 % 4, i as u32 / 4);
+            let x = (PAD + col * (TILE + PAD)) as i32;
+            let y = (HEADER + row * (TILE + CAPTION + PAD) + TILE + 3) as i32;
+            root.draw(&Rectangle::new(
+                [(x - 1, y - 4 - TILE as i32), (x + TILE as i32, y - 3)],
+                RED.stroke_width(1),
+            ))
+            .map_err(plot_err)?;
+            for (j, line) in tile.caption.iter().enumerate() {
+                let short: String = line.chars().take(30).collect();
+                root.draw(&Text::new(
+                    short,
+                    (x, y + 18 * j as i32),
+                    ("sans-serif", 14).into_font(),
+                ))
+                .map_err(plot_err)?;
+            }
+        }
+        root.present().map_err(plot_err)?;
+    }
+    image::save_buffer(path, &pixels, width, height, image::ExtendedColorType::Rgb8)
+        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
 /// `curves.png`: loss (left) and accuracy with validation AUC (right) per epoch, train and
@@ -236,11 +426,20 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             chart
                 .configure_mesh()
                 .x_desc("epoch")
+                .x_label_formatter(&|v| format!("{v:.0}"))
                 .label_style(("sans-serif", 14))
                 .draw()
                 .map_err(plot_err)?;
             for &(name, color, pick) in curves {
-                draw_series(&mut chart, history, name, color, pick)?;
+                let points: Vec<(f64, f64)> = history
+                    .iter()
+                    .filter_map(|m| {
+                        pick(m)
+                            .filter(|v| v.is_finite())
+                            .map(|v| (m.epoch as f64, v))
+                    })
+                    .collect();
+                line_with_points(&mut chart, points, color, name.to_string())?;
             }
             legend(&mut chart, position)?;
         }
@@ -254,26 +453,14 @@ type Chart<'a> = ChartContext<
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
 >;
 
-fn draw_series(
+/// A labelled line with a dot at each point.
+fn line_with_points(
     chart: &mut Chart<'_>,
-    history: &[EpochMetrics],
-    name: &str,
+    points: Vec<(f64, f64)>,
     color: RGBColor,
-    pick: fn(&EpochMetrics) -> Option<f64>,
+    label: String,
 ) -> Result<()> {
-    let points: Vec<(f64, f64)> = history
-        .iter()
-        .filter_map(|m| {
-            pick(m)
-                .filter(|v| v.is_finite())
-                .map(|v| (m.epoch as f64, v))
-        })
-        .collect();
-    chart
-        .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-        .map_err(plot_err)?
-        .label(name.to_string())
-        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    labelled_line(chart, points.clone(), color, label)?;
     chart
         .draw_series(
             points
@@ -281,6 +468,21 @@ fn draw_series(
                 .map(|p| Circle::new(p, 3, color.filled())),
         )
         .map_err(plot_err)?;
+    Ok(())
+}
+
+/// A line of width 2 with its entry in the legend.
+fn labelled_line<C: Color + Copy + 'static>(
+    chart: &mut Chart<'_>,
+    points: Vec<(f64, f64)>,
+    color: C,
+    label: String,
+) -> Result<()> {
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+        .map_err(plot_err)?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     Ok(())
 }
 

@@ -1,0 +1,234 @@
+//! A small W3C WebDriver client for headless Chromium through chromedriver (Debian's
+//! `chromium` and `chromium-driver`), enough to load a page, run a script, upload a file, read
+//! text, collect the console's errors and take a screenshot.
+
+// Parts of the client serve the upload-page test only.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+/// The browser and its driver, or why the test cannot run here.
+pub fn tools() -> Result<(PathBuf, PathBuf), String> {
+    let find = |name: &str| -> Option<PathBuf> {
+        std::env::var_os("PATH")?
+            .to_str()?
+            .split(':')
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    };
+    let browser = find("chromium").ok_or("chromium is not installed (apt-get install chromium)")?;
+    let driver = find("chromedriver")
+        .ok_or("chromedriver is not installed (apt-get install chromium-driver)")?;
+    Ok((browser, driver))
+}
+
+/// Skips (returns `None`, printing why) where Chromium is absent, but fails under CI, whose
+/// `.ci/run` installs it.
+pub fn session_or_skip(test: &str) -> Option<Session> {
+    match tools() {
+        Ok((browser, driver)) => Some(Session::start(&browser, &driver)),
+        Err(why) if std::env::var_os("CI").is_some() => panic!("{test}: {why}"),
+        Err(why) => {
+            eprintln!("skipping {test}: {why}");
+            None
+        }
+    }
+}
+
+/// A chromedriver process and one browser session on it.
+pub struct Session {
+    driver: Child,
+    base: String,
+    _profile: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+impl Session {
+    /// Starts chromedriver and a headless Chromium session with a fresh profile.
+    pub fn start(browser: &Path, driver: &Path) -> Session {
+        let port = free_port();
+        let child = Command::new(driver)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver starts");
+        let profile = tempfile::tempdir().expect("profile dir");
+        let mut s = Session {
+            driver: child,
+            base: format!("http://127.0.0.1:{port}"),
+            _profile: profile,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{}/status", s.base)).call().is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // The flags keep Chromium off the network this machine does not have.
+        let args = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--hide-scrollbars",
+            "--window-size=1200,900",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([format!("--user-data-dir={}", s._profile.path().display())])
+        .collect::<Vec<_>>();
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {"binary": browser, "args": args},
+            "goog:loggingPrefs": {"browser": "ALL"},
+        }}});
+        let v = s.post_raw("/session", caps);
+        let id = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_string();
+        s.base = format!("{}/session/{id}", s.base);
+        s
+    }
+
+    fn post_raw(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.base);
+        let resp = match ureq::post(&url).send_json(body) {
+            Ok(r) => r,
+            Err(ureq::Error::Status(code, r)) => {
+                panic!(
+                    "{path}: HTTP {code}: {}",
+                    r.into_string().unwrap_or_default()
+                )
+            }
+            Err(e) => panic!("{path}: {e}"),
+        };
+        let v: Value = resp.into_json().expect("JSON from chromedriver");
+        v["value"].clone()
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        self.post_raw(path, body)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.base);
+        let v: Value = ureq::get(&url)
+            .call()
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .into_json()
+            .expect("JSON from chromedriver");
+        v["value"].clone()
+    }
+
+    /// Navigates and waits for the page to load.
+    pub fn goto(&self, url: &str) {
+        self.post("/url", json!({ "url": url }));
+    }
+
+    /// Runs `script` (a function body; `arguments` holds `args`) and returns its value.
+    pub fn eval(&self, script: &str, args: Value) -> Value {
+        self.post("/execute/sync", json!({"script": script, "args": args}))
+    }
+
+    /// The element id of the first match of a CSS selector.
+    pub fn find(&self, css: &str) -> String {
+        let v = self.post("/element", json!({"using": "css selector", "value": css}));
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|v| v.as_str())
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_string()
+    }
+
+    /// Types `text` into an element (for a file input: the file's path).
+    pub fn send_keys(&self, element: &str, text: &str) {
+        self.post(
+            &format!("/element/{element}/value"),
+            json!({ "text": text }),
+        );
+    }
+
+    /// Clicks an element.
+    pub fn click(&self, element: &str) {
+        self.post(&format!("/element/{element}/click"), json!({}));
+    }
+
+    /// The visible text of an element.
+    pub fn text(&self, element: &str) -> String {
+        self.get(&format!("/element/{element}/text"))
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Polls `script` until it returns something truthy, or panics after `timeout`.
+    pub fn wait_for(&self, script: &str, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.eval(script, json!([]));
+            if !(v.is_null() || v == json!(false) || v == json!("")) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for: {script}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The console's messages at level SEVERE (errors) since the last call.
+    pub fn console_errors(&self) -> Vec<String> {
+        let v = self.post("/se/log", json!({"type": "browser"}));
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Resizes the window to the page's full height and writes a PNG screenshot to `path`.
+    pub fn screenshot_full_page(&self, path: &Path) {
+        let height = self
+            .eval("return document.documentElement.scrollHeight;", json!([]))
+            .as_u64()
+            .unwrap_or(900)
+            .clamp(300, 12_000);
+        self.post(
+            "/window/rect",
+            json!({"width": 1200, "height": height + 100}),
+        );
+        let b64 = self.get("/screenshot");
+        let png = base64::engine::general_purpose::STANDARD
+            .decode(b64.as_str().expect("base64 screenshot"))
+            .expect("valid base64");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).unwrap();
+        }
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = ureq::delete(&self.base).call();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
