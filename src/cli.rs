@@ -24,13 +24,18 @@ pub enum Command {
     Train(commands::train::TrainArgs),
     /// Evaluate a trained model on a split or a folder.
     Eval(commands::eval::EvalArgs),
+    /// Heatmaps of what the model looked at (Grad-CAM, Grad-CAM++, Eigen-CAM, Integrated
+    /// Gradients), or `--check` them against synth's opacity boxes.
+    Gradcam(commands::gradcam::GradcamArgs),
     /// Predict the class of images or folders of images.
     Predict(commands::predict::PredictArgs),
+    /// Serve the upload page and a JSON API (POST /api/predict) over one model.
+    Serve(commands::serve::ServeArgs),
     /// Write a synthetic chest-X-ray-like dataset with known opacity boxes.
     Synth(commands::synth::SynthArgs),
     /// Convert a PyTorch state-dict file (.pth) into safetensors for `model.pretrained`.
     ImportWeights(commands::import_weights::ImportWeightsArgs),
-    /// Run synth, split, train, eval and predict end to end on the CPU.
+    /// Run synth, split, train, eval, gradcam and predict end to end on the CPU.
     Demo(commands::demo::DemoArgs),
 }
 
@@ -39,9 +44,10 @@ impl Command {
     /// [`crate::alloc::reexec_with_malloc_tunables`]); a one-image predict does not.
     pub fn is_heavy(&self) -> bool {
         match self {
-            Command::Train(_) | Command::Eval(_) | Command::Demo(_) => true,
+            Command::Train(_) | Command::Eval(_) | Command::Gradcam(_) | Command::Demo(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
+            Command::Serve(_) => true,
         }
     }
 
@@ -51,7 +57,9 @@ impl Command {
             Command::Split(a) => a.execute(),
             Command::Train(a) => a.execute(),
             Command::Eval(a) => a.execute(),
+            Command::Gradcam(a) => a.execute(),
             Command::Predict(a) => a.execute(),
+            Command::Serve(a) => a.execute(),
             Command::Synth(a) => a.execute(),
             Command::ImportWeights(a) => a.execute(),
             Command::Demo(a) => a.execute(),

@@ -42,19 +42,36 @@ pub struct Predictor {
 }
 
 impl Predictor {
+    /// The network's recipe, from its card.
+    fn spec(card: &ModelCard) -> ModelSpec {
+        ModelSpec {
+            arch: card.arch.clone(),
+            in_channels: card.channels as i64,
+            num_classes: card.classes.len() as i64,
+            dropout: card.dropout,
+        }
+    }
+
+    /// The same architecture, classes and input recipe with freshly initialised weights
+    /// (seeded): the reference of the model-randomisation check of heatmaps.
+    pub fn with_random_weights(&self, seed: i64) -> Result<Predictor> {
+        tch::manual_seed(seed);
+        let vs = nn::VarStore::new(self.device);
+        let model = build(&vs.root(), &Self::spec(&self.card))?;
+        Ok(Predictor {
+            run_dir: self.run_dir.clone(),
+            card: self.card.clone(),
+            device: self.device,
+            model,
+            _vs: vs,
+        })
+    }
+
     /// Loads `RUN_DIR/model.json` and `RUN_DIR/model.safetensors`.
     pub fn load(run_dir: &Path, device: Device) -> Result<Predictor> {
         let card = ModelCard::read(run_dir)?;
         let mut vs = nn::VarStore::new(device);
-        let model = build(
-            &vs.root(),
-            &ModelSpec {
-                arch: card.arch.clone(),
-                in_channels: card.channels as i64,
-                num_classes: card.classes.len() as i64,
-                dropout: card.dropout,
-            },
-        )?;
+        let model = build(&vs.root(), &Self::spec(&card))?;
         let weights = run_dir.join("model.safetensors");
         vs.load(&weights)
             .torch()
@@ -86,11 +103,12 @@ impl Predictor {
     }
 
     /// Class probabilities (temperature applied) for HWC pixel buffers already at the model's
-    /// input size, in batches of `batch_size`.
+    /// input size, in batches of `batch_size`; with `tta`, averaged over [`tta_views`].
     pub fn probabilities_of_pixels(
         &self,
         pixels: &[Arc<Vec<u8>>],
         batch_size: usize,
+        tta: bool,
     ) -> Vec<Vec<f64>> {
         let spec = self.input_spec();
         let (size, ch) = (spec.size as usize, spec.channels as usize);
@@ -103,11 +121,42 @@ impl Predictor {
             let xs = Tensor::from_slice(&floats)
                 .view([chunk.len() as i64, ch as i64, size as i64, size as i64])
                 .to_device(self.device);
-            let logits = tch::no_grad(|| self.model.forward_t(&xs, false));
-            out.extend(probabilities(&logits, self.card.temperature));
+            if !tta {
+                let logits = tch::no_grad(|| self.model.forward_t(&xs, false));
+                out.extend(probabilities(&logits, self.card.temperature));
+                continue;
+            }
+            let views = tta_views(&xs);
+            let t = self.card.temperature.max(1e-6);
+            let mean = tch::no_grad(|| {
+                let probs: Vec<Tensor> = views
+                    .iter()
+                    .map(|v| {
+                        (self.model.forward_t(v, false).to_kind(Kind::Double) / t)
+                            .softmax(-1, Kind::Double)
+                    })
+                    .collect();
+                Tensor::stack(&probs, 0).mean_dim(&[0i64][..], false, Kind::Double)
+            });
+            // Already probabilities: temperature 1 keeps them as they are through a log.
+            out.extend(probabilities(&mean.log(), 1.0));
         }
         out
     }
+}
+
+/// Test-time augmentation views of a batch `[n, c, s, s]`: the images, their mirror images,
+/// and both zoomed in to the central 90% (resized back): four views whose probabilities are
+/// averaged.
+pub fn tta_views(xs: &Tensor) -> Vec<Tensor> {
+    let s = xs.size()[3];
+    let crop = ((s as f64) * 0.9).round() as i64;
+    let start = (s - crop) / 2;
+    let zoomed = xs
+        .narrow(2, start, crop)
+        .narrow(3, start, crop)
+        .upsample_bilinear2d([s, s], false, None, None);
+    vec![xs.shallow_clone(), xs.flip([3]), zoomed.flip([3]), zoomed]
 }
 
 /// Softmax of `logits / temperature` as rows of f64.

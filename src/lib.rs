@@ -3,7 +3,7 @@
 //! The library does the work and knows nothing of the command line except in [`cli`] and
 //! [`commands`], which only wire arguments to it. Pipeline stages each have a module:
 //! [`data`] (scan, split, decode, augment, load, synth), [`models`], [`train`], [`metrics`],
-//! [`evaluate`] and [`infer`].
+//! [`evaluate`], [`explain`] and [`infer`].
 
 pub mod alloc;
 pub mod cli;
@@ -12,6 +12,7 @@ pub mod config;
 pub mod data;
 pub mod error;
 pub mod evaluate;
+pub mod explain;
 pub mod fsutil;
 pub mod infer;
 pub mod metrics;
@@ -19,6 +20,7 @@ pub mod models;
 pub mod predict;
 pub mod progress;
 pub mod report;
+pub mod serve;
 pub mod train;
 
 pub use error::Error;

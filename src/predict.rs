@@ -49,12 +49,14 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Decodes `files` in parallel and predicts the readable ones in batches; each result is the
-/// prediction or the reason the file could not be read.
+/// Decodes `files` in parallel and predicts the readable ones in batches (with test-time
+/// augmentation when `tta`); each result is the prediction or the reason the file could not be
+/// read.
 pub fn predict_files(
     predictor: &Predictor,
     files: &[PathBuf],
     batch_size: usize,
+    tta: bool,
 ) -> Vec<Result<Prediction, Error>> {
     let spec = predictor.input_spec();
     let bar = progress::bar(files.len() as u64, "predict");
@@ -72,7 +74,7 @@ pub fn predict_files(
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
     let mut probs = predictor
-        .probabilities_of_pixels(&good, batch_size)
+        .probabilities_of_pixels(&good, batch_size, tta)
         .into_iter();
     let classes = &predictor.card.classes;
     decoded

@@ -71,30 +71,39 @@ pub struct Trained {
 /// The shared trained model (trained on first use).
 pub fn trained() -> &'static Trained {
     static TRAINED: OnceLock<Trained> = OnceLock::new();
-    TRAINED.get_or_init(|| {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("synth");
-        let split = dir.path().join("split");
-        let run = dir.path().join("runs/smoke");
-        xray()
-            .args(["synth", "--out"])
-            .arg(&data)
-            .args(["--per-class", "400", "--seed", "1"])
-            .assert()
-            .success();
-        split_dataset(&data, &split);
-        smoke_train(&split)
-            .arg("--out")
-            .arg(&run)
-            .assert()
-            .success();
-        Trained {
-            _dir: dir,
-            data,
-            split,
-            run,
-        }
-    })
+    TRAINED.get_or_init(|| train_on_synth(400, 1))
+}
+
+/// Writes `per_class` synth images per class (seed `seed`), splits them and trains
+/// configs/smoke.toml on them, all in a new temporary folder.
+pub fn train_on_synth(per_class: usize, seed: u64) -> Trained {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("synth");
+    let split = dir.path().join("split");
+    let run = dir.path().join("runs/smoke");
+    xray()
+        .args(["synth", "--out"])
+        .arg(&data)
+        .args([
+            "--per-class",
+            &per_class.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .assert()
+        .success();
+    split_dataset(&data, &split);
+    smoke_train(&split)
+        .arg("--out")
+        .arg(&run)
+        .assert()
+        .success();
+    Trained {
+        _dir: dir,
+        data,
+        split,
+        run,
+    }
 }
 
 /// Reads a JSON file.

@@ -69,6 +69,11 @@ fn crc32(bytes: &[u8]) -> u32 {
 
 /// A valid PNG header claiming `side` x `side` pixels, with no image data worth the name.
 pub fn write_huge_png_header(path: &Path, side: u32) {
+    std::fs::write(path, huge_png_header(side)).unwrap();
+}
+
+/// The bytes of [`write_huge_png_header`].
+pub fn huge_png_header(side: u32) -> Vec<u8> {
     let mut ihdr = b"IHDR".to_vec();
     ihdr.extend(side.to_be_bytes());
     ihdr.extend(side.to_be_bytes());
@@ -80,7 +85,7 @@ pub fn write_huge_png_header(path: &Path, side: u32) {
     png.extend(0u32.to_be_bytes());
     png.extend(b"IEND");
     png.extend(crc32(b"IEND").to_be_bytes());
-    std::fs::write(path, png).unwrap();
+    png
 }
 
 /// Writes every fixture into `dir` and returns (path, expected: Ok or the reason's key words).

@@ -255,3 +255,32 @@ fn predict_reports_unreadable_images_and_goes_on() {
     assert_eq!(out.status.code(), Some(1));
     assert_clean_stderr(&out.stderr);
 }
+
+#[test]
+fn predict_with_tta_gives_probabilities() {
+    let t = trained();
+    let img = t.data.join("opacity/opacity_00005.png");
+    let run = |tta: bool| {
+        let mut cmd = xray();
+        cmd.arg("predict")
+            .arg("--checkpoint")
+            .arg(&t.run)
+            .arg(&img)
+            .args(["--format", "json"]);
+        if tta {
+            cmd.arg("--tta");
+        }
+        let out = cmd.assert().success().get_output().stdout.clone();
+        serde_json::from_slice::<serde_json::Value>(&out).unwrap()
+    };
+    for j in [run(false), run(true)] {
+        let probs: Vec<f64> = j["probabilities"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{j}");
+        assert!(j["label"] == "opacity" || j["label"] == "normal", "{j}");
+    }
+}

@@ -2,9 +2,6 @@
 //! `chromium` and `chromium-driver`), enough to load a page, run a script, upload a file, read
 //! text, collect the console's errors and take a screenshot.
 
-// Parts of the client serve the upload-page test only.
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -164,11 +161,6 @@ impl Session {
             &format!("/element/{element}/value"),
             json!({ "text": text }),
         );
-    }
-
-    /// Clicks an element.
-    pub fn click(&self, element: &str) {
-        self.post(&format!("/element/{element}/click"), json!({}));
     }
 
     /// The visible text of an element.

@@ -1,4 +1,4 @@
-//! `xray demo`: synth → split → train → eval → predict on the CPU, printing where each output
+//! `xray demo`: synth → split → train → eval → gradcam → predict on the CPU, printing where each output
 //! went.
 
 use std::path::PathBuf;
@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
 use crate::evaluate::{evaluate, report_table, write_report};
+use crate::explain::{explain_files, run_check, write_gallery, Method, Target};
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::predict_files;
 use crate::train::train;
@@ -39,7 +40,7 @@ impl DemoArgs {
         let data_dir = self.workdir.join("datasets/synth");
         let split_dir = self.workdir.join("datasets/synth-split");
 
-        println!("[1/5] synth: writing {} images per class", self.per_class);
+        println!("[1/6] synth: writing {} images per class", self.per_class);
         let synth = SynthOptions {
             per_class: self.per_class,
             size: 128,
@@ -48,12 +49,12 @@ impl DemoArgs {
         write_synth_dataset(&data_dir, &synth)?;
         println!("      -> {} (boxes in boxes.csv)", data_dir.display());
 
-        println!("[2/5] split: stratified 70/15/15");
+        println!("[2/6] split: stratified 70/15/15");
         let outcome = split_dataset(&data_dir, &SplitOptions::default())?;
         write_split(&split_dir, &outcome)?;
         println!("      -> {}", split_dir.join("split.csv").display());
 
-        println!("[3/5] train: simple_cnn (configs/smoke.toml)");
+        println!("[3/6] train: simple_cnn (configs/smoke.toml)");
         let mut overrides = vec![format!("data.split={}", toml_string(&split_dir))];
         overrides.extend(self.overrides.iter().cloned());
         let config = Config::from_toml_str(SMOKE_CONFIG, &overrides)?;
@@ -62,7 +63,7 @@ impl DemoArgs {
         let outcome = train(&config, Some(&run_dir))?;
         crate::commands::train::print_summary(&outcome);
 
-        println!("[4/5] eval: test split");
+        println!("[4/6] eval: test split");
         let predictor = Predictor::load(&run_dir, resolve_device("auto")?)?;
         let samples = SplitSet::read(&split_dir)?.samples("test")?;
         let (report, scored) = evaluate(&predictor, samples.clone(), "test", 64)?;
@@ -71,14 +72,58 @@ impl DemoArgs {
         print!("{}", report_table(&report));
         println!("      -> {}", eval_dir.join("report.json").display());
 
-        println!("[5/5] predict: one test image per class");
         let mut picks: Vec<PathBuf> = Vec::new();
         for class in 0..predictor.card.classes.len() {
-            if let Some((p, _)) = samples.iter().find(|(_, l)| *l == class) {
-                picks.push(p.clone());
-            }
+            picks.extend(
+                samples
+                    .iter()
+                    .filter(|(_, l)| *l == class)
+                    .take(2)
+                    .map(|(p, _)| p.clone()),
+            );
         }
-        for (path, result) in picks.iter().zip(predict_files(&predictor, &picks, 32)) {
+        println!("[5/6] gradcam: four test images, then the check against the opacity boxes");
+        let gradcam_dir = run_dir.join("gradcam");
+        let methods = [Method::GradCam, Method::EigenCam];
+        let explained = explain_files(
+            &predictor,
+            &picks,
+            &methods,
+            Target::Predicted,
+            &gradcam_dir,
+            16,
+        )?;
+        let explained: Vec<_> = explained.into_iter().collect::<Result<_, _>>()?;
+        write_gallery(&gradcam_dir, &explained, "demo")?;
+        let all = [
+            Method::GradCam,
+            Method::GradCamPlusPlus,
+            Method::EigenCam,
+            Method::parse("ig", 16).expect("a method"),
+        ];
+        let (scores, source) = run_check(&predictor, &data_dir, &all, 60, 16, 0)?;
+        println!(
+            "      on {} ({source}):",
+            scores.first().map_or(0, |s| s.images)
+        );
+        for s in &scores {
+            let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            println!(
+                "      {:<10} pointing game {}  energy in box {}  Spearman vs random weights {}",
+                s.method,
+                f(s.pointing_game),
+                f(s.energy_inside),
+                f(s.randomised_spearman)
+            );
+        }
+        println!("      -> {}", gradcam_dir.join("index.html").display());
+
+        println!("[6/6] predict: one test image per class");
+        let picks: Vec<PathBuf> = picks.into_iter().step_by(2).collect();
+        for (path, result) in picks
+            .iter()
+            .zip(predict_files(&predictor, &picks, 32, false))
+        {
             match result {
                 Ok(p) => println!(
                     "{}\t{}\t{:.1}%",
@@ -97,7 +142,11 @@ impl DemoArgs {
         println!("  dataset      {}", data_dir.display());
         println!("  split        {}", split_dir.display());
         println!("  model        {}", run_dir.display());
-        println!("  evaluation   {}", eval_dir.display());
+        println!("  evaluation   {}", eval_dir.join("report.html").display());
+        println!(
+            "  heatmaps     {}",
+            gradcam_dir.join("index.html").display()
+        );
         println!(
             "  try          xray predict --checkpoint {} {}",
             run_dir.display(),

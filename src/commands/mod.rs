@@ -2,8 +2,10 @@
 
 pub mod demo;
 pub mod eval;
+pub mod gradcam;
 pub mod import_weights;
 pub mod predict;
+pub mod serve;
 pub mod split;
 pub mod synth;
 pub mod train;

@@ -1,4 +1,4 @@
-//! `xray predict [--checkpoint RUN_DIR] INPUT... [--format text|json]`
+//! `xray predict [--checkpoint RUN_DIR] INPUT... [--format text|json|csv] [--tta]`
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +38,10 @@ pub struct PredictArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
+    /// Test-time augmentation: average the probabilities over the image, its mirror image and
+    /// both zoomed to the central 90% (four forward passes).
+    #[arg(long)]
+    pub tta: bool,
 }
 
 impl PredictArgs {
@@ -45,14 +49,8 @@ impl PredictArgs {
     pub fn execute(self) -> Result<()> {
         let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
         let files = collect_inputs(&self.inputs)?;
-        let results = predict_files(&predictor, &files, self.batch_size);
-        let model_name = predictor
-            .run_dir
-            .canonicalize()
-            .unwrap_or_else(|_| predictor.run_dir.clone())
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let results = predict_files(&predictor, &files, self.batch_size, self.tta);
+        let model_name = crate::serve::run_name(&predictor.run_dir);
         let classes = &predictor.card.classes;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();

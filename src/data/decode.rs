@@ -43,21 +43,89 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
     // The format comes from the content: a text file named .png is not a PNG.
     let mut head = [0u8; 132];
     let n = read_head(path, &mut head).map_err(|e| Error::image(path, io_reason(&e)))?;
-    if n == 132 && &head[128..132] == b"DICM" {
+    if is_dicom(&head[..n]) {
         return decode_dicom(path);
     }
-    let format = image::guess_format(&head[..n]).map_err(|_| {
-        Error::image(
-            path,
-            "not a recognised image format (PNG, JPEG, BMP, TIFF or DICOM)",
-        )
-    })?;
+    let format = guess_format(path, &head[..n])?;
     let mut reader = ImageReader::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
     reader.set_format(format);
     reader.limits(limits());
     reader
         .decode()
         .map_err(|e| Error::image(path, image_reason(&e)))
+}
+
+/// Decodes an image held in memory (an upload), `name` standing for it in messages; refuses
+/// images over `max_pixels` from their header, before decoding.
+pub fn decode_image_bytes(
+    bytes: &[u8],
+    name: &Path,
+    max_pixels: u64,
+) -> Result<DynamicImage, Error> {
+    if bytes.is_empty() {
+        return Err(Error::image(name, "empty file (0 bytes)"));
+    }
+    if is_dicom(bytes) {
+        // dicom-rs reads files; an upload goes through a private temporary one.
+        let tmp = std::env::temp_dir().join(format!(
+            "xray-upload-{}-{:x}.dcm",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::write(&tmp, bytes).map_err(|e| Error::image(name, io_reason(&e)))?;
+        let decoded = decode_dicom(&tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let img = decoded.map_err(|e| Error::image(name, e.to_string()))?;
+        return check_pixels(img, name, max_pixels);
+    }
+    let format = guess_format(name, bytes)?;
+    let reader = || {
+        let mut r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
+        r.limits(limits());
+        r
+    };
+    let (w, h) = reader()
+        .into_dimensions()
+        .map_err(|e| Error::image(name, image_reason(&e)))?;
+    if w as u64 * h as u64 > max_pixels {
+        return Err(too_many_pixels(name, w, h, max_pixels));
+    }
+    reader()
+        .decode()
+        .map_err(|e| Error::image(name, image_reason(&e)))
+}
+
+fn too_many_pixels(name: &Path, w: u32, h: u32, max_pixels: u64) -> Error {
+    Error::image(
+        name,
+        format!(
+            "image too large ({w}x{h} = {:.1} megapixels; limit {:.1})",
+            (w as u64 * h as u64) as f64 / 1e6,
+            max_pixels as f64 / 1e6
+        ),
+    )
+}
+
+fn check_pixels(img: DynamicImage, name: &Path, max_pixels: u64) -> Result<DynamicImage, Error> {
+    let (w, h) = (img.width(), img.height());
+    if w as u64 * h as u64 > max_pixels {
+        return Err(too_many_pixels(name, w, h, max_pixels));
+    }
+    Ok(img)
+}
+
+/// DICOM Part 10: a 128-byte preamble, then "DICM".
+fn is_dicom(head: &[u8]) -> bool {
+    head.len() >= 132 && &head[128..132] == b"DICM"
+}
+
+fn guess_format(name: &Path, head: &[u8]) -> Result<image::ImageFormat, Error> {
+    image::guess_format(head).map_err(|_| {
+        Error::image(
+            name,
+            "not a recognised image format (PNG, JPEG, BMP, TIFF or DICOM)",
+        )
+    })
 }
 
 /// Reads up to `buf.len()` bytes from the start of the file.

@@ -36,17 +36,25 @@ pub fn at_threshold(scores: &[f64], positive: &[bool], threshold: f64) -> Option
     })
 }
 
-/// Every distinct score as a threshold, highest first, with its operating point.
+/// Every distinct score's operating point, highest first. Each threshold sits midway between
+/// that score and the next lower one: the same decisions on these scores, but a margin on both
+/// sides for new ones (on perfectly separated validation scores a threshold at a positive's
+/// score, often a saturated 1.0, would call most new positives negative). The lowest score
+/// keeps itself as its threshold.
 fn candidates(scores: &[f64], positive: &[bool]) -> Vec<OperatingPoint> {
     let n_pos = positive.iter().filter(|&&p| p).count();
     let n_neg = positive.len() - n_pos;
     if n_pos == 0 || n_neg == 0 {
         return Vec::new();
     }
-    counts_by_threshold(scores, positive)
-        .into_iter()
-        .map(|(threshold, tp, fp)| OperatingPoint {
-            threshold,
+    let counts = counts_by_threshold(scores, positive);
+    counts
+        .iter()
+        .enumerate()
+        .map(|(i, &(score, tp, fp))| OperatingPoint {
+            threshold: counts
+                .get(i + 1)
+                .map_or(score, |next| (score + next.0) / 2.0),
             sensitivity: tp as f64 / n_pos as f64,
             specificity: (n_neg - fp) as f64 / n_neg as f64,
         })
@@ -113,26 +121,31 @@ mod tests {
     use super::*;
 
     // Scores and labels (1 = positive), worked by hand:
-    // thresholds 0.9: sens 1/4 spec 4/4 | 0.8: 2/4, 4/4 | 0.7: 2/4, 3/4 | 0.6: 3/4, 3/4 |
-    // 0.4: 4/4, 3/4 | 0.3: 4/4, 2/4 | 0.2: 4/4, 1/4 | 0.1: 4/4, 0/4.
+    // cut below 0.9: sens 1/4 spec 4/4 | 0.8: 2/4, 4/4 | 0.7: 2/4, 3/4 | 0.6: 3/4, 3/4 |
+    // 0.4: 4/4, 3/4 | 0.3: 4/4, 2/4 | 0.2: 4/4, 1/4 | 0.1: 4/4, 0/4. The threshold of a cut
+    // below score s is midway to the next lower score.
     const S: [f64; 8] = [0.9, 0.8, 0.7, 0.6, 0.4, 0.3, 0.2, 0.1];
     const P: [bool; 8] = [true, true, false, true, true, false, false, false];
 
     #[test]
     fn youden_picks_the_best_j() {
         let p = youden(&S, &P).unwrap();
-        assert_eq!(p.threshold, 0.4);
+        assert!((p.threshold - 0.35).abs() < 1e-12, "{p:?}");
         assert_eq!((p.sensitivity, p.specificity), (1.0, 0.75));
     }
 
     #[test]
     fn highest_threshold_reaching_the_sensitivity() {
         let p = at_sensitivity(&S, &P, 0.7).unwrap();
-        assert_eq!(
-            (p.threshold, p.sensitivity, p.specificity),
-            (0.6, 0.75, 0.75)
-        );
-        assert_eq!(at_sensitivity(&S, &P, 0.95).unwrap().threshold, 0.4);
+        assert!((p.threshold - 0.5).abs() < 1e-12, "{p:?}");
+        assert_eq!((p.sensitivity, p.specificity), (0.75, 0.75));
+        let p = at_sensitivity(&S, &P, 0.95).unwrap();
+        assert!((p.threshold - 0.35).abs() < 1e-12, "{p:?}");
+        // The decisions at the threshold are the ones counted.
+        assert_eq!(at_threshold(&S, &P, p.threshold), Some(p));
+        // Perfectly separated, saturated positives: the threshold leaves a margin below 1.
+        let p = at_sensitivity(&[1.0, 1.0, 0.2, 0.1], &[true, true, false, false], 0.95).unwrap();
+        assert!((p.threshold - 0.6).abs() < 1e-12, "{p:?}");
     }
 
     #[test]

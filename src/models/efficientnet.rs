@@ -174,5 +174,5 @@ pub fn efficientnet_lite0(
     };
     stages.push((Box::new(head), vec!["_conv_head.".into(), "_bn1.".into()]));
     let fc = nn::linear(p / "_fc", 1280, num_classes, Default::default());
-    StagedClassifier::new(stages, "_fc.", dropout, fc)
+    StagedClassifier::new(stages, "_fc.", dropout, fc).with_grid(super::GridPlacement::TfSame)
 }

@@ -112,4 +112,5 @@ pub fn mobilenet_v2(
         .collect();
     let classifier = nn::linear(p / "classifier" / 1, 1280, num_classes, Default::default());
     StagedClassifier::new(stages, "classifier.", dropout, classifier)
+        .with_grid(super::GridPlacement::Symmetric)
 }

@@ -47,6 +47,36 @@ pub trait Classifier: Send {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         self.head(&self.features(xs, train), train)
     }
+    /// How the last stage's grid sits on the input (for drawing heatmaps in the right place).
+    fn grid(&self) -> GridPlacement {
+        GridPlacement::Tiled
+    }
+}
+
+/// Where the receptive-field centres of the last stage's cells lie on the input, a cell being
+/// `stride` input pixels wide (pixel `i` spans `[i, i + 1)`). Each stride-2 layer moves the
+/// centres by `stride_in * ((kernel - 1) / 2 - left_padding)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GridPlacement {
+    /// 2x2 pooling tiles the input: cell `i` is centred at `stride * i + stride / 2`.
+    Tiled,
+    /// 3x3/7x7 stride-2 layers with symmetric padding (torchvision's MobileNetV2 and ResNet):
+    /// cell `i` is centred at `stride * i + 0.5`, half a cell before the tiled place.
+    Symmetric,
+    /// TensorFlow "same" padding, the extra pixel right and bottom (EfficientNet): cell `i`
+    /// is centred at `stride * i + stride - 0.5`, half a cell after the tiled place.
+    TfSame,
+}
+
+impl GridPlacement {
+    /// The input position of cell 0's centre for cells `stride` pixels apart.
+    pub fn offset(&self, stride: f64) -> f64 {
+        match self {
+            GridPlacement::Tiled => stride / 2.0,
+            GridPlacement::Symmetric => 0.5,
+            GridPlacement::TfSame => stride - 0.5,
+        }
+    }
 }
 
 /// What a network is built from.
@@ -88,6 +118,7 @@ pub struct StagedClassifier {
     head_prefix: &'static str,
     dropout: f64,
     classifier: nn::Linear,
+    grid: GridPlacement,
 }
 
 impl StagedClassifier {
@@ -105,7 +136,14 @@ impl StagedClassifier {
             head_prefix,
             dropout,
             classifier,
+            grid: GridPlacement::Tiled,
         }
+    }
+
+    /// Sets where the last stage's grid sits on the input (default: tiled).
+    pub fn with_grid(mut self, grid: GridPlacement) -> Self {
+        self.grid = grid;
+        self
     }
 }
 
@@ -126,6 +164,10 @@ impl Classifier for StagedClassifier {
 
     fn head_prefix(&self) -> &'static str {
         self.head_prefix
+    }
+
+    fn grid(&self) -> GridPlacement {
+        self.grid
     }
 
     fn head(&self, features: &Tensor, train: bool) -> Tensor {

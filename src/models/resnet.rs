@@ -102,5 +102,5 @@ pub fn resnet18(
         c_in = c_out;
     }
     let fc = nn::linear(p / "fc", 512, num_classes, Default::default());
-    StagedClassifier::new(stages, "fc.", dropout, fc)
+    StagedClassifier::new(stages, "fc.", dropout, fc).with_grid(super::GridPlacement::Symmetric)
 }

@@ -108,4 +108,5 @@ pub fn sepres_cnn(
     }
     let classifier = nn::linear(p / "classifier", c_in, num_classes, Default::default());
     StagedClassifier::new(stages, "classifier.", dropout, classifier)
+        .with_grid(super::GridPlacement::Symmetric)
 }

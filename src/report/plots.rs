@@ -305,6 +305,39 @@ pub fn calibration_png(
     })
 }
 
+/// Writes `image` with a white band above it carrying `title` (an overlay's class and
+/// probability), the font sized to the image's width.
+pub fn titled_png(path: &Path, image: &image::RgbImage, title: &str) -> Result<()> {
+    let (width, height) = image.dimensions();
+    // About 0.6 em a character: the title fits the width down to 8 px type.
+    let chars = title.chars().count().max(1) as u32;
+    let font_px = (width / 22).min(width * 5 / (3 * chars)).clamp(8, 28);
+    let band = font_px + font_px / 2 + 4;
+    let mut canvas = image::RgbImage::from_pixel(width, height + band, image::Rgb([255, 255, 255]));
+    image::imageops::replace(&mut canvas, image, 0, band as i64);
+    register_fonts();
+    let mut pixels = canvas.into_raw();
+    {
+        let root =
+            BitMapBackend::with_buffer(&mut pixels, (width, height + band)).into_drawing_area();
+        root.draw(&Text::new(
+            title.to_string(),
+            (3, (band as i32 - font_px as i32) / 2),
+            ("sans-serif", font_px as i32).into_font(),
+        ))
+        .map_err(plot_err)?;
+        root.present().map_err(plot_err)?;
+    }
+    image::save_buffer(
+        path,
+        &pixels,
+        width,
+        height + band,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+}
+
 /// One tile of the error gallery: the image and what to write under it.
 pub struct GalleryTile {
     /// The image, any size; it is fitted into the tile.

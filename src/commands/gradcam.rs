@@ -1,0 +1,152 @@
+//! `xray gradcam [--checkpoint RUN_DIR] INPUT... --out DIR [--method M]... [--target T]` and
+//! `xray gradcam --check DATA_DIR`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::error::Error;
+use crate::explain::{explain_files, run_check, write_gallery, Method, Target, METHOD_NAMES};
+use crate::infer::{resolve_device, Predictor};
+use crate::predict::collect_inputs;
+
+/// Arguments of `xray gradcam`.
+#[derive(Debug, Args)]
+pub struct GradcamArgs {
+    /// Image files or folders (walked recursively).
+    #[arg(required_unless_present = "check")]
+    pub inputs: Vec<PathBuf>,
+    /// Trained run folder.
+    #[arg(long, default_value = "checkpoints/latest")]
+    pub checkpoint: PathBuf,
+    /// Output folder (default RUN_DIR/gradcam, or RUN_DIR/gradcam-check with --check).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// gradcam, gradcam++, eigencam, ig (black baseline) or ig-blur (blurred baseline);
+    /// repeat or separate with commas for several. --check defaults to all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub method: Vec<String>,
+    /// "predicted" or a class name.
+    #[arg(long, default_value = "predicted")]
+    pub target: String,
+    /// Integrated Gradients steps along the path.
+    #[arg(long, default_value_t = 32)]
+    pub ig_steps: usize,
+    /// Score the heatmaps on a synth dataset (pointing game, energy in the box, randomisation).
+    #[arg(long, value_name = "DATA_DIR")]
+    pub check: Option<PathBuf>,
+    /// --check: at most this many positive images.
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    /// --check: seed of the randomised model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// auto, cpu or cuda.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+impl GradcamArgs {
+    fn methods(&self) -> Result<Vec<Method>> {
+        let names: Vec<&str> = if self.method.is_empty() {
+            if self.check.is_some() {
+                METHOD_NAMES.to_vec()
+            } else {
+                vec!["gradcam"]
+            }
+        } else {
+            self.method.iter().map(String::as_str).collect()
+        };
+        names
+            .iter()
+            .map(|n| {
+                Method::parse(n, self.ig_steps).ok_or_else(|| {
+                    Error::usage(format!(
+                        "unknown --method \"{n}\" (one of: {})",
+                        METHOD_NAMES.join(", ")
+                    ))
+                    .into()
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the command; exit code 1 when no input could be read.
+    pub fn execute(self) -> Result<()> {
+        let methods = self.methods()?;
+        let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
+        if let Some(data) = &self.check {
+            let (scores, source) = run_check(
+                &predictor,
+                data,
+                &methods,
+                self.limit,
+                self.batch_size,
+                self.seed,
+            )?;
+            let out = self
+                .out
+                .clone()
+                .unwrap_or_else(|| self.checkpoint.join("gradcam-check"));
+            std::fs::create_dir_all(&out)?;
+            crate::fsutil::write_json_atomic(&out.join("check.json"), &scores)?;
+            let n = scores.first().map_or(0, |s| s.images);
+            println!("heatmap check on {n} positive images ({source})");
+            println!(
+                "{:<10}  {:>13}  {:>13}  {:>19}",
+                "method", "pointing game", "energy in box", "Spearman vs random"
+            );
+            let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+            for s in &scores {
+                println!(
+                    "{:<10}  {:>13}  {:>13}  {:>19}",
+                    s.method,
+                    f(s.pointing_game),
+                    f(s.energy_inside),
+                    f(s.randomised_spearman)
+                );
+            }
+            println!("report: {}", out.join("check.json").display());
+            return Ok(());
+        }
+        let target = Target::parse(&self.target, &predictor.card.classes)?;
+        let files = collect_inputs(&self.inputs)?;
+        let out = self
+            .out
+            .clone()
+            .unwrap_or_else(|| self.checkpoint.join("gradcam"));
+        let results = explain_files(&predictor, &files, &methods, target, &out, self.batch_size)?;
+        let mut done = Vec::new();
+        for r in results {
+            match r {
+                Ok(e) => done.push(e),
+                Err(e) => eprintln!("{e}"),
+            }
+        }
+        if done.is_empty() {
+            return Err(anyhow::anyhow!("no input could be read"));
+        }
+        let run = crate::serve::run_name(&predictor.run_dir);
+        write_gallery(&out, &done, &run)?;
+        for e in &done {
+            let files: Vec<&str> = e.outputs.iter().map(|o| o.1.as_str()).collect();
+            println!(
+                "{}\t{}\t{:.1}%\t{}",
+                e.path.display(),
+                e.target,
+                100.0 * e.probability,
+                files.join(" ")
+            );
+        }
+        println!(
+            "{} images; gallery: {}",
+            done.len(),
+            out.join("index.html").display()
+        );
+        Ok(())
+    }
+}

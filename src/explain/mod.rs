@@ -1,0 +1,393 @@
+//! `xray gradcam`: heatmaps of what a model looked at (Grad-CAM, Grad-CAM++, Eigen-CAM,
+//! Integrated Gradients), drawn over each image, and checked against synth's known boxes.
+
+pub mod check;
+pub mod methods;
+pub mod overlay;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use image::RgbImage;
+use rayon::prelude::*;
+use serde::Serialize;
+use tch::Tensor;
+
+use crate::data::augment::prepare;
+use crate::data::decode::{decode_image, to_model_pixels};
+use crate::error::Error;
+use crate::infer::{probabilities, Predictor};
+use crate::progress;
+pub use methods::{upsample_to_input, Baseline, Explainer, Method, METHOD_NAMES};
+
+/// Which class a heatmap explains.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Target {
+    /// The model's decision for each image.
+    Predicted,
+    /// A fixed class index.
+    Class(usize),
+}
+
+impl Target {
+    /// Parses `predicted` or a class name of the model.
+    pub fn parse(name: &str, classes: &[String]) -> Result<Target> {
+        if name == "predicted" {
+            return Ok(Target::Predicted);
+        }
+        classes
+            .iter()
+            .position(|c| c == name)
+            .map(Target::Class)
+            .ok_or_else(|| {
+                Error::usage(format!(
+                    "--target \"{name}\" is neither \"predicted\" nor one of the classes {classes:?}"
+                ))
+                .into()
+            })
+    }
+}
+
+/// Alpha of the heatmap over the image.
+pub const OVERLAY_ALPHA: f32 = 0.4;
+
+/// One image decoded for explaining: its pixels as the model sees them and as they are.
+struct Decoded {
+    path: PathBuf,
+    /// HWC bytes at the model's input size.
+    model_pixels: Vec<u8>,
+    /// The image itself, for the overlay.
+    original: RgbImage,
+}
+
+/// The pictures written for one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Explained {
+    /// The input file.
+    pub path: PathBuf,
+    /// The class explained.
+    pub target: String,
+    /// Its probability (temperature-scaled).
+    pub probability: f64,
+    /// The model's decision.
+    pub predicted: String,
+    /// Per method: its name, the overlay and the 16-bit heatmap file names (in the out folder).
+    pub outputs: Vec<(String, String, String)>,
+}
+
+/// Heatmaps, at the model's input resolution, of a batch of decoded images; also the
+/// probabilities and the targets used.
+struct BatchMaps {
+    probs: Vec<Vec<f64>>,
+    targets: Vec<usize>,
+    /// Per method, `[n, s, s]`.
+    maps: Vec<Tensor>,
+}
+
+fn input_tensor(predictor: &Predictor, pixels: &[&[u8]]) -> Tensor {
+    let spec = predictor.input_spec();
+    let (s, c) = (spec.size as usize, spec.channels as usize);
+    let floats: Vec<f32> = pixels
+        .iter()
+        .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
+        .collect();
+    Tensor::from_slice(&floats)
+        .view([pixels.len() as i64, c as i64, s as i64, s as i64])
+        .to_device(predictor.device)
+}
+
+/// The explainer of a loaded model.
+fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
+    Explainer {
+        model: predictor.model(),
+        norm: predictor.input_spec().norm,
+        batch_size,
+    }
+}
+
+fn batch_maps(
+    predictor: &Predictor,
+    explainer: &Explainer<'_>,
+    pixels: &[&[u8]],
+    target: Target,
+    methods: &[Method],
+) -> BatchMaps {
+    let xs = input_tensor(predictor, pixels);
+    let model = predictor.model();
+    let features = tch::no_grad(|| model.features(&xs, false));
+    let logits = tch::no_grad(|| model.head(&features, false));
+    let probs = probabilities(&logits, predictor.card.temperature);
+    let targets: Vec<usize> = probs
+        .iter()
+        .map(|p| match target {
+            Target::Class(c) => c,
+            Target::Predicted => crate::metrics::decide(p, predictor.card.threshold),
+        })
+        .collect();
+    let maps = methods
+        .iter()
+        .map(|&m| explainer.heatmaps(&xs, Some(&features), &targets, m))
+        .collect();
+    BatchMaps {
+        probs,
+        targets,
+        maps,
+    }
+}
+
+fn decode_all(predictor: &Predictor, files: &[PathBuf]) -> Vec<Result<Decoded, Error>> {
+    let spec = predictor.input_spec();
+    files
+        .par_iter()
+        .map(|path| {
+            let img = decode_image(path)?;
+            let original = img.to_rgb8();
+            Ok(Decoded {
+                path: path.clone(),
+                model_pixels: to_model_pixels(img, spec.size, spec.channels),
+                original,
+            })
+        })
+        .collect()
+}
+
+/// A file stem not yet used in this output folder (`name`, `name-2`, ...).
+fn unique_stem(path: &Path, used: &mut HashSet<String>) -> String {
+    let base = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "image".into());
+    let mut stem = base.clone();
+    let mut k = 2;
+    while !used.insert(stem.clone()) {
+        stem = format!("{base}-{k}");
+        k += 1;
+    }
+    stem
+}
+
+/// Writes `<stem>.<method>.png` (overlay, titled) and `<stem>.<method>.heat.png` (16-bit) for
+/// every readable file into `out`; an unreadable file is returned as its error and skipped.
+pub fn explain_files(
+    predictor: &Predictor,
+    files: &[PathBuf],
+    methods: &[Method],
+    target: Target,
+    out: &Path,
+    batch_size: usize,
+) -> Result<Vec<Result<Explained, Error>>> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let classes = &predictor.card.classes;
+    let side = predictor.card.image_size as usize;
+    let bar = progress::bar(files.len() as u64, "gradcam");
+    let mut used = HashSet::new();
+    let mut results = Vec::with_capacity(files.len());
+    let explainer = explainer(predictor, batch_size);
+    for chunk in files.chunks(batch_size.max(1)) {
+        let decoded = decode_all(predictor, chunk);
+        let ok: Vec<&Decoded> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
+        let pixels: Vec<&[u8]> = ok.iter().map(|d| d.model_pixels.as_slice()).collect();
+        let maps =
+            (!ok.is_empty()).then(|| batch_maps(predictor, &explainer, &pixels, target, methods));
+        let mut next = 0;
+        for d in decoded {
+            let d = match d {
+                Ok(d) => d,
+                Err(e) => {
+                    results.push(Err(e));
+                    continue;
+                }
+            };
+            let maps = maps.as_ref().expect("maps for a readable batch");
+            let i = next;
+            next += 1;
+            let stem = unique_stem(&d.path, &mut used);
+            let (t, probs) = (maps.targets[i], &maps.probs[i]);
+            let predicted = crate::metrics::decide(probs, predictor.card.threshold);
+            let (w, h) = d.original.dimensions();
+            let mut outputs = Vec::new();
+            for (method, map) in methods.iter().zip(&maps.maps) {
+                let heat = Vec::<f32>::try_from(map.get(i as i64).flatten(0, -1))
+                    .context("heatmap to CPU")?;
+                let full = overlay::to_image_resolution(&heat, side, w, h);
+                let full = overlay::rescale_to_unit(full);
+                let overlay_name = format!("{stem}.{}.png", method.name());
+                let heat_name = format!("{stem}.{}.heat.png", method.name());
+                let title = format!(
+                    "{} {:.1}% ({})",
+                    classes[t],
+                    100.0 * probs[t],
+                    method.name()
+                );
+                let picture = overlay::blend(&d.original, &full, OVERLAY_ALPHA);
+                crate::report::plots::titled_png(&out.join(&overlay_name), &picture, &title)?;
+                overlay::write_heat_png16(&out.join(&heat_name), &full, w, h)?;
+                outputs.push((method.name().to_string(), overlay_name, heat_name));
+            }
+            results.push(Ok(Explained {
+                path: d.path,
+                target: classes[t].clone(),
+                probability: probs[t],
+                predicted: classes[predicted].clone(),
+                outputs,
+            }));
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+/// `index.html`: every explained image's overlays in a grid, with its file, decision and
+/// probability. The pictures are referenced by file name (they sit beside it).
+pub fn write_gallery(out: &Path, explained: &[Explained], run: &str) -> Result<()> {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <title>xray gradcam: {run}</title>\n<style>body{{font-family:system-ui,sans-serif;\
+         margin:1.5em;color:#222}}.item{{display:inline-block;vertical-align:top;margin:0 1em \
+         1.5em 0}}.item img{{width:240px;margin-right:4px}}.cap{{font-size:.85em;color:#444;\
+         max-width:740px}}</style>\n</head>\n<body>\n<h1>Heatmaps: {run}</h1>\n\
+         <p>{} images. Jet colours over the image at alpha {OVERLAY_ALPHA}; red is where the \
+         method attributes most of the target class's score. Research use, not a \
+         diagnosis.</p>\n",
+        explained.len(),
+        run = esc(run),
+    );
+    for e in explained {
+        html.push_str("<div class=\"item\">");
+        for (method, overlay_file, _) in &e.outputs {
+            html.push_str(&format!(
+                "<img src=\"{}\" alt=\"{}\" title=\"{}\">",
+                esc(overlay_file),
+                esc(method),
+                esc(method)
+            ));
+        }
+        html.push_str(&format!(
+            "<div class=\"cap\">{}<br>target {} {:.1}%, predicted {}</div></div>\n",
+            esc(&e.path.display().to_string()),
+            esc(&e.target),
+            100.0 * e.probability,
+            esc(&e.predicted)
+        ));
+    }
+    html.push_str("</body>\n</html>\n");
+    crate::fsutil::write_atomic(&out.join("index.html"), html.as_bytes())
+}
+
+/// One method's scores on the check images.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckScore {
+    /// The method.
+    pub method: String,
+    /// Positive images scored.
+    pub images: usize,
+    /// Share of images whose heatmap peak lies in the opacity box grown by 10%.
+    pub pointing_game: Option<f64>,
+    /// Mean share of the heatmap's total inside the box.
+    pub energy_inside: Option<f64>,
+    /// Mean Spearman rank correlation between the heatmaps of the trained model and of the
+    /// same architecture with freshly initialised weights; low means the map depends on what
+    /// the model learned.
+    pub randomised_spearman: Option<f64>,
+}
+
+/// `xray gradcam --check DATA_DIR`: scores each method on the synth images with an opacity box.
+/// When the model's own test split holds images of DATA_DIR, only those are used (images the
+/// model never trained on); otherwise every boxed image of DATA_DIR. At most `limit` images.
+pub fn run_check(
+    predictor: &Predictor,
+    data_dir: &Path,
+    methods: &[Method],
+    limit: usize,
+    batch_size: usize,
+    seed: i64,
+) -> Result<(Vec<CheckScore>, String)> {
+    let boxes = check::read_boxes(data_dir)?;
+    let positive = predictor
+        .card
+        .classes
+        .iter()
+        .position(|c| c == crate::data::synth::SYNTH_CLASSES[1])
+        .ok_or_else(|| {
+            Error::usage(format!(
+                "the model's classes {:?} have no \"{}\": --check needs a model trained on synth data",
+                predictor.card.classes,
+                crate::data::synth::SYNTH_CLASSES[1]
+            ))
+        })?;
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let boxed: std::collections::HashMap<PathBuf, _> =
+        boxes.iter().map(|(p, b)| (canonical(p), *b)).collect();
+    let test: Vec<PathBuf> = crate::evaluate::labelled_images(predictor, "test")
+        .map(|s| s.into_iter().map(|(p, _)| canonical(&p)).collect())
+        .unwrap_or_default();
+    let held_out: Vec<PathBuf> = test.into_iter().filter(|p| boxed.contains_key(p)).collect();
+    let (mut files, source) = if held_out.is_empty() {
+        let mut all: Vec<PathBuf> = boxed.keys().cloned().collect();
+        all.sort();
+        (all, format!("all boxed images of {}", data_dir.display()))
+    } else {
+        (held_out, "the model's test split".to_string())
+    };
+    files.truncate(limit.max(1));
+
+    let random = predictor.with_random_weights(seed)?;
+    let (trained_explainer, random_explainer) = (
+        explainer(predictor, batch_size),
+        explainer(&random, batch_size),
+    );
+    let mut pointing = vec![Vec::new(); methods.len()];
+    let mut energy = vec![Vec::new(); methods.len()];
+    let mut rank_corr = vec![Vec::new(); methods.len()];
+    let side = predictor.card.image_size as usize;
+    let bar = progress::bar(files.len() as u64, "check");
+    for chunk in files.chunks(batch_size.max(1)) {
+        let decoded: Vec<Decoded> = decode_all(predictor, chunk)
+            .into_iter()
+            .collect::<Result<_, _>>()?;
+        let pixels: Vec<&[u8]> = decoded.iter().map(|d| d.model_pixels.as_slice()).collect();
+        let target = Target::Class(positive);
+        let trained = batch_maps(predictor, &trained_explainer, &pixels, target, methods);
+        let randomised = batch_maps(&random, &random_explainer, &pixels, target, methods);
+        for (m, (a, b)) in trained.maps.iter().zip(&randomised.maps).enumerate() {
+            for (i, d) in decoded.iter().enumerate() {
+                let heat = Vec::<f32>::try_from(a.get(i as i64).flatten(0, -1))?;
+                let rand = Vec::<f32>::try_from(b.get(i as i64).flatten(0, -1))?;
+                let (w, h) = d.original.dimensions();
+                let full = overlay::to_image_resolution(&heat, side, w, h);
+                let b = &boxed[&d.path];
+                pointing[m].push(check::points_inside(&full, w as usize, b).unwrap_or(false));
+                energy[m].extend(check::energy_inside(&full, w as usize, b));
+                rank_corr[m].extend(check::spearman(&heat, &rand));
+            }
+        }
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    let scores = methods
+        .iter()
+        .enumerate()
+        .map(|(m, method)| CheckScore {
+            method: method.name().to_string(),
+            images: pointing[m].len(),
+            pointing_game: mean(
+                &pointing[m]
+                    .iter()
+                    .map(|&p| f64::from(u8::from(p)))
+                    .collect::<Vec<_>>(),
+            ),
+            energy_inside: mean(&energy[m]),
+            randomised_spearman: mean(&rank_corr[m]),
+        })
+        .collect();
+    Ok((scores, source))
+}

@@ -1,0 +1,287 @@
+//! `xray serve` over loopback: predict JSON, bad uploads refused with a 4xx while the server
+//! keeps answering, 200 requests from 8 clients, draining on SIGTERM, and the upload page
+//! driven in headless Chromium.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::{repo, trained};
+use crate::webdriver::session_or_skip;
+
+/// A running `xray serve` on a free loopback port.
+struct Server {
+    child: Child,
+    base: String,
+    stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Server {
+    fn start(run: &Path, extra: &[&str]) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_xray"))
+            .arg("serve")
+            .arg("--checkpoint")
+            .arg(run)
+            .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("xray serve starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("the serving line");
+        let base = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        Server {
+            child,
+            base,
+            stdout,
+        }
+    }
+
+    fn get(&self, path: &str) -> (u16, String) {
+        match ureq::get(&format!("{}{path}", self.base)).call() {
+            Ok(r) => (r.status(), r.into_string().unwrap()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+            Err(e) => panic!("GET {path}: {e}"),
+        }
+    }
+
+    /// POSTs `bytes` as the multipart file `name`; returns the status and the JSON answer.
+    fn predict(&self, name: &str, bytes: &[u8], query: &str) -> (u16, serde_json::Value) {
+        let boundary = "xray-test-boundary-7d1f";
+        let mut body = format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+             filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+        )
+        .into_bytes();
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        let url = format!("{}/api/predict{query}", self.base);
+        let resp = ureq::post(&url)
+            .set(
+                "Content-Type",
+                &format!("multipart/form-data; boundary={boundary}"),
+            )
+            .send_bytes(&body);
+        let (code, r) = match resp {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(code, r)) => (code, r),
+            Err(e) => panic!("POST {name}: {e}"),
+        };
+        let text = r.into_string().unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"raw": text}));
+        (code, json)
+    }
+
+    fn healthy(&self) {
+        let (code, body) = self.get("/healthz");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains("\"ok\""), "{body}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn synth_image(label: &str) -> PathBuf {
+    trained()
+        .data
+        .join(label)
+        .join(format!("{label}_00003.png"))
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn serve_predicts_refuses_bad_uploads_and_takes_load() {
+    let t = trained();
+    let server = Server::start(&t.run, &["--max-upload-mb", "1"]);
+    server.healthy();
+
+    let png = std::fs::read(synth_image("opacity")).unwrap();
+    let (code, j) = server.predict("opacity_00003.png", &png, "");
+    assert_eq!(code, 200, "{j}");
+    assert_eq!(j["path"], "opacity_00003.png");
+    assert!(j["label"] == "opacity" || j["label"] == "normal", "{j}");
+    let sum: f64 = j["probabilities"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-6, "{j}");
+    assert!(j["model"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(j.get("gradcam").is_none());
+    let (code, j) = server.predict("opacity_00003.png", &png, "?heatmap=true");
+    assert_eq!(code, 200);
+    assert!(j["gradcam"]
+        .as_str()
+        .unwrap()
+        .starts_with("data:image/png;base64,"));
+
+    // Bad uploads: each a 4xx with a message, and the server keeps answering.
+    let huge_header = crate::formats::huge_png_header(20_000);
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        (
+            "notes.txt",
+            b"this is not an image".to_vec(),
+            422,
+            "not a recognised image format",
+        ),
+        ("empty.png", Vec::new(), 422, "empty file"),
+        ("big.png", vec![0u8; 2 << 20], 413, ""),
+        ("huge.png", huge_header, 413, "too large"),
+    ];
+    for (name, bytes, want, words) in cases {
+        let (code, j) = server.predict(name, &bytes, "");
+        assert_eq!(code, want, "{name}: {j}");
+        if !words.is_empty() {
+            let msg = j["error"].as_str().unwrap_or_default();
+            assert!(msg.contains(words) && msg.contains(name), "{name}: {j}");
+        }
+        server.healthy();
+    }
+
+    // 200 requests from 8 concurrent clients, no error.
+    let started = Instant::now();
+    let latencies: Vec<f64> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..25)
+                        .map(|_| {
+                            let t0 = Instant::now();
+                            let (code, j) = server.predict("opacity_00003.png", &png, "");
+                            assert_eq!(code, 200, "{j}");
+                            t0.elapsed().as_secs_f64() * 1e3
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let mut sorted = latencies.clone();
+    sorted.sort_by(f64::total_cmp);
+    eprintln!(
+        "serve: {} requests from 8 clients in {:.2}s, p50 {:.1} ms, p99 {:.1} ms",
+        sorted.len(),
+        started.elapsed().as_secs_f64(),
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.99)
+    );
+    assert_eq!(sorted.len(), 200);
+    server.healthy();
+}
+
+#[test]
+fn serve_drains_and_exits_on_sigterm() {
+    let t = trained();
+    let mut server = Server::start(&t.run, &[]);
+    let png = std::fs::read(synth_image("normal")).unwrap();
+    let answered = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let deadline = Instant::now() + Duration::from_secs(20);
+                while Instant::now() < deadline {
+                    let boundary = "b0";
+                    let mut body = format!(
+                        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                         filename=\"n.png\"\r\n\r\n"
+                    )
+                    .into_bytes();
+                    body.extend_from_slice(&png);
+                    body.extend_from_slice(b"\r\n--b0--\r\n");
+                    let r = ureq::post(&format!("{}/api/predict?heatmap=true", server.base))
+                        .set("Content-Type", "multipart/form-data; boundary=b0")
+                        .send_bytes(&body);
+                    match r {
+                        // Every request the server took is answered in full.
+                        Ok(r) => {
+                            assert_eq!(r.status(), 200);
+                            let j: serde_json::Value = r.into_json().unwrap();
+                            assert!(j["label"].is_string());
+                            answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        // After shutdown, new connections are refused: stop.
+                        Err(ureq::Error::Transport(_)) => break,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+            });
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    });
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit status {status}");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut server.stdout, &mut rest).unwrap();
+    assert!(rest.contains("stopped"), "{rest}");
+    assert!(answered.load(std::sync::atomic::Ordering::SeqCst) > 0);
+}
+
+/// Uploads a synth image to the shared model's page, or `XRAY_SERVE_IMAGE` to
+/// `XRAY_SERVE_CHECKPOINT`'s when set (a real model for the README's picture); the screenshot goes
+/// to `XRAY_SCREENSHOT` or target/screenshots/serve.png.
+#[test]
+fn upload_page_in_chromium() {
+    let Some(browser) = session_or_skip("upload_page_in_chromium") else {
+        return;
+    };
+    let (run, image) = match (
+        std::env::var_os("XRAY_SERVE_CHECKPOINT"),
+        std::env::var_os("XRAY_SERVE_IMAGE"),
+    ) {
+        (Some(run), Some(image)) => (PathBuf::from(run), PathBuf::from(image)),
+        _ => (trained().run.clone(), synth_image("opacity")),
+    };
+    let server = Server::start(&run, &[]);
+    let image = std::fs::canonicalize(image).unwrap();
+    let png = std::fs::read(&image).unwrap();
+    let (_, expected) = server.predict("x.png", &png, "");
+    browser.goto(&server.base);
+    let warn = browser.find(".warn");
+    assert!(browser.text(&warn).contains("not a diagnosis"));
+    let input = browser.find("#file");
+    browser.send_keys(&input, &image.display().to_string());
+    browser.wait_for(
+        "const r = document.getElementById('result'); \
+         return r.style.display === 'block' && document.getElementById('overlay').naturalWidth > 0;",
+        Duration::from_secs(30),
+    );
+    let label = browser.text(&browser.find("#label"));
+    assert_eq!(label, expected["label"].as_str().unwrap());
+    let bars = browser.eval(
+        "return document.querySelectorAll('#bars .bar').length;",
+        serde_json::json!([]),
+    );
+    assert_eq!(
+        bars,
+        serde_json::json!(expected["probabilities"].as_object().unwrap().len())
+    );
+    let errors = browser.console_errors();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    let shot = std::env::var_os("XRAY_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/screenshots/serve.png"));
+    browser.screenshot_full_page(&shot);
+    eprintln!("screenshot: {} (label {label})", shot.display());
+}
