@@ -13,12 +13,7 @@ data=../shared/datasets/pneumonia
 [ -d "$data" ] || { echo "bench_loader: $data is absent" >&2; exit 1; }
 
 torch_dir=$(scripts/libtorch.sh)
-venv=$(cd "$torch_dir/../../../.." && pwd)
-py="$venv/bin/python"
-if ! "$py" -c 'import torchvision' 2>/dev/null; then
-  echo "installing torchvision==0.26.0 into $venv" >&2
-  "$py" -m pip install -q --disable-pip-version-check "torchvision==0.26.0" >&2
-fi
+py=$(scripts/bench/python.sh "torchvision==0.26.0")
 
 list=$(mktemp)
 trap 'rm -f "$list"' EXIT

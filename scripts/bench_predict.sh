@@ -15,20 +15,15 @@ data=../shared/datasets/pneumonia
 [ -d "$data" ] || { echo "bench_predict: $data is absent" >&2; exit 1; }
 
 torch_dir=$(scripts/libtorch.sh)
-venv=$(cd "$torch_dir/../../../.." && pwd)
-py="$venv/bin/python"
-for pkg in "torchvision==0.26.0" safetensors; do
-  mod=${pkg%%=*}
-  "$py" -c "import $mod" 2>/dev/null || "$py" -m pip install -q --disable-pip-version-check "$pkg" >&2
-done
+py=$(scripts/bench/python.sh "torchvision==0.26.0" safetensors)
 export LIBTORCH="$torch_dir" LIBTORCH_CXX11_ABI=1
 cargo build --release -q
 xray=target/release/xray
 
-one=$(find "$data/PNEUMONIA" -name '*.jpeg' | sort | head -1)
+one=$(find "$data/PNEUMONIA" -name '*.jpeg' | sort | awk 'NR == 1')
 folder=$(mktemp -d)
 trap 'rm -rf "$folder"' EXIT
-find "$data" -name '*.jpeg' | sort | awk 'NR % 11 == 0' | head -500 | while read -r f; do
+find "$data" -name '*.jpeg' | sort | awk 'NR % 11 == 0 && ++k <= 500' | while read -r f; do
   ln -s "$(realpath "$f")" "$folder/$(basename "$f")"
 done
 n=$(ls "$folder" | wc -l)
