@@ -285,3 +285,40 @@ fn upload_page_in_chromium() {
     browser.screenshot_full_page(&shot);
     eprintln!("screenshot: {} (label {label})", shot.display());
 }
+
+/// With room for one waiting request, 16 clients at once get 503 for the overflow (at once, no
+/// pile-up) and 200 for the rest; the server then answers as before.
+#[test]
+fn serve_answers_503_when_the_queue_is_full() {
+    let t = trained();
+    let server = Server::start(&t.run, &["--queue", "1"]);
+    let png = std::fs::read(synth_image("opacity")).unwrap();
+    let codes: Vec<u16> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..16)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            let (code, j) = server.predict("o.png", &png, "?heatmap=true");
+                            if code == 503 {
+                                assert!(j["error"].as_str().unwrap().contains("busy"), "{j}");
+                            }
+                            code
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let busy = codes.iter().filter(|&&c| c == 503).count();
+    let ok = codes.iter().filter(|&&c| c == 200).count();
+    eprintln!("queue 1, 16 clients: {ok} answered, {busy} refused with 503");
+    assert_eq!(ok + busy, codes.len(), "{codes:?}");
+    assert!(busy > 0 && ok > 0, "{codes:?}");
+    server.healthy();
+    assert_eq!(server.predict("o.png", &png, "").0, 200);
+}
