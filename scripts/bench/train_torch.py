@@ -14,36 +14,15 @@ import time
 
 import torch
 import torchvision
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from torch.utils.data import DataLoader
 
-
-class Files(Dataset):
-    def __init__(self, rows, transform):
-        self.rows = rows
-        self.transform = transform
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        path, label = self.rows[i]
-        with Image.open(path) as img:
-            return self.transform(img.convert("RGB")), label
+from common import Files, train_transform
 
 
 def main():
     rows = [(p, int(l)) for p, l in (line.rstrip("\n").split("\t") for line in open(sys.argv[1]))]
     arch, epochs = sys.argv[2], int(sys.argv[3])
-    transform = transforms.Compose([
-        transforms.RandomResizedCrop(224, scale=(0.8, 1.0)),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomRotation(10),
-        transforms.ColorJitter(brightness=0.2, contrast=0.2),
-        transforms.ToTensor(),
-        transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-    ])
+    transform = train_transform()
     torch.manual_seed(0)
     model = getattr(torchvision.models, arch)(num_classes=2)
     model.train()
