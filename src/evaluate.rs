@@ -395,9 +395,10 @@ pub fn write_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> 
     for (path, file, title) in names {
         let png =
             std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let wide = image::load_from_memory(&png)
-            .map(|img| img.width() >= 800)
-            .unwrap_or(false);
+        let wide =
+            image::ImageReader::with_format(std::io::Cursor::new(&png), image::ImageFormat::Png)
+                .into_dimensions()
+                .is_ok_and(|(w, _)| w >= 800);
         figures.push(crate::report::page::Figure {
             file,
             title: title.to_string(),

@@ -102,6 +102,20 @@ impl Predictor {
         self.model.as_ref()
     }
 
+    /// The normalised input batch `[n, c, s, s]` on the model's device for HWC pixel buffers
+    /// already at the model's input size.
+    pub fn input_tensor(&self, pixels: &[&[u8]]) -> Tensor {
+        let spec = self.input_spec();
+        let (s, c) = (spec.size as usize, spec.channels as usize);
+        let floats: Vec<f32> = pixels
+            .iter()
+            .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
+            .collect();
+        Tensor::from_slice(&floats)
+            .view([pixels.len() as i64, c as i64, s as i64, s as i64])
+            .to_device(self.device)
+    }
+
     /// Class probabilities (temperature applied) for HWC pixel buffers already at the model's
     /// input size, in batches of `batch_size`; with `tta`, averaged over [`tta_views`].
     pub fn probabilities_of_pixels(
@@ -110,17 +124,10 @@ impl Predictor {
         batch_size: usize,
         tta: bool,
     ) -> Vec<Vec<f64>> {
-        let spec = self.input_spec();
-        let (size, ch) = (spec.size as usize, spec.channels as usize);
         let mut out = Vec::with_capacity(pixels.len());
         for chunk in pixels.chunks(batch_size.max(1)) {
-            let floats: Vec<f32> = chunk
-                .iter()
-                .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, size, ch, &spec.norm, None))
-                .collect();
-            let xs = Tensor::from_slice(&floats)
-                .view([chunk.len() as i64, ch as i64, size as i64, size as i64])
-                .to_device(self.device);
+            let chunk: Vec<&[u8]> = chunk.iter().map(|p| p.as_slice()).collect();
+            let xs = self.input_tensor(&chunk);
             if !tta {
                 let logits = tch::no_grad(|| self.model.forward_t(&xs, false));
                 out.extend(probabilities(&logits, self.card.temperature));
@@ -138,8 +145,7 @@ impl Predictor {
                     .collect();
                 Tensor::stack(&probs, 0).mean_dim(&[0i64][..], false, Kind::Double)
             });
-            // Already probabilities: temperature 1 keeps them as they are through a log.
-            out.extend(probabilities(&mean.log(), 1.0));
+            out.extend(rows(&mean));
         }
         out
     }
@@ -161,12 +167,14 @@ pub fn tta_views(xs: &Tensor) -> Vec<Tensor> {
 
 /// Softmax of `logits / temperature` as rows of f64.
 pub fn probabilities(logits: &Tensor, temperature: f64) -> Vec<Vec<f64>> {
-    let probs = (logits.to_kind(Kind::Double) / temperature.max(1e-6))
-        .softmax(-1, Kind::Double)
-        .to_device(Device::Cpu);
-    let n = probs.size()[0];
-    (0..n)
-        .map(|i| Vec::<f64>::try_from(probs.get(i)).unwrap_or_default())
+    rows(&(logits.to_kind(Kind::Double) / temperature.max(1e-6)).softmax(-1, Kind::Double))
+}
+
+/// The rows of a `[n, k]` tensor as f64 vectors on the CPU.
+fn rows(t: &Tensor) -> Vec<Vec<f64>> {
+    let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
+    (0..t.size()[0])
+        .map(|i| Vec::<f64>::try_from(t.get(i)).unwrap_or_default())
         .collect()
 }
 

@@ -12,6 +12,7 @@ use crate::error::Error;
 use crate::infer::Predictor;
 use crate::metrics::decide;
 use crate::progress;
+use crate::train::checkpoint::ModelCard;
 
 /// The decision for one image.
 #[derive(Debug, Clone)]
@@ -22,6 +23,36 @@ pub struct Prediction {
     pub probability: f64,
     /// Probability per class, in the model's class order.
     pub probabilities: Vec<f64>,
+}
+
+impl Prediction {
+    /// The decision for class probabilities under the run's threshold (two classes) or the
+    /// highest probability.
+    pub fn from_probabilities(probabilities: Vec<f64>, card: &ModelCard) -> Prediction {
+        let k = decide(&probabilities, card.threshold);
+        Prediction {
+            label: card.classes[k].clone(),
+            probability: probabilities[k],
+            probabilities,
+        }
+    }
+
+    /// predict's JSON object: `path`, `label`, `probability`, `probabilities` (by class) and
+    /// `model` (the run folder's name).
+    pub fn to_json(&self, path: &str, classes: &[String], model: &str) -> serde_json::Value {
+        let probabilities: serde_json::Map<String, serde_json::Value> = classes
+            .iter()
+            .zip(&self.probabilities)
+            .map(|(c, v)| (c.clone(), serde_json::json!(v)))
+            .collect();
+        serde_json::json!({
+            "path": path,
+            "label": self.label,
+            "probability": self.probability,
+            "probabilities": probabilities,
+            "model": model,
+        })
+    }
 }
 
 /// Expands `inputs`: files as given, folders walked for image files (sorted).
@@ -76,18 +107,12 @@ pub fn predict_files(
     let mut probs = predictor
         .probabilities_of_pixels(&good, batch_size, tta)
         .into_iter();
-    let classes = &predictor.card.classes;
     decoded
         .into_iter()
         .map(|r| {
             r.map(|_| {
                 let p = probs.next().expect("one probability row per decoded image");
-                let k = decide(&p, predictor.card.threshold);
-                Prediction {
-                    label: classes[k].clone(),
-                    probability: p[k],
-                    probabilities: p,
-                }
+                Prediction::from_probabilities(p, &predictor.card)
             })
         })
         .collect()

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::common::{repo, trained, xray};
-use crate::webdriver::session_or_skip;
+use crate::common::{trained, xray};
+use crate::webdriver::{screenshot_path, session_or_skip};
 
 /// The report of `XRAY_REPORT_HTML` when set (scripts/report_screenshot.sh points it at a real
 /// Kermany run), otherwise of the shared synth model's test split. The screenshot goes to
@@ -69,9 +69,7 @@ fn eval_report_renders_in_chromium() {
     }
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
-    let shot = std::env::var_os("XRAY_SCREENSHOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/screenshots/report.png"));
+    let shot = screenshot_path("report.png");
     browser.screenshot_full_page(&shot);
     let img = image::open(&shot).expect("screenshot is a PNG");
     assert!(

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{repo, trained};
-use crate::webdriver::session_or_skip;
+use crate::common::trained;
+use crate::webdriver::{screenshot_path, session_or_skip};
 
 /// A running `xray serve` on a free loopback port.
 struct Server {
@@ -52,8 +52,14 @@ impl Server {
         }
     }
 
-    /// POSTs `bytes` as the multipart file `name`; returns the status and the JSON answer.
-    fn predict(&self, name: &str, bytes: &[u8], query: &str) -> (u16, serde_json::Value) {
+    /// POSTs `bytes` as the multipart file `name`: the status and the JSON answer, or the
+    /// transport error when no answer came (connection refused after shutdown).
+    fn try_predict(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        query: &str,
+    ) -> Result<(u16, serde_json::Value), String> {
         let boundary = "xray-test-boundary-7d1f";
         let mut body = format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
@@ -72,11 +78,17 @@ impl Server {
         let (code, r) = match resp {
             Ok(r) => (r.status(), r),
             Err(ureq::Error::Status(code, r)) => (code, r),
-            Err(e) => panic!("POST {name}: {e}"),
+            Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
         };
         let text = r.into_string().unwrap();
         let json = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"raw": text}));
-        (code, json)
+        Ok((code, json))
+    }
+
+    /// [`Server::try_predict`] where an answer must come.
+    fn predict(&self, name: &str, bytes: &[u8], query: &str) -> (u16, serde_json::Value) {
+        self.try_predict(name, bytes, query)
+            .unwrap_or_else(|e| panic!("POST {name}: {e}"))
     }
 
     fn healthy(&self) {
@@ -98,6 +110,19 @@ fn synth_image(label: &str) -> PathBuf {
         .data
         .join(label)
         .join(format!("{label}_00003.png"))
+}
+
+/// Runs `each` requests on each of `clients` threads at once; every result, in no order.
+fn concurrently<T: Send>(clients: usize, each: usize, request: impl Fn() -> T + Sync) -> Vec<T> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..clients)
+            .map(|_| s.spawn(|| (0..each).map(|_| request()).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    })
 }
 
 fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -156,25 +181,11 @@ fn serve_predicts_refuses_bad_uploads_and_takes_load() {
 
     // 200 requests from 8 concurrent clients, no error.
     let started = Instant::now();
-    let latencies: Vec<f64> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..25)
-                        .map(|_| {
-                            let t0 = Instant::now();
-                            let (code, j) = server.predict("opacity_00003.png", &png, "");
-                            assert_eq!(code, 200, "{j}");
-                            t0.elapsed().as_secs_f64() * 1e3
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let latencies = concurrently(8, 25, || {
+        let t0 = Instant::now();
+        let (code, j) = server.predict("opacity_00003.png", &png, "");
+        assert_eq!(code, 200, "{j}");
+        t0.elapsed().as_secs_f64() * 1e3
     });
     let mut sorted = latencies.clone();
     sorted.sort_by(f64::total_cmp);
@@ -200,28 +211,15 @@ fn serve_drains_and_exits_on_sigterm() {
             s.spawn(|| {
                 let deadline = Instant::now() + Duration::from_secs(20);
                 while Instant::now() < deadline {
-                    let boundary = "b0";
-                    let mut body = format!(
-                        "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
-                         filename=\"n.png\"\r\n\r\n"
-                    )
-                    .into_bytes();
-                    body.extend_from_slice(&png);
-                    body.extend_from_slice(b"\r\n--b0--\r\n");
-                    let r = ureq::post(&format!("{}/api/predict?heatmap=true", server.base))
-                        .set("Content-Type", "multipart/form-data; boundary=b0")
-                        .send_bytes(&body);
-                    match r {
+                    match server.try_predict("n.png", &png, "?heatmap=true") {
                         // Every request the server took is answered in full.
-                        Ok(r) => {
-                            assert_eq!(r.status(), 200);
-                            let j: serde_json::Value = r.into_json().unwrap();
+                        Ok((code, j)) => {
+                            assert_eq!(code, 200, "{j}");
                             assert!(j["label"].is_string());
                             answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         }
                         // After shutdown, new connections are refused: stop.
-                        Err(ureq::Error::Transport(_)) => break,
-                        Err(e) => panic!("{e}"),
+                        Err(_) => break,
                     }
                 }
             });
@@ -279,9 +277,7 @@ fn upload_page_in_chromium() {
     );
     let errors = browser.console_errors();
     assert!(errors.is_empty(), "console errors: {errors:?}");
-    let shot = std::env::var_os("XRAY_SCREENSHOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/screenshots/serve.png"));
+    let shot = screenshot_path("serve.png");
     browser.screenshot_full_page(&shot);
     eprintln!("screenshot: {} (label {label})", shot.display());
 }
@@ -293,26 +289,12 @@ fn serve_answers_503_when_the_queue_is_full() {
     let t = trained();
     let server = Server::start(&t.run, &["--queue", "1"]);
     let png = std::fs::read(synth_image("opacity")).unwrap();
-    let codes: Vec<u16> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..16)
-            .map(|_| {
-                s.spawn(|| {
-                    (0..10)
-                        .map(|_| {
-                            let (code, j) = server.predict("o.png", &png, "?heatmap=true");
-                            if code == 503 {
-                                assert!(j["error"].as_str().unwrap().contains("busy"), "{j}");
-                            }
-                            code
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
+    let codes = concurrently(16, 10, || {
+        let (code, j) = server.predict("o.png", &png, "?heatmap=true");
+        if code == 503 {
+            assert!(j["error"].as_str().unwrap().contains("busy"), "{j}");
+        }
+        code
     });
     let busy = codes.iter().filter(|&&c| c == 503).count();
     let ok = codes.iter().filter(|&&c| c == 200).count();

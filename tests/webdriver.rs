@@ -38,6 +38,17 @@ pub fn session_or_skip(test: &str) -> Option<Session> {
     }
 }
 
+/// Where a test's screenshot goes: `XRAY_SCREENSHOT` when set, else target/screenshots/NAME.
+pub fn screenshot_path(name: &str) -> PathBuf {
+    std::env::var_os("XRAY_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/screenshots")
+                .join(name)
+        })
+}
+
 /// A chromedriver process and one browser session on it.
 pub struct Session {
     driver: Child,
@@ -96,7 +107,7 @@ impl Session {
             "goog:chromeOptions": {"binary": browser, "args": args},
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
-        let v = s.post_raw("/session", caps);
+        let v = s.post("/session", caps);
         let id = v["sessionId"]
             .as_str()
             .unwrap_or_else(|| panic!("no session: {v}"))
@@ -105,7 +116,7 @@ impl Session {
         s
     }
 
-    fn post_raw(&self, path: &str, body: Value) -> Value {
+    fn post(&self, path: &str, body: Value) -> Value {
         let url = format!("{}{path}", self.base);
         let resp = match ureq::post(&url).send_json(body) {
             Ok(r) => r,
@@ -119,10 +130,6 @@ impl Session {
         };
         let v: Value = resp.into_json().expect("JSON from chromedriver");
         v["value"].clone()
-    }
-
-    fn post(&self, path: &str, body: Value) -> Value {
-        self.post_raw(path, body)
     }
 
     fn get(&self, path: &str) -> Value {

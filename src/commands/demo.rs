@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
 use crate::evaluate::{evaluate, report_table, write_report};
-use crate::explain::{explain_files, run_check, write_gallery, Method, Target};
+use crate::explain::{check_table, explain_files, run_check, write_gallery, Method, Target};
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::predict_files;
 use crate::train::train;
@@ -106,15 +106,8 @@ impl DemoArgs {
             "      on {} ({source}):",
             scores.first().map_or(0, |s| s.images)
         );
-        for s in &scores {
-            let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-            println!(
-                "      {:<10} pointing game {}  energy in box {}  Spearman vs random weights {}",
-                s.method,
-                f(s.pointing_game),
-                f(s.energy_inside),
-                f(s.randomised_spearman)
-            );
+        for line in check_table(&scores).lines() {
+            println!("      {line}");
         }
         println!("      -> {}", gradcam_dir.join("index.html").display());
 

@@ -7,7 +7,9 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::error::Error;
-use crate::explain::{explain_files, run_check, write_gallery, Method, Target, METHOD_NAMES};
+use crate::explain::{
+    check_table, explain_files, run_check, write_gallery, Method, Target, METHOD_NAMES,
+};
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::collect_inputs;
 
@@ -96,20 +98,7 @@ impl GradcamArgs {
             crate::fsutil::write_json_atomic(&out.join("check.json"), &scores)?;
             let n = scores.first().map_or(0, |s| s.images);
             println!("heatmap check on {n} positive images ({source})");
-            println!(
-                "{:<10}  {:>13}  {:>13}  {:>19}",
-                "method", "pointing game", "energy in box", "Spearman vs random"
-            );
-            let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
-            for s in &scores {
-                println!(
-                    "{:<10}  {:>13}  {:>13}  {:>19}",
-                    s.method,
-                    f(s.pointing_game),
-                    f(s.energy_inside),
-                    f(s.randomised_spearman)
-                );
-            }
+            print!("{}", check_table(&scores));
             println!("report: {}", out.join("check.json").display());
             return Ok(());
         }

@@ -77,18 +77,7 @@ impl PredictArgs {
                     p.probability * 100.0
                 )?,
                 Format::Json => {
-                    let probabilities: serde_json::Map<String, serde_json::Value> = classes
-                        .iter()
-                        .zip(&p.probabilities)
-                        .map(|(c, v)| (c.clone(), serde_json::json!(v)))
-                        .collect();
-                    let line = serde_json::json!({
-                        "path": path.display().to_string(),
-                        "label": p.label,
-                        "probability": p.probability,
-                        "probabilities": probabilities,
-                        "model": model_name,
-                    });
+                    let line = p.to_json(&path.display().to_string(), classes, &model_name);
                     writeln!(out, "{line}")?
                 }
                 Format::Csv => {

@@ -14,7 +14,6 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::data::augment::prepare;
 use crate::data::decode::{decode_image, to_model_pixels};
 use crate::error::Error;
 use crate::infer::{probabilities, Predictor};
@@ -78,27 +77,17 @@ pub struct Explained {
 
 /// Heatmaps, at the model's input resolution, of a batch of decoded images; also the
 /// probabilities and the targets used.
-struct BatchMaps {
-    probs: Vec<Vec<f64>>,
-    targets: Vec<usize>,
+pub(crate) struct BatchMaps {
+    /// Class probabilities per image (temperature-scaled).
+    pub probs: Vec<Vec<f64>>,
+    /// The class each image's maps explain.
+    pub targets: Vec<usize>,
     /// Per method, `[n, s, s]`.
-    maps: Vec<Tensor>,
-}
-
-fn input_tensor(predictor: &Predictor, pixels: &[&[u8]]) -> Tensor {
-    let spec = predictor.input_spec();
-    let (s, c) = (spec.size as usize, spec.channels as usize);
-    let floats: Vec<f32> = pixels
-        .iter()
-        .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
-        .collect();
-    Tensor::from_slice(&floats)
-        .view([pixels.len() as i64, c as i64, s as i64, s as i64])
-        .to_device(predictor.device)
+    pub maps: Vec<Tensor>,
 }
 
 /// The explainer of a loaded model.
-fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
+pub(crate) fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
     Explainer {
         model: predictor.model(),
         norm: predictor.input_spec().norm,
@@ -106,14 +95,16 @@ fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
     }
 }
 
-fn batch_maps(
+/// One forward pass for the probabilities, the targets they decide, and each method's maps
+/// from the same feature maps.
+pub(crate) fn batch_maps(
     predictor: &Predictor,
     explainer: &Explainer<'_>,
     pixels: &[&[u8]],
     target: Target,
     methods: &[Method],
 ) -> BatchMaps {
-    let xs = input_tensor(predictor, pixels);
+    let xs = predictor.input_tensor(pixels);
     let model = predictor.model();
     let features = tch::no_grad(|| model.features(&xs, false));
     let logits = tch::no_grad(|| model.head(&features, false));
@@ -208,10 +199,7 @@ pub fn explain_files(
             let (w, h) = d.original.dimensions();
             let mut outputs = Vec::new();
             for (method, map) in methods.iter().zip(&maps.maps) {
-                let heat = Vec::<f32>::try_from(map.get(i as i64).flatten(0, -1))
-                    .context("heatmap to CPU")?;
-                let full = overlay::to_image_resolution(&heat, side, w, h);
-                let full = overlay::rescale_to_unit(full);
+                let (full, picture) = overlay::overlay_on(&d.original, map, i, side)?;
                 let overlay_name = format!("{stem}.{}.png", method.name());
                 let heat_name = format!("{stem}.{}.heat.png", method.name());
                 let title = format!(
@@ -220,7 +208,6 @@ pub fn explain_files(
                     100.0 * probs[t],
                     method.name()
                 );
-                let picture = overlay::blend(&d.original, &full, OVERLAY_ALPHA);
                 crate::report::plots::titled_png(&out.join(&overlay_name), &picture, &title)?;
                 overlay::write_heat_png16(&out.join(&heat_name), &full, w, h)?;
                 outputs.push((method.name().to_string(), overlay_name, heat_name));
@@ -242,12 +229,7 @@ pub fn explain_files(
 /// `index.html`: every explained image's overlays in a grid, with its file, decision and
 /// probability. The pictures are referenced by file name (they sit beside it).
 pub fn write_gallery(out: &Path, explained: &[Explained], run: &str) -> Result<()> {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+    let esc = crate::report::page::escape_html;
     let mut html = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <title>xray gradcam: {run}</title>\n<style>body{{font-family:system-ui,sans-serif;\
@@ -297,6 +279,26 @@ pub struct CheckScore {
     /// same architecture with freshly initialised weights; low means the map depends on what
     /// the model learned.
     pub randomised_spearman: Option<f64>,
+}
+
+/// The check's scores as a table: method, pointing game, energy in the box, and the Spearman
+/// correlation with the randomised model, one line each under a header.
+pub fn check_table(scores: &[CheckScore]) -> String {
+    let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    let mut table = format!(
+        "{:<10}  {:>13}  {:>13}  {:>19}\n",
+        "method", "pointing game", "energy in box", "Spearman vs random"
+    );
+    for s in scores {
+        table.push_str(&format!(
+            "{:<10}  {:>13}  {:>13}  {:>19}\n",
+            s.method,
+            f(s.pointing_game),
+            f(s.energy_inside),
+            f(s.randomised_spearman)
+        ));
+    }
+    table
 }
 
 /// `xray gradcam --check DATA_DIR`: scores each method on the synth images with an opacity box.

@@ -71,6 +71,22 @@ pub fn blend(image: &RgbImage, heat: &[f32], alpha: f32) -> RgbImage {
     out
 }
 
+/// Image `i`'s map of a batch of heatmaps at the model's input resolution (`side`), mapped
+/// onto `image` (scaled to peak at 1), and the image with it blended over in jet colours.
+pub fn overlay_on(
+    image: &RgbImage,
+    maps: &tch::Tensor,
+    i: usize,
+    side: usize,
+) -> Result<(Vec<f32>, RgbImage)> {
+    let heat = Vec::<f32>::try_from(maps.get(i as i64).flatten(0, -1))
+        .map_err(|e| anyhow!("heatmap to CPU: {e}"))?;
+    let (w, h) = image.dimensions();
+    let full = rescale_to_unit(to_image_resolution(&heat, side, w, h));
+    let picture = blend(image, &full, super::OVERLAY_ALPHA);
+    Ok((full, picture))
+}
+
 /// Writes the heatmap (values in [0, 1]) as a 16-bit grey PNG of `width` x `height`.
 pub fn write_heat_png16(path: &Path, heat: &[f32], width: u32, height: u32) -> Result<()> {
     let data: Vec<u16> = heat

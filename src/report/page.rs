@@ -221,8 +221,8 @@ pub fn markdown(r: &EvalReport, arch: &str, figures: &[Figure]) -> String {
     s
 }
 
-/// Escapes text for HTML.
-fn esc(s: &str) -> String {
+/// Escapes text for HTML (element content and quoted attributes).
+pub fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for ch in s.chars() {
         match ch {
@@ -253,20 +253,20 @@ pub fn html(r: &EvalReport, arch: &str, figures: &[Figure]) -> String {
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
          <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n\
          <p class=\"note\">{}</p>\n",
-        esc(&title(r)),
-        esc(&title(r)),
-        esc(&subtitle(r, arch))
+        escape_html(&title(r)),
+        escape_html(&title(r)),
+        escape_html(&subtitle(r, arch))
     );
     for (heading, table) in sections(r) {
-        s.push_str(&format!("<h2>{}</h2>\n<table>\n<tr>", esc(heading)));
+        s.push_str(&format!("<h2>{}</h2>\n<table>\n<tr>", escape_html(heading)));
         for h in &table.header {
-            s.push_str(&format!("<th>{}</th>", esc(h)));
+            s.push_str(&format!("<th>{}</th>", escape_html(h)));
         }
         s.push_str("</tr>\n");
         for row in &table.rows {
             s.push_str("<tr>");
             for c in row {
-                s.push_str(&format!("<td>{}</td>", esc(c)));
+                s.push_str(&format!("<td>{}</td>", escape_html(c)));
             }
             s.push_str("</tr>\n");
         }
@@ -280,8 +280,8 @@ pub fn html(r: &EvalReport, arch: &str, figures: &[Figure]) -> String {
         s.push_str(&format!(
             "<figure{class}><figcaption>{}</figcaption>\
              <img alt=\"{}\" src=\"data:image/png;base64,{data}\"></figure>\n",
-            esc(&f.title),
-            esc(&f.title)
+            escape_html(&f.title),
+            escape_html(&f.title)
         ));
     }
     s.push_str(
@@ -296,7 +296,7 @@ mod tests {
 
     #[test]
     fn html_escapes_class_names() {
-        assert_eq!(esc("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+        assert_eq!(escape_html("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
         assert_eq!(md_cell("a|b"), "a\\|b");
     }
 }

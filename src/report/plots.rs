@@ -28,17 +28,29 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 
-/// Draws into an in-memory RGB buffer of `width` x `height` and writes it as PNG with the image
-/// crate (plotters' own encoder would pull in a second version of it).
+/// The drawing area plotters draws on.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws into a white in-memory RGB buffer of `width` x `height` and writes it as PNG.
 fn render_png<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<()>
 where
-    F: FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
+    F: FnOnce(&Area<'_>) -> Result<()>,
+{
+    let canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
+    draw_on_png(path, canvas, draw)
+}
+
+/// Draws over `canvas` (pictures already placed on it) and writes it as PNG with the image
+/// crate (plotters' own encoder would pull in a second version of it).
+fn draw_on_png<F>(path: &Path, canvas: image::RgbImage, draw: F) -> Result<()>
+where
+    F: FnOnce(&Area<'_>) -> Result<()>,
 {
     register_fonts();
-    let mut pixels = vec![0u8; (width * height * 3) as usize];
+    let (width, height) = canvas.dimensions();
+    let mut pixels = canvas.into_raw();
     {
         let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
-        root.fill(&WHITE).map_err(plot_err)?;
         draw(&root)?;
         root.present().map_err(plot_err)?;
     }
@@ -315,27 +327,14 @@ pub fn titled_png(path: &Path, image: &image::RgbImage, title: &str) -> Result<(
     let band = font_px + font_px / 2 + 4;
     let mut canvas = image::RgbImage::from_pixel(width, height + band, image::Rgb([255, 255, 255]));
     image::imageops::replace(&mut canvas, image, 0, band as i64);
-    register_fonts();
-    let mut pixels = canvas.into_raw();
-    {
-        let root =
-            BitMapBackend::with_buffer(&mut pixels, (width, height + band)).into_drawing_area();
+    draw_on_png(path, canvas, |root| {
         root.draw(&Text::new(
             title.to_string(),
             (3, (band as i32 - font_px as i32) / 2),
             ("sans-serif", font_px as i32).into_font(),
         ))
-        .map_err(plot_err)?;
-        root.present().map_err(plot_err)?;
-    }
-    image::save_buffer(
-        path,
-        &pixels,
-        width,
-        height + band,
-        image::ExtendedColorType::Rgb8,
-    )
-    .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        .map_err(plot_err)
+    })
 }
 
 /// One tile of the error gallery: the image and what to write under it.
@@ -375,10 +374,7 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
         let (ox, oy) = (x0 + (TILE - tw) / 2, y0 + (TILE - th) / 2);
         image::imageops::replace(&mut canvas, &thumb, ox as i64, oy as i64);
     }
-    register_fonts();
-    let mut pixels = canvas.into_raw();
-    {
-        let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+    draw_on_png(path, canvas, |root| {
         let text = if tiles.is_empty() { empty } else { title };
         root.draw(&Text::new(
             text,
@@ -405,10 +401,8 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
                 .map_err(plot_err)?;
             }
         }
-        root.present().map_err(plot_err)?;
-    }
-    image::save_buffer(path, &pixels, width, height, image::ExtendedColorType::Rgb8)
-        .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
+        Ok(())
+    })
 }
 
 /// `curves.png`: loss (left) and accuracy with validation AUC (right) per epoch, train and

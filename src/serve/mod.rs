@@ -24,9 +24,9 @@ use tokio::sync::oneshot;
 
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
 use crate::error::Error;
-use crate::explain::{overlay, Explainer, Method};
+use crate::explain::{batch_maps, explainer, overlay, Explainer, Method, Target};
 use crate::infer::Predictor;
-use crate::metrics::decide;
+use crate::predict::Prediction;
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -92,49 +92,16 @@ pub fn run_name(run_dir: &Path) -> String {
 fn answer(predictor: &Predictor, explainer: &Explainer<'_>, job: &Job) -> Result<Value> {
     let spec = predictor.input_spec();
     let pixels = to_model_pixels(job.image.clone(), spec.size, spec.channels);
-    let floats = crate::data::augment::prepare::<rand_chacha::ChaCha8Rng>(
-        &pixels,
-        spec.size as usize,
-        spec.channels as usize,
-        &spec.norm,
-        None,
-    );
-    let s = spec.size as i64;
-    let xs = tch::Tensor::from_slice(&floats)
-        .view([1, spec.channels as i64, s, s])
-        .to_device(predictor.device);
-    let model = predictor.model();
-    let features = tch::no_grad(|| model.features(&xs, false));
-    let logits = tch::no_grad(|| model.head(&features, false));
-    let probs = crate::infer::probabilities(&logits, predictor.card.temperature)
-        .pop()
-        .context("no output")?;
-    let k = decide(&probs, predictor.card.threshold);
+    let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
+    let mut batch = batch_maps(predictor, explainer, &[&pixels], Target::Predicted, methods);
+    let probs = batch.probs.pop().context("no output")?;
+    let prediction = Prediction::from_probabilities(probs, &predictor.card);
     let classes = &predictor.card.classes;
-    let probabilities: serde_json::Map<String, Value> = classes
-        .iter()
-        .zip(&probs)
-        .map(|(c, p)| (c.clone(), json!(p)))
-        .collect();
-    let mut out = json!({
-        "path": job.name,
-        "label": classes[k],
-        "probability": probs[k],
-        "probabilities": probabilities,
-        "model": run_name(&predictor.run_dir),
-    });
-    if job.heatmap {
-        let map = explainer.heatmaps(&xs, Some(&features), &[k], Method::GradCam);
-        let heat = Vec::<f32>::try_from(map.get(0).flatten(0, -1))?;
+    let mut out = prediction.to_json(&job.name, classes, &run_name(&predictor.run_dir));
+    if let Some(map) = batch.maps.first() {
         let original = job.image.to_rgb8();
-        let (w, h) = original.dimensions();
-        let full = overlay::rescale_to_unit(overlay::to_image_resolution(
-            &heat,
-            spec.size as usize,
-            w,
-            h,
-        ));
-        let picture = overlay::blend(&original, &full, crate::explain::OVERLAY_ALPHA);
+        let (_, picture) = overlay::overlay_on(&original, map, 0, spec.size as usize)?;
+        let (w, h) = picture.dimensions();
         // Large scans are shown smaller; the page does not need every pixel.
         let picture = if w.max(h) > 768 {
             image::imageops::resize(
@@ -164,11 +131,7 @@ fn start_worker(predictor: Predictor, queue: usize) -> SyncSender<Job> {
     std::thread::Builder::new()
         .name("xray-inference".into())
         .spawn(move || {
-            let explainer = Explainer {
-                model: predictor.model(),
-                norm: predictor.input_spec().norm,
-                batch_size: 1,
-            };
+            let explainer = explainer(&predictor, 1);
             for job in rx {
                 let result = answer(&predictor, &explainer, &job).map_err(|e| format!("{e:#}"));
                 let _ = job.reply.send(result);

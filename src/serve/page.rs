@@ -3,12 +3,7 @@
 
 use serde_json::Value;
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
+use crate::report::page::escape_html as esc;
 
 /// The page, with the model's name and validation figures filled in.
 pub fn render(info: &Value, max_upload_bytes: usize) -> String {
