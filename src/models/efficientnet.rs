@@ -69,10 +69,7 @@ struct ConvBnRelu6 {
 
 impl ModuleT for ConvBnRelu6 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.conv
-            .forward(xs)
-            .apply_t(&self.bn, train)
-            .clamp(0.0, 6.0)
+        super::relu6_inplace(self.conv.forward(xs).apply_t(&self.bn, train))
     }
 }
 
@@ -116,14 +113,10 @@ impl MbConv {
 impl ModuleT for MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let h = match &self.expand {
-            Some((conv, bn0)) => conv.forward(xs).apply_t(bn0, train).clamp(0.0, 6.0),
+            Some((conv, bn0)) => super::relu6_inplace(conv.forward(xs).apply_t(bn0, train)),
             None => xs.shallow_clone(),
         };
-        let h = self
-            .depthwise
-            .forward(&h)
-            .apply_t(&self.bn1, train)
-            .clamp(0.0, 6.0);
+        let h = super::relu6_inplace(self.depthwise.forward(&h).apply_t(&self.bn1, train));
         let h = self.project.forward(&h).apply_t(&self.bn2, train);
         if self.residual {
             h + xs

@@ -24,7 +24,7 @@ fn conv_bn_relu6(
     nn::seq_t()
         .add(nn::conv2d(p / 0, c_in, c_out, k, cfg))
         .add(nn::batch_norm2d(p / 1, c_out, Default::default()))
-        .add_fn(|xs| xs.clamp(0.0, 6.0))
+        .add_fn(|xs| super::relu6_inplace(xs.shallow_clone()))
 }
 
 /// An inverted residual block (`features.N.conv.*`).

@@ -93,6 +93,21 @@ pub struct ModelSpec {
 }
 
 /// Builds the network named in `spec` under `root`.
+/// ReLU in place, as torchvision's `ReLU(inplace=True)`: it follows a batch norm, whose
+/// backward pass does not need the output it overwrites, so training stores one activation
+/// less per layer.
+pub(crate) fn relu_inplace(mut xs: Tensor) -> Tensor {
+    let _ = xs.relu_();
+    xs
+}
+
+/// ReLU6 (clamp to [0, 6]) in place, as torchvision's `ReLU6(inplace=True)`; see
+/// [`relu_inplace`].
+pub(crate) fn relu6_inplace(mut xs: Tensor) -> Tensor {
+    let _ = xs.clamp_(0.0, 6.0);
+    xs
+}
+
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
     match spec.arch.as_str() {

@@ -46,17 +46,14 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = xs
-            .apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
+        let ys = super::relu_inplace(xs.apply(&self.conv1).apply_t(&self.bn1, train))
             .apply(&self.conv2)
             .apply_t(&self.bn2, train);
         let shortcut = match &self.downsample {
             Some((c, bn)) => xs.apply(c).apply_t(bn, train),
             None => xs.shallow_clone(),
         };
-        (shortcut + ys).relu()
+        super::relu_inplace(shortcut + ys)
     }
 }
 
@@ -69,10 +66,13 @@ struct Stem {
 
 impl ModuleT for Stem {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv1)
-            .apply_t(&self.bn1, train)
-            .relu()
-            .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)
+        super::relu_inplace(xs.apply(&self.conv1).apply_t(&self.bn1, train)).max_pool2d(
+            [3, 3],
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            false,
+        )
     }
 }
 

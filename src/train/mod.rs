@@ -768,7 +768,7 @@ fn run(
             write_curves(&run_dir, &history);
             crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
             eprintln!(
-                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.0} img/s  data wait {:.1}%{}",
+                "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.1} img/s  data wait {:.1}%{}",
                 tc.epochs,
                 metrics.train_loss,
                 metrics.train_acc,

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# xray against the equivalent PyTorch/torchvision scripts, alternating, on this machine, with
+# the same threads (all cores), files, transforms and weights. Prints a markdown table of
+# medians and ratios (also written to target/bench/results.md):
+#   - training throughput end to end from Kermany JPEGs (decode, augment, forward, backward,
+#     AdamW step), ResNet18 and MobileNetV2 from scratch, 224 px, batch 32: `xray train`
+#     against scripts/bench/train_torch.py (a DataLoader with one worker per core);
+#   - cold `predict` of one image, process start to printed answer: `xray predict` against
+#     scripts/bench/predict_torch.py, with the MobileNetV2 run the training bench just made;
+#   - inference throughput over a folder of 500 Kermany images, same two programs;
+#   - peak memory of each (scripts/bench/measure.py: resident set of the process, or the
+#     proportional set size summed over it and its workers, whichever is larger);
+#   - the compute ceiling: measured GEMM GFLOP/s against the FLOPs of a training step
+#     (scripts/bench/ceiling.py).
+#
+#   scripts/bench.sh [ROUNDS=3]
+# Environment: BENCH_TRAIN_IMAGES (256), BENCH_EPOCHS (2: the last epoch is timed, the first
+# carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+rounds=${1:-3}
+n_train=${BENCH_TRAIN_IMAGES:-256}
+epochs=${BENCH_EPOCHS:-2}
+n_folder=${BENCH_FOLDER_IMAGES:-500}
+cold_rounds=${BENCH_COLD_ROUNDS:-5}
+archs="resnet18 mobilenet_v2"
+data=../shared/datasets/pneumonia
+[ -d "$data" ] || { echo "bench: $data is absent (see ../shared/datasets/pneumonia/README.md)" >&2; exit 1; }
+started=$(date +%s)
+say() { echo "[bench $(($(date +%s) - started))s] $*" >&2; }
+
+torch_dir=$(scripts/libtorch.sh)
+py=$(scripts/bench/python.sh "torchvision==0.26.0" safetensors)
+export LIBTORCH="$torch_dir" LIBTORCH_CXX11_ABI=1
+say "building xray (release)"
+cargo build --release -q
+xray=target/release/xray
+out_dir=target/bench
+mkdir -p "$out_dir"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+
+measure() { "$py" scripts/bench/measure.py "$@"; }
+field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
+median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+calc() { awk "BEGIN {printf \"$1\", $2}"; }
+
+# --- data: n_train training images (half per class), plus a few for xray's validation and
+# test splits (not timed: an epoch's img/s counts its training steps only).
+for class in NORMAL PNEUMONIA; do
+  mkdir -p "$work/data/$class"
+  find "$data/$class" -name '*.jpeg' | sort | awk -v k=$((n_train / 2 + 16)) 'NR % 3 == 0 && ++c <= k' |
+    while read -r f; do ln -s "$(realpath "$f")" "$work/data/$class/"; done
+done
+"$xray" split "$work/data" --out "$work/split" --group-regex '^(.*)$' \
+  --ratios "$(awk -v n="$n_train" 'BEGIN {t = n + 32; a = sprintf("%.4f", n / t); b = sprintf("%.4f", 16 / t); printf "%s,%s,%.4f", a, b, 1 - a - b}')" >/dev/null
+awk -F, 'NR > 1 && $4 == "train" {print "'"$work"'/data/" $1 "\t" ($2 == "PNEUMONIA")}' \
+  "$work/split/split.csv" > "$work/train.tsv"
+mkdir -p "$work/folder"
+find "$data" -name '*.jpeg' | sort | awk -v n="$n_folder" 'NR % 11 == 0 && ++k <= n' |
+  while read -r f; do ln -s "$(realpath "$f")" "$work/folder/$(basename "$f")"; done
+n_folder=$(ls "$work/folder" | wc -l)
+one=$(find "$data/PNEUMONIA" -name '*.jpeg' | sort | awk 'NR == 1')
+
+for arch in $archs; do
+  cat > "$work/$arch.toml" <<TOML
+name = "bench"
+seed = 0
+[data]
+split = "$work/split"
+image_size = 224
+channels = 3
+mean = [0.485, 0.456, 0.406]
+std = [0.229, 0.224, 0.225]
+cache = false
+sampler = "shuffle"
+[data.augment]
+hflip = 0.5
+rotation_degrees = 10.0
+brightness = 0.2
+contrast = 0.2
+crop_scale = [0.8, 1.0]
+[model]
+arch = "$arch"
+[train]
+epochs = $epochs
+batch_size = 32
+lr = 0.001
+optimizer = "adamw"
+weight_decay = 0.0001
+scheduler = "none"
+TOML
+done
+
+# --- the compute ceiling
+say "GEMM and training-step FLOPs"
+"$py" scripts/bench/ceiling.py $archs > "$work/ceiling.txt"
+gemm=$(field gemm_gflops < "$work/ceiling.txt")
+
+# --- training, alternating xray / PyTorch per architecture and round
+declare -A train_x train_t mem_x mem_t
+for ((r = 1; r <= rounds; r++)); do
+  for arch in $archs; do
+    say "training round $r/$rounds: $arch, xray"
+    rm -rf "$work/run-$arch"
+    m=$(measure --log "$work/log" "$xray" train --config "$work/$arch.toml" --out "$work/run-$arch")
+    [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
+    train_x[$arch]+=" $(sed -n 's/.* \([0-9.]*\) img\/s .*/\1/p' "$work/log" | tail -1)"
+    mem_x[$arch]+=" $(field peak_mib <<<"$m")"
+    say "training round $r/$rounds: $arch, PyTorch"
+    m=$(measure --log "$work/log" "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs")
+    [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
+    train_t[$arch]+=" $(sed -n 's/.*=//p' "$work/log" | tail -1)"
+    mem_t[$arch]+=" $(field peak_mib <<<"$m")"
+  done
+done
+
+# --- prediction with the MobileNetV2 run just trained (the two must agree before being timed)
+run="$work/run-mobilenet_v2"
+diff <("$xray" predict --checkpoint "$run" "$one" | cut -f2) \
+     <("$py" scripts/bench/predict_torch.py "$run" "$one" | cut -f2) >/dev/null ||
+  { echo "bench: xray and PyTorch disagree on $one" >&2; exit 1; }
+declare -a xc xcm pc pcm xf xfm pf pfm
+say "cold predict, $cold_rounds rounds"
+for ((r = 0; r < cold_rounds; r++)); do
+  m=$(measure "$xray" predict --checkpoint "$run" "$one"); xc+=("$(field wall_s <<<"$m")"); xcm+=("$(field peak_mib <<<"$m")")
+  m=$(measure "$py" scripts/bench/predict_torch.py "$run" "$one"); pc+=("$(field wall_s <<<"$m")"); pcm+=("$(field peak_mib <<<"$m")")
+done
+say "folder of $n_folder images, $rounds rounds"
+for ((r = 0; r < rounds; r++)); do
+  m=$(measure "$xray" predict --checkpoint "$run" "$work/folder"); xf+=("$(field wall_s <<<"$m")"); xfm+=("$(field peak_mib <<<"$m")")
+  m=$(measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
+done
+
+# --- the table
+{
+  echo "| benchmark | xray | PyTorch | ratio | rounds (xray; PyTorch) |"
+  echo "|---|---:|---:|---:|---|"
+  for arch in $archs; do
+    # shellcheck disable=SC2086
+    a=$(median ${train_x[$arch]}); b=$(median ${train_t[$arch]})
+    am=$(median ${mem_x[$arch]}); bm=$(median ${mem_t[$arch]})
+    echo "| train $arch, img/s | $a | $b | **$(calc %.2fx "$a / $b")** |${train_x[$arch]};${train_t[$arch]} |"
+    echo "| train $arch, peak memory | $(calc %.0f "$am") MiB | $(calc %.0f "$bm") MiB | $(calc %.2fx "$am / $bm") |${mem_x[$arch]};${mem_t[$arch]} |"
+  done
+  a=$(median "${xc[@]}"); b=$(median "${pc[@]}")
+  echo "| cold predict, one image | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | ${xc[*]}; ${pc[*]} |"
+  a=$(median "${xcm[@]}"); b=$(median "${pcm[@]}")
+  echo "| cold predict, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | ${xcm[*]}; ${pcm[*]} |"
+  a=$(median "${xf[@]}"); b=$(median "${pf[@]}")
+  echo "| predict a folder of $n_folder images, img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | ${xf[*]}; ${pf[*]} (s) |"
+  a=$(median "${xfm[@]}"); b=$(median "${pfm[@]}")
+  echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | ${xfm[*]}; ${pfm[*]} |"
+  echo
+  echo "Ratios: speed as xray / PyTorch (above 1: xray faster); memory as xray / PyTorch (below 1: xray leaner)."
+  echo
+  echo "Compute ceiling: float32 GEMM (2048x2048, torch.mm on libtorch 2.11, $(nproc) threads) runs at $gemm GFLOP/s."
+  echo
+  echo "| model | GFLOP per training image | ceiling img/s | step alone img/s | xray end to end, % of ceiling |"
+  echo "|---|---:|---:|---:|---:|"
+  for arch in $archs; do
+    line=$(grep "^$arch " "$work/ceiling.txt")
+    c=$(field ceiling_img_s <<<"$line")
+    # shellcheck disable=SC2086
+    x=$(median ${train_x[$arch]})
+    echo "| $arch | $(field gflop_per_img <<<"$line") | $c | $(field step_img_s <<<"$line") | $(calc %.0f%% "100 * $x / $c") |"
+  done
+  echo
+  echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;" \
+       "$(. /etc/os-release && echo "$PRETTY_NAME"); torch $("$py" -c 'import torch, torchvision; print(torch.__version__, "+ torchvision", torchvision.__version__)');" \
+       "xray $(git rev-parse --short HEAD); $(date -u +%Y-%m-%d)."
+  echo "Command: \`scripts/bench.sh $rounds\` (training: $(wc -l < "$work/train.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
+} | tee "$out_dir/results.md"
