@@ -31,6 +31,8 @@ pub enum Command {
     Predict(commands::predict::PredictArgs),
     /// Serve the upload page and a JSON API (POST /api/predict) over one model.
     Serve(commands::serve::ServeArgs),
+    /// Search hyperparameters (grid, random or TPE) over the keys of a training config.
+    Tune(commands::tune::TuneArgs),
     /// Write a synthetic chest-X-ray-like dataset with known opacity boxes.
     Synth(commands::synth::SynthArgs),
     /// Convert a PyTorch state-dict file (.pth) into safetensors for `model.pretrained`.
@@ -44,7 +46,11 @@ impl Command {
     /// [`crate::alloc::reexec_with_malloc_tunables`]); a one-image predict does not.
     pub fn is_heavy(&self) -> bool {
         match self {
-            Command::Train(_) | Command::Eval(_) | Command::Gradcam(_) | Command::Demo(_) => true,
+            Command::Train(_)
+            | Command::Tune(_)
+            | Command::Eval(_)
+            | Command::Gradcam(_)
+            | Command::Demo(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
             Command::Serve(_) => true,
@@ -60,6 +66,7 @@ impl Command {
             Command::Gradcam(a) => a.execute(),
             Command::Predict(a) => a.execute(),
             Command::Serve(a) => a.execute(),
+            Command::Tune(a) => a.execute(),
             Command::Synth(a) => a.execute(),
             Command::ImportWeights(a) => a.execute(),
             Command::Demo(a) => a.execute(),

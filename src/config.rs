@@ -30,6 +30,68 @@ pub struct Config {
     pub train: TrainConfig,
     /// Evaluation settings used when training picks its operating point.
     pub eval: EvalConfig,
+    /// Hyperparameter search (`xray tune`); `xray train` ignores it.
+    #[serde(skip_serializing_if = "TuneConfig::is_default")]
+    pub tune: TuneConfig,
+}
+
+/// `[tune]`: the hyperparameter search of `xray tune`.
+///
+/// ```toml
+/// [tune]
+/// strategy = "tpe"
+/// trials = 12
+/// [tune.space]
+/// "train.lr" = { low = 1e-4, high = 1e-2, log = true }
+/// "model.dropout" = { low = 0.0, high = 0.5 }
+/// "train.optimizer" = ["adamw", "sgd"]
+/// ```
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TuneConfig {
+    /// "grid" (every combination of the lists), "random" or "tpe" (a tree-structured Parzen
+    /// estimator) (default "tpe").
+    pub strategy: String,
+    /// Trials to run; 0 = the whole grid for "grid", 20 otherwise (default 0).
+    pub trials: usize,
+    /// Seed of the sampler; each trial trains with the config's own `seed` (default 0).
+    pub seed: u64,
+    /// Start no new trial once the trials have taken this many minutes in all; 0 = no limit
+    /// (default 0).
+    pub time_budget_minutes: f64,
+    /// "median": stop a trial whose best monitored value at an epoch is below the median of
+    /// the earlier trials' best values at that epoch; "none" (default "median").
+    pub prune: String,
+    /// Epochs every trial runs before it may be pruned (default 1).
+    pub prune_after_epochs: usize,
+    /// Finished trials needed before pruning starts, and random trials before TPE models the
+    /// results (default 4).
+    pub startup_trials: usize,
+    /// The search space: a dotted config key (`train.lr`, `model.arch`, ...) mapped to a list of
+    /// values, or to a range `{ low, high }` with optional `log = true` (sample the logarithm
+    /// uniformly) and `int = true` (round; the default when both bounds are integers).
+    pub space: toml::Table,
+}
+
+impl Default for TuneConfig {
+    fn default() -> Self {
+        TuneConfig {
+            strategy: "tpe".into(),
+            trials: 0,
+            seed: 0,
+            time_budget_minutes: 0.0,
+            prune: "median".into(),
+            prune_after_epochs: 1,
+            startup_trials: 4,
+            space: toml::Table::new(),
+        }
+    }
+}
+
+impl TuneConfig {
+    fn is_default(&self) -> bool {
+        *self == TuneConfig::default()
+    }
 }
 
 /// `[data]`: where the images are and how they become tensors.
@@ -186,6 +248,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             eval: EvalConfig::default(),
+            tune: TuneConfig::default(),
         }
     }
 }
@@ -283,12 +346,22 @@ impl Config {
 
     /// Parses TOML text with overrides; see [`Config::load`].
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Config> {
+        Self::from_table(Self::table_with_overrides(text, overrides)?)
+    }
+
+    /// The TOML table of `text` with `key=value` overrides applied, before defaults.
+    pub fn table_with_overrides(text: &str, overrides: &[String]) -> Result<toml::Table> {
         let mut table: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| Error::usage(one_line(&e.to_string())))?;
         for item in overrides {
             apply_override(&mut table, item)?;
         }
+        Ok(table)
+    }
+
+    /// A config from a TOML table: defaults filled in, then validated.
+    pub fn from_table(table: toml::Table) -> Result<Config> {
         let config: Config = toml::Value::Table(table)
             .try_into()
             .map_err(|e: toml::de::Error| Error::usage(one_line(&e.to_string())))?;
@@ -318,6 +391,12 @@ impl Config {
             &["val_auc", "val_acc", "val_loss"],
         )?;
         one_of("model.arch", &self.model.arch, crate::models::ARCHITECTURES)?;
+        one_of(
+            "tune.strategy",
+            &self.tune.strategy,
+            &["grid", "random", "tpe"],
+        )?;
+        one_of("tune.prune", &self.tune.prune, &["median", "none"])?;
         if let ClassWeights::Keyword(k) = &self.train.class_weights {
             one_of("train.class_weights", k, &["none", "balanced"])?;
         }
@@ -436,12 +515,15 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
     let (key, raw) = item
         .split_once('=')
         .ok_or_else(|| Error::usage(format!("--set {item}: expected key=value")))?;
-    let key = key.trim();
-    let raw = raw.trim();
-    let value = parse_value(raw);
+    set_path(table, key.trim(), parse_value(raw.trim()))
+        .map_err(|e| Error::usage(format!("--set {item}: {e}")).into())
+}
+
+/// Sets the dotted `key` (`train.lr`) of `table` to `value`, creating sections on the way.
+pub fn set_path(table: &mut toml::Table, key: &str, value: toml::Value) -> Result<(), String> {
     let parts: Vec<&str> = key.split('.').collect();
     if parts.iter().any(|p| p.is_empty()) {
-        return Err(Error::usage(format!("--set {item}: bad key `{key}`")).into());
+        return Err(format!("bad key `{key}`"));
     }
     let mut cur = table;
     for part in &parts[..parts.len() - 1] {
@@ -450,9 +532,7 @@ pub fn apply_override(table: &mut toml::Table, item: &str) -> Result<()> {
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
-            _ => {
-                return Err(Error::usage(format!("--set {item}: `{part}` is not a section")).into())
-            }
+            _ => return Err(format!("`{part}` is not a section")),
         };
     }
     cur.insert(parts[parts.len() - 1].to_string(), value);

@@ -22,5 +22,6 @@ pub mod progress;
 pub mod report;
 pub mod serve;
 pub mod train;
+pub mod tune;
 
 pub use error::Error;

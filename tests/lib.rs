@@ -12,4 +12,5 @@ mod pipeline;
 mod resume;
 mod serve;
 mod split;
+mod tune;
 mod webdriver;

@@ -9,3 +9,4 @@ pub mod serve;
 pub mod split;
 pub mod synth;
 pub mod train;
+pub mod tune;

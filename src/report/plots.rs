@@ -1,5 +1,5 @@
 //! PNG plots: training curves, confusion matrices, ROC and precision-recall curves, reliability
-//! diagrams and image galleries.
+//! diagrams, image galleries and the trials of a hyperparameter search.
 
 use std::path::Path;
 use std::sync::Once;
@@ -471,6 +471,94 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             legend(&mut chart, position)?;
         }
         Ok(())
+    })
+}
+
+/// One finished trial of `xray tune`, for [`trials_png`].
+#[derive(Debug, Clone, Copy)]
+pub struct TrialPoint {
+    /// Trial number.
+    pub trial: usize,
+    /// The monitored metric at its best epoch.
+    pub value: f64,
+    /// Whether the pruner stopped it.
+    pub pruned: bool,
+}
+
+/// `trials.png`: the monitored metric of each trial (pruned ones hollow) and the best so far.
+pub fn trials_png(
+    path: &Path,
+    metric: &str,
+    higher_is_better: bool,
+    trials: &[TrialPoint],
+) -> Result<()> {
+    render_png(path, 900, 450, |root| {
+        let n = trials.iter().map(|t| t.trial + 1).max().unwrap_or(1).max(2) as f64;
+        let (lo, hi) = trials
+            .iter()
+            .map(|t| t.value)
+            .filter(|v| v.is_finite())
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+                (a.min(v), b.max(v))
+            });
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
+        let pad = ((hi - lo) * 0.08).max(1e-3);
+        let mut chart = ChartBuilder::on(root)
+            .caption(format!("{metric} per trial"), ("sans-serif", 24))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(60)
+            .build_cartesian_2d(-0.5..n - 0.5, lo - pad..hi + pad)
+            .map_err(plot_err)?;
+        chart
+            .configure_mesh()
+            .x_desc("trial")
+            .y_desc(metric)
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .label_style(("sans-serif", 14))
+            .draw()
+            .map_err(plot_err)?;
+        let mut best: Option<f64> = None;
+        let mut steps = Vec::new();
+        for t in trials.iter().filter(|t| !t.pruned && t.value.is_finite()) {
+            let better = |a: f64, b: f64| if higher_is_better { a > b } else { a < b };
+            if let Some(b) = best {
+                steps.push((t.trial as f64, b));
+            }
+            if best.is_none_or(|b| better(t.value, b)) {
+                best = Some(t.value);
+            }
+            steps.push((t.trial as f64, best.unwrap_or(t.value)));
+        }
+        labelled_line(&mut chart, steps, RED, "best so far".into())?;
+        chart
+            .draw_series(
+                trials
+                    .iter()
+                    .filter(|t| !t.pruned)
+                    .map(|t| Circle::new((t.trial as f64, t.value), 4, BLUE.filled())),
+            )
+            .map_err(plot_err)?
+            .label("complete")
+            .legend(|(x, y)| Circle::new((x + 10, y), 4, BLUE.filled()));
+        chart
+            .draw_series(
+                trials
+                    .iter()
+                    .filter(|t| t.pruned)
+                    .map(|t| Circle::new((t.trial as f64, t.value), 4, BLACK.stroke_width(1))),
+            )
+            .map_err(plot_err)?
+            .label("pruned")
+            .legend(|(x, y)| Circle::new((x + 10, y), 4, BLACK.stroke_width(1)));
+        legend(
+            &mut chart,
+            if higher_is_better {
+                SeriesLabelPosition::LowerRight
+            } else {
+                SeriesLabelPosition::UpperRight
+            },
+        )
     })
 }
 

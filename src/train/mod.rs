@@ -29,6 +29,27 @@ use checkpoint::{
     ValidationOperatingPoints,
 };
 
+/// Called after every epoch with the metrics so far; `false` stops the run.
+pub type AfterEpoch<'a> = &'a mut dyn FnMut(&[EpochMetrics]) -> bool;
+
+/// What a caller such as `xray tune` asks of a run beyond its config.
+pub struct Hooks<'a> {
+    /// Called after every epoch with the metrics so far; `false` stops the run there, which
+    /// then finishes as an early stop does (best weights, calibration, model card).
+    pub after_epoch: Option<AfterEpoch<'a>>,
+    /// Point `checkpoints/latest` at the run when it finishes (default true).
+    pub update_latest: bool,
+}
+
+impl Default for Hooks<'_> {
+    fn default() -> Self {
+        Hooks {
+            after_epoch: None,
+            update_latest: true,
+        }
+    }
+}
+
 /// What a finished training run reports.
 #[derive(Debug, Clone)]
 pub struct TrainOutcome {
@@ -40,6 +61,8 @@ pub struct TrainOutcome {
     pub best: EpochMetrics,
     /// Whether early stopping ended the run before `train.epochs`.
     pub stopped_early: bool,
+    /// Whether [`Hooks::after_epoch`] ended the run.
+    pub stopped_by_hook: bool,
     /// The device used.
     pub device: Device,
 }
@@ -109,8 +132,9 @@ pub fn run_dir_for(config: &Config, out: Option<&Path>) -> PathBuf {
     }
 }
 
-/// The monitored value of `m` as "higher is better".
-fn monitored(monitor: &str, m: &EpochMetrics) -> Option<f64> {
+/// The monitored value of `m` as "higher is better" (the validation loss negated; the accuracy
+/// when the AUC is undefined).
+pub fn monitored(monitor: &str, m: &EpochMetrics) -> Option<f64> {
     match monitor {
         "val_loss" => Some(-m.val_loss),
         "val_acc" => Some(m.val_acc),
@@ -331,17 +355,27 @@ struct Phase {
 
 /// Trains a model as `config` says and writes its run folder.
 pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
+    train_with(config, out, Hooks::default())
+}
+
+/// [`train`] with [`Hooks`].
+pub fn train_with(config: &Config, out: Option<&Path>, hooks: Hooks) -> Result<TrainOutcome> {
     let run_dir = run_dir_for(config, out);
     std::fs::create_dir_all(&run_dir)
         .with_context(|| format!("cannot create run folder {}", run_dir.display()))?;
     crate::fsutil::write_atomic(&run_dir.join("config.toml"), config.to_toml()?.as_bytes())?;
-    run(config, run_dir, None)
+    run(config, run_dir, None, hooks)
 }
 
 /// Continues an interrupted run from its last completed epoch: weights, optimizer state,
 /// schedule position, early-stopping counters and metrics.csv carry on; the random streams are
 /// seeded per epoch, so they carry on too.
 pub fn resume(run_dir: &Path) -> Result<TrainOutcome> {
+    resume_with(run_dir, Hooks::default())
+}
+
+/// [`resume`] with [`Hooks`].
+pub fn resume_with(run_dir: &Path, hooks: Hooks) -> Result<TrainOutcome> {
     let state_path = run_dir.join("state.json");
     if !state_path.is_file() {
         return Err(Error::usage(format!(
@@ -375,12 +409,17 @@ pub fn resume(run_dir: &Path) -> Result<TrainOutcome> {
             state.epochs_done
         );
     }
-    eprintln!(
+    progress::note(&format!(
         "resuming {} after epoch {}",
         run_dir.display(),
         state.epochs_done
-    );
-    run(&config, run_dir.to_path_buf(), Some((state, history)))
+    ));
+    run(
+        &config,
+        run_dir.to_path_buf(),
+        Some((state, history)),
+        hooks,
+    )
 }
 
 /// The training loop proper, from scratch or from a saved state.
@@ -388,6 +427,7 @@ fn run(
     config: &Config,
     run_dir: PathBuf,
     resumed: Option<(RunState, Vec<EpochMetrics>)>,
+    mut hooks: Hooks,
 ) -> Result<TrainOutcome> {
     let device = resolve_device(&config.device)?;
     if config.threads > 0 {
@@ -436,7 +476,11 @@ fn run(
     if config.model.pretrained != "none" && resumed.is_none() {
         let path = Path::new(&config.model.pretrained);
         let report = load_pretrained(&mut vs, path, model.head_prefix())?;
-        eprintln!("pretrained {}: {}", path.display(), report.summary());
+        progress::note(&format!(
+            "pretrained {}: {}",
+            path.display(),
+            report.summary()
+        ));
     }
     let tc = &config.train;
     let rule = match tc.optimizer.as_str() {
@@ -514,6 +558,7 @@ fn run(
         ),
     };
     let mut stopped_early = false;
+    let mut stopped_by_hook = false;
     let weighted = config.data.sampler == "weighted";
     // Cached activations by level: (train, val).
     let mut cache: Vec<(usize, Tensor, Tensor)> = Vec::new();
@@ -587,12 +632,12 @@ fn run(
                     device,
                     "features",
                 )?;
-                eprintln!(
+                progress::note(&format!(
                     "stages {}..{l} frozen: their activations for {} images computed once in {:.1}s",
                     base.map_or(0, |c| c.0),
                     train_set.len() + val_set.len(),
                     started.elapsed().as_secs_f64()
-                );
+                ));
                 cache.push((l, train_reps, val_reps));
             }
             let c = cache
@@ -760,14 +805,17 @@ fn run(
                 if state.plateau_wait >= tc.plateau_patience.max(1) {
                     state.lr_scale *= tc.plateau_factor;
                     state.plateau_wait = 0;
-                    eprintln!("validation plateau: learning rate x{}", tc.plateau_factor);
+                    progress::note(&format!(
+                        "validation plateau: learning rate x{}",
+                        tc.plateau_factor
+                    ));
                 }
             }
             state.epochs_done = epoch;
             write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
             write_curves(&run_dir, &history);
             crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
-            eprintln!(
+            progress::note(&format!(
                 "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.1} img/s  data wait {:.1}%{}",
                 tc.epochs,
                 metrics.train_loss,
@@ -779,10 +827,16 @@ fn run(
                 seen as f64 / train_seconds.max(1e-9),
                 100.0 * data_wait.as_secs_f64() / train_seconds.max(1e-9),
                 if improved { "  *" } else { "" }
-            );
+            ));
             if tc.patience > 0 && state.epochs_without_improvement >= tc.patience {
                 stopped_early = epoch < tc.epochs;
                 break 'phases;
+            }
+            if let Some(after_epoch) = hooks.after_epoch.as_mut() {
+                if epoch < tc.epochs && !after_epoch(&history) {
+                    stopped_by_hook = true;
+                    break 'phases;
+                }
             }
         }
     }
@@ -825,7 +879,7 @@ fn run(
         .as_ref()
         .and_then(|o| o.at_sensitivity)
         .map_or(0.5, |p| p.threshold);
-    eprintln!(
+    progress::note(&format!(
         "calibration on validation: temperature {temperature:.3}{}",
         match &operating_points {
             Some(o) => format!(
@@ -834,7 +888,7 @@ fn run(
             ),
             None => String::new(),
         }
-    );
+    ));
     let card = ModelCard {
         arch: config.model.arch.clone(),
         classes: split.classes.clone(),
@@ -853,12 +907,15 @@ fn run(
     card.write(&run_dir)?;
     state.finished = true;
     crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
-    update_latest(&run_dir)?;
+    if hooks.update_latest {
+        update_latest(&run_dir)?;
+    }
     Ok(TrainOutcome {
         run_dir,
         history,
         best,
         stopped_early,
+        stopped_by_hook,
         device,
     })
 }

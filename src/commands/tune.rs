@@ -1,0 +1,113 @@
+//! `xray tune --config FILE [--set key=value]... [--trials N] [--strategy grid|random|tpe]
+//! [--out DIR] [--time-budget MINUTES] [--seed N]`
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Args;
+
+use crate::config::Config;
+use crate::tune::{best_trial, tune, TuneOptions};
+
+/// Arguments of `xray tune`.
+#[derive(Debug, Args)]
+pub struct TuneArgs {
+    /// TOML config file with a `[tune]` section (`[tune.space]` lists the searched keys).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Override a config key, e.g. `--set train.epochs=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Trials to run (default `tune.trials`: the whole grid, or 20).
+    #[arg(long)]
+    pub trials: Option<usize>,
+    /// Search strategy (default `tune.strategy`, "tpe").
+    #[arg(long, value_parser = ["grid", "random", "tpe"])]
+    pub strategy: Option<String>,
+    /// Search folder; running the same command again carries an interrupted search on
+    /// (default tune/<name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Start no new trial after this many minutes of trials (default `tune.time_budget_minutes`).
+    #[arg(long, value_name = "MINUTES")]
+    pub time_budget: Option<f64>,
+    /// Seed of the sampler (default `tune.seed`).
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl TuneArgs {
+    /// Runs the command.
+    pub fn execute(self) -> Result<()> {
+        let config = Config::load(&self.config, &self.overrides)?;
+        let outcome = tune(
+            &config,
+            &TuneOptions {
+                out: self.out,
+                trials: self.trials,
+                strategy: self.strategy,
+                time_budget_minutes: self.time_budget,
+                seed: self.seed,
+            },
+        )?;
+        let monitor = &outcome.monitor;
+        let mut ranked: Vec<_> = outcome
+            .trials
+            .iter()
+            .filter(|t| t.value.is_some())
+            .collect();
+        let lower_better = monitor == "val_loss";
+        ranked.sort_by(|a, b| {
+            let (x, y) = (a.score(monitor), b.score(monitor));
+            y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
+        });
+        println!(
+            "{} trial(s) of {} finished ({} run now){}; best first{}:",
+            outcome.trials.len(),
+            outcome.planned,
+            outcome.ran,
+            if outcome.out_of_time {
+                ", stopped by the time budget"
+            } else {
+                ""
+            },
+            if lower_better {
+                ", lower is better"
+            } else {
+                ""
+            }
+        );
+        println!(
+            "{:>5}  {:>8}  {:>9}  {:>6}  {}",
+            "trial",
+            monitor,
+            "status",
+            "epochs",
+            outcome.keys.join("  ")
+        );
+        for t in ranked.iter().take(10) {
+            println!(
+                "{:>5}  {:>8.4}  {:>9}  {:>6}  {}",
+                t.id,
+                t.value.unwrap_or(f64::NAN),
+                format!("{:?}", t.status).to_lowercase(),
+                t.epochs,
+                t.values.join("  ")
+            );
+        }
+        if let Some(best) = best_trial(&outcome.trials, monitor) {
+            println!(
+                "best: trial {} ({monitor} {:.4}); its config: {}",
+                best.id,
+                best.value.unwrap_or(f64::NAN),
+                outcome.out.join("best.toml").display()
+            );
+        }
+        println!(
+            "results: {} and {}",
+            outcome.out.join("trials.csv").display(),
+            outcome.out.join("trials.png").display()
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,602 @@
+//! `xray tune`: hyperparameter search over the keys of a training config.
+//!
+//! Each trial is an ordinary training run (`OUT/trials/NNNN/`) of the config with the trial's
+//! values set; the search keeps `OUT/trials.csv` (one row per finished trial), `OUT/best.toml`
+//! (the best trial's complete config, ready for `xray train`) and `OUT/trials.png` current
+//! after every trial, so a search killed at any moment loses at most the trial in flight, and
+//! running the same command again skips the finished trials and resumes that one from its last
+//! epoch. Trials are numbered, and trial `i` draws its values from a generator seeded with
+//! `(tune.seed, i)` and the finished trials before it, so a resumed search proposes what an
+//! uninterrupted one would have.
+
+pub mod prune;
+pub mod space;
+pub mod tpe;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{set_path, Config, TuneConfig};
+use crate::error::Error;
+use crate::progress;
+use crate::train::checkpoint::EpochMetrics;
+use crate::train::{monitored, Hooks};
+use space::{render, Point, Space};
+
+/// What the command line may override of `[tune]`.
+#[derive(Debug, Clone, Default)]
+pub struct TuneOptions {
+    /// The search folder (default `tune/<name>`).
+    pub out: Option<PathBuf>,
+    /// Overrides `tune.trials`.
+    pub trials: Option<usize>,
+    /// Overrides `tune.strategy`.
+    pub strategy: Option<String>,
+    /// Overrides `tune.time_budget_minutes`.
+    pub time_budget_minutes: Option<f64>,
+    /// Overrides `tune.seed`.
+    pub seed: Option<u64>,
+}
+
+/// How a trial ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Trained every epoch (or stopped by the config's own early stopping).
+    Complete,
+    /// Stopped by the pruner.
+    Pruned,
+    /// Training failed; the error was printed.
+    Failed,
+}
+
+impl Status {
+    fn as_str(self) -> &'static str {
+        match self {
+            Status::Complete => "complete",
+            Status::Pruned => "pruned",
+            Status::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Status> {
+        match s {
+            "complete" => Some(Status::Complete),
+            "pruned" => Some(Status::Pruned),
+            "failed" => Some(Status::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One finished trial: a row of trials.csv.
+#[derive(Debug, Clone)]
+pub struct Trial {
+    /// Trial number, from 0.
+    pub id: usize,
+    /// How it ended.
+    pub status: Status,
+    /// The monitored metric at its best epoch, as training reports it (`val_loss` lower is
+    /// better); `None` for a failed trial.
+    pub value: Option<f64>,
+    /// Its best epoch.
+    pub best_epoch: usize,
+    /// Epochs it ran.
+    pub epochs: usize,
+    /// Wall time in seconds.
+    pub seconds: f64,
+    /// Its values, as trials.csv shows them, in the space's key order.
+    pub values: Vec<String>,
+    /// Its point in the space.
+    pub point: Point,
+    /// Best monitored value so far (higher is better) after each epoch: what the pruner
+    /// compares.
+    pub curve: Vec<f64>,
+}
+
+impl Trial {
+    /// The value with higher always better (the loss negated).
+    pub fn score(&self, monitor: &str) -> Option<f64> {
+        self.value
+            .map(|v| if monitor == "val_loss" { -v } else { v })
+    }
+}
+
+/// A finished (or budget-stopped) search.
+#[derive(Debug)]
+pub struct TuneOutcome {
+    /// The search folder.
+    pub out: PathBuf,
+    /// The monitored metric (`train.monitor`).
+    pub monitor: String,
+    /// The space's keys, in trials.csv's order.
+    pub keys: Vec<String>,
+    /// Every finished trial, by number.
+    pub trials: Vec<Trial>,
+    /// The best trial's number.
+    pub best: Option<usize>,
+    /// Trials run by this invocation (the rest were found finished).
+    pub ran: usize,
+    /// Trials the search was asked for.
+    pub planned: usize,
+    /// Whether the time budget stopped the search early.
+    pub out_of_time: bool,
+}
+
+/// Runs (or resumes) the search that `config`'s `[tune]` section describes.
+pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
+    let mut settings = config.tune.clone();
+    if let Some(s) = &opts.strategy {
+        settings.strategy = s.clone();
+    }
+    if let Some(n) = opts.trials {
+        settings.trials = n;
+    }
+    if let Some(m) = opts.time_budget_minutes {
+        settings.time_budget_minutes = m;
+    }
+    if let Some(s) = opts.seed {
+        settings.seed = s;
+    }
+    let mut resolved = config.clone();
+    resolved.tune = settings.clone();
+    resolved.validate()?;
+    let space = Space::parse(&settings.space)?;
+    let planned = match settings.strategy.as_str() {
+        "grid" => {
+            let size = space.grid_size()?;
+            if settings.trials == 0 {
+                size
+            } else {
+                settings.trials.min(size)
+            }
+        }
+        _ if settings.trials == 0 => 20,
+        _ => settings.trials,
+    };
+    let mut base = config.clone();
+    base.tune = TuneConfig::default();
+    let base_table = toml::Table::try_from(&base).context("the config as TOML")?;
+    check_space(&space, &base_table)?;
+
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("tune").join(&config.name));
+    std::fs::create_dir_all(out.join("trials"))
+        .with_context(|| format!("cannot create {}", out.display()))?;
+    check_same_search(&out, &resolved)?;
+    let monitor = config.train.monitor.clone();
+    let mut trials = read_trials(&out, &space, &monitor)?;
+    let found = trials.len();
+
+    let bar = progress::bar(planned as u64, "trials");
+    bar.set_position(trials.iter().filter(|t| t.id < planned).count() as u64);
+    let say = |line: String| bar.suspend(|| eprintln!("{line}"));
+    if found > 0 {
+        say(format!(
+            "{}: {found} finished trial(s) found, carrying on",
+            out.display()
+        ));
+    }
+    let budget_s = settings.time_budget_minutes * 60.0;
+    let mut ran = 0;
+    let mut out_of_time = false;
+    for id in 0..planned {
+        if trials.iter().any(|t| t.id == id) {
+            continue;
+        }
+        let spent: f64 = trials.iter().map(|t| t.seconds).sum();
+        if budget_s > 0.0 && spent >= budget_s {
+            out_of_time = true;
+            say(format!(
+                "time budget of {} min spent ({:.0} s of trials): no new trials",
+                settings.time_budget_minutes, spent
+            ));
+            break;
+        }
+        let point = propose(&space, &settings, id, &trials, &monitor);
+        let values = space.values(&point);
+        let rendered: Vec<String> = values.iter().map(|(_, v)| render(v)).collect();
+        // What trials.csv will hold, read back: a resumed search sees the same points.
+        let point = space
+            .parse_point(&rendered.iter().map(String::as_str).collect::<Vec<_>>())
+            .unwrap_or(point);
+        let mut table = base_table.clone();
+        for (key, value) in values {
+            set_path(&mut table, &key, value).map_err(Error::usage)?;
+        }
+        let trial_config = Config::from_table(table)?;
+        let label = space
+            .params
+            .iter()
+            .zip(&rendered)
+            .map(|(p, v)| format!("{}={v}", p.key))
+            .collect::<Vec<_>>()
+            .join(" ");
+        bar.set_message(format!("trial {id}: {label}"));
+        let trial = run_trial(
+            &trial_config,
+            &out,
+            id,
+            &trials,
+            &settings,
+            TrialValues {
+                values: rendered,
+                point,
+            },
+        );
+        let line = match (&trial.status, trial.value) {
+            (Status::Failed, _) => format!("trial {id:>3}  {label}  failed"),
+            (status, Some(v)) => format!(
+                "trial {id:>3}  {label}  {monitor} {v:.4} (epoch {}/{}, {:.1}s){}",
+                trial.best_epoch,
+                trial.epochs,
+                trial.seconds,
+                if *status == Status::Pruned {
+                    "  pruned"
+                } else {
+                    ""
+                }
+            ),
+            (_, None) => format!("trial {id:>3}  {label}"),
+        };
+        say(line);
+        trials.push(trial);
+        trials.sort_by_key(|t| t.id);
+        ran += 1;
+        bar.inc(1);
+        write_results(&out, &space, &monitor, &base_table, &trials)?;
+    }
+    bar.finish_and_clear();
+    // A search that ran nothing new still leaves its files current.
+    write_results(&out, &space, &monitor, &base_table, &trials)?;
+    Ok(TuneOutcome {
+        best: best_trial(&trials, &monitor).map(|t| t.id),
+        keys: space.params.iter().map(|p| p.key.clone()).collect(),
+        out,
+        monitor,
+        trials,
+        ran,
+        planned,
+        out_of_time,
+    })
+}
+
+/// Trial `id`'s point: the grid's `id`-th, a uniform draw, or TPE's suggestion once
+/// `startup_trials` trials have finished.
+fn propose(
+    space: &Space,
+    settings: &TuneConfig,
+    id: usize,
+    done: &[Trial],
+    monitor: &str,
+) -> Point {
+    let mut rng = ChaCha8Rng::seed_from_u64(
+        settings
+            .seed
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .wrapping_add(id as u64),
+    );
+    match settings.strategy.as_str() {
+        "grid" => space.grid_point(id),
+        "random" => space.sample_uniform(&mut rng),
+        _ => {
+            let history: Vec<(Point, f64)> = done
+                .iter()
+                .filter(|t| t.id < id)
+                .filter_map(|t| t.score(monitor).map(|s| (t.point.clone(), s)))
+                .collect();
+            if history.len() < settings.startup_trials.max(2) {
+                space.sample_uniform(&mut rng)
+            } else {
+                tpe::Tpe::default().suggest(space, &history, &mut rng)
+            }
+        }
+    }
+}
+
+struct TrialValues {
+    values: Vec<String>,
+    point: Point,
+}
+
+/// Trains one trial in `OUT/trials/NNNN`, resuming it when an earlier search was killed during
+/// it, with the pruner watching each epoch.
+fn run_trial(
+    config: &Config,
+    out: &Path,
+    id: usize,
+    done: &[Trial],
+    settings: &TuneConfig,
+    tv: TrialValues,
+) -> Trial {
+    let dir = out.join("trials").join(format!("{id:04}"));
+    let started = Instant::now();
+    let monitor = config.train.monitor.clone();
+    let pruner = (settings.prune == "median").then(|| prune::Median {
+        after_epochs: settings.prune_after_epochs.max(1),
+        startup_trials: settings.startup_trials,
+    });
+    let curves: Vec<&[f64]> = done.iter().map(|t| t.curve.as_slice()).collect();
+    let completed = done.iter().filter(|t| t.status == Status::Complete).count();
+    let mut after_epoch = |history: &[EpochMetrics]| -> bool {
+        let curve = best_so_far(&monitor, history);
+        pruner
+            .as_ref()
+            .is_none_or(|p| !p.should_prune(&curve, &curves, completed))
+    };
+    let hooks = Hooks {
+        after_epoch: Some(&mut after_epoch),
+        update_latest: false,
+    };
+    let earlier = earlier_seconds(&dir);
+    progress::set_quiet(true);
+    let result = if earlier.is_some() {
+        crate::train::resume_with(&dir, hooks)
+    } else {
+        let _ = std::fs::remove_dir_all(&dir);
+        crate::train::train_with(config, Some(&dir), hooks)
+    };
+    progress::set_quiet(false);
+    let seconds = started.elapsed().as_secs_f64() + earlier.unwrap_or(0.0);
+    match result {
+        Ok(o) => Trial {
+            id,
+            status: if o.stopped_by_hook {
+                Status::Pruned
+            } else {
+                Status::Complete
+            },
+            value: reported(&monitor, &o.best),
+            best_epoch: o.best.epoch,
+            epochs: o.history.len(),
+            seconds,
+            values: tv.values,
+            point: tv.point,
+            curve: best_so_far(&monitor, &o.history),
+        },
+        Err(e) => {
+            eprintln!("trial {id} failed: {e:#}");
+            Trial {
+                id,
+                status: Status::Failed,
+                value: None,
+                best_epoch: 0,
+                epochs: 0,
+                seconds,
+                values: tv.values,
+                point: tv.point,
+                curve: Vec::new(),
+            }
+        }
+    }
+}
+
+/// For a trial folder left by a killed search, the seconds of its finished epochs when it can
+/// be resumed (state.json present and unfinished); `None` when it must start over.
+fn earlier_seconds(dir: &Path) -> Option<f64> {
+    let state: crate::train::RunState =
+        serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+    if state.finished || state.epochs_done == 0 {
+        return None;
+    }
+    Some(read_history(dir).iter().map(|m| m.seconds).sum())
+}
+
+fn read_history(dir: &Path) -> Vec<EpochMetrics> {
+    csv::Reader::from_path(dir.join("metrics.csv"))
+        .ok()
+        .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
+        .unwrap_or_default()
+}
+
+/// The metric as training reports it at epoch `m`.
+fn reported(monitor: &str, m: &EpochMetrics) -> Option<f64> {
+    monitored(monitor, m).map(|v| if monitor == "val_loss" { -v } else { v })
+}
+
+/// The best monitored value (higher is better) after each epoch.
+fn best_so_far(monitor: &str, history: &[EpochMetrics]) -> Vec<f64> {
+    let mut best = f64::NEG_INFINITY;
+    history
+        .iter()
+        .map(|m| {
+            best = best.max(monitored(monitor, m).unwrap_or(f64::NEG_INFINITY));
+            best
+        })
+        .collect()
+}
+
+/// The best finished trial: complete ones first, a pruned one only when none completed.
+pub fn best_trial<'a>(trials: &'a [Trial], monitor: &str) -> Option<&'a Trial> {
+    let pick = |status: Status| {
+        trials
+            .iter()
+            .filter(|t| t.status == status)
+            .filter_map(|t| t.score(monitor).map(|s| (s, t)))
+            .max_by(|a, b| a.0.total_cmp(&b.0).then(b.1.id.cmp(&a.1.id)))
+            .map(|(_, t)| t)
+    };
+    pick(Status::Complete).or_else(|| pick(Status::Pruned))
+}
+
+/// Every value of the space must make a valid config: an unknown key or a bad value is a
+/// usage error before any training.
+fn check_space(space: &Space, base: &toml::Table) -> Result<()> {
+    for p in &space.params {
+        let candidates: Vec<toml::Value> = match &p.domain {
+            space::Domain::Choice(values) => values.clone(),
+            space::Domain::Range { low, high, .. } => {
+                vec![p.domain.value(*low), p.domain.value(*high)]
+            }
+        };
+        for value in candidates {
+            let mut table = base.clone();
+            let shown = value.to_string();
+            set_path(&mut table, &p.key, value)
+                .and_then(|()| {
+                    Config::from_table(table)
+                        .map(drop)
+                        .map_err(|e| format!("{e:#}"))
+                })
+                .map_err(|e| Error::usage(format!("tune.space.{} = {shown}: {e}", p.key)))?;
+        }
+    }
+    Ok(())
+}
+
+/// `OUT/search.toml` records the search's config; carrying on needs the same one (the trial
+/// count and time budget may change).
+fn check_same_search(out: &Path, config: &Config) -> Result<()> {
+    let path = out.join("search.toml");
+    let comparable = |c: &Config| {
+        let mut c = c.clone();
+        c.tune.trials = 0;
+        c.tune.time_budget_minutes = 0.0;
+        c
+    };
+    if path.is_file() {
+        let earlier = Config::load(&path, &[])?;
+        if comparable(&earlier) != comparable(config) {
+            return Err(Error::usage(format!(
+                "{} holds a search with another config or space ({}); give a new --out, or the same config to carry it on",
+                out.display(),
+                path.display()
+            ))
+            .into());
+        }
+    }
+    crate::fsutil::write_atomic(&path, config.to_toml()?.as_bytes())
+}
+
+fn csv_header(space: &Space, monitor: &str) -> Vec<String> {
+    let mut header: Vec<String> = [
+        "trial",
+        "status",
+        monitor,
+        "best_epoch",
+        "epochs",
+        "seconds",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    header.extend(space.params.iter().map(|p| p.key.clone()));
+    header
+}
+
+/// Reads `OUT/trials.csv` (absent: no trials yet) with each trial's curve from its metrics.csv.
+fn read_trials(out: &Path, space: &Space, monitor: &str) -> Result<Vec<Trial>> {
+    let path = out.join("trials.csv");
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    let bad = |why: String| Error::usage(format!("{}: {why}", path.display()));
+    let mut reader =
+        csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let header: Vec<String> = reader.headers()?.iter().map(str::to_string).collect();
+    if header != csv_header(space, monitor) {
+        return Err(bad(format!(
+            "its columns ({}) do not match this search's ({})",
+            header.join(","),
+            csv_header(space, monitor).join(",")
+        ))
+        .into());
+    }
+    let mut trials = Vec::new();
+    for row in reader.records() {
+        let row = row.with_context(|| format!("cannot read {}", path.display()))?;
+        let cell = |i: usize| row.get(i).unwrap_or("");
+        let number = |i: usize| cell(i).parse::<f64>().ok();
+        let id: usize = cell(0)
+            .parse()
+            .map_err(|_| bad(format!("bad trial number `{}`", cell(0))))?;
+        let status =
+            Status::parse(cell(1)).ok_or_else(|| bad(format!("bad status `{}`", cell(1))))?;
+        let values: Vec<String> = (6..row.len()).map(|i| cell(i).to_string()).collect();
+        let point = space
+            .parse_point(&values.iter().map(String::as_str).collect::<Vec<_>>())
+            .ok_or_else(|| bad(format!("trial {id}'s values are outside the space")))?;
+        let dir = out.join("trials").join(format!("{id:04}"));
+        trials.push(Trial {
+            id,
+            status,
+            value: number(2),
+            best_epoch: number(3).unwrap_or(0.0) as usize,
+            epochs: number(4).unwrap_or(0.0) as usize,
+            seconds: number(5).unwrap_or(0.0),
+            values,
+            point,
+            curve: best_so_far(monitor, &read_history(&dir)),
+        });
+    }
+    trials.sort_by_key(|t| t.id);
+    trials.dedup_by_key(|t| t.id);
+    Ok(trials)
+}
+
+/// trials.csv, best.toml and trials.png, each written atomically.
+fn write_results(
+    out: &Path,
+    space: &Space,
+    monitor: &str,
+    base: &toml::Table,
+    trials: &[Trial],
+) -> Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(csv_header(space, monitor))?;
+    for t in trials {
+        let mut row = vec![
+            t.id.to_string(),
+            t.status.as_str().to_string(),
+            t.value.map_or(String::new(), |v| format!("{v:.6}")),
+            t.best_epoch.to_string(),
+            t.epochs.to_string(),
+            format!("{:.2}", t.seconds),
+        ];
+        row.extend(t.values.iter().cloned());
+        w.write_record(row)?;
+    }
+    crate::fsutil::write_atomic(&out.join("trials.csv"), &w.into_inner()?)?;
+
+    if let Some(best) = best_trial(trials, monitor) {
+        let mut table = base.clone();
+        for (key, value) in space.values(&best.point) {
+            set_path(&mut table, &key, value).map_err(Error::usage)?;
+        }
+        let config = Config::from_table(table)?;
+        let text = format!(
+            "# The best trial of `xray tune` in {}: trial {}, {monitor} {:.4} at epoch {} of {}.\n# Train it: xray train --config {}\n{}",
+            out.display(),
+            best.id,
+            best.value.unwrap_or(f64::NAN),
+            best.best_epoch,
+            best.epochs,
+            out.join("best.toml").display(),
+            config.to_toml()?
+        );
+        crate::fsutil::write_atomic(&out.join("best.toml"), text.as_bytes())?;
+    }
+
+    let points: Vec<crate::report::plots::TrialPoint> = trials
+        .iter()
+        .filter_map(|t| {
+            t.value.map(|value| crate::report::plots::TrialPoint {
+                trial: t.id,
+                value,
+                pruned: t.status == Status::Pruned,
+            })
+        })
+        .collect();
+    let path = out.join("trials.png");
+    let tmp = crate::fsutil::temp_sibling(&path).with_extension("tmp.png");
+    match crate::report::plots::trials_png(&tmp, monitor, monitor != "val_loss", &points) {
+        Ok(()) => std::fs::rename(&tmp, &path)?,
+        Err(e) => eprintln!("warning: could not draw {}: {e:#}", path.display()),
+    }
+    Ok(())
+}
