@@ -7,19 +7,20 @@
 #     against scripts/bench/train_torch.py (a DataLoader with one worker per core);
 #   - cold `predict` of one image, process start to printed answer: `xray predict` against
 #     scripts/bench/predict_torch.py, with the MobileNetV2 run the training bench just made;
-#   - inference throughput over a folder of 500 Kermany images, same two programs;
+#   - inference throughput over a folder of 500 Kermany images, same two programs, both at
+#     xray's CPU batch of 8 (PREDICT_BATCH; the script's own default is 32);
 #   - peak memory of each (scripts/bench/measure.py: resident set of the process, or the
 #     proportional set size summed over it and its workers, whichever is larger);
 #   - the compute ceiling: measured GEMM GFLOP/s against the FLOPs of a training step
 #     (scripts/bench/ceiling.py).
 #
 #   scripts/bench.sh [ROUNDS=3]
-# Environment: BENCH_TRAIN_IMAGES (256), BENCH_EPOCHS (2: the last epoch is timed, the first
+# Environment: BENCH_TRAIN_IMAGES (160), BENCH_EPOCHS (2: the last epoch is timed, the first
 # carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 rounds=${1:-3}
-n_train=${BENCH_TRAIN_IMAGES:-256}
+n_train=${BENCH_TRAIN_IMAGES:-160}
 epochs=${BENCH_EPOCHS:-2}
 n_folder=${BENCH_FOLDER_IMAGES:-500}
 cold_rounds=${BENCH_COLD_ROUNDS:-5}
@@ -129,7 +130,7 @@ done
 say "folder of $n_folder images, $rounds rounds"
 for ((r = 0; r < rounds; r++)); do
   m=$(measure "$xray" predict --checkpoint "$run" "$work/folder"); xf+=("$(field wall_s <<<"$m")"); xfm+=("$(field peak_mib <<<"$m")")
-  m=$(measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
+  m=$(PREDICT_BATCH=8 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
 done
 
 # --- the table

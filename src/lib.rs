@@ -3,7 +3,7 @@
 //! The library does the work and knows nothing of the command line except in [`cli`] and
 //! [`commands`], which only wire arguments to it. Pipeline stages each have a module:
 //! [`data`] (scan, split, decode, augment, load, synth), [`models`], [`train`], [`metrics`],
-//! [`evaluate`], [`explain`] and [`infer`].
+//! [`evaluate`], [`explain`], [`infer`] and [`tune`] (hyperparameter search over training runs).
 
 pub mod alloc;
 pub mod cli;

@@ -4,7 +4,7 @@ size, centre crop, normalise), the temperature and threshold from model.json; pr
 `path<TAB>label<TAB>probability%` per image.
 
     python predict_torch.py RUN_DIR INPUT...     (files or folders)
-Folders are read with a DataLoader (batch 32, one worker per core).
+Folders are read with a DataLoader (batch 32, or $PREDICT_BATCH; one worker per core).
 """
 import json
 import os
@@ -50,7 +50,8 @@ class Files(torch.utils.data.Dataset):
 
 
 loader = torch.utils.data.DataLoader(
-    Files(), batch_size=32, num_workers=os.cpu_count() if len(files) > 1 else 0)
+    Files(), batch_size=int(os.environ.get("PREDICT_BATCH", "32")),
+    num_workers=os.cpu_count() if len(files) > 1 else 0)
 classes, t, threshold = card["classes"], card["temperature"], card["threshold"]
 i = 0
 with torch.inference_mode():
