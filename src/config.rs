@@ -64,8 +64,11 @@ pub struct TuneConfig {
     pub prune: String,
     /// Epochs every trial runs before it may be pruned (default 1).
     pub prune_after_epochs: usize,
-    /// Finished trials needed before pruning starts, and random trials before TPE models the
-    /// results (default 4).
+    /// Completed trials needed before pruning starts (default 4).
+    pub prune_after_trials: usize,
+    /// Random trials before TPE models the results: with fewer, its good/bad split rests on
+    /// one or two trials and it mostly flees the bad ones to the edges of the space (default
+    /// 10, as Optuna's).
     pub startup_trials: usize,
     /// The search space: a dotted config key (`train.lr`, `model.arch`, ...) mapped to a list of
     /// values, or to a range `{ low, high }` with optional `log = true` (sample the logarithm
@@ -82,7 +85,8 @@ impl Default for TuneConfig {
             time_budget_minutes: 0.0,
             prune: "median".into(),
             prune_after_epochs: 1,
-            startup_trials: 4,
+            prune_after_trials: 4,
+            startup_trials: 10,
             space: toml::Table::new(),
         }
     }

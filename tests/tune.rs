@@ -122,7 +122,7 @@ fn killed_tpe_search_carries_on_and_its_best_config_trains() {
     let cfg = config(
         dir.path(),
         &split,
-        "[tune]\nstrategy = \"tpe\"\nstartup_trials = 2\nprune_after_epochs = 1\n[tune.space]\n\"train.lr\" = { low = 1e-4, high = 0.1, log = true }\n\"model.dropout\" = { low = 0.0, high = 0.5 }\n\"train.batch_size\" = { low = 8, high = 64, log = true }\n\"train.optimizer\" = [\"adamw\", \"sgd\"]\n",
+        "[tune]\nstrategy = \"tpe\"\nstartup_trials = 2\nprune_after_trials = 2\nprune_after_epochs = 1\n[tune.space]\n\"train.lr\" = { low = 1e-4, high = 0.1, log = true }\n\"model.dropout\" = { low = 0.0, high = 0.5 }\n\"train.batch_size\" = { low = 8, high = 64, log = true }\n\"train.optimizer\" = [\"adamw\", \"sgd\"]\n",
     );
     let out = dir.path().join("search");
     let args = |cmd: &mut std::process::Command| {

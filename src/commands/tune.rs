@@ -77,22 +77,44 @@ impl TuneArgs {
                 ""
             }
         );
+        let shown: Vec<_> = ranked.iter().take(10).collect();
+        let widths: Vec<usize> = outcome
+            .keys
+            .iter()
+            .enumerate()
+            .map(|(k, key)| {
+                shown
+                    .iter()
+                    .map(|t| t.values[k].len())
+                    .chain([key.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let cells = |values: &[String]| -> String {
+            values
+                .iter()
+                .zip(&widths)
+                .map(|(v, w)| format!("{v:>w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+        };
         println!(
-            "{:>5}  {:>8}  {:>9}  {:>6}  {}",
+            "{:>5}  {:>8}  {:>8}  {:>6}  {}",
             "trial",
             monitor,
             "status",
             "epochs",
-            outcome.keys.join("  ")
+            cells(&outcome.keys)
         );
-        for t in ranked.iter().take(10) {
+        for t in shown {
             println!(
-                "{:>5}  {:>8.4}  {:>9}  {:>6}  {}",
+                "{:>5}  {:>8.4}  {:>8}  {:>6}  {}",
                 t.id,
                 t.value.unwrap_or(f64::NAN),
                 format!("{:?}", t.status).to_lowercase(),
                 t.epochs,
-                t.values.join("  ")
+                cells(&t.values)
             );
         }
         if let Some(best) = best_trial(&outcome.trials, monitor) {

@@ -319,7 +319,7 @@ fn run_trial(
     let monitor = config.train.monitor.clone();
     let pruner = (settings.prune == "median").then(|| prune::Median {
         after_epochs: settings.prune_after_epochs.max(1),
-        startup_trials: settings.startup_trials,
+        startup_trials: settings.prune_after_trials,
     });
     let curves: Vec<&[f64]> = done.iter().map(|t| t.curve.as_slice()).collect();
     let completed = done.iter().filter(|t| t.status == Status::Complete).count();
