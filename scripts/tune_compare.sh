@@ -31,7 +31,7 @@ for seed in $seeds; do
     "$xray" tune --config configs/tune_synth.toml --set "data.split=$work/split" "$@" \
       --strategy "$strategy" --trials "$trials" --seed "$seed" --out "$out" >/dev/null 2>"$work/log" ||
       { cat "$work/log" >&2; exit 1; }
-    for n in 12 "$trials"; do
+    for n in $(printf "%s\n" 12 "$trials" | sort -un); do
       b[$strategy@$n]=$(best "$out/trials.csv" "$n")
       sum[$strategy@$n]=$(awk -v a="${sum[$strategy@$n]:-0}" -v b="${b[$strategy@$n]}" 'BEGIN {print a + b}')
     done
