@@ -112,7 +112,7 @@ impl TuneArgs {
                 "{:>5}  {:>8.4}  {:>8}  {:>6}  {}",
                 t.id,
                 t.value.unwrap_or(f64::NAN),
-                format!("{:?}", t.status).to_lowercase(),
+                t.status.as_str(),
                 t.epochs,
                 cells(&t.values)
             );

@@ -127,6 +127,16 @@ pub fn write_metrics_csv(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
     crate::fsutil::write_atomic(path, &bytes)
 }
 
+/// Reads a run's `metrics.csv` (written by [`write_metrics_csv`]).
+pub fn read_metrics_csv(path: &Path) -> Result<Vec<EpochMetrics>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    reader
+        .deserialize()
+        .collect::<Result<Vec<EpochMetrics>, _>>()
+        .with_context(|| format!("{} is not a valid metrics file", path.display()))
+}
+
 /// Points `<parent of run_dir>/latest` at `run_dir` (a relative symlink, replaced atomically).
 pub fn update_latest(run_dir: &Path) -> Result<PathBuf> {
     let parent = run_dir.parent().unwrap_or(Path::new("."));

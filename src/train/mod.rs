@@ -25,7 +25,7 @@ use crate::models::pretrained::load_pretrained;
 use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
 use checkpoint::{
-    save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard,
+    read_metrics_csv, save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard,
     ValidationOperatingPoints,
 };
 
@@ -395,12 +395,7 @@ pub fn resume_with(run_dir: &Path, hooks: Hooks) -> Result<TrainOutcome> {
         ))
         .into());
     }
-    let mut reader = csv::Reader::from_path(run_dir.join("metrics.csv"))
-        .with_context(|| format!("cannot read {}", run_dir.join("metrics.csv").display()))?;
-    let history = reader
-        .deserialize()
-        .collect::<Result<Vec<EpochMetrics>, _>>()
-        .context("metrics.csv")?;
+    let history = read_metrics_csv(&run_dir.join("metrics.csv"))?;
     if history.len() != state.epochs_done {
         anyhow::bail!(
             "{}: metrics.csv has {} epochs but state.json says {}",

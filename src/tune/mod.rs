@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::{set_path, Config, TuneConfig};
 use crate::error::Error;
 use crate::progress;
-use crate::train::checkpoint::EpochMetrics;
+use crate::train::checkpoint::{read_metrics_csv, EpochMetrics};
 use crate::train::{monitored, Hooks};
 use space::{render, Point, Space};
 
@@ -54,7 +54,8 @@ pub enum Status {
 }
 
 impl Status {
-    fn as_str(self) -> &'static str {
+    /// The word trials.csv uses.
+    pub fn as_str(self) -> &'static str {
         match self {
             Status::Complete => "complete",
             Status::Pruned => "pruned",
@@ -116,8 +117,6 @@ pub struct TuneOutcome {
     pub keys: Vec<String>,
     /// Every finished trial, by number.
     pub trials: Vec<Trial>,
-    /// The best trial's number.
-    pub best: Option<usize>,
     /// Trials run by this invocation (the rest were found finished).
     pub ran: usize,
     /// Trials the search was asked for.
@@ -252,10 +251,11 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
         write_results(&out, &space, &monitor, &base_table, &trials)?;
     }
     bar.finish_and_clear();
-    // A search that ran nothing new still leaves its files current.
-    write_results(&out, &space, &monitor, &base_table, &trials)?;
+    if ran == 0 {
+        // A search that ran nothing new still leaves its files current.
+        write_results(&out, &space, &monitor, &base_table, &trials)?;
+    }
     Ok(TuneOutcome {
-        best: best_trial(&trials, &monitor).map(|t| t.id),
         keys: space.params.iter().map(|p| p.key.clone()).collect(),
         out,
         monitor,
@@ -387,11 +387,9 @@ fn earlier_seconds(dir: &Path) -> Option<f64> {
     Some(read_history(dir).iter().map(|m| m.seconds).sum())
 }
 
+/// A trial folder's epochs so far; none when it has no readable metrics.csv.
 fn read_history(dir: &Path) -> Vec<EpochMetrics> {
-    csv::Reader::from_path(dir.join("metrics.csv"))
-        .ok()
-        .map(|mut r| r.deserialize().filter_map(Result::ok).collect())
-        .unwrap_or_default()
+    read_metrics_csv(&dir.join("metrics.csv")).unwrap_or_default()
 }
 
 /// The metric as training reports it at epoch `m`.
