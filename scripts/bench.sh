@@ -64,33 +64,7 @@ n_folder=$(ls "$work/folder" | wc -l)
 one=$(find "$data/PNEUMONIA" -name '*.jpeg' | sort | awk 'NR == 1')
 
 for arch in $archs; do
-  cat > "$work/$arch.toml" <<TOML
-name = "bench"
-seed = 0
-[data]
-split = "$work/split"
-image_size = 224
-channels = 3
-mean = [0.485, 0.456, 0.406]
-std = [0.229, 0.224, 0.225]
-cache = false
-sampler = "shuffle"
-[data.augment]
-hflip = 0.5
-rotation_degrees = 10.0
-brightness = 0.2
-contrast = 0.2
-crop_scale = [0.8, 1.0]
-[model]
-arch = "$arch"
-[train]
-epochs = $epochs
-batch_size = 32
-lr = 0.001
-optimizer = "adamw"
-weight_decay = 0.0001
-scheduler = "none"
-TOML
+  scripts/bench/train_config.sh "$work/split" "$arch" "$epochs" 32 > "$work/$arch.toml"
 done
 
 # --- the compute ceiling

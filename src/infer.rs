@@ -17,9 +17,9 @@ use crate::train::checkpoint::ModelCard;
 /// Picks the device for a `device` setting: "auto" (CUDA when available), "cpu" or "cuda".
 pub fn resolve_device(setting: &str) -> Result<Device> {
     match setting {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" if tch::Cuda::is_available() => Ok(Device::Cuda(0)),
+        "auto" if cuda_available() => Ok(Device::Cuda(0)),
+        "auto" | "cpu" => Ok(Device::Cpu),
+        "cuda" if cuda_available() => Ok(Device::Cuda(0)),
         "cuda" => {
             Err(Error::usage("device \"cuda\" requested but no CUDA device is available").into())
         }
@@ -27,6 +27,48 @@ pub fn resolve_device(setting: &str) -> Result<Device> {
             Err(Error::usage(format!("unknown device \"{other}\" (auto, cpu or cuda)")).into())
         }
     }
+}
+
+/// Whether a CUDA device can be used, loading libtorch's CUDA half on first call when the machine
+/// has an NVIDIA driver.
+///
+/// The linker drops `libtorch_cuda.so` from the binary (rustc links with `--as-needed` and no
+/// symbol of it is referenced), and without it libtorch reports no CUDA device even on a GPU
+/// machine. Loading it eagerly would cost every CPU-only start (cold `predict`) a large library,
+/// so it is opened here, and only where the driver (`libcuda.so.1`) is present. The library is
+/// found through the binary's rpath or LD_LIBRARY_PATH, like `libtorch_cpu.so`.
+pub fn cuda_available() -> bool {
+    static LOADED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *LOADED.get_or_init(|| {
+        // SAFETY: dlopen with constant, NUL-terminated names; the handles are kept for the life
+        // of the process (never closed), as libtorch's CUDA hooks register themselves globally.
+        let has_driver = unsafe {
+            !libc::dlopen(c"libcuda.so.1".as_ptr(), libc::RTLD_LAZY | libc::RTLD_GLOBAL).is_null()
+        };
+        if has_driver {
+            // SAFETY: as above.
+            let loaded = unsafe {
+                !libc::dlopen(c"libtorch_cuda.so".as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL)
+                    .is_null()
+            };
+            if !loaded {
+                // SAFETY: dlerror returns NULL or a NUL-terminated string valid until the next
+                // dl* call on this thread.
+                let why = unsafe {
+                    let e = libc::dlerror();
+                    if e.is_null() {
+                        String::from("unknown reason")
+                    } else {
+                        std::ffi::CStr::from_ptr(e).to_string_lossy().into_owned()
+                    }
+                };
+                progress::note(&format!(
+                    "CUDA driver found but libtorch_cuda.so could not be loaded ({why}); using the CPU"
+                ));
+            }
+        }
+        tch::Cuda::is_available()
+    })
 }
 
 /// A trained model loaded from its run folder.

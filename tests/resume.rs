@@ -1,5 +1,5 @@
-//! A run killed mid-epoch (SIGKILL) resumes from its last completed epoch and ends where the
-//! uninterrupted run ends.
+//! A run killed mid-epoch (SIGKILL), or between an epoch's files and its commit, resumes from
+//! its last committed epoch and ends where the uninterrupted run ends.
 
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,30 @@ fn killed_run_resumes_and_matches_the_uninterrupted_one() {
     let done_at_kill = state["epochs_done"].as_u64().unwrap();
     assert!(done_at_kill < 6, "the run finished before it was killed");
 
+    // The two windows a kill can hit at an epoch's end, made certain: the last committed
+    // epoch's files not yet renamed from their staged names, and the next epoch's files and
+    // metrics row written but never committed by state.json (they hold other weights here:
+    // the whole run's last, so using them would change every later epoch).
+    let e = done_at_kill;
+    let staged = killed.join(format!("last.next-{e}.safetensors"));
+    if !staged.exists() {
+        std::fs::rename(killed.join("last.safetensors"), &staged).unwrap();
+    }
+    for name in ["last", "optimizer"] {
+        std::fs::copy(
+            whole.join(format!("{name}.safetensors")),
+            killed.join(format!("{name}.next-{}.safetensors", e + 1)),
+        )
+        .unwrap();
+    }
+    let whole_csv = std::fs::read_to_string(whole.join("metrics.csv")).unwrap();
+    let mut csv = std::fs::read_to_string(killed.join("metrics.csv")).unwrap();
+    if csv.lines().count() == e as usize + 1 {
+        csv.push_str(whole_csv.lines().nth(e as usize + 1).unwrap());
+        csv.push('\n');
+        std::fs::write(killed.join("metrics.csv"), csv).unwrap();
+    }
+
     let out = xray()
         .arg("train")
         .arg("--resume")
@@ -100,6 +124,12 @@ fn killed_run_resumes_and_matches_the_uninterrupted_one() {
         .as_bool()
         .unwrap());
     assert!(killed.join("model.json").is_file());
+    let left: Vec<_> = std::fs::read_dir(&killed)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.contains(".next-"))
+        .collect();
+    assert!(left.is_empty(), "staged files left: {left:?}");
 
     // A finished run has nothing to resume: a clear usage error.
     let out = xray()

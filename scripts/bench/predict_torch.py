@@ -5,6 +5,7 @@ size, centre crop, normalise), the temperature and threshold from model.json; pr
 
     python predict_torch.py RUN_DIR INPUT...     (files or folders)
 Folders are read with a DataLoader (batch 32, or $PREDICT_BATCH; one worker per core).
+PREDICT_DEVICE=cuda runs the model on the GPU (scripts/gpu_check.sh).
 """
 import json
 import os
@@ -21,7 +22,8 @@ card = json.load(open(os.path.join(run, "model.json")))
 arch = card["arch"]
 model = getattr(torchvision.models, arch)(num_classes=len(card["classes"]))
 model.load_state_dict(load_file(os.path.join(run, "model.safetensors")))
-model.eval()
+device = torch.device(os.environ.get("PREDICT_DEVICE", "cpu"))
+model.to(device).eval()
 size = card["image_size"]
 mode = "L" if card["channels"] == 1 else "RGB"
 tf = transforms.Compose([
@@ -56,7 +58,7 @@ classes, t, threshold = card["classes"], card["temperature"], card["threshold"]
 i = 0
 with torch.inference_mode():
     for xs in loader:
-        probs = torch.softmax(model(xs) / t, dim=1)
+        probs = torch.softmax(model(xs.to(device)) / t, dim=1).cpu()
         for p in probs:
             if len(classes) == 2:
                 k = 1 if p[1] >= threshold else 0

@@ -7,6 +7,9 @@ from scratch.
 
 FILE_LIST: `path<TAB>label` lines. Prints `torch_train_img_per_s=N` per epoch (decode, augment,
 forward, backward, step: the whole epoch's wall time).
+
+On a GPU (scripts/gpu_check.sh): BENCH_DEVICE=cuda, BENCH_AMP=1 (float16 autocast with a
+GradScaler, as `train.amp`), BENCH_BATCH=N (default 32); the loader then pins memory.
 """
 import os
 import sys
@@ -22,23 +25,34 @@ from common import Files, train_transform
 def main():
     rows = [(p, int(l)) for p, l in (line.rstrip("\n").split("\t") for line in open(sys.argv[1]))]
     arch, epochs = sys.argv[2], int(sys.argv[3])
+    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
+    amp = os.environ.get("BENCH_AMP") == "1" and device.type == "cuda"
+    batch = int(os.environ.get("BENCH_BATCH", "32"))
     transform = train_transform()
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=2)
+    model = getattr(torchvision.models, arch)(num_classes=2).to(device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
-    loader = DataLoader(Files(rows, transform), batch_size=32, shuffle=True,
-                        num_workers=os.cpu_count() or 1, persistent_workers=True)
+    scaler = torch.amp.GradScaler(enabled=amp)
+    loader = DataLoader(Files(rows, transform), batch_size=batch, shuffle=True,
+                        num_workers=os.cpu_count() or 1, persistent_workers=True,
+                        pin_memory=device.type == "cuda")
     for _ in range(epochs):
         start = time.perf_counter()
         n = 0
         for xs, ys in loader:
+            xs = xs.to(device, non_blocking=True)
+            ys = ys.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xs), ys)
-            loss.backward()
-            opt.step()
+            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                loss = loss_fn(model(xs), ys)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             n += xs.shape[0]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         print(f"torch_train_img_per_s={n / (time.perf_counter() - start):.2f}", flush=True)
 
 

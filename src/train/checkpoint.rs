@@ -107,6 +107,47 @@ impl ModelCard {
     }
 }
 
+/// Where epoch `epoch`'s `name` (`last.safetensors`, `optimizer.safetensors`,
+/// `model.safetensors`) is written until state.json commits that epoch: the epoch's files and
+/// its state cannot be replaced together atomically, so they are staged under these names,
+/// state.json is written, and [`settle_pending`] renames them. A run killed between two of those
+/// writes resumes from one consistent epoch.
+pub fn pending_path(run_dir: &Path, name: &str, epoch: usize) -> PathBuf {
+    let stem = name.strip_suffix(".safetensors").unwrap_or(name);
+    run_dir.join(format!("{stem}.next-{epoch}.safetensors"))
+}
+
+/// Renames the staged files of epoch `committed` (the epoch state.json records) over their
+/// final names and deletes those of any other epoch (not committed, or left over).
+pub fn settle_pending(run_dir: &Path, committed: usize) -> Result<()> {
+    let entries = std::fs::read_dir(run_dir)
+        .with_context(|| format!("cannot read run folder {}", run_dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let Some((stem, rest)) = name.split_once(".next-") else {
+            continue;
+        };
+        let Some(Ok(epoch)) = rest
+            .strip_suffix(".safetensors")
+            .map(|e| e.parse::<usize>())
+        else {
+            continue;
+        };
+        if epoch == committed {
+            let target = run_dir.join(format!("{stem}.safetensors"));
+            std::fs::rename(&path, &target)
+                .with_context(|| format!("cannot write {}", target.display()))?;
+        } else {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Saves the variables of `vs` to `path` (safetensors) atomically.
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
     // The temporary name must keep the .safetensors extension: tch picks the format from it.

@@ -25,8 +25,8 @@ use crate::models::pretrained::load_pretrained;
 use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
 use checkpoint::{
-    read_metrics_csv, save_weights, update_latest, write_metrics_csv, EpochMetrics, ModelCard,
-    ValidationOperatingPoints,
+    pending_path, read_metrics_csv, save_weights, settle_pending, update_latest, write_metrics_csv,
+    EpochMetrics, ModelCard, ValidationOperatingPoints,
 };
 
 /// Called after every epoch with the metrics so far; `false` stops the run.
@@ -96,6 +96,58 @@ fn one() -> f64 {
 
 /// The training loss: cross-entropy (class weights, label smoothing) or focal loss (class
 /// weights as alpha), averaged with the weights as torch's weighted cross-entropy is.
+/// Steps between reads of the running loss and accuracy on CUDA.
+const SYNC_EVERY: usize = 16;
+
+/// An epoch's running training loss and accuracy, summed on the device and read on demand.
+struct EpochTotals {
+    loss: Tensor,
+    hits: Tensor,
+    pending: usize,
+    loss_sum: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl EpochTotals {
+    fn new(device: Device) -> Self {
+        EpochTotals {
+            loss: Tensor::zeros([], (Kind::Double, device)),
+            hits: Tensor::zeros([], (Kind::Int64, device)),
+            pending: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+        }
+    }
+
+    /// Adds a batch of `n` images: its mean loss and its correct predictions.
+    fn add(&mut self, loss: &Tensor, logits: &Tensor, ys: &Tensor, n: usize) {
+        tch::no_grad(|| {
+            let _ = self
+                .loss
+                .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
+            let _ = self
+                .hits
+                .g_add_(&logits.argmax(-1, false).eq_tensor(ys).sum(Kind::Int64));
+        });
+        self.pending += n;
+    }
+
+    /// Moves the device sums into `loss_sum`, `correct` and `seen` (one device-to-host read).
+    fn read(&mut self) {
+        if self.pending == 0 {
+            return;
+        }
+        self.loss_sum += self.loss.double_value(&[]);
+        self.correct += self.hits.int64_value(&[]) as usize;
+        self.seen += self.pending;
+        self.pending = 0;
+        let _ = self.loss.zero_();
+        let _ = self.hits.zero_();
+    }
+}
+
 fn training_loss(
     logits: &Tensor,
     ys: &Tensor,
@@ -395,7 +447,13 @@ pub fn resume_with(run_dir: &Path, hooks: Hooks) -> Result<TrainOutcome> {
         ))
         .into());
     }
-    let history = read_metrics_csv(&run_dir.join("metrics.csv"))?;
+    // Killed between staging an epoch and committing it: that epoch never happened. Killed
+    // after the commit but before the staged files were renamed: the renames finish here.
+    settle_pending(run_dir, state.epochs_done)?;
+    let mut history = read_metrics_csv(&run_dir.join("metrics.csv"))?;
+    if history.len() == state.epochs_done + 1 {
+        history.pop();
+    }
     if history.len() != state.epochs_done {
         anyhow::bail!(
             "{}: metrics.csv has {} epochs but state.json says {}",
@@ -685,7 +743,7 @@ fn run(
                 config.seed.wrapping_add(epoch as u64 * 7919),
             );
             let bar = progress::bar(order.len() as u64, &format!("epoch {epoch}"));
-            let (mut loss_sum, mut correct, mut seen) = (0.0, 0usize, 0usize);
+            let mut totals = EpochTotals::new(device);
             let batches = epoch_batches(
                 &train_inputs,
                 order,
@@ -718,14 +776,27 @@ fn run(
                 })
                 .to_kind(Kind::Float);
                 let loss = training_loss(&logits, &batch.ys, weights.as_ref(), tc)?;
-                let loss_value = loss.double_value(&[]);
-                if !loss_value.is_finite() {
-                    bar.finish_and_clear();
-                    return Err(anyhow::anyhow!(
-                        "training diverged: the loss became {loss_value} at epoch {epoch}, step {} \
-                         (try a lower train.lr); the last good checkpoint is kept in {}",
-                        step + 1,
-                        run_dir.display()
+                // The running sums stay on the device between reads, so the GPU is not made to
+                // wait for the host every step; on the CPU every step is read, and a diverged
+                // step is caught before its update.
+                let n = batch.labels.len();
+                totals.add(&loss, &logits, &batch.ys, n);
+                if !device.is_cuda() || (step + 1) % SYNC_EVERY == 0 {
+                    totals.read();
+                    if !totals.loss_sum.is_finite() {
+                        bar.finish_and_clear();
+                        return Err(anyhow::anyhow!(
+                            "training diverged: the loss became {} by epoch {epoch}, step {} \
+                             (try a lower train.lr); the last good checkpoint is kept in {}",
+                            totals.loss_sum,
+                            step + 1,
+                            run_dir.display()
+                        ));
+                    }
+                    bar.set_message(format!(
+                        "loss {:.4} acc {:.3}",
+                        totals.loss_sum / totals.seen as f64,
+                        totals.correct as f64 / totals.seen as f64
                     ));
                 }
                 if amp {
@@ -733,21 +804,15 @@ fn run(
                 } else {
                     opt.backward_step(&loss, tc.grad_clip);
                 }
-                let n = batch.labels.len();
-                loss_sum += loss_value * n as f64;
-                let predicted = logits.argmax(-1, false).to_device(Device::Cpu);
-                let predicted: Vec<i64> = Vec::try_from(&predicted).unwrap_or_default();
-                correct += predicted
-                    .iter()
-                    .zip(&batch.labels)
-                    .filter(|(p, l)| p == l)
-                    .count();
-                seen += n;
                 bar.inc(n as u64);
-                bar.set_message(format!(
-                    "loss {:.4} acc {:.3}",
-                    loss_sum / seen as f64,
-                    correct as f64 / seen as f64
+            }
+            totals.read();
+            let (loss_sum, correct, seen) = (totals.loss_sum, totals.correct, totals.seen);
+            if !loss_sum.is_finite() {
+                return Err(anyhow::anyhow!(
+                    "training diverged: the loss became {loss_sum} in epoch {epoch} \
+                     (try a lower train.lr); the last good checkpoint is kept in {}",
+                    run_dir.display()
                 ));
             }
             bar.finish_and_clear();
@@ -783,14 +848,18 @@ fn run(
                 (Some(_), None) => true,
                 _ => state.best_value.is_none(),
             };
-            save_weights(&vs, &run_dir.join("last.safetensors"))?;
-            opt.save(&run_dir.join("optimizer.safetensors"), epoch)?;
+            // Staged, committed by state.json below, then settled (checkpoint::pending_path).
+            save_weights(&vs, &pending_path(&run_dir, "last.safetensors", epoch))?;
+            opt.save(
+                &pending_path(&run_dir, "optimizer.safetensors", epoch),
+                epoch,
+            )?;
             if improved {
                 state.best_value = value;
                 state.best_val_loss = metrics.val_loss;
                 state.best_epoch = epoch;
                 state.epochs_without_improvement = 0;
-                save_weights(&vs, &run_dir.join("model.safetensors"))?;
+                save_weights(&vs, &pending_path(&run_dir, "model.safetensors", epoch))?;
                 best_val = Some(val);
             } else {
                 state.epochs_without_improvement += 1;
@@ -810,6 +879,7 @@ fn run(
             write_metrics_csv(&run_dir.join("metrics.csv"), &history)?;
             write_curves(&run_dir, &history);
             crate::fsutil::write_json_atomic(&run_dir.join("state.json"), &state)?;
+            settle_pending(&run_dir, epoch)?;
             progress::note(&format!(
                 "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.1} img/s  data wait {:.1}%{}",
                 tc.epochs,

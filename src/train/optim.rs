@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tch::{nn::VarStore, Kind, Tensor};
+use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::error::{Error, TorchResultExt};
 
@@ -69,6 +69,43 @@ impl LossScaler {
             self.good_steps = 0;
         }
     }
+}
+
+/// Divides every gradient by `scale` and says whether all were finite. On CUDA this is torch's
+/// fused check-and-unscale kernel per gradient with a single device-to-host read at the end (a
+/// read per gradient stalled the GPU once per parameter, 158 times a step for MobileNetV2).
+fn unscale_all_finite(grads: Vec<Tensor>, scale: f64) -> bool {
+    let Some(device) = grads.first().map(|g| g.device()) else {
+        return true;
+    };
+    if device.is_cuda() {
+        let mut found_inf = Tensor::zeros([1], (Kind::Float, device));
+        let inv_scale = Tensor::from_slice(&[(1.0 / scale) as f32]).to_device(device);
+        let fused = grads.into_iter().all(|mut g| {
+            g.f_internal_amp_non_finite_check_and_unscale(&mut found_inf, &inv_scale)
+                .is_ok()
+        });
+        if fused {
+            return found_inf.double_value(&[0]) == 0.0;
+        }
+        // Not reached with libtorch's CUDA build; the gradients were not all unscaled, so
+        // report an overflow: the step is skipped and the next one recomputes them.
+        return false;
+    }
+    let finite = grads
+        .iter()
+        .map(|g| g.isfinite().all())
+        .fold(Tensor::from(true), |a, b| {
+            a.logical_and(&b.to_device(Device::Cpu))
+        })
+        .int64_value(&[])
+        == 1;
+    if finite {
+        for mut g in grads {
+            let _ = g.g_mul_scalar_(1.0 / scale);
+        }
+    }
+    finite
 }
 
 const BETA1: f64 = 0.9;
@@ -163,15 +200,9 @@ impl Optimizer {
         self.zero_grad();
         (loss * scaler.scale).backward();
         let grads = self.gradients();
-        let finite = grads
-            .iter()
-            .all(|g| g.isfinite().all().int64_value(&[]) == 1);
-        if !finite {
+        if !unscale_all_finite(grads, scaler.scale) {
             scaler.overflowed();
             return false;
-        }
-        for mut g in grads {
-            let _ = g.g_mul_scalar_(1.0 / scaler.scale);
         }
         if clip > 0.0 {
             self.clip_grad_norm(clip);

@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The GPU check, prepared as one script for a lent GPU machine (no Rust and no network there;
+# its python3 holds PyTorch 2.11.0+cu130 and torchvision). Build here, carry the binary and a
+# Kermany subset, run it there:
+#
+#   scripts/gpu_check.sh DATA_DIR [OUT_DIR]     (DATA_DIR: NORMAL/ and PNEUMONIA/ JPEGs)
+#
+# 1. correctness on CUDA with AMP, on a synth set: train (smoke config, float16 autocast),
+#    eval, the Grad-CAM check against the known boxes, predict on CUDA against the CPU;
+# 2. a run killed with SIGKILL mid-training resumes on CUDA;
+# 3. training throughput from JPEGs, ResNet18 and MobileNetV2 from scratch, 224 px, batch 64,
+#    AMP: `xray train` against scripts/bench/train_torch.py on the same GPU, alternating
+#    (the second epoch's img/s); ResNet18 without AMP too;
+# 4. inference over the test images on CUDA: xray predict against scripts/bench/predict_torch.py.
+# Writes OUT_DIR/gpu_check.log and OUT_DIR/summary.md (also printed at the end), and samples
+# the GPU's utilisation into OUT_DIR/gpu_util.csv.
+#
+# DESIGN.md, libtorch: the binary finds the machine's own torch through LD_LIBRARY_PATH, and
+# loads libtorch_cuda.so itself (infer::cuda_available).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+data=${1:?usage: scripts/gpu_check.sh DATA_DIR [OUT_DIR]}
+out=${2:-${OUT:-/tmp/xray-gpu}}
+x=$(realpath "${XRAY_BIN:-target/release/xray}")
+py=${PYTHON:-python3}
+epochs=${GPU_EPOCHS:-2}
+dev=${GPU_DEVICE:-cuda} # GPU_DEVICE=cpu: a dry run of the script itself on a CPU machine
+mkdir -p "$out"
+work=$(mktemp -d)
+log="$out/gpu_check.log"
+summary="$out/summary.md"
+: >"$summary"
+started=$(date +%s)
+say() { echo "[gpu $(($(date +%s) - started))s] $*" | tee -a "$log" >&2; }
+row() { echo "$*" | tee -a "$summary" >&2; }
+xr() { "$x" "$@" 2>&1 | tee -a "$log"; return "${PIPESTATUS[0]}"; }
+img_s() { sed -n 's/.* \([0-9.]*\) img\/s .*/\1/p' "$1" | tail -1; }
+torch_lib="$("$py" -c 'import torch, os; print(os.path.dirname(torch.__file__))')/lib"
+export LD_LIBRARY_PATH="$torch_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+row "## GPU check ($(date -u +%F))"
+row "- machine: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo no GPU), $(nproc) cores, device $dev; torch $("$py" -c 'import torch, torchvision; print(torch.__version__, "torchvision", torchvision.__version__)')"
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 500 >"$out/gpu_util.csv" 2>/dev/null &
+smi=$!
+trap 'kill $smi 2>/dev/null; rm -rf "$work"' EXIT
+
+# --- 1. correctness on CUDA + AMP (synth)
+say "synth, split, train on CUDA with AMP"
+xr synth --out "$work/synth" --per-class 300 --size 128 >/dev/null
+xr split "$work/synth" --out "$work/synth-split" >/dev/null
+xr train --config configs/smoke.toml --set "data.split=$work/synth-split" --set device=$dev \
+  --set train.amp=true --set train.epochs=8 --out "$work/synth-run" >"$work/synth-train.log"
+rc=$?
+cat "$work/synth-train.log" >>"$log"
+row "- synth train, CUDA + AMP, 8 epochs: exit $rc; last epoch: $(grep -i 'epoch' "$work/synth-train.log" | tail -1)"
+xr eval --checkpoint "$work/synth-run" --device $dev >"$work/eval.log"
+row "- eval on CUDA: exit $?; $(grep -i -E 'auc' "$work/eval.log" | head -2 | tr '\n' ' ')"
+xr gradcam --checkpoint "$work/synth-run" --check "$work/synth" --limit 60 --method gradcam --device $dev >"$work/cam.log"
+row "- gradcam --check on CUDA: exit $?"
+sed -n '/heatmap check/,/report:/p' "$work/cam.log" | sed 's/^/    /' | tee -a "$summary" >&2
+ls "$work/synth/opacity" | head -40 | sed "s|^|$work/synth/opacity/|" >"$work/some.txt"
+"$x" predict --checkpoint "$work/synth-run" --device $dev --format csv $(cat "$work/some.txt") >"$work/p-cuda.csv" 2>>"$log"
+rc_c=$?
+"$x" predict --checkpoint "$work/synth-run" --device cpu --format csv $(cat "$work/some.txt") >"$work/p-cpu.csv" 2>>"$log"
+row "- predict 40 images, CUDA (exit $rc_c) against CPU: $("$py" - "$work/p-cuda.csv" "$work/p-cpu.csv" <<'PY'
+import csv, sys
+a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
+col = [k for k in a[0] if k.startswith("p_") or k.startswith("prob")] if a else []
+same = sum(r["label"] == s["label"] for r, s in zip(a, b))
+diff = max((abs(float(r[k]) - float(s[k])) for r, s in zip(a, b) for k in col), default=float("nan"))
+print(f"{len(a)} rows, {same} same labels, max probability difference {diff:.2e} (columns {col})")
+PY
+)"
+
+# --- 2. SIGKILL mid-training, resume on CUDA
+say "kill and resume on CUDA"
+"$x" train --config configs/smoke.toml --set "data.split=$work/synth-split" --set device=$dev \
+  --set train.amp=true --set train.epochs=6 --out "$work/killed" >"$work/killed.log" 2>&1 &
+pid=$!
+for _ in $(seq 1 300); do
+  [ "$(wc -l <"$work/killed/metrics.csv" 2>/dev/null || echo 0)" -ge 3 ] && break
+  sleep 0.1
+done
+kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
+done_before=$(($(wc -l <"$work/killed/metrics.csv") - 1))
+xr train --resume "$work/killed" >"$work/resume.log"
+rc=$?
+cat "$work/resume.log" >>"$log"
+row "- killed after $done_before epoch(s), --resume: exit $rc, $(grep -c . "$work/killed/metrics.csv") lines in metrics.csv; $(grep -i resum "$work/resume.log" | head -1)"
+
+# --- 3. training throughput, xray against PyTorch, alternating
+say "Kermany split for throughput"
+"$x" split "$data" --out "$work/k-split" >>"$log" 2>&1
+awk -F, 'NR > 1 && $4 == "train" {print "'"$(realpath "$data")"'/" $1 "\t" ($2 == "PNEUMONIA")}' \
+  "$work/k-split/split.csv" >"$work/train.tsv"
+row "- Kermany subset: $(wc -l <"$work/train.tsv") training images, $epochs epochs a run (the last is timed), batch 64"
+row ""
+row "| training, img/s | xray | PyTorch | ratio |"
+row "|---|---:|---:|---:|"
+for job in resnet18:true mobilenet_v2:true resnet18:false; do
+  arch=${job%%:*} amp=${job##*:}
+  scripts/bench/train_config.sh "$work/k-split" "$arch" "$epochs" 64 "$dev" "$amp" >"$work/$arch.toml"
+  say "train $arch amp=$amp: xray"
+  rm -rf "$work/run-$arch"
+  xr train --config "$work/$arch.toml" --out "$work/run-$arch" >"$work/x.log"
+  xs=$(img_s "$work/x.log")
+  say "train $arch amp=$amp: PyTorch"
+  ts=$(BENCH_DEVICE=$dev BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0) BENCH_BATCH=64 \
+    "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs" 2>>"$log" | tee -a "$log" |
+    sed -n 's/.*=//p' | tail -1)
+  row "| $arch, AMP $amp | ${xs:-failed} | ${ts:-failed} | $(awk -v a="${xs:-0}" -v b="${ts:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}') |"
+done
+
+# --- 4. inference over the test images on CUDA (the MobileNetV2 run just trained)
+awk -F, 'NR > 1 && $4 == "test" {print "'"$(realpath "$data")"'/" $1}' "$work/k-split/split.csv" >"$work/test.txt"
+mkdir -p "$work/folder"
+while read -r f; do ln -sf "$f" "$work/folder/"; done <"$work/test.txt"
+n=$(ls "$work/folder" | wc -l)
+run="$work/run-mobilenet_v2"
+t0=$(date +%s.%N)
+"$x" predict --checkpoint "$run" --device $dev "$work/folder" >"$work/px.txt" 2>>"$log"
+rc=$?
+t1=$(date +%s.%N)
+PREDICT_DEVICE=$dev "$py" scripts/bench/predict_torch.py "$run" "$work/folder" >"$work/pt.txt" 2>>"$log"
+t2=$(date +%s.%N)
+agree=$(paste <(cut -f2 "$work/px.txt") <(cut -f2 "$work/pt.txt") | awk '$1 == $2' | wc -l)
+row ""
+row "- predict $n test images on CUDA, process start to last line: xray $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}') s (exit $rc), PyTorch $(awk -v a="$t1" -v b="$t2" 'BEGIN {printf "%.2f", b - a}') s; labels agree on $agree of $n"
+row "- GPU utilisation samples: $(awk -F', ' '$2 > 0 {n++} END {print n+0}' "$out/gpu_util.csv") of $(wc -l <"$out/gpu_util.csv") above 0%, peak memory $(awk -F', ' '$3 > m {m = $3} END {print m+0}' "$out/gpu_util.csv") MiB"
+say "done"
+cat "$summary"
