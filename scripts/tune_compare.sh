@@ -6,6 +6,8 @@
 # validation AUC (complete trials) after 12 trials and after all of them, and the means.
 #
 #   scripts/tune_compare.sh [TRIALS=24] [SEEDS="0 1 2"] [--set KEY=VALUE ...]
+# STRATEGIES="tpe" runs one side only (the other's columns print "-"): a trial's result does not
+# depend on timing, so an earlier run's random column stands.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 trials=${1:-24}
@@ -24,8 +26,8 @@ best() { awk -F, -v n="$2" 'NR > 1 && $1 < n && $2 == "complete" && $3 > b {b = 
 printf '%-6s %12s %12s %12s %12s\n' seed "random@12" "tpe@12" "random@$trials" "tpe@$trials"
 declare -A sum
 for seed in $seeds; do
-  declare -A b
-  for strategy in random tpe; do
+  declare -A b=([random@12]=- [tpe@12]=- [random@$trials]=- [tpe@$trials]=-)
+  for strategy in ${STRATEGIES:-random tpe}; do
     out="$work/$strategy-$seed"
     start=$(date +%s)
     "$xray" tune --config configs/tune_synth.toml --set "data.split=$work/split" "$@" \
@@ -41,5 +43,5 @@ for seed in $seeds; do
   printf '%-6s %12s %12s %12s %12s\n' "$seed" "${b[random@12]}" "${b[tpe@12]}" "${b[random@$trials]}" "${b[tpe@$trials]}"
 done
 n=$(wc -w <<<"$seeds")
-mean() { awk -v s="${sum[$1]}" -v n="$n" 'BEGIN {printf "%.4f", s / n}'; }
+mean() { [ -n "${sum[$1]:-}" ] && awk -v s="${sum[$1]}" -v n="$n" 'BEGIN {printf "%.4f", s / n}' || echo -; }
 printf '%-6s %12s %12s %12s %12s\n' mean "$(mean random@12)" "$(mean tpe@12)" "$(mean "random@$trials")" "$(mean "tpe@$trials")"

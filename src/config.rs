@@ -70,6 +70,9 @@ pub struct TuneConfig {
     /// one or two trials and it mostly flees the bad ones to the edges of the space (default
     /// 10, as Optuna's).
     pub startup_trials: usize,
+    /// TPE models the parameters jointly (multivariate TPE), so values that were good together
+    /// are proposed together; false: one density per parameter, as hyperopt (default true).
+    pub multivariate: bool,
     /// The search space: a dotted config key (`train.lr`, `model.arch`, ...) mapped to a list of
     /// values, or to a range `{ low, high }` with optional `log = true` (sample the logarithm
     /// uniformly) and `int = true` (round; the default when both bounds are integers).
@@ -87,6 +90,7 @@ impl Default for TuneConfig {
             prune_after_epochs: 1,
             prune_after_trials: 4,
             startup_trials: 10,
+            multivariate: true,
             space: toml::Table::new(),
         }
     }

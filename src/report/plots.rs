@@ -502,13 +502,21 @@ pub fn trials_png(
                 (a.min(v), b.max(v))
             });
         let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 1.0) };
-        let pad = ((hi - lo) * 0.08).max(1e-3);
+        // The legend sits at the worse end (bottom for AUC, top for a loss), in a band kept
+        // free of points, so it never hides a trial.
+        let span = (hi - lo).max(1e-3);
+        let (pad_worse, pad_better) = (span * 0.4, span * 0.08);
+        let (y0, y1) = if higher_is_better {
+            (lo - pad_worse, hi + pad_better)
+        } else {
+            (lo - pad_better, hi + pad_worse)
+        };
         let mut chart = ChartBuilder::on(root)
             .caption(format!("{metric} per trial"), ("sans-serif", 24))
             .margin(12)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d(-0.5..n - 0.5, lo - pad..hi + pad)
+            .build_cartesian_2d(-0.5..n - 0.5, y0..y1)
             .map_err(plot_err)?;
         chart
             .configure_mesh()
@@ -529,6 +537,10 @@ pub fn trials_png(
                 best = Some(t.value);
             }
             steps.push((t.trial as f64, best.unwrap_or(t.value)));
+        }
+        if let Some(b) = best {
+            // Carried to the last trial, pruned or not.
+            steps.push((n - 1.0, b));
         }
         labelled_line(&mut chart, steps, RED, "best so far".into())?;
         chart

@@ -285,15 +285,32 @@ fn propose(
         "grid" => space.grid_point(id),
         "random" => space.sample_uniform(&mut rng),
         _ => {
-            let history: Vec<(Point, f64)> = done
+            let mut history: Vec<(Point, f64, bool)> = done
                 .iter()
                 .filter(|t| t.id < id)
-                .filter_map(|t| t.score(monitor).map(|s| (t.point.clone(), s)))
+                .filter_map(|t| {
+                    let complete = t.status == Status::Complete;
+                    t.score(monitor).map(|s| (t.point.clone(), s, complete))
+                })
+                .collect();
+            // A pruned trial's value is from an early epoch: rank every pruned trial below
+            // every complete one (as Optuna does), keeping their order among themselves.
+            let values = history.iter().map(|h| h.1);
+            let span = values.clone().fold(f64::NEG_INFINITY, f64::max)
+                - values.fold(f64::INFINITY, f64::min)
+                + 1.0;
+            let history: Vec<(Point, f64)> = history
+                .drain(..)
+                .map(|(p, v, complete)| (p, if complete { v } else { v - span }))
                 .collect();
             if history.len() < settings.startup_trials.max(2) {
                 space.sample_uniform(&mut rng)
             } else {
-                tpe::Tpe::default().suggest(space, &history, &mut rng)
+                let tpe = tpe::Tpe {
+                    multivariate: settings.multivariate,
+                    ..tpe::Tpe::default()
+                };
+                tpe.suggest(space, &history, &mut rng)
             }
         }
     }
