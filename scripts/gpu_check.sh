@@ -12,6 +12,8 @@
 #    AMP: `xray train` against scripts/bench/train_torch.py on the same GPU, alternating
 #    (the second epoch's img/s); ResNet18 without AMP too;
 # 4. inference over the test images on CUDA: xray predict against scripts/bench/predict_torch.py.
+# XRAY_BASE_BIN=OTHER_BINARY adds a column: the same training runs with another build (an A/B
+# of a change on the same machine, in the same call).
 # Writes OUT_DIR/gpu_check.log and OUT_DIR/summary.md (also printed at the end), and samples
 # the GPU's utilisation into OUT_DIR/gpu_util.csv.
 #
@@ -95,8 +97,14 @@ awk -F, 'NR > 1 && $4 == "train" {print "'"$(realpath "$data")"'/" $1 "\t" ($2 =
   "$work/k-split/split.csv" >"$work/train.tsv"
 row "- Kermany subset: $(wc -l <"$work/train.tsv") training images, $epochs epochs a run (the last is timed), batch 64"
 row ""
-row "| training, img/s | xray | PyTorch | ratio |"
-row "|---|---:|---:|---:|"
+base=${XRAY_BASE_BIN:+$(realpath "$XRAY_BASE_BIN")}
+if [ -n "$base" ]; then
+  row "| training, img/s | xray | PyTorch | ratio | xray, base build |"
+  row "|---|---:|---:|---:|---:|"
+else
+  row "| training, img/s | xray | PyTorch | ratio |"
+  row "|---|---:|---:|---:|"
+fi
 for job in resnet18:true mobilenet_v2:true resnet18:false; do
   arch=${job%%:*} amp=${job##*:}
   scripts/bench/train_config.sh "$work/k-split" "$arch" "$epochs" 64 "$dev" "$amp" >"$work/$arch.toml"
@@ -108,7 +116,15 @@ for job in resnet18:true mobilenet_v2:true resnet18:false; do
   ts=$(BENCH_DEVICE=$dev BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0) BENCH_BATCH=64 \
     "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs" 2>>"$log" | tee -a "$log" |
     sed -n 's/.*=//p' | tail -1)
-  row "| $arch, AMP $amp | ${xs:-failed} | ${ts:-failed} | $(awk -v a="${xs:-0}" -v b="${ts:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}') |"
+  bs=
+  if [ -n "$base" ]; then
+    say "train $arch amp=$amp: xray, base build"
+    rm -rf "$work/run-base"
+    "$base" train --config "$work/$arch.toml" --out "$work/run-base" >"$work/b.log" 2>&1
+    cat "$work/b.log" >>"$log"
+    bs=" $(img_s "$work/b.log") |"
+  fi
+  row "| $arch, AMP $amp | ${xs:-failed} | ${ts:-failed} | $(awk -v a="${xs:-0}" -v b="${ts:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}') |$bs"
 done
 
 # --- 4. inference over the test images on CUDA (the MobileNetV2 run just trained)

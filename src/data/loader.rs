@@ -107,16 +107,36 @@ impl Batch {
     /// The images as an `[n, c, h, w]` float tensor on `device`.
     pub fn images_tensor(&self, spec: &InputSpec, device: Device) -> Tensor {
         let s = spec.size as i64;
-        Tensor::from_slice(&self.images)
-            .view([self.labels.len() as i64, spec.channels as i64, s, s])
-            .to_device(device)
+        to_device_async(
+            Tensor::from_slice(&self.images).view([
+                self.labels.len() as i64,
+                spec.channels as i64,
+                s,
+                s,
+            ]),
+            device,
+        )
     }
 
     /// The labels as an int64 tensor on `device`.
     pub fn labels_tensor(&self, device: Device) -> Tensor {
-        Tensor::from_slice(&self.labels)
-            .to_kind(Kind::Int64)
-            .to_device(device)
+        to_device_async(
+            Tensor::from_slice(&self.labels).to_kind(Kind::Int64),
+            device,
+        )
+    }
+}
+
+/// Moves a host tensor to `device`. To CUDA it goes through page-locked memory without waiting:
+/// a copy from ordinary memory makes the host wait until the GPU has finished all the work
+/// queued before it, once per batch (torch's DataLoader pins for the same reason). libtorch's
+/// pinned-memory allocator keeps the staging buffer until the copy is done.
+fn to_device_async(t: Tensor, device: Device) -> Tensor {
+    if device.is_cuda() {
+        t.pin_memory(device)
+            .to_device_(device, t.kind(), true, false)
+    } else {
+        t.to_device(device)
     }
 }
 

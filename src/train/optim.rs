@@ -237,12 +237,14 @@ impl Optimizer {
                         if self.rule == Rule::AdamW && wd != 0.0 {
                             let _ = p.g_mul_scalar_(1.0 - lr * wd);
                         }
-                        let _ = m.g_mul_scalar_(BETA1).g_add_(&(&g * (1.0 - BETA1)));
-                        let _ = v.g_mul_scalar_(BETA2).g_add_(&(g.square() * (1.0 - BETA2)));
+                        // torch.optim's single-tensor update, op for op where tch has the
+                        // op (lerp_, addcmul_, addcdiv_): 10 kernels a parameter, not 14.
+                        let _ = m.lerp_(&g, 1.0 - BETA1);
+                        let _ = v.g_mul_scalar_(BETA2).addcmul_(&g, &(&g * (1.0 - BETA2)));
                         let bias1 = 1.0 - BETA1.powf(t);
                         let bias2 = 1.0 - BETA2.powf(t);
-                        let denom = (v.sqrt() / bias2.sqrt()).g_add_scalar_(EPS);
-                        let _ = p.g_sub_(&(&*m / &denom * (lr / bias1)));
+                        let denom = v.sqrt().g_div_scalar_(bias2.sqrt()).g_add_scalar_(EPS);
+                        let _ = p.addcdiv_(&(&*m * (-lr / bias1)), &denom);
                     }
                     Rule::Sgd { nesterov } => {
                         let g = if wd != 0.0 { &g + &*p * wd } else { g };
