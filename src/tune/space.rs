@@ -283,11 +283,12 @@ fn range(key: &str, t: &toml::Table) -> Result<Domain, Error> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rand::SeedableRng;
 
-    fn space(text: &str) -> Space {
+    /// A space from the text of a `[tune.space]` table (for this module's and tpe's tests).
+    pub(crate) fn space(text: &str) -> Space {
         Space::parse(&text.parse::<toml::Table>().unwrap()).unwrap()
     }
 

@@ -385,9 +385,7 @@ mod tests {
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
-    fn space(text: &str) -> Space {
-        Space::parse(&text.parse::<toml::Table>().unwrap()).unwrap()
-    }
+    use crate::tune::space::tests::space;
 
     #[test]
     fn erf_matches_known_values() {
