@@ -53,7 +53,6 @@ xr split "$work/synth" --out "$work/synth-split" >/dev/null
 xr train --config configs/smoke.toml --set "data.split=$work/synth-split" --set device=$dev \
   --set train.amp=true --set train.epochs=8 --out "$work/synth-run" >"$work/synth-train.log"
 rc=$?
-cat "$work/synth-train.log" >>"$log"
 row "- synth train, CUDA + AMP, 8 epochs: exit $rc; last epoch: $(grep -i 'epoch' "$work/synth-train.log" | tail -1)"
 xr eval --checkpoint "$work/synth-run" --device $dev >"$work/eval.log"
 row "- eval on CUDA: exit $?; $(grep -i -E 'auc' "$work/eval.log" | head -2 | tr '\n' ' ')"
@@ -80,14 +79,13 @@ say "kill and resume on CUDA"
   --set train.amp=true --set train.epochs=6 --out "$work/killed" >"$work/killed.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do
-  [ "$(wc -l <"$work/killed/metrics.csv" 2>/dev/null || echo 0)" -ge 3 ] && break
+  [ "$(wc -l 2>/dev/null <"$work/killed/metrics.csv" || echo 0)" -ge 3 ] && break
   sleep 0.1
 done
 kill -9 $pid 2>/dev/null; wait $pid 2>/dev/null
 done_before=$(($(wc -l <"$work/killed/metrics.csv") - 1))
 xr train --resume "$work/killed" >"$work/resume.log"
 rc=$?
-cat "$work/resume.log" >>"$log"
 row "- killed after $done_before epoch(s), --resume: exit $rc, $(grep -c . "$work/killed/metrics.csv") lines in metrics.csv; $(grep -i resum "$work/resume.log" | head -1)"
 
 # --- 3. training throughput, xray against PyTorch, alternating

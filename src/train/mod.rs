@@ -94,8 +94,6 @@ fn one() -> f64 {
     1.0
 }
 
-/// The training loss: cross-entropy (class weights, label smoothing) or focal loss (class
-/// weights as alpha), averaged with the weights as torch's weighted cross-entropy is.
 /// Steps between reads of the running loss and accuracy on CUDA.
 const SYNC_EVERY: usize = 16;
 
@@ -104,6 +102,7 @@ struct EpochTotals {
     loss: Tensor,
     hits: Tensor,
     pending: usize,
+    steps: usize,
     loss_sum: f64,
     correct: usize,
     seen: usize,
@@ -115,6 +114,7 @@ impl EpochTotals {
             loss: Tensor::zeros([], (Kind::Double, device)),
             hits: Tensor::zeros([], (Kind::Int64, device)),
             pending: 0,
+            steps: 0,
             loss_sum: 0.0,
             correct: 0,
             seen: 0,
@@ -132,12 +132,14 @@ impl EpochTotals {
                 .g_add_(&logits.argmax(-1, false).eq_tensor(ys).sum(Kind::Int64));
         });
         self.pending += n;
+        self.steps += 1;
     }
 
-    /// Moves the device sums into `loss_sum`, `correct` and `seen` (one device-to-host read).
-    fn read(&mut self) {
+    /// Moves the device sums into `loss_sum`, `correct` and `seen` (one device-to-host read);
+    /// an error once the loss is no longer finite.
+    fn read(&mut self, epoch: usize, run_dir: &Path) -> Result<()> {
         if self.pending == 0 {
-            return;
+            return Ok(());
         }
         self.loss_sum += self.loss.double_value(&[]);
         self.correct += self.hits.int64_value(&[]) as usize;
@@ -145,9 +147,21 @@ impl EpochTotals {
         self.pending = 0;
         let _ = self.loss.zero_();
         let _ = self.hits.zero_();
+        if !self.loss_sum.is_finite() {
+            anyhow::bail!(
+                "training diverged: the loss became {} by epoch {epoch}, step {} (try a lower \
+                 train.lr); the last good checkpoint is kept in {}",
+                self.loss_sum,
+                self.steps,
+                run_dir.display()
+            );
+        }
+        Ok(())
     }
 }
 
+/// The training loss: cross-entropy (class weights, label smoothing) or focal loss (class
+/// weights as alpha), averaged with the weights as torch's weighted cross-entropy is.
 fn training_loss(
     logits: &Tensor,
     ys: &Tensor,
@@ -782,16 +796,9 @@ fn run(
                 let n = batch.labels.len();
                 totals.add(&loss, &logits, &batch.ys, n);
                 if !device.is_cuda() || (step + 1) % SYNC_EVERY == 0 {
-                    totals.read();
-                    if !totals.loss_sum.is_finite() {
+                    if let Err(e) = totals.read(epoch, &run_dir) {
                         bar.finish_and_clear();
-                        return Err(anyhow::anyhow!(
-                            "training diverged: the loss became {} by epoch {epoch}, step {} \
-                             (try a lower train.lr); the last good checkpoint is kept in {}",
-                            totals.loss_sum,
-                            step + 1,
-                            run_dir.display()
-                        ));
+                        return Err(e);
                     }
                     bar.set_message(format!(
                         "loss {:.4} acc {:.3}",
@@ -806,16 +813,10 @@ fn run(
                 }
                 bar.inc(n as u64);
             }
-            totals.read();
-            let (loss_sum, correct, seen) = (totals.loss_sum, totals.correct, totals.seen);
-            if !loss_sum.is_finite() {
-                return Err(anyhow::anyhow!(
-                    "training diverged: the loss became {loss_sum} in epoch {epoch} \
-                     (try a lower train.lr); the last good checkpoint is kept in {}",
-                    run_dir.display()
-                ));
-            }
+            let last_read = totals.read(epoch, &run_dir);
             bar.finish_and_clear();
+            last_read?;
+            let (loss_sum, correct, seen) = (totals.loss_sum, totals.correct, totals.seen);
             let train_seconds = train_started.elapsed().as_secs_f64();
 
             let val = validate(

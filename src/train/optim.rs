@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tch::{nn::VarStore, Device, Kind, Tensor};
+use tch::{nn::VarStore, Kind, Tensor};
 
 use crate::error::{Error, TorchResultExt};
 
@@ -92,14 +92,10 @@ fn unscale_all_finite(grads: Vec<Tensor>, scale: f64) -> bool {
         // report an overflow: the step is skipped and the next one recomputes them.
         return false;
     }
+    // On the CPU a read per gradient costs nothing.
     let finite = grads
         .iter()
-        .map(|g| g.isfinite().all())
-        .fold(Tensor::from(true), |a, b| {
-            a.logical_and(&b.to_device(Device::Cpu))
-        })
-        .int64_value(&[])
-        == 1;
+        .all(|g| g.isfinite().all().int64_value(&[]) == 1);
     if finite {
         for mut g in grads {
             let _ = g.g_mul_scalar_(1.0 / scale);

@@ -285,23 +285,24 @@ fn propose(
         "grid" => space.grid_point(id),
         "random" => space.sample_uniform(&mut rng),
         _ => {
-            let mut history: Vec<(Point, f64, bool)> = done
+            let scored: Vec<(&Trial, f64)> = done
                 .iter()
                 .filter(|t| t.id < id)
-                .filter_map(|t| {
-                    let complete = t.status == Status::Complete;
-                    t.score(monitor).map(|s| (t.point.clone(), s, complete))
-                })
+                .filter_map(|t| t.score(monitor).map(|s| (t, s)))
                 .collect();
             // A pruned trial's value is from an early epoch: rank every pruned trial below
             // every complete one (as Optuna does), keeping their order among themselves.
-            let values = history.iter().map(|h| h.1);
-            let span = values.clone().fold(f64::NEG_INFINITY, f64::max)
-                - values.fold(f64::INFINITY, f64::min)
-                + 1.0;
-            let history: Vec<(Point, f64)> = history
-                .drain(..)
-                .map(|(p, v, complete)| (p, if complete { v } else { v - span }))
+            let (lo, hi) = scored
+                .iter()
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, s)| {
+                    (lo.min(s), hi.max(s))
+                });
+            let history: Vec<(Point, f64)> = scored
+                .into_iter()
+                .map(|(t, s)| match t.status {
+                    Status::Complete => (t.point.clone(), s),
+                    _ => (t.point.clone(), s - (hi - lo + 1.0)),
+                })
                 .collect();
             if history.len() < settings.startup_trials.max(2) {
                 space.sample_uniform(&mut rng)

@@ -81,8 +81,8 @@ impl Tpe {
     fn suggest_one(&self, domain: &Domain, good: &[f64], bad: &[f64], rng: &mut impl Rng) -> f64 {
         match domain {
             Domain::Choice(values) => {
-                let l = self.categorical(values.len(), good);
-                let g = self.categorical(values.len(), bad);
+                let l = categorical(values.len(), good, self.prior_weight);
+                let g = categorical(values.len(), bad, self.prior_weight);
                 let mut best = (f64::NEG_INFINITY, 0.0);
                 for _ in 0..self.candidates {
                     let c = sample_index(&l, rng);
@@ -145,16 +145,17 @@ impl Tpe {
             })
             .collect()
     }
+}
 
-    /// Category probabilities: counts plus the prior weight spread evenly, normalised.
-    fn categorical(&self, n: usize, observed: &[f64]) -> Vec<f64> {
-        let mut w = vec![self.prior_weight / n as f64; n];
-        for &x in observed {
-            w[(x as usize).min(n - 1)] += 1.0;
-        }
-        let total: f64 = w.iter().sum();
-        w.iter().map(|v| v / total).collect()
+/// Category probabilities: counts of `observed` plus the prior weight spread evenly,
+/// normalised (the univariate density of a list, and one joint component's kernel).
+fn categorical(n: usize, observed: &[f64], prior_weight: f64) -> Vec<f64> {
+    let mut w = vec![prior_weight / n as f64; n];
+    for &x in observed {
+        w[(x as usize).min(n - 1)] += 1.0;
     }
+    let total: f64 = w.iter().sum();
+    w.iter().map(|v| v / total).collect()
 }
 
 fn sample_index(probs: &[f64], rng: &mut impl Rng) -> usize {
@@ -265,12 +266,7 @@ impl Joint {
                     let m = values.len();
                     let mut probs: Vec<Vec<f64>> = observed
                         .iter()
-                        .map(|p| {
-                            let mut w = vec![prior_weight / m as f64; m];
-                            w[(p[k] as usize).min(m - 1)] += 1.0;
-                            let total: f64 = w.iter().sum();
-                            w.iter().map(|v| v / total).collect()
-                        })
+                        .map(|p| categorical(m, &[p[k]], prior_weight))
                         .collect();
                     probs.push(vec![1.0 / m as f64; m]);
                     Kernels::Choice(probs)
