@@ -1,23 +1,26 @@
 # The two commands of the README, each doing its own set-up on a fresh machine:
 #   make demo   synth -> split -> train -> eval -> predict on the CPU
-#   make test   the whole test suite (installs Chromium for the browser tests)
+#   make test   lint (rustfmt, clippy -D warnings), then the whole test suite
 # libtorch 2.11.0 comes from the PyPI torch wheel, installed once into
-# $XRAY_TORCH_HOME (default ~/.cache/xray/torch-2.11.0) by scripts/libtorch.sh.
+# $XRAY_TORCH_HOME (default ~/.cache/xray/torch-2.11.0) by scripts/setup/libtorch.sh.
 
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
 # LIBTORCH for torch-sys; the build script sets an rpath, so the binary needs no LD_LIBRARY_PATH.
-TORCH_ENV = LIBTORCH="$$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
+TORCH_ENV = LIBTORCH="$$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
+# Tests that read ../shared (Kermany images, ImageNet weights) are #[ignore]d with that reason;
+# where ../shared is present they run too.
+SHARED_TESTS = $(if $(wildcard ../shared/weights/mobilenet_v2_imagenet.safetensors),--include-ignored,)
 
 .PHONY: demo test build lint libtorch clean-runs
 
 demo: build
 	target/release/xray demo
 
-test: libtorch
-	scripts/chromium.sh
-	$(TORCH_ENV) $(CARGO) test --release
+test: lint
+	scripts/setup/chromium.sh
+	$(TORCH_ENV) $(CARGO) test --release -- $(SHARED_TESTS)
 
 build: libtorch
 	$(TORCH_ENV) $(CARGO) build --release
@@ -27,7 +30,7 @@ lint: libtorch
 	$(TORCH_ENV) $(CARGO) clippy --release --all-targets -- -D warnings
 
 libtorch:
-	@scripts/libtorch.sh >/dev/null
+	@scripts/setup/libtorch.sh >/dev/null
 
 clean-runs:
 	rm -rf checkpoints/demo-* checkpoints/latest datasets/synth datasets/synth-split

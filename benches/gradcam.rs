@@ -50,7 +50,7 @@ fn main() {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
         let spec = ModelSpec {
-            arch: arch.into(),
+            arch: arch.parse().expect("known architecture"),
             in_channels: 3,
             num_classes: 2,
             dropout: 0.0,

@@ -1,6 +1,6 @@
 //! Input-pipeline throughput: decode + augment + normalise Kermany JPEGs at 224 px into
 //! batches of 32, with no model, as torchvision's DataLoader does in
-//! scripts/bench/loader_torchvision.py. Run through scripts/bench_loader.sh, which runs both
+//! scripts/bench/loader_torchvision.py. Run through scripts/bench/loader.sh, which runs both
 //! on the same files and prints the ratio.
 //!
 //!   cargo bench --bench loader -- FILE_LIST [ROUNDS]

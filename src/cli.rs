@@ -78,7 +78,14 @@ impl Command {
 /// (0 success, 2 bad usage or config, 1 anything else).
 pub fn run() -> ExitCode {
     install_panic_hook();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(), // --help, --version
+        Err(e) => {
+            eprintln!("error: {}", clap_error_line(&e));
+            return ExitCode::from(2);
+        }
+    };
     if cli.command.is_heavy() {
         crate::alloc::reexec_with_malloc_tunables();
     }
@@ -90,6 +97,19 @@ pub fn run() -> ExitCode {
             ExitCode::from(crate::error::exit_code(&err))
         }
     }
+}
+
+/// A command-line error as one line, like every other error: clap's first paragraph (the
+/// message, an argument list, the possible values) joined, without its tips and usage.
+fn clap_error_line(e: &clap::Error) -> String {
+    let rendered = e.render().to_string();
+    rendered
+        .lines()
+        .take_while(|l| !l.trim().is_empty())
+        .map(|l| l.trim().trim_start_matches("error: "))
+        .filter(|l| !l.starts_with("tip:"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

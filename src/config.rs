@@ -10,6 +10,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 
+mod choices;
+
+pub(crate) use choices::choice;
+
+pub use choices::{
+    Arch, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind, Prune,
+    Sampler, SchedulerKind, Strategy,
+};
+
 /// The whole config file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -19,7 +28,7 @@ pub struct Config {
     /// Seed for weights, sampling and augmentation (default 42).
     pub seed: u64,
     /// "auto" (CUDA when available, else CPU), "cpu" or "cuda" (default "auto").
-    pub device: String,
+    pub device: DeviceChoice,
     /// CPU threads for libtorch and decoding; 0 = all cores (default 0).
     pub threads: usize,
     /// Data and input pipeline.
@@ -51,7 +60,7 @@ pub struct Config {
 pub struct TuneConfig {
     /// "grid" (every combination of the lists), "random" or "tpe" (a tree-structured Parzen
     /// estimator) (default "tpe").
-    pub strategy: String,
+    pub strategy: Strategy,
     /// Trials to run; 0 = the whole grid for "grid", 20 otherwise (default 0).
     pub trials: usize,
     /// Seed of the sampler; each trial trains with the config's own `seed` (default 0).
@@ -61,7 +70,7 @@ pub struct TuneConfig {
     pub time_budget_minutes: f64,
     /// "median": stop a trial whose best monitored value at an epoch is below the median of
     /// the earlier trials' best values at that epoch; "none" (default "median").
-    pub prune: String,
+    pub prune: Prune,
     /// Epochs every trial runs before it may be pruned (default 1).
     pub prune_after_epochs: usize,
     /// Completed trials needed before pruning starts (default 4).
@@ -82,11 +91,11 @@ pub struct TuneConfig {
 impl Default for TuneConfig {
     fn default() -> Self {
         TuneConfig {
-            strategy: "tpe".into(),
+            strategy: Strategy::Tpe,
             trials: 0,
             seed: 0,
             time_budget_minutes: 0.0,
-            prune: "median".into(),
+            prune: Prune::Median,
             prune_after_epochs: 1,
             prune_after_trials: 4,
             startup_trials: 10,
@@ -119,7 +128,7 @@ pub struct DataConfig {
     /// Keep decoded, resized images in memory after the first epoch (default true).
     pub cache: bool,
     /// "shuffle" (uniform) or "weighted" (inverse class frequency) sampling (default "shuffle").
-    pub sampler: String,
+    pub sampler: Sampler,
     /// Batches decoded ahead of the training step (default 4).
     pub prefetch: usize,
     /// Augmentation applied to training images only.
@@ -157,8 +166,8 @@ pub struct AugmentConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Architecture name (default "simple_cnn").
-    pub arch: String,
+    /// Architecture (default "simple_cnn").
+    pub arch: Arch,
     /// A `.safetensors` file of pretrained weights, or "none" (default "none").
     pub pretrained: String,
     /// Dropout before the classifier (default 0.2).
@@ -176,7 +185,7 @@ pub struct TrainConfig {
     /// Peak learning rate (default 1e-3).
     pub lr: f64,
     /// "adamw", "adam", "sgd" or "rmsprop" (default "adamw").
-    pub optimizer: String,
+    pub optimizer: OptimizerKind,
     /// Decoupled weight decay for AdamW, L2 for the others (default 1e-4).
     pub weight_decay: f64,
     /// Momentum for SGD and RMSprop (default 0.9).
@@ -190,14 +199,14 @@ pub struct TrainConfig {
     /// "none", "cosine" (with warm-up), "step", or "plateau" (multiply the rate by
     /// `plateau_factor` after `plateau_patience` epochs without improvement of `monitor`)
     /// (default "cosine").
-    pub scheduler: String,
+    pub scheduler: SchedulerKind,
     /// Reduce-on-plateau: epochs without improvement before the rate drops (default 2).
     pub plateau_patience: usize,
     /// Reduce-on-plateau: the factor applied to the rate (default 0.5).
     pub plateau_factor: f64,
     /// "cross_entropy" or "focal" (Lin et al. 2017; class weights act as alpha) (default
     /// "cross_entropy").
-    pub loss: String,
+    pub loss: LossKind,
     /// Focal loss focusing parameter gamma (default 2.0).
     pub focal_gamma: f64,
     /// Linear warm-up epochs for the cosine schedule (default 0).
@@ -207,7 +216,7 @@ pub struct TrainConfig {
     /// See `step_epochs` (default 0.1).
     pub step_gamma: f64,
     /// Metric that picks the best epoch: "val_auc", "val_acc" or "val_loss" (default "val_auc").
-    pub monitor: String,
+    pub monitor: Monitor,
     /// Stop after this many epochs without improvement; 0 = never (default 0).
     pub patience: usize,
     /// Clip the gradient norm to this value; 0 = off (default 0).
@@ -227,16 +236,6 @@ pub struct TrainConfig {
     pub precompute_frozen: bool,
 }
 
-/// Class weights for the loss: a keyword or one number per class.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum ClassWeights {
-    /// "none" or "balanced".
-    Keyword(String),
-    /// One weight per class, in class order.
-    Explicit(Vec<f64>),
-}
-
 /// `[eval]`: operating-point settings.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -250,7 +249,7 @@ impl Default for Config {
         Config {
             name: "run".into(),
             seed: 42,
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             threads: 0,
             data: DataConfig::default(),
             model: ModelConfig::default(),
@@ -270,7 +269,7 @@ impl Default for DataConfig {
             mean: vec![0.485, 0.456, 0.406],
             std: vec![0.229, 0.224, 0.225],
             cache: true,
-            sampler: "shuffle".into(),
+            sampler: Sampler::Shuffle,
             prefetch: 4,
             augment: AugmentConfig::default(),
         }
@@ -297,7 +296,7 @@ impl Default for AugmentConfig {
 impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
-            arch: "simple_cnn".into(),
+            arch: Arch::SimpleCnn,
             pretrained: "none".into(),
             dropout: 0.2,
         }
@@ -310,21 +309,21 @@ impl Default for TrainConfig {
             epochs: 10,
             batch_size: 32,
             lr: 1e-3,
-            optimizer: "adamw".into(),
+            optimizer: OptimizerKind::AdamW,
             weight_decay: 1e-4,
             momentum: 0.9,
             nesterov: true,
-            class_weights: ClassWeights::Keyword("none".into()),
+            class_weights: ClassWeights::Keyword(ClassWeightKeyword::None),
             label_smoothing: 0.0,
-            scheduler: "cosine".into(),
+            scheduler: SchedulerKind::Cosine,
             plateau_patience: 2,
             plateau_factor: 0.5,
-            loss: "cross_entropy".into(),
+            loss: LossKind::CrossEntropy,
             focal_gamma: 2.0,
             warmup_epochs: 0,
             step_epochs: 10,
             step_gamma: 0.1,
-            monitor: "val_auc".into(),
+            monitor: Monitor::ValAuc,
             patience: 0,
             grad_clip: 0.0,
             freeze_epochs: 0,
@@ -333,6 +332,13 @@ impl Default for TrainConfig {
             precompute_frozen: false,
             amp: false,
         }
+    }
+}
+
+impl ModelConfig {
+    /// The pretrained weights file, or `None` for "none" (random initialisation).
+    pub fn pretrained_path(&self) -> Option<&Path> {
+        (self.pretrained != "none").then(|| Path::new(&self.pretrained))
     }
 }
 
@@ -377,37 +383,10 @@ impl Config {
         Ok(config)
     }
 
-    /// Checks values that serde cannot: names from fixed sets, positive sizes.
+    /// Checks what serde cannot: sizes, ranges and keys that depend on each other. (Names from
+    /// fixed sets are typed enums, checked when the config is read.)
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| -> Result<()> { Err(Error::usage(msg).into()) };
-        one_of("device", &self.device, &["auto", "cpu", "cuda"])?;
-        one_of("data.sampler", &self.data.sampler, &["shuffle", "weighted"])?;
-        one_of(
-            "train.optimizer",
-            &self.train.optimizer,
-            &["adamw", "adam", "sgd", "rmsprop"],
-        )?;
-        one_of(
-            "train.scheduler",
-            &self.train.scheduler,
-            &["none", "cosine", "step", "plateau"],
-        )?;
-        one_of("train.loss", &self.train.loss, &["cross_entropy", "focal"])?;
-        one_of(
-            "train.monitor",
-            &self.train.monitor,
-            &["val_auc", "val_acc", "val_loss"],
-        )?;
-        one_of("model.arch", &self.model.arch, crate::models::ARCHITECTURES)?;
-        one_of(
-            "tune.strategy",
-            &self.tune.strategy,
-            &["grid", "random", "tpe"],
-        )?;
-        one_of("tune.prune", &self.tune.prune, &["median", "none"])?;
-        if let ClassWeights::Keyword(k) = &self.train.class_weights {
-            one_of("train.class_weights", k, &["none", "balanced"])?;
-        }
         if self.data.channels != 1 && self.data.channels != 3 {
             return bad(format!(
                 "data.channels must be 1 or 3, got {}",
@@ -468,18 +447,6 @@ impl Config {
     }
 }
 
-fn one_of(key: &str, value: &str, allowed: &[&str]) -> Result<()> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(Error::usage(format!(
-            "{key} = \"{value}\" is not one of: {}",
-            allowed.join(", ")
-        ))
-        .into())
-    }
-}
-
 /// toml's messages span several lines (a source excerpt, then `in `section``); keep the
 /// sentence that names the key, with its section and position when given.
 fn one_line(msg: &str) -> String {
@@ -508,7 +475,9 @@ fn one_line(msg: &str) -> String {
         .copied()
         .unwrap_or(msg);
     let mut out = sentence.to_string();
-    if let Some(s) = section {
+    if let Some(s) =
+        section.filter(|s| !out.contains(s.trim_start_matches('`').trim_end_matches('`')))
+    {
         out.push_str(&format!(" (in {s})"));
     }
     if let Some(p) = position {

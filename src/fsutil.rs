@@ -1,5 +1,6 @@
 //! Atomic file writes: write a sibling temporary file, then rename, so that a run killed at any
-//! moment never leaves a half-written file behind.
+//! moment never leaves a half-written file behind. Every file xray writes goes through
+//! [`write_with`] (directly or through [`write_atomic`]).
 
 use std::path::{Path, PathBuf};
 
@@ -12,11 +13,26 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
+/// Replaces `path` atomically with what `write` puts into the temporary path it is given.
+/// The temporary name ends in `.tmp.<extension of path>`, for writers (tch, image, plotters)
+/// that pick the format from the extension. A failed write leaves `path` as it was.
+pub fn write_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let tmp = match path.extension() {
+        Some(ext) => temp_sibling(path).with_extension(format!("tmp.{}", ext.to_string_lossy())),
+        None => temp_sibling(path),
+    };
+    if let Err(e) = write(&tmp) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
+
 /// Writes `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path);
-    std::fs::write(&tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    write_with(path, |tmp| {
+        std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
+    })
 }
 
 /// Writes `value` as pretty JSON to `path` atomically.

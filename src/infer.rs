@@ -7,24 +7,22 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
+use crate::config::DeviceChoice;
 use crate::data::augment::{prepare, Normalize};
 use crate::data::loader::{stream_batches, ImageSet, InputSpec};
 use crate::error::{Error, TorchResultExt};
 use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
-use crate::train::checkpoint::ModelCard;
+use crate::run::ModelCard;
 
 /// Picks the device for a `device` setting: "auto" (CUDA when available), "cpu" or "cuda".
-pub fn resolve_device(setting: &str) -> Result<Device> {
+pub fn resolve_device(setting: DeviceChoice) -> Result<Device> {
     match setting {
-        "auto" if cuda_available() => Ok(Device::Cuda(0)),
-        "auto" | "cpu" => Ok(Device::Cpu),
-        "cuda" if cuda_available() => Ok(Device::Cuda(0)),
-        "cuda" => {
+        DeviceChoice::Auto if cuda_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Auto | DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Cuda if cuda_available() => Ok(Device::Cuda(0)),
+        DeviceChoice::Cuda => {
             Err(Error::usage("device \"cuda\" requested but no CUDA device is available").into())
-        }
-        other => {
-            Err(Error::usage(format!("unknown device \"{other}\" (auto, cpu or cuda)")).into())
         }
     }
 }
@@ -87,7 +85,7 @@ impl Predictor {
     /// The network's recipe, from its card.
     fn spec(card: &ModelCard) -> ModelSpec {
         ModelSpec {
-            arch: card.arch.clone(),
+            arch: card.arch,
             in_channels: card.channels as i64,
             num_classes: card.classes.len() as i64,
             dropout: card.dropout,

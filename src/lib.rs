@@ -20,6 +20,7 @@ pub mod models;
 pub mod predict;
 pub mod progress;
 pub mod report;
+pub mod run;
 pub mod serve;
 pub mod train;
 pub mod tune;

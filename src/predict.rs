@@ -12,7 +12,7 @@ use crate::error::Error;
 use crate::infer::Predictor;
 use crate::metrics::decide;
 use crate::progress;
-use crate::train::checkpoint::ModelCard;
+use crate::run::ModelCard;
 
 /// The decision for one image.
 #[derive(Debug, Clone)]

@@ -8,7 +8,7 @@ use serde_json::json;
 use crate::common::{trained, xray};
 use crate::webdriver::{screenshot_path, session_or_skip};
 
-/// The report of `XRAY_REPORT_HTML` when set (scripts/report_screenshot.sh points it at a real
+/// The report of `XRAY_REPORT_HTML` when set (scripts/experiments/report_screenshot.sh points it at a real
 /// Kermany run), otherwise of the shared synth model's test split. The screenshot goes to
 /// `XRAY_SCREENSHOT` or target/screenshots/report.png.
 #[test]

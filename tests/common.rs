@@ -15,6 +15,21 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// `../shared/<rel>`, which an ignored-by-default test needs: a missing file is a failure that
+/// names it, never a silent pass. Tests that read `../shared` (the Kermany images, the ImageNet
+/// weights; only some machines have it) are `#[ignore = "needs ../shared ..."]`, so the test
+/// output says why they did not run; `make test` adds `--include-ignored` where `../shared` is
+/// present.
+pub fn shared(rel: &str) -> PathBuf {
+    let p = repo().join("../shared").join(rel);
+    assert!(
+        p.exists(),
+        "{} is absent: this test needs ../shared (run without --include-ignored to skip it)",
+        p.display()
+    );
+    p
+}
+
 /// Writes a synth dataset into `dir/data` (`--per-class N --size PX`) and returns its path.
 pub fn synth_dataset(dir: &Path, per_class: usize, size: u32) -> PathBuf {
     let data = dir.join("data");

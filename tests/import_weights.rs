@@ -8,9 +8,9 @@ use xray::models::{build, ModelSpec};
 
 use crate::common::{repo, xray};
 
-/// The Python of the libtorch cache (scripts/libtorch.sh installs it; the tests need it built).
+/// The Python of the libtorch cache (scripts/setup/libtorch.sh installs it; the tests need it built).
 fn torch_python() -> Option<PathBuf> {
-    let out = std::process::Command::new(repo().join("scripts/libtorch.sh"))
+    let out = std::process::Command::new(repo().join("scripts/setup/libtorch.sh"))
         .output()
         .ok()?;
     let torch_dir = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
@@ -21,7 +21,7 @@ fn torch_python() -> Option<PathBuf> {
 #[test]
 fn imported_resnet18_reproduces_pytorch_logits() {
     let Some(python) = torch_python() else {
-        println!("skipped: no Python torch from scripts/libtorch.sh");
+        println!("skipped: no Python torch from scripts/setup/libtorch.sh");
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -54,7 +54,7 @@ fn imported_resnet18_reproduces_pytorch_logits() {
     let model = build(
         &vs.root(),
         &ModelSpec {
-            arch: "resnet18".into(),
+            arch: xray::models::Arch::ResNet18,
             in_channels: 3,
             num_classes: 1000,
             dropout: 0.0,

@@ -5,7 +5,7 @@ size, centre crop, normalise), the temperature and threshold from model.json; pr
 
     python predict_torch.py RUN_DIR INPUT...     (files or folders)
 Folders are read with a DataLoader (batch 32, or $PREDICT_BATCH; one worker per core).
-PREDICT_DEVICE=cuda runs the model on the GPU (scripts/gpu_check.sh).
+PREDICT_DEVICE=cuda runs the model on the GPU (scripts/experiments/gpu_check.sh).
 """
 import json
 import os

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Prints the Python of the torch 2.11.0 venv that scripts/libtorch.sh made, after installing
+# Prints the Python of the torch 2.11.0 venv that scripts/setup/libtorch.sh made, after installing
 # the given packages into it when they are missing (e.g. torchvision==0.26.0 safetensors).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-torch_dir=$(scripts/libtorch.sh)
+torch_dir=$(scripts/setup/libtorch.sh)
 venv=$(cd "$torch_dir/../../../.." && pwd)
 py="$venv/bin/python"
 for pkg in "$@"; do

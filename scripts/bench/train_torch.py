@@ -8,7 +8,7 @@ from scratch.
 FILE_LIST: `path<TAB>label` lines. Prints `torch_train_img_per_s=N` per epoch (decode, augment,
 forward, backward, step: the whole epoch's wall time).
 
-On a GPU (scripts/gpu_check.sh): BENCH_DEVICE=cuda, BENCH_AMP=1 (float16 autocast with a
+On a GPU (scripts/experiments/gpu_check.sh): BENCH_DEVICE=cuda, BENCH_AMP=1 (float16 autocast with a
 GradScaler, as `train.amp`), BENCH_BATCH=N (default 32); the loader then pins memory.
 """
 import os

@@ -10,10 +10,13 @@ use clap::Args;
 use crate::config::Config;
 use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
-use crate::evaluate::{evaluate, report_table, write_report};
-use crate::explain::{check_table, explain_files, run_check, write_gallery, Method, Target};
+use crate::evaluate::evaluate;
+use crate::explain::{
+    check_table, explain_files, run_check, write_gallery, Method, MethodName, Target,
+};
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::predict_files;
+use crate::report::{report_table, write_eval_report};
 use crate::train::train;
 
 /// The demo's training config: configs/smoke.toml, built in so the demo runs anywhere.
@@ -64,11 +67,12 @@ impl DemoArgs {
         crate::commands::train::print_summary(&outcome);
 
         println!("[4/6] eval: test split");
-        let predictor = Predictor::load(&run_dir, resolve_device("auto")?)?;
+        let predictor =
+            Predictor::load(&run_dir, resolve_device(crate::config::DeviceChoice::Auto)?)?;
         let samples = SplitSet::read(&split_dir)?.samples("test")?;
         let (report, scored) = evaluate(&predictor, samples.clone(), "test", 64)?;
         let eval_dir = run_dir.join("eval-test");
-        write_report(&eval_dir, &report, &scored)?;
+        write_eval_report(&eval_dir, &report, &scored)?;
         print!("{}", report_table(&report));
         println!("      -> {}", eval_dir.join("report.json").display());
 
@@ -82,51 +86,9 @@ impl DemoArgs {
                     .map(|(p, _)| p.clone()),
             );
         }
-        println!("[5/6] gradcam: four test images, then the check against the opacity boxes");
         let gradcam_dir = run_dir.join("gradcam");
-        let methods = [Method::GradCam, Method::EigenCam];
-        let explained = explain_files(
-            &predictor,
-            &picks,
-            &methods,
-            Target::Predicted,
-            &gradcam_dir,
-            16,
-        )?;
-        let explained: Vec<_> = explained.into_iter().collect::<Result<_, _>>()?;
-        write_gallery(&gradcam_dir, &explained, "demo")?;
-        let all = [
-            Method::GradCam,
-            Method::GradCamPlusPlus,
-            Method::EigenCam,
-            Method::parse("ig", 16).expect("a method"),
-        ];
-        let (scores, source) = run_check(&predictor, &data_dir, &all, 60, 16, 0)?;
-        println!(
-            "      on {} ({source}):",
-            scores.first().map_or(0, |s| s.images)
-        );
-        for line in check_table(&scores).lines() {
-            println!("      {line}");
-        }
-        println!("      -> {}", gradcam_dir.join("index.html").display());
-
-        println!("[6/6] predict: one test image per class");
-        let picks: Vec<PathBuf> = picks.into_iter().step_by(2).collect();
-        for (path, result) in picks
-            .iter()
-            .zip(predict_files(&predictor, &picks, 32, false))
-        {
-            match result {
-                Ok(p) => println!(
-                    "{}\t{}\t{:.1}%",
-                    path.display(),
-                    p.label,
-                    p.probability * 100.0
-                ),
-                Err(e) => eprintln!("error: {e}"),
-            }
-        }
+        gradcam_step(&predictor, &picks, &data_dir, &gradcam_dir)?;
+        predict_step(&predictor, picks);
 
         println!(
             "\ndone in {:.0}s. Outputs:",
@@ -146,6 +108,64 @@ impl DemoArgs {
             data_dir.join("opacity").display()
         );
         Ok(())
+    }
+}
+
+/// Step 5: Grad-CAM and Eigen-CAM of the picked images, then every method scored against the
+/// opacity boxes.
+fn gradcam_step(
+    predictor: &Predictor,
+    picks: &[PathBuf],
+    data_dir: &std::path::Path,
+    gradcam_dir: &std::path::Path,
+) -> Result<()> {
+    println!("[5/6] gradcam: four test images, then the check against the opacity boxes");
+    let methods = [Method::GradCam, Method::EigenCam];
+    let explained = explain_files(
+        predictor,
+        picks,
+        &methods,
+        Target::Predicted,
+        gradcam_dir,
+        16,
+    )?;
+    let explained: Vec<_> = explained.into_iter().collect::<Result<_, _>>()?;
+    write_gallery(gradcam_dir, &explained, "demo")?;
+    let all = [
+        Method::GradCam,
+        Method::GradCamPlusPlus,
+        Method::EigenCam,
+        Method::new(MethodName::Ig, 16),
+    ];
+    let (scores, source) = run_check(predictor, data_dir, &all, 60, 16, 0)?;
+    println!(
+        "      on {} ({source}):",
+        scores.first().map_or(0, |s| s.images)
+    );
+    for line in check_table(&scores).lines() {
+        println!("      {line}");
+    }
+    println!("      -> {}", gradcam_dir.join("index.html").display());
+    Ok(())
+}
+
+/// Step 6: one picked image per class through `predict`.
+fn predict_step(predictor: &Predictor, picks: Vec<PathBuf>) {
+    println!("[6/6] predict: one test image per class");
+    let picks: Vec<PathBuf> = picks.into_iter().step_by(2).collect();
+    for (path, result) in picks
+        .iter()
+        .zip(predict_files(predictor, &picks, 32, false))
+    {
+        match result {
+            Ok(p) => println!(
+                "{}\t{}\t{:.1}%",
+                path.display(),
+                p.label,
+                p.probability * 100.0
+            ),
+            Err(e) => eprintln!("error: {e}"),
+        }
     }
 }
 

@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::evaluate::{evaluate, labelled_images, report_table, write_report};
+use crate::config::DeviceChoice;
+use crate::evaluate::{evaluate, labelled_images};
 use crate::infer::{resolve_device, Predictor};
+use crate::report::{report_table, write_eval_report};
 
 /// Arguments of `xray eval`.
 #[derive(Debug, Args)]
@@ -21,8 +23,8 @@ pub struct EvalArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -31,7 +33,7 @@ pub struct EvalArgs {
 impl EvalArgs {
     /// Runs the command.
     pub fn execute(self) -> Result<()> {
-        let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
+        let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
         let samples = labelled_images(&predictor, &self.split)?;
         let (report, scored) = evaluate(&predictor, samples, &self.split, self.batch_size)?;
         let out = self.out.unwrap_or_else(|| {
@@ -41,7 +43,7 @@ impl EvalArgs {
                 .unwrap_or_else(|| "data".into());
             self.checkpoint.join(format!("eval-{name}"))
         });
-        write_report(&out, &report, &scored)?;
+        write_eval_report(&out, &report, &scored)?;
         print!("{}", report_table(&report));
         println!("\nreport: {}", out.join("report.json").display());
         println!("predictions: {}", out.join("predictions.csv").display());

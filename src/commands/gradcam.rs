@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::error::Error;
+use crate::config::DeviceChoice;
 use crate::explain::{
-    check_table, explain_files, run_check, write_gallery, Method, Target, METHOD_NAMES,
+    check_table, explain_files, run_check, write_gallery, Method, MethodName, Target,
 };
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::collect_inputs;
@@ -27,8 +27,8 @@ pub struct GradcamArgs {
     pub out: Option<PathBuf>,
     /// gradcam, gradcam++, eigencam, ig (black baseline) or ig-blur (blurred baseline);
     /// repeat or separate with commas for several. --check defaults to all of them.
-    #[arg(long, value_delimiter = ',')]
-    pub method: Vec<String>,
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub method: Vec<MethodName>,
     /// "predicted" or a class name.
     #[arg(long, default_value = "predicted")]
     pub target: String,
@@ -45,8 +45,8 @@ pub struct GradcamArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: i64,
     /// auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     /// Images per batch.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
@@ -54,33 +54,25 @@ pub struct GradcamArgs {
 
 impl GradcamArgs {
     fn methods(&self) -> Result<Vec<Method>> {
-        let names: Vec<&str> = if self.method.is_empty() {
+        let names: Vec<MethodName> = if self.method.is_empty() {
             if self.check.is_some() {
-                METHOD_NAMES.to_vec()
+                MethodName::ALL.to_vec()
             } else {
-                vec!["gradcam"]
+                vec![MethodName::GradCam]
             }
         } else {
-            self.method.iter().map(String::as_str).collect()
+            self.method.clone()
         };
-        names
-            .iter()
-            .map(|n| {
-                Method::parse(n, self.ig_steps).ok_or_else(|| {
-                    Error::usage(format!(
-                        "unknown --method \"{n}\" (one of: {})",
-                        METHOD_NAMES.join(", ")
-                    ))
-                    .into()
-                })
-            })
-            .collect()
+        Ok(names
+            .into_iter()
+            .map(|n| Method::new(n, self.ig_steps))
+            .collect())
     }
 
     /// Runs the command; exit code 1 when no input could be read.
     pub fn execute(self) -> Result<()> {
         let methods = self.methods()?;
-        let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
+        let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
         if let Some(data) = &self.check {
             let (scores, source) = run_check(
                 &predictor,
@@ -119,7 +111,7 @@ impl GradcamArgs {
         if done.is_empty() {
             return Err(anyhow::anyhow!("no input could be read"));
         }
-        let run = crate::serve::run_name(&predictor.run_dir);
+        let run = crate::run::run_name(&predictor.run_dir);
         write_gallery(&out, &done, &run)?;
         for e in &done {
             let files: Vec<&str> = e.outputs.iter().map(|o| o.1.as_str()).collect();

@@ -6,6 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::models::import::import_weights;
+use crate::models::Arch;
 
 /// Arguments of `xray import-weights`.
 #[derive(Debug, Args)]
@@ -13,8 +14,8 @@ pub struct ImportWeightsArgs {
     /// A PyTorch state-dict file (torch.save), e.g. torchvision's resnet18-f37072fd.pth.
     pub file: PathBuf,
     /// The architecture it belongs to (its names are checked).
-    #[arg(long)]
-    pub arch: String,
+    #[arg(long, value_enum)]
+    pub arch: Arch,
     /// Output safetensors file, for `model.pretrained`.
     #[arg(short = 'o', long = "out")]
     pub out: PathBuf,
@@ -23,7 +24,7 @@ pub struct ImportWeightsArgs {
 impl ImportWeightsArgs {
     /// Runs the command.
     pub fn execute(self) -> Result<()> {
-        let report = import_weights(&self.file, &self.arch, &self.out)?;
+        let report = import_weights(&self.file, self.arch, &self.out)?;
         println!(
             "wrote {} tensors of {} ({} classes) to {}{}",
             report.written,

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
+use crate::config::DeviceChoice;
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::{collect_inputs, predict_files};
 
@@ -33,8 +34,8 @@ pub struct PredictArgs {
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,
     /// auto, cpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
+    pub device: DeviceChoice,
     /// Images per forward pass (default 8 on the CPU, where larger batches only cost memory:
     /// MobileNetV2 over 500 images, 928 MiB at 32 against 498 MiB at 8, no faster; 32 on CUDA).
     #[arg(long)]
@@ -48,14 +49,14 @@ pub struct PredictArgs {
 impl PredictArgs {
     /// Runs the command; exit code 1 when no input could be read.
     pub fn execute(self) -> Result<()> {
-        let device = resolve_device(&self.device)?;
+        let device = resolve_device(self.device)?;
         let predictor = Predictor::load(&self.checkpoint, device)?;
         let files = collect_inputs(&self.inputs)?;
         let batch_size = self
             .batch_size
             .unwrap_or(if device.is_cuda() { 32 } else { 8 });
         let results = predict_files(&predictor, &files, batch_size.max(1), self.tta);
-        let model_name = crate::serve::run_name(&predictor.run_dir);
+        let model_name = crate::run::run_name(&predictor.run_dir);
         let classes = &predictor.card.classes;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();

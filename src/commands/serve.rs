@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::config::DeviceChoice;
 use crate::infer::{resolve_device, Predictor};
 use crate::serve::{serve, ServeOptions};
 
@@ -18,8 +19,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
     /// auto, cpu or cuda.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
+    #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
+    pub device: DeviceChoice,
     /// Largest accepted upload in MiB.
     #[arg(long, default_value_t = 32)]
     pub max_upload_mb: usize,
@@ -34,7 +35,7 @@ pub struct ServeArgs {
 impl ServeArgs {
     /// Runs the server until SIGTERM or Ctrl-C.
     pub fn execute(self) -> Result<()> {
-        let predictor = Predictor::load(&self.checkpoint, resolve_device(&self.device)?)?;
+        let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
         let options = ServeOptions {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::config::Config;
+use crate::config::{Config, Strategy};
 use crate::tune::{best_trial, tune, TuneOptions};
 
 /// Arguments of `xray tune`.
@@ -22,8 +22,8 @@ pub struct TuneArgs {
     #[arg(long)]
     pub trials: Option<usize>,
     /// Search strategy (default `tune.strategy`, "tpe").
-    #[arg(long, value_parser = ["grid", "random", "tpe"])]
-    pub strategy: Option<String>,
+    #[arg(long, value_enum)]
+    pub strategy: Option<Strategy>,
     /// Search folder; running the same command again carries an interrupted search on
     /// (default tune/<name>).
     #[arg(long)]
@@ -50,13 +50,13 @@ impl TuneArgs {
                 seed: self.seed,
             },
         )?;
-        let monitor = &outcome.monitor;
+        let monitor = outcome.monitor;
         let mut ranked: Vec<_> = outcome
             .trials
             .iter()
             .filter(|t| t.value.is_some())
             .collect();
-        let lower_better = monitor == "val_loss";
+        let lower_better = !monitor.higher_is_better();
         ranked.sort_by(|a, b| {
             let (x, y) = (a.score(monitor), b.score(monitor));
             y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
@@ -102,7 +102,7 @@ impl TuneArgs {
         println!(
             "{:>5}  {:>8}  {:>8}  {:>6}  {}",
             "trial",
-            monitor,
+            monitor.as_str(),
             "status",
             "epochs",
             cells(&outcome.keys)

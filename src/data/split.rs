@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::decode::decode_image;
-use crate::data::scan::scan_dataset;
+use crate::data::scan::{scan_dataset, ScannedDataset};
 use crate::error::Error;
 use crate::progress;
 
@@ -157,9 +157,53 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
     let re =
         Regex::new(&opts.group_regex).map_err(|e| Error::usage(format!("--group-regex: {e}")))?;
     let scanned = scan_dataset(data_dir)?;
-    let root = scanned.root.clone();
+    let (by_hash, corrupt) = check_files(&scanned);
+    let unique = deduplicate(&scanned, by_hash);
+    if unique.kept.is_empty() {
+        return Err(
+            Error::usage(format!("no readable images in {}", scanned.root.display())).into(),
+        );
+    }
+    let kept = &unique.kept;
+    let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
+    let group_members = group_images(&scanned, kept, &re);
+    let assignment = assign_groups(&scanned, kept, &group_members, opts);
+    let mut records = Vec::with_capacity(kept.len());
+    for (group, members) in &group_members {
+        let s = assignment[group];
+        for &k in members {
+            let (i, hash) = &kept[k];
+            records.push(SplitRecord {
+                path: rel(*i),
+                label: scanned.classes[scanned.images[*i].label].clone(),
+                group: group.clone(),
+                split: SPLITS[s].to_string(),
+                sha256: hash.clone(),
+            });
+        }
+    }
+    records.sort_by(|a, b| a.path.cmp(&b.path));
+    let report = SplitReport {
+        data_dir: scanned.root.clone(),
+        classes: scanned.classes.clone(),
+        ratios: opts.ratios,
+        seed: opts.seed,
+        group_regex: opts.group_regex.clone(),
+        files_found: scanned.images.len(),
+        images_kept: records.len(),
+        groups: group_members.len(),
+        counts: count_per_split(&scanned.classes, &records),
+        duplicates_dropped: unique.duplicates,
+        label_conflicts_dropped: unique.conflicts,
+        corrupt_skipped: corrupt,
+    };
+    Ok(SplitOutcome { records, report })
+}
 
-    // Hash and fully decode every file, in parallel.
+/// Hashes and fully decodes every file, in parallel: the images by sha256, and the files that
+/// cannot be read with the reason.
+fn check_files(scanned: &ScannedDataset) -> (BTreeMap<String, Vec<usize>>, Vec<Skipped>) {
+    let root = &scanned.root;
     let bar = progress::bar(scanned.images.len() as u64, "check");
     let checked: Vec<(usize, Result<String, String>)> = scanned
         .images
@@ -179,24 +223,37 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         })
         .collect();
     bar.finish_and_clear();
-
-    let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
     let mut corrupt = Vec::new();
     let mut by_hash: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, result) in checked {
         match result {
             Ok(hash) => by_hash.entry(hash).or_default().push(i),
             Err(reason) => corrupt.push(Skipped {
-                path: rel(i),
+                path: scanned.images[i].rel_path.to_string_lossy().into_owned(),
                 reason,
             }),
         }
     }
+    (by_hash, corrupt)
+}
 
-    // De-duplicate by content.
-    let mut kept: Vec<(usize, String)> = Vec::new();
-    let mut duplicates = Vec::new();
-    let mut conflicts = Vec::new();
+/// The images left after merging byte-identical files, and what was dropped.
+struct Unique {
+    /// (index into the scan, sha256) of each kept image.
+    kept: Vec<(usize, String)>,
+    duplicates: Vec<Skipped>,
+    conflicts: Vec<Skipped>,
+}
+
+/// Keeps the first (by path) of each set of byte-identical files; a set under two labels is
+/// dropped whole as a label conflict.
+fn deduplicate(scanned: &ScannedDataset, by_hash: BTreeMap<String, Vec<usize>>) -> Unique {
+    let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
+    let mut unique = Unique {
+        kept: Vec::new(),
+        duplicates: Vec::new(),
+        conflicts: Vec::new(),
+    };
     for (hash, mut idx) in by_hash {
         idx.sort_by_key(|&i| scanned.images[i].rel_path.clone());
         let first_label = scanned.images[idx[0]].label;
@@ -206,7 +263,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
                 .map(|&i| scanned.classes[scanned.images[i].label].as_str())
                 .collect();
             for &i in &idx {
-                conflicts.push(Skipped {
+                unique.conflicts.push(Skipped {
                     path: rel(i),
                     reason: format!("same bytes under labels {}", labels.join(", ")),
                 });
@@ -214,18 +271,22 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
             continue;
         }
         for &i in &idx[1..] {
-            duplicates.push(Skipped {
+            unique.duplicates.push(Skipped {
                 path: rel(i),
                 reason: format!("duplicate of {}", rel(idx[0])),
             });
         }
-        kept.push((idx[0], hash));
+        unique.kept.push((idx[0], hash));
     }
-    if kept.is_empty() {
-        return Err(Error::usage(format!("no readable images in {}", root.display())).into());
-    }
+    unique
+}
 
-    // Groups, and each group's majority class (groups rarely span classes).
+/// The kept images (indices into `kept`) of each group, by group name.
+fn group_images(
+    scanned: &ScannedDataset,
+    kept: &[(usize, String)],
+    re: &Regex,
+) -> BTreeMap<String, Vec<usize>> {
     let mut group_members: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (k, (i, _)) in kept.iter().enumerate() {
         let name = scanned.images[*i]
@@ -234,13 +295,24 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         group_members
-            .entry(group_of(&name, &re))
+            .entry(group_of(&name, re))
             .or_default()
             .push(k);
     }
+    group_members
+}
+
+/// Deals each class's groups (by their majority class; groups rarely span classes), shuffled
+/// with the seed, to the split furthest below its target share: group name -> split index.
+fn assign_groups(
+    scanned: &ScannedDataset,
+    kept: &[(usize, String)],
+    group_members: &BTreeMap<String, Vec<usize>>,
+    opts: &SplitOptions,
+) -> HashMap<String, usize> {
     let n_classes = scanned.classes.len();
     let mut groups_by_class: Vec<Vec<(String, usize)>> = vec![Vec::new(); n_classes];
-    for (group, members) in &group_members {
+    for (group, members) in group_members {
         let mut votes = vec![0usize; n_classes];
         for &k in members {
             votes[scanned.images[kept[k].0].label] += 1;
@@ -250,7 +322,6 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
             .unwrap_or(0);
         groups_by_class[major].push((group.clone(), members.len()));
     }
-
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let mut assignment: HashMap<String, usize> = HashMap::new();
     for groups in groups_by_class.iter_mut() {
@@ -270,51 +341,28 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
             assignment.insert(group.clone(), s);
         }
     }
+    assignment
+}
 
-    let mut records = Vec::with_capacity(kept.len());
-    for (group, members) in &group_members {
-        let s = assignment[group];
-        for &k in members {
-            let (i, hash) = &kept[k];
-            records.push(SplitRecord {
-                path: rel(*i),
-                label: scanned.classes[scanned.images[*i].label].clone(),
-                group: group.clone(),
-                split: SPLITS[s].to_string(),
-                sha256: hash.clone(),
-            });
-        }
-    }
-    records.sort_by(|a, b| a.path.cmp(&b.path));
-
+/// Images per split and class (every split and class present, zeros included).
+fn count_per_split(
+    classes: &[String],
+    records: &[SplitRecord],
+) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for s in SPLITS {
         let per = counts.entry(s.to_string()).or_default();
-        for c in &scanned.classes {
+        for c in classes {
             per.insert(c.clone(), 0);
         }
     }
-    for r in &records {
+    for r in records {
         *counts
             .get_mut(&r.split)
             .and_then(|m| m.get_mut(&r.label))
             .expect("every split and class is counted") += 1;
     }
-    let report = SplitReport {
-        data_dir: root,
-        classes: scanned.classes.clone(),
-        ratios: opts.ratios,
-        seed: opts.seed,
-        group_regex: opts.group_regex.clone(),
-        files_found: scanned.images.len(),
-        images_kept: records.len(),
-        groups: group_members.len(),
-        counts,
-        duplicates_dropped: duplicates,
-        label_conflicts_dropped: conflicts,
-        corrupt_skipped: corrupt,
-    };
-    Ok(SplitOutcome { records, report })
+    counts
 }
 
 /// Writes `split.csv` and `split_report.json` into `out`.

@@ -9,6 +9,22 @@ use tch::{Device, Kind, Tensor};
 use crate::data::augment::Normalize;
 use crate::models::{Classifier, GridPlacement};
 
+crate::config::choice! {
+    /// The names of the attribution methods, as `--method` takes them.
+    MethodName, "--method" {
+        /// Grad-CAM.
+        GradCam = "gradcam",
+        /// Grad-CAM++.
+        GradCamPlusPlus = "gradcam++" | "gradcampp",
+        /// Eigen-CAM.
+        EigenCam = "eigencam",
+        /// Integrated Gradients from a black image.
+        Ig = "ig",
+        /// Integrated Gradients from the blurred image.
+        IgBlur = "ig-blur",
+    }
+}
+
 /// An attribution method.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Method {
@@ -38,20 +54,18 @@ pub enum Baseline {
 }
 
 impl Method {
-    /// Parses a `--method` name: gradcam, gradcam++, eigencam, ig (black baseline) or
-    /// ig-blur.
-    pub fn parse(name: &str, ig_steps: usize) -> Option<Method> {
+    /// The method a `--method` name stands for; Integrated Gradients in `ig_steps` steps.
+    pub fn new(name: MethodName, ig_steps: usize) -> Method {
         let ig = |baseline| Method::IntegratedGradients {
             baseline,
             steps: ig_steps.max(1),
         };
         match name {
-            "gradcam" => Some(Method::GradCam),
-            "gradcam++" | "gradcampp" => Some(Method::GradCamPlusPlus),
-            "eigencam" => Some(Method::EigenCam),
-            "ig" => Some(ig(Baseline::Black)),
-            "ig-blur" => Some(ig(Baseline::Blurred)),
-            _ => None,
+            MethodName::GradCam => Method::GradCam,
+            MethodName::GradCamPlusPlus => Method::GradCamPlusPlus,
+            MethodName::EigenCam => Method::EigenCam,
+            MethodName::Ig => ig(Baseline::Black),
+            MethodName::IgBlur => ig(Baseline::Blurred),
         }
     }
 
@@ -72,9 +86,6 @@ impl Method {
         }
     }
 }
-
-/// The accepted `--method` names.
-pub const METHOD_NAMES: &[&str] = &["gradcam", "gradcam++", "eigencam", "ig", "ig-blur"];
 
 /// Resamples maps `[n, h, w]` on the last stage's grid to `[n, side, side]` on the input,
 /// bilinearly, each input pixel reading the grid at its own centre's position, the cells

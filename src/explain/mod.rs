@@ -18,7 +18,8 @@ use crate::data::decode::{decode_image, to_model_pixels};
 use crate::error::Error;
 use crate::infer::{probabilities, Predictor};
 use crate::progress;
-pub use methods::{upsample_to_input, Baseline, Explainer, Method, METHOD_NAMES};
+use crate::report::gallery::{gallery_html, GalleryEntry};
+pub use methods::{upsample_to_input, Baseline, Explainer, Method, MethodName};
 
 /// Which class a heatmap explains.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -226,41 +227,24 @@ pub fn explain_files(
     Ok(results)
 }
 
-/// `index.html`: every explained image's overlays in a grid, with its file, decision and
-/// probability. The pictures are referenced by file name (they sit beside it).
+/// `index.html`: every explained image's overlays in a grid (see
+/// [`crate::report::gallery`]).
 pub fn write_gallery(out: &Path, explained: &[Explained], run: &str) -> Result<()> {
-    let esc = crate::report::page::escape_html;
-    let mut html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <title>xray gradcam: {run}</title>\n<style>body{{font-family:system-ui,sans-serif;\
-         margin:1.5em;color:#222}}.item{{display:inline-block;vertical-align:top;margin:0 1em \
-         1.5em 0}}.item img{{width:240px;margin-right:4px}}.cap{{font-size:.85em;color:#444;\
-         max-width:740px}}</style>\n</head>\n<body>\n<h1>Heatmaps: {run}</h1>\n\
-         <p>{} images. Jet colours over the image at alpha {OVERLAY_ALPHA}; red is where the \
-         method attributes most of the target class's score. Research use, not a \
-         diagnosis.</p>\n",
-        explained.len(),
-        run = esc(run),
-    );
-    for e in explained {
-        html.push_str("<div class=\"item\">");
-        for (method, overlay_file, _) in &e.outputs {
-            html.push_str(&format!(
-                "<img src=\"{}\" alt=\"{}\" title=\"{}\">",
-                esc(overlay_file),
-                esc(method),
-                esc(method)
-            ));
-        }
-        html.push_str(&format!(
-            "<div class=\"cap\">{}<br>target {} {:.1}%, predicted {}</div></div>\n",
-            esc(&e.path.display().to_string()),
-            esc(&e.target),
-            100.0 * e.probability,
-            esc(&e.predicted)
-        ));
-    }
-    html.push_str("</body>\n</html>\n");
+    let entries: Vec<GalleryEntry<'_>> = explained
+        .iter()
+        .map(|e| GalleryEntry {
+            path: e.path.display().to_string(),
+            target: &e.target,
+            probability: e.probability,
+            predicted: &e.predicted,
+            overlays: e
+                .outputs
+                .iter()
+                .map(|(method, overlay, _)| (method.as_str(), overlay.as_str()))
+                .collect(),
+        })
+        .collect();
+    let html = gallery_html(run, OVERLAY_ALPHA, &entries);
     crate::fsutil::write_atomic(&out.join("index.html"), html.as_bytes())
 }
 

@@ -13,6 +13,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use tch::{Kind, Tensor};
 
 use crate::error::{Error, TorchResultExt};
+use crate::models::Arch;
 
 /// A tensor in the pickle: where its data lies in which storage.
 #[derive(Debug, Clone)]
@@ -103,6 +104,9 @@ impl<'a> Reader<'a> {
 }
 
 /// Runs the pickle in `data` and returns the top-level value.
+///
+/// Long on purpose (about 180 lines): it is the pickle virtual machine, one `match` arm per
+/// opcode over one stack and memo; split up, each part would need the whole machine's state.
 fn unpickle(data: &[u8]) -> Result<Value> {
     let mut r = Reader { data, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
@@ -399,7 +403,7 @@ pub struct ImportReport {
 
 /// Converts the state dict at `pth` into `out` (safetensors) after checking that every variable
 /// of `arch` is there with its shape.
-pub fn import_weights(pth: &Path, arch: &str, out: &Path) -> Result<ImportReport> {
+pub fn import_weights(pth: &Path, arch: Arch, out: &Path) -> Result<ImportReport> {
     use tch::nn;
     let tensors = read_torch_state_dict(pth)?;
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
@@ -408,7 +412,7 @@ pub fn import_weights(pth: &Path, arch: &str, out: &Path) -> Result<ImportReport
     let head = crate::models::build(
         &probe.root(),
         &crate::models::ModelSpec {
-            arch: arch.to_string(),
+            arch,
             in_channels: 3,
             num_classes: 2,
             dropout: 0.0,
@@ -428,7 +432,7 @@ pub fn import_weights(pth: &Path, arch: &str, out: &Path) -> Result<ImportReport
     crate::models::build(
         &vs.root(),
         &crate::models::ModelSpec {
-            arch: arch.to_string(),
+            arch,
             in_channels: 3,
             num_classes: classes,
             dropout: 0.0,
@@ -467,11 +471,11 @@ pub fn import_weights(pth: &Path, arch: &str, out: &Path) -> Result<ImportReport
         .filter(|n| !vars.contains_key(n))
         .collect();
     left_out.sort();
-    let tmp = crate::fsutil::temp_sibling(out).with_extension("tmp.safetensors");
-    Tensor::write_safetensors(&named, &tmp)
-        .torch()
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write {}", out.display()))?;
+    crate::fsutil::write_with(out, |tmp| {
+        Tensor::write_safetensors(&named, tmp)
+            .torch()
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })?;
     Ok(ImportReport {
         written: named.len(),
         classes,

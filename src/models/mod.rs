@@ -16,16 +16,7 @@ pub mod sepres;
 use anyhow::Result;
 use tch::{nn, Tensor};
 
-use crate::error::Error;
-
-/// Architecture names accepted by `model.arch`.
-pub const ARCHITECTURES: &[&str] = &[
-    "simple_cnn",
-    "sepres_cnn",
-    "mobilenet_v2",
-    "resnet18",
-    "efficientnet_lite0",
-];
+pub use crate::config::Arch;
 
 /// An image classifier: a sequence of feature stages, then a head.
 pub trait Classifier: Send {
@@ -82,8 +73,8 @@ impl GridPlacement {
 /// What a network is built from.
 #[derive(Debug, Clone)]
 pub struct ModelSpec {
-    /// Architecture name, one of [`ARCHITECTURES`].
-    pub arch: String,
+    /// Architecture.
+    pub arch: Arch,
     /// Input channels (1 or 3).
     pub in_channels: i64,
     /// Output classes.
@@ -110,18 +101,13 @@ pub(crate) fn relu6_inplace(mut xs: Tensor) -> Tensor {
 
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
-    match spec.arch.as_str() {
-        "simple_cnn" => Ok(Box::new(cnn::simple_cnn(root, c, k, d))),
-        "sepres_cnn" => Ok(Box::new(sepres::sepres_cnn(root, c, k, d))),
-        "mobilenet_v2" => Ok(Box::new(mobilenet::mobilenet_v2(root, c, k, d))),
-        "efficientnet_lite0" => Ok(Box::new(efficientnet::efficientnet_lite0(root, c, k, d))),
-        "resnet18" => Ok(Box::new(resnet::resnet18(root, c, k, d))),
-        other => Err(Error::usage(format!(
-            "unknown model.arch \"{other}\" (one of: {})",
-            ARCHITECTURES.join(", ")
-        ))
-        .into()),
-    }
+    Ok(match spec.arch {
+        Arch::SimpleCnn => Box::new(cnn::simple_cnn(root, c, k, d)),
+        Arch::SepresCnn => Box::new(sepres::sepres_cnn(root, c, k, d)),
+        Arch::MobileNetV2 => Box::new(mobilenet::mobilenet_v2(root, c, k, d)),
+        Arch::EfficientNetLite0 => Box::new(efficientnet::efficientnet_lite0(root, c, k, d)),
+        Arch::ResNet18 => Box::new(resnet::resnet18(root, c, k, d)),
+    })
 }
 
 /// A network made of feature stages and a head of global average pooling, dropout and one

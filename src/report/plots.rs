@@ -8,7 +8,7 @@ use anyhow::{anyhow, Result};
 use plotters::prelude::*;
 
 use crate::metrics::calibration::ReliabilityBin;
-use crate::train::checkpoint::EpochMetrics;
+use crate::run::EpochMetrics;
 
 /// DejaVu Sans (Bitstream Vera licence, see assets/DejaVuSans.LICENSE).
 static DEJAVU_SANS: &[u8] = include_bytes!("../../assets/DejaVuSans.ttf");

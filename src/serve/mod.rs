@@ -5,8 +5,6 @@
 //! forward pass over the cores, so more model copies would only compete for them. Uploads are
 //! limited in bytes (the body limit) and in pixels (read from the header before decoding).
 
-mod page;
-
 use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
@@ -27,6 +25,7 @@ use crate::error::Error;
 use crate::explain::{batch_maps, explainer, overlay, Explainer, Method, Target};
 use crate::infer::Predictor;
 use crate::predict::Prediction;
+use crate::run::run_name;
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -76,16 +75,6 @@ fn model_info(predictor: &Predictor) -> Value {
         "threshold": predictor.card.threshold,
         "validation": {"accuracy": m.val_acc, "auc": m.val_auc, "epoch": predictor.card.best_epoch},
     })
-}
-
-/// The run folder's name (the link `latest` resolved).
-pub fn run_name(run_dir: &Path) -> String {
-    run_dir
-        .canonicalize()
-        .unwrap_or_else(|_| run_dir.to_path_buf())
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Predict's JSON for one image, plus the Grad-CAM overlay as a PNG data URI when asked.
@@ -234,7 +223,7 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<Value> {
 async fn index(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
-        Html(page::render(
+        Html(crate::report::serve_page::render(
             &state.model_info,
             state.options.max_upload_bytes,
         )),

@@ -25,6 +25,21 @@ pub enum Rule {
     RmsProp,
 }
 
+impl Rule {
+    /// The rule `train.optimizer` names (with `train.nesterov` for SGD).
+    pub fn from_config(tc: &crate::config::TrainConfig) -> Rule {
+        use crate::config::OptimizerKind;
+        match tc.optimizer {
+            OptimizerKind::AdamW => Rule::AdamW,
+            OptimizerKind::Adam => Rule::Adam,
+            OptimizerKind::Sgd => Rule::Sgd {
+                nesterov: tc.nesterov,
+            },
+            OptimizerKind::RmsProp => Rule::RmsProp,
+        }
+    }
+}
+
 /// An optimizer over the trainable variables of a VarStore.
 pub struct Optimizer {
     rule: Rule,
@@ -287,11 +302,11 @@ impl Optimizer {
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
         named.push(("epoch".into(), Tensor::from_slice(&[epoch as i64])));
-        let tmp = crate::fsutil::temp_sibling(path).with_extension("tmp.safetensors");
-        Tensor::write_safetensors(&named, &tmp)
-            .torch()
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+        crate::fsutil::write_with(path, |tmp| {
+            Tensor::write_safetensors(&named, tmp)
+                .torch()
+                .with_context(|| format!("cannot write {}", tmp.display()))
+        })
     }
 
     /// Restores the state saved by [`Optimizer::save`]; returns the epoch it was saved at.

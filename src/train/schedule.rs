@@ -1,11 +1,11 @@
 //! Learning-rate schedules, evaluated per optimisation step.
 
-use crate::config::TrainConfig;
+use crate::config::{SchedulerKind, TrainConfig};
 
 /// A learning rate as a function of the global step.
 #[derive(Debug, Clone)]
 pub struct Schedule {
-    kind: String,
+    kind: SchedulerKind,
     base_lr: f64,
     warmup_steps: usize,
     total_steps: usize,
@@ -30,7 +30,7 @@ impl Schedule {
         steps_per_epoch: usize,
     ) -> Self {
         Schedule {
-            kind: tc.scheduler.clone(),
+            kind: tc.scheduler,
             base_lr,
             warmup_steps: warmup_epochs.min(epochs) * steps_per_epoch,
             total_steps: (epochs * steps_per_epoch).max(1),
@@ -45,17 +45,18 @@ impl Schedule {
         if step < self.warmup_steps {
             return self.base_lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
-        match self.kind.as_str() {
-            "cosine" => {
+        match self.kind {
+            SchedulerKind::Cosine => {
                 let span = (self.total_steps - self.warmup_steps.min(self.total_steps)).max(1);
                 let t = (step - self.warmup_steps) as f64 / span as f64;
                 0.5 * self.base_lr * (1.0 + (std::f64::consts::PI * t.min(1.0)).cos())
             }
-            "step" => {
+            SchedulerKind::Step => {
                 let epoch = step / self.steps_per_epoch;
                 self.base_lr * self.step_gamma.powi((epoch / self.step_epochs) as i32)
             }
-            _ => self.base_lr,
+            // Plateau scales the rate from outside (RunState::lr_scale).
+            SchedulerKind::None | SchedulerKind::Plateau => self.base_lr,
         }
     }
 }
@@ -70,7 +71,7 @@ mod tests {
             epochs: 10,
             lr: 1.0,
             warmup_epochs: 1,
-            scheduler: "cosine".into(),
+            scheduler: SchedulerKind::Cosine,
             ..TrainConfig::default()
         };
         let s = Schedule::from_config(&tc, 10);
@@ -85,7 +86,7 @@ mod tests {
     fn step_decay() {
         let tc = TrainConfig {
             lr: 1.0,
-            scheduler: "step".into(),
+            scheduler: SchedulerKind::Step,
             step_epochs: 2,
             step_gamma: 0.5,
             ..TrainConfig::default()

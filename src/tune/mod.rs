@@ -20,11 +20,11 @@ use anyhow::{Context, Result};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::config::{set_path, Config, TuneConfig};
+use crate::config::{set_path, Config, Monitor, Prune, Strategy, TuneConfig};
 use crate::error::Error;
 use crate::progress;
-use crate::train::checkpoint::{read_metrics_csv, EpochMetrics};
-use crate::train::{monitored, Hooks};
+use crate::run::{read_metrics_csv, EpochMetrics, RunState};
+use crate::train::Hooks;
 use space::{render, Point, Space};
 
 /// What the command line may override of `[tune]`.
@@ -35,7 +35,7 @@ pub struct TuneOptions {
     /// Overrides `tune.trials`.
     pub trials: Option<usize>,
     /// Overrides `tune.strategy`.
-    pub strategy: Option<String>,
+    pub strategy: Option<Strategy>,
     /// Overrides `tune.time_budget_minutes`.
     pub time_budget_minutes: Option<f64>,
     /// Overrides `tune.seed`.
@@ -100,9 +100,8 @@ pub struct Trial {
 
 impl Trial {
     /// The value with higher always better (the loss negated).
-    pub fn score(&self, monitor: &str) -> Option<f64> {
-        self.value
-            .map(|v| if monitor == "val_loss" { -v } else { v })
+    pub fn score(&self, monitor: Monitor) -> Option<f64> {
+        self.value.map(|v| monitor.to_score(v))
     }
 }
 
@@ -112,7 +111,7 @@ pub struct TuneOutcome {
     /// The search folder.
     pub out: PathBuf,
     /// The monitored metric (`train.monitor`).
-    pub monitor: String,
+    pub monitor: Monitor,
     /// The space's keys, in trials.csv's order.
     pub keys: Vec<String>,
     /// Every finished trial, by number.
@@ -127,35 +126,10 @@ pub struct TuneOutcome {
 
 /// Runs (or resumes) the search that `config`'s `[tune]` section describes.
 pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
-    let mut settings = config.tune.clone();
-    if let Some(s) = &opts.strategy {
-        settings.strategy = s.clone();
-    }
-    if let Some(n) = opts.trials {
-        settings.trials = n;
-    }
-    if let Some(m) = opts.time_budget_minutes {
-        settings.time_budget_minutes = m;
-    }
-    if let Some(s) = opts.seed {
-        settings.seed = s;
-    }
-    let mut resolved = config.clone();
-    resolved.tune = settings.clone();
-    resolved.validate()?;
+    let resolved = with_options(config, opts)?;
+    let settings = resolved.tune.clone();
     let space = Space::parse(&settings.space)?;
-    let planned = match settings.strategy.as_str() {
-        "grid" => {
-            let size = space.grid_size()?;
-            if settings.trials == 0 {
-                size
-            } else {
-                settings.trials.min(size)
-            }
-        }
-        _ if settings.trials == 0 => 20,
-        _ => settings.trials,
-    };
+    let planned = planned_trials(&settings, &space)?;
     let mut base = config.clone();
     base.tune = TuneConfig::default();
     let base_table = toml::Table::try_from(&base).context("the config as TOML")?;
@@ -168,8 +142,8 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
     std::fs::create_dir_all(out.join("trials"))
         .with_context(|| format!("cannot create {}", out.display()))?;
     check_same_search(&out, &resolved)?;
-    let monitor = config.train.monitor.clone();
-    let mut trials = read_trials(&out, &space, &monitor)?;
+    let monitor = config.train.monitor;
+    let mut trials = read_trials(&out, &space, monitor)?;
     let found = trials.len();
 
     let bar = progress::bar(planned as u64, "trials");
@@ -197,7 +171,7 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
             ));
             break;
         }
-        let point = propose(&space, &settings, id, &trials, &monitor);
+        let point = propose(&space, &settings, id, &trials, monitor);
         let values = space.values(&point);
         let rendered: Vec<String> = values.iter().map(|(_, v)| render(v)).collect();
         // What trials.csv will hold, read back: a resumed search sees the same points.
@@ -228,32 +202,17 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
                 point,
             },
         );
-        let line = match (&trial.status, trial.value) {
-            (Status::Failed, _) => format!("trial {id:>3}  {label}  failed"),
-            (status, Some(v)) => format!(
-                "trial {id:>3}  {label}  {monitor} {v:.4} (epoch {}/{}, {:.1}s){}",
-                trial.best_epoch,
-                trial.epochs,
-                trial.seconds,
-                if *status == Status::Pruned {
-                    "  pruned"
-                } else {
-                    ""
-                }
-            ),
-            (_, None) => format!("trial {id:>3}  {label}"),
-        };
-        say(line);
+        say(trial_line(&trial, &label, monitor));
         trials.push(trial);
         trials.sort_by_key(|t| t.id);
         ran += 1;
         bar.inc(1);
-        write_results(&out, &space, &monitor, &base_table, &trials)?;
+        write_results(&out, &space, monitor, &base_table, &trials)?;
     }
     bar.finish_and_clear();
     if ran == 0 {
         // A search that ran nothing new still leaves its files current.
-        write_results(&out, &space, &monitor, &base_table, &trials)?;
+        write_results(&out, &space, monitor, &base_table, &trials)?;
     }
     Ok(TuneOutcome {
         keys: space.params.iter().map(|p| p.key.clone()).collect(),
@@ -266,6 +225,63 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
     })
 }
 
+/// `config` with the command line's overrides of `[tune]` applied, validated.
+fn with_options(config: &Config, opts: &TuneOptions) -> Result<Config> {
+    let mut resolved = config.clone();
+    let settings = &mut resolved.tune;
+    if let Some(s) = opts.strategy {
+        settings.strategy = s;
+    }
+    if let Some(n) = opts.trials {
+        settings.trials = n;
+    }
+    if let Some(m) = opts.time_budget_minutes {
+        settings.time_budget_minutes = m;
+    }
+    if let Some(s) = opts.seed {
+        settings.seed = s;
+    }
+    resolved.validate()?;
+    Ok(resolved)
+}
+
+/// Trials the search runs: `tune.trials`, at most the grid's size for a grid; 0 means the
+/// whole grid, or 20.
+fn planned_trials(settings: &TuneConfig, space: &Space) -> Result<usize> {
+    Ok(match settings.strategy {
+        Strategy::Grid => {
+            let size = space.grid_size()?;
+            if settings.trials == 0 {
+                size
+            } else {
+                settings.trials.min(size)
+            }
+        }
+        _ if settings.trials == 0 => 20,
+        _ => settings.trials,
+    })
+}
+
+/// The line printed when a trial ends.
+fn trial_line(trial: &Trial, label: &str, monitor: Monitor) -> String {
+    let id = trial.id;
+    match (trial.status, trial.value) {
+        (Status::Failed, _) => format!("trial {id:>3}  {label}  failed"),
+        (status, Some(v)) => format!(
+            "trial {id:>3}  {label}  {monitor} {v:.4} (epoch {}/{}, {:.1}s){}",
+            trial.best_epoch,
+            trial.epochs,
+            trial.seconds,
+            if status == Status::Pruned {
+                "  pruned"
+            } else {
+                ""
+            }
+        ),
+        (_, None) => format!("trial {id:>3}  {label}"),
+    }
+}
+
 /// Trial `id`'s point: the grid's `id`-th, a uniform draw, or TPE's suggestion once
 /// `startup_trials` trials have finished.
 fn propose(
@@ -273,7 +289,7 @@ fn propose(
     settings: &TuneConfig,
     id: usize,
     done: &[Trial],
-    monitor: &str,
+    monitor: Monitor,
 ) -> Point {
     let mut rng = ChaCha8Rng::seed_from_u64(
         settings
@@ -281,10 +297,10 @@ fn propose(
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(id as u64),
     );
-    match settings.strategy.as_str() {
-        "grid" => space.grid_point(id),
-        "random" => space.sample_uniform(&mut rng),
-        _ => {
+    match settings.strategy {
+        Strategy::Grid => space.grid_point(id),
+        Strategy::Random => space.sample_uniform(&mut rng),
+        Strategy::Tpe => {
             let scored: Vec<(&Trial, f64)> = done
                 .iter()
                 .filter(|t| t.id < id)
@@ -334,15 +350,15 @@ fn run_trial(
 ) -> Trial {
     let dir = out.join("trials").join(format!("{id:04}"));
     let started = Instant::now();
-    let monitor = config.train.monitor.clone();
-    let pruner = (settings.prune == "median").then(|| prune::Median {
+    let monitor = config.train.monitor;
+    let pruner = (settings.prune == Prune::Median).then(|| prune::Median {
         after_epochs: settings.prune_after_epochs.max(1),
         startup_trials: settings.prune_after_trials,
     });
     let curves: Vec<&[f64]> = done.iter().map(|t| t.curve.as_slice()).collect();
     let completed = done.iter().filter(|t| t.status == Status::Complete).count();
     let mut after_epoch = |history: &[EpochMetrics]| -> bool {
-        let curve = best_so_far(&monitor, history);
+        let curve = best_so_far(monitor, history);
         pruner
             .as_ref()
             .is_none_or(|p| !p.should_prune(&curve, &curves, completed))
@@ -369,13 +385,13 @@ fn run_trial(
             } else {
                 Status::Complete
             },
-            value: reported(&monitor, &o.best),
+            value: monitor.value(&o.best),
             best_epoch: o.best.epoch,
             epochs: o.history.len(),
             seconds,
             values: tv.values,
             point: tv.point,
-            curve: best_so_far(&monitor, &o.history),
+            curve: best_so_far(monitor, &o.history),
         },
         Err(e) => {
             eprintln!("trial {id} failed: {e:#}");
@@ -397,8 +413,7 @@ fn run_trial(
 /// For a trial folder left by a killed search, the seconds of its finished epochs when it can
 /// be resumed (state.json present and unfinished); `None` when it must start over.
 fn earlier_seconds(dir: &Path) -> Option<f64> {
-    let state: crate::train::RunState =
-        serde_json::from_slice(&std::fs::read(dir.join("state.json")).ok()?).ok()?;
+    let state = RunState::read(dir).ok()??;
     if state.finished || state.epochs_done == 0 {
         return None;
     }
@@ -410,25 +425,20 @@ fn read_history(dir: &Path) -> Vec<EpochMetrics> {
     read_metrics_csv(&dir.join("metrics.csv")).unwrap_or_default()
 }
 
-/// The metric as training reports it at epoch `m`.
-fn reported(monitor: &str, m: &EpochMetrics) -> Option<f64> {
-    monitored(monitor, m).map(|v| if monitor == "val_loss" { -v } else { v })
-}
-
 /// The best monitored value (higher is better) after each epoch.
-fn best_so_far(monitor: &str, history: &[EpochMetrics]) -> Vec<f64> {
+fn best_so_far(monitor: Monitor, history: &[EpochMetrics]) -> Vec<f64> {
     let mut best = f64::NEG_INFINITY;
     history
         .iter()
         .map(|m| {
-            best = best.max(monitored(monitor, m).unwrap_or(f64::NEG_INFINITY));
+            best = best.max(monitor.score(m).unwrap_or(f64::NEG_INFINITY));
             best
         })
         .collect()
 }
 
 /// The best finished trial: complete ones first, a pruned one only when none completed.
-pub fn best_trial<'a>(trials: &'a [Trial], monitor: &str) -> Option<&'a Trial> {
+pub fn best_trial(trials: &[Trial], monitor: Monitor) -> Option<&Trial> {
     let pick = |status: Status| {
         trials
             .iter()
@@ -489,11 +499,11 @@ fn check_same_search(out: &Path, config: &Config) -> Result<()> {
     crate::fsutil::write_atomic(&path, config.to_toml()?.as_bytes())
 }
 
-fn csv_header(space: &Space, monitor: &str) -> Vec<String> {
+fn csv_header(space: &Space, monitor: Monitor) -> Vec<String> {
     let mut header: Vec<String> = [
         "trial",
         "status",
-        monitor,
+        monitor.as_str(),
         "best_epoch",
         "epochs",
         "seconds",
@@ -506,7 +516,7 @@ fn csv_header(space: &Space, monitor: &str) -> Vec<String> {
 }
 
 /// Reads `OUT/trials.csv` (absent: no trials yet) with each trial's curve from its metrics.csv.
-fn read_trials(out: &Path, space: &Space, monitor: &str) -> Result<Vec<Trial>> {
+fn read_trials(out: &Path, space: &Space, monitor: Monitor) -> Result<Vec<Trial>> {
     let path = out.join("trials.csv");
     if !path.is_file() {
         return Ok(Vec::new());
@@ -559,7 +569,7 @@ fn read_trials(out: &Path, space: &Space, monitor: &str) -> Result<Vec<Trial>> {
 fn write_results(
     out: &Path,
     space: &Space,
-    monitor: &str,
+    monitor: Monitor,
     base: &toml::Table,
     trials: &[Trial],
 ) -> Result<()> {
@@ -609,10 +619,11 @@ fn write_results(
         })
         .collect();
     let path = out.join("trials.png");
-    let tmp = crate::fsutil::temp_sibling(&path).with_extension("tmp.png");
-    match crate::report::plots::trials_png(&tmp, monitor, monitor != "val_loss", &points) {
-        Ok(()) => std::fs::rename(&tmp, &path)?,
-        Err(e) => eprintln!("warning: could not draw {}: {e:#}", path.display()),
+    let drawn = crate::fsutil::write_with(&path, |tmp| {
+        crate::report::plots::trials_png(tmp, monitor.as_str(), monitor.higher_is_better(), &points)
+    });
+    if let Err(e) = drawn {
+        eprintln!("warning: could not draw {}: {e:#}", path.display());
     }
     Ok(())
 }

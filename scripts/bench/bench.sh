@@ -14,11 +14,11 @@
 #   - the compute ceiling: measured GEMM GFLOP/s against the FLOPs of a training step
 #     (scripts/bench/ceiling.py).
 #
-#   scripts/bench.sh [ROUNDS=3]
+#   scripts/bench/bench.sh [ROUNDS=3]
 # Environment: BENCH_TRAIN_IMAGES (160), BENCH_EPOCHS (2: the last epoch is timed, the first
 # carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5).
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 rounds=${1:-3}
 n_train=${BENCH_TRAIN_IMAGES:-160}
 epochs=${BENCH_EPOCHS:-2}
@@ -30,7 +30,7 @@ data=../shared/datasets/pneumonia
 started=$(date +%s)
 say() { echo "[bench $(($(date +%s) - started))s] $*" >&2; }
 
-torch_dir=$(scripts/libtorch.sh)
+torch_dir=$(scripts/setup/libtorch.sh)
 py=$(scripts/bench/python.sh "torchvision==0.26.0" safetensors)
 export LIBTORCH="$torch_dir" LIBTORCH_CXX11_ABI=1
 say "building xray (release)"
@@ -144,5 +144,5 @@ done
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;" \
        "$(. /etc/os-release && echo "$PRETTY_NAME"); torch $("$py" -c 'import torch, torchvision; print(torch.__version__, "+ torchvision", torchvision.__version__)');" \
        "xray $(git rev-parse --short HEAD); $(date -u +%Y-%m-%d)."
-  echo "Command: \`scripts/bench.sh $rounds\` (training: $(wc -l < "$work/train.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
+  echo "Command: \`scripts/bench/bench.sh $rounds\` (training: $(wc -l < "$work/train.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
 } | tee "$out_dir/results.md"

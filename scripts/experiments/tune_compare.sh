@@ -5,15 +5,15 @@
 # the first 12 trials of a longer search are the 12-trial search: the table gives the best
 # validation AUC (complete trials) after 12 trials and after all of them, and the means.
 #
-#   scripts/tune_compare.sh [TRIALS=24] [SEEDS="0 1 2"] [--set KEY=VALUE ...]
+#   scripts/experiments/tune_compare.sh [TRIALS=24] [SEEDS="0 1 2"] [--set KEY=VALUE ...]
 # STRATEGIES="tpe" runs one side only (the other's columns print "-"): a trial's result does not
 # depend on timing, so an earlier run's random column stands.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 trials=${1:-24}
 seeds=${2:-"0 1 2"}
 shift $(($# < 2 ? $# : 2))
-export LIBTORCH="$(scripts/libtorch.sh)" LIBTORCH_CXX11_ABI=1
+export LIBTORCH="$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 cargo build --release -q
 xray=target/release/xray
 work=$(mktemp -d)

@@ -2,8 +2,8 @@
 # Installs libtorch 2.11.0 (the PyPI wheel `torch==2.11.0`) into a cache folder outside the
 # repository, shared by every checkout on this machine, and prints the LIBTORCH path.
 #
-#   scripts/libtorch.sh            # install if needed, print the path of torch/
-#   XRAY_TORCH_HOME=/x scripts/libtorch.sh
+#   scripts/setup/libtorch.sh            # install if needed, print the path of torch/
+#   XRAY_TORCH_HOME=/x scripts/setup/libtorch.sh
 #
 # Idempotent: when the wanted version is already there it only checks and prints (well under a
 # second). The wheel is CUDA-enabled and libtorch_cpu.so needs libcudart, so it is installed with

@@ -3,7 +3,7 @@
 # its python3 holds PyTorch 2.11.0+cu130 and torchvision). Build here, carry the binary and a
 # Kermany subset, run it there:
 #
-#   scripts/gpu_check.sh DATA_DIR [OUT_DIR]     (DATA_DIR: NORMAL/ and PNEUMONIA/ JPEGs)
+#   scripts/experiments/gpu_check.sh DATA_DIR [OUT_DIR]     (DATA_DIR: NORMAL/ and PNEUMONIA/ JPEGs)
 #
 # 1. correctness on CUDA with AMP, on a synth set: train (smoke config, float16 autocast),
 #    eval, the Grad-CAM check against the known boxes, predict on CUDA against the CPU;
@@ -20,8 +20,8 @@
 # DESIGN.md, libtorch: the binary finds the machine's own torch through LD_LIBRARY_PATH, and
 # loads libtorch_cuda.so itself (infer::cuda_available).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
-data=${1:?usage: scripts/gpu_check.sh DATA_DIR [OUT_DIR]}
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+data=${1:?usage: scripts/experiments/gpu_check.sh DATA_DIR [OUT_DIR]}
 out=${2:-${OUT:-/tmp/xray-gpu}}
 x=$(realpath "${XRAY_BIN:-target/release/xray}")
 py=${PYTHON:-python3}

@@ -4,15 +4,15 @@
 # brightness/contrast 0.2, normalise), batch 32, alternating, on this machine. Prints medians
 # and the ratio.
 #
-#   scripts/bench_loader.sh [N_IMAGES=2000] [ROUNDS=3]
+#   scripts/bench/loader.sh [N_IMAGES=2000] [ROUNDS=3]
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 n=${1:-2000}
 rounds=${2:-3}
 data=../shared/datasets/pneumonia
 [ -d "$data" ] || { echo "bench_loader: $data is absent" >&2; exit 1; }
 
-torch_dir=$(scripts/libtorch.sh)
+torch_dir=$(scripts/setup/libtorch.sh)
 py=$(scripts/bench/python.sh "torchvision==0.26.0")
 
 list=$(mktemp)

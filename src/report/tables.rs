@@ -1,26 +1,14 @@
-//! `report.md` and the self-contained `report.html` of `xray eval`: the same sections, once as
-//! Markdown linking the PNG files beside it, once as one HTML page with the PNGs inlined.
-
-use base64::Engine;
+//! The eval report's sections as tables of formatted cells, shared by the Markdown and HTML
+//! exporters so both say the same thing.
 
 use crate::evaluate::EvalReport;
 
 /// A table: header and rows of already formatted cells.
-struct Table {
-    header: Vec<String>,
-    rows: Vec<Vec<String>>,
-}
-
-/// A picture of the report: its file name in the eval folder, its PNG bytes and a heading.
-pub struct Figure {
-    /// File name beside the report (e.g. `roc.png`).
-    pub file: String,
-    /// Heading above the picture.
-    pub title: String,
-    /// The PNG file's bytes, inlined into the HTML page.
-    pub png: Vec<u8>,
-    /// Wider than tall: given the page's whole width.
-    pub wide: bool,
+pub struct Table {
+    /// Column headings.
+    pub header: Vec<String>,
+    /// Rows of cells.
+    pub rows: Vec<Vec<String>>,
 }
 
 fn fmt(v: Option<f64>) -> String {
@@ -167,7 +155,7 @@ fn confusion(r: &EvalReport) -> Table {
 }
 
 /// The sections in order: heading and table.
-fn sections(r: &EvalReport) -> Vec<(&'static str, Table)> {
+pub fn sections(r: &EvalReport) -> Vec<(&'static str, Table)> {
     let mut s = vec![("Summary", headline(r)), ("Per class", per_class(r))];
     if let Some(t) = operating_points(r) {
         s.push(("Operating points (chosen on validation)", t));
@@ -176,7 +164,8 @@ fn sections(r: &EvalReport) -> Vec<(&'static str, Table)> {
     s
 }
 
-fn title(r: &EvalReport) -> String {
+/// The report's title: the run and what was evaluated.
+pub fn title(r: &EvalReport) -> String {
     let run = r
         .checkpoint
         .file_name()
@@ -185,7 +174,9 @@ fn title(r: &EvalReport) -> String {
     format!("xray evaluation: {run} on {}", r.source)
 }
 
-fn subtitle(r: &EvalReport, arch: &str) -> String {
+/// The line under the title: model, source, classes, how intervals were made.
+pub fn subtitle(r: &EvalReport) -> String {
+    let arch = r.arch;
     format!(
         "Model {arch} from {}; {} images; classes: {}. Intervals: stratified bootstrap, 1000 \
          resamples. Thresholds and temperature were chosen on the validation split.",
@@ -193,110 +184,4 @@ fn subtitle(r: &EvalReport, arch: &str) -> String {
         r.n,
         r.classes.join(", ")
     )
-}
-
-/// Escapes a cell of a Markdown table.
-fn md_cell(s: &str) -> String {
-    s.replace('|', "\\|")
-}
-
-/// `report.md`: the sections as Markdown tables, the pictures linked by file name.
-pub fn markdown(r: &EvalReport, arch: &str, figures: &[Figure]) -> String {
-    let mut s = format!("# {}\n\n{}\n", title(r), subtitle(r, arch));
-    for (heading, table) in sections(r) {
-        s.push_str(&format!("\n## {heading}\n\n"));
-        let line = |cells: &[String]| {
-            let cells: Vec<String> = cells.iter().map(|c| md_cell(c)).collect();
-            format!("| {} |\n", cells.join(" | "))
-        };
-        s.push_str(&line(&table.header));
-        s.push_str(&format!("|{}\n", "---|".repeat(table.header.len())));
-        for row in &table.rows {
-            s.push_str(&line(row));
-        }
-    }
-    for f in figures {
-        s.push_str(&format!("\n## {}\n\n![{}]({})\n", f.title, f.title, f.file));
-    }
-    s
-}
-
-/// Escapes text for HTML (element content and quoted attributes).
-pub fn escape_html(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for ch in s.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;\
-max-width:1100px;margin:2em auto;padding:0 1em;color:#222}\
-h1{font-size:1.6em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}\
-table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.3em .7em;\
-text-align:right}td:first-child,th:first-child{text-align:left}th{background:#f3f3f3}\
-figure{display:inline-block;width:48%;margin:.5em 1% .5em 0;vertical-align:top}\
-figure.wide{width:98%}figure img{width:100%;border:1px solid #eee}figcaption{font-weight:600;margin:.3em 0}\
-.note{color:#555}";
-
-/// `report.html`: one page with no outside references, the pictures inlined as data URIs.
-pub fn html(r: &EvalReport, arch: &str, figures: &[Figure]) -> String {
-    let mut s = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n\
-         <p class=\"note\">{}</p>\n",
-        escape_html(&title(r)),
-        escape_html(&title(r)),
-        escape_html(&subtitle(r, arch))
-    );
-    for (heading, table) in sections(r) {
-        s.push_str(&format!("<h2>{}</h2>\n<table>\n<tr>", escape_html(heading)));
-        for h in &table.header {
-            s.push_str(&format!("<th>{}</th>", escape_html(h)));
-        }
-        s.push_str("</tr>\n");
-        for row in &table.rows {
-            s.push_str("<tr>");
-            for c in row {
-                s.push_str(&format!("<td>{}</td>", escape_html(c)));
-            }
-            s.push_str("</tr>\n");
-        }
-        s.push_str("</table>\n");
-    }
-    s.push_str("<h2>Pictures</h2>\n");
-    for f in figures {
-        let data = base64::engine::general_purpose::STANDARD.encode(&f.png);
-        // Square plots side by side; the wide ones (two panels, galleries) on their own row.
-        let class = if f.wide { " class=\"wide\"" } else { "" };
-        s.push_str(&format!(
-            "<figure{class}><figcaption>{}</figcaption>\
-             <img alt=\"{}\" src=\"data:image/png;base64,{data}\"></figure>\n",
-            escape_html(&f.title),
-            escape_html(&f.title)
-        ));
-    }
-    s.push_str(
-        "<p class=\"note\">Written by xray. Research use, not a diagnosis.</p>\n</body>\n</html>\n",
-    );
-    s
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn html_escapes_class_names() {
-        assert_eq!(escape_html("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
-        assert_eq!(md_cell("a|b"), "a\\|b");
-    }
 }

@@ -1,0 +1,94 @@
+//! `report.html`: one self-contained page, the pictures inlined as data URIs; and the HTML
+//! escaping every page of xray uses.
+
+use base64::Engine;
+
+use super::tables::{sections, subtitle, title};
+use super::{Exporter, Figure};
+use crate::evaluate::EvalReport;
+
+/// The HTML exporter.
+pub struct Html;
+
+impl Exporter for Html {
+    fn file_name(&self) -> &'static str {
+        "report.html"
+    }
+
+    fn render(&self, report: &EvalReport, figures: &[Figure]) -> String {
+        html(report, figures)
+    }
+}
+
+/// Escapes text for HTML (element content and quoted attributes).
+pub fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for ch in s.chars() {
+        match ch {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The report page's style sheet.
+const STYLE: &str = include_str!("templates/report.css");
+
+/// `report.html`: one page with no outside references, the pictures inlined as data URIs.
+fn html(r: &EvalReport, figures: &[Figure]) -> String {
+    let mut s = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{}</h1>\n\
+         <p class=\"note\">{}</p>\n",
+        escape_html(&title(r)),
+        escape_html(&title(r)),
+        escape_html(&subtitle(r))
+    );
+    for (heading, table) in sections(r) {
+        s.push_str(&format!("<h2>{}</h2>\n<table>\n<tr>", escape_html(heading)));
+        for h in &table.header {
+            s.push_str(&format!("<th>{}</th>", escape_html(h)));
+        }
+        s.push_str("</tr>\n");
+        for row in &table.rows {
+            s.push_str("<tr>");
+            for c in row {
+                s.push_str(&format!("<td>{}</td>", escape_html(c)));
+            }
+            s.push_str("</tr>\n");
+        }
+        s.push_str("</table>\n");
+    }
+    s.push_str("<h2>Pictures</h2>\n");
+    for f in figures {
+        let data = base64::engine::general_purpose::STANDARD.encode(&f.png);
+        // Square plots side by side; the wide ones (two panels, galleries) on their own row.
+        let class = if f.wide { " class=\"wide\"" } else { "" };
+        s.push_str(&format!(
+            "<figure{class}><figcaption>{}</figcaption>\
+             <img alt=\"{}\" src=\"data:image/png;base64,{data}\"></figure>\n",
+            escape_html(&f.title),
+            escape_html(&f.title)
+        ));
+    }
+    s.push_str(
+        "<p class=\"note\">Written by xray. Research use, not a diagnosis.</p>\n</body>\n</html>\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_escapes_class_names() {
+        assert_eq!(escape_html("<a & \"b\">"), "&lt;a &amp; &quot;b&quot;&gt;");
+    }
+}

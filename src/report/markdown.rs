@@ -1,0 +1,54 @@
+//! `report.md`: the sections as Markdown tables, the pictures linked by file name.
+
+use super::tables::{sections, subtitle, title};
+use super::{Exporter, Figure};
+use crate::evaluate::EvalReport;
+
+/// The Markdown exporter.
+pub struct Markdown;
+
+impl Exporter for Markdown {
+    fn file_name(&self) -> &'static str {
+        "report.md"
+    }
+
+    fn render(&self, report: &EvalReport, figures: &[Figure]) -> String {
+        markdown(report, figures)
+    }
+}
+
+/// Escapes a cell of a Markdown table.
+fn md_cell(s: &str) -> String {
+    s.replace('|', "\\|")
+}
+
+/// `report.md`: the sections as Markdown tables, the pictures linked by file name.
+fn markdown(r: &EvalReport, figures: &[Figure]) -> String {
+    let mut s = format!("# {}\n\n{}\n", title(r), subtitle(r));
+    for (heading, table) in sections(r) {
+        s.push_str(&format!("\n## {heading}\n\n"));
+        let line = |cells: &[String]| {
+            let cells: Vec<String> = cells.iter().map(|c| md_cell(c)).collect();
+            format!("| {} |\n", cells.join(" | "))
+        };
+        s.push_str(&line(&table.header));
+        s.push_str(&format!("|{}\n", "---|".repeat(table.header.len())));
+        for row in &table.rows {
+            s.push_str(&line(row));
+        }
+    }
+    for f in figures {
+        s.push_str(&format!("\n## {}\n\n![{}]({})\n", f.title, f.title, f.file));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_in_cells_are_escaped() {
+        assert_eq!(md_cell("a|b"), "a\\|b");
+    }
+}

@@ -1,0 +1,87 @@
+//! `model.json`: everything `predict` needs to rebuild and use a trained model.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::EpochMetrics;
+use crate::config::Arch;
+use crate::error::Error;
+use crate::fsutil::write_json_atomic;
+
+/// `model.json`: the architecture, classes and input recipe of a trained model, its decision
+/// threshold and temperature, and its validation metrics at the best epoch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModelCard {
+    /// Architecture.
+    pub arch: Arch,
+    /// Class names in output order.
+    pub classes: Vec<String>,
+    /// Side of the square input in pixels.
+    pub image_size: u32,
+    /// Input channels (1 or 3).
+    pub channels: u32,
+    /// Normalisation mean per channel.
+    pub mean: Vec<f32>,
+    /// Normalisation standard deviation per channel.
+    pub std: Vec<f32>,
+    /// Dropout of the head (needed to rebuild the network).
+    pub dropout: f64,
+    /// Two classes: class 1 is predicted when its probability reaches this.
+    pub threshold: f64,
+    /// Logits are divided by this before the softmax (1 = uncalibrated).
+    pub temperature: f64,
+    /// Epoch (1-based) whose weights are in model.safetensors.
+    pub best_epoch: usize,
+    /// Validation metrics at the best epoch.
+    pub metrics: EpochMetrics,
+    /// xray version that trained it.
+    pub xray_version: String,
+    /// Two classes: the operating points chosen on the validation split.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operating_points: Option<ValidationOperatingPoints>,
+}
+
+/// Operating points of a two-class model, chosen on the validation split (after temperature
+/// scaling); `threshold` of the card is `at_sensitivity`'s when it exists.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ValidationOperatingPoints {
+    /// The sensitivity the screening point must reach (`eval.target_sensitivity`).
+    pub target_sensitivity: f64,
+    /// Youden's J optimum on validation.
+    pub youden: Option<crate::metrics::operating::OperatingPoint>,
+    /// The highest threshold reaching the target sensitivity on validation.
+    pub at_sensitivity: Option<crate::metrics::operating::OperatingPoint>,
+}
+
+impl ModelCard {
+    /// Reads `RUN_DIR/model.json`; a folder without one is a usage error.
+    pub fn read(run_dir: &Path) -> Result<ModelCard> {
+        let path = run_dir.join("model.json");
+        if !run_dir.is_dir() {
+            return Err(Error::usage(format!(
+                "checkpoint {} does not exist (train a model first, or pass --checkpoint RUN_DIR)",
+                run_dir.display()
+            ))
+            .into());
+        }
+        if !path.is_file() {
+            return Err(Error::usage(format!(
+                "{} is not a trained run folder: model.json is missing",
+                run_dir.display()
+            ))
+            .into());
+        }
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_slice(&bytes).map_err(|e| {
+            Error::usage(format!("{} is not a valid model card: {e}", path.display())).into()
+        })
+    }
+
+    /// Writes `RUN_DIR/model.json` atomically.
+    pub fn write(&self, run_dir: &Path) -> Result<()> {
+        write_json_atomic(&run_dir.join("model.json"), self)
+    }
+}

@@ -1,0 +1,133 @@
+//! The end of a run: the best weights back in place, temperature scaling and operating points
+//! chosen on validation, the model card, and `checkpoints/latest`.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::trainer::{Ending, Trainer};
+use super::TrainOutcome;
+use crate::error::TorchResultExt;
+use crate::infer::{score_set, SetScores};
+use crate::metrics::calibration::{fit_temperature, softmax_at_temperature};
+use crate::metrics::operating;
+use crate::progress;
+use crate::run::{update_latest, EpochMetrics, ModelCard, ValidationOperatingPoints};
+
+/// What calibration on validation chose.
+#[derive(Debug, Clone)]
+pub struct Calibration {
+    /// Logits are divided by this before the softmax.
+    pub temperature: f64,
+    /// Two classes: Youden's and the target-sensitivity operating points.
+    pub operating_points: Option<ValidationOperatingPoints>,
+    /// Two classes: the decision threshold (the target-sensitivity point's, else 0.5).
+    pub threshold: f64,
+}
+
+/// Fits the temperature on validation logits and, for two classes, picks the operating points
+/// on the temperature-scaled probabilities of the second class.
+pub fn calibrate(val: &SetScores, n_classes: usize, target_sensitivity: f64) -> Calibration {
+    let temperature = fit_temperature(&val.logits, &val.labels);
+    let operating_points = (n_classes == 2).then(|| {
+        let scores: Vec<f64> = val
+            .logits
+            .iter()
+            .map(|z| softmax_at_temperature(z, temperature)[1])
+            .collect();
+        let positive: Vec<bool> = val.labels.iter().map(|&l| l == 1).collect();
+        ValidationOperatingPoints {
+            target_sensitivity,
+            youden: operating::youden(&scores, &positive),
+            at_sensitivity: operating::at_sensitivity(&scores, &positive, target_sensitivity),
+        }
+    });
+    let threshold = operating_points
+        .as_ref()
+        .and_then(|o| o.at_sensitivity)
+        .map_or(0.5, |p| p.threshold);
+    Calibration {
+        temperature,
+        operating_points,
+        threshold,
+    }
+}
+
+impl Trainer<'_> {
+    /// Loads the best weights, calibrates on validation, writes model.json and the finished
+    /// state, and points `checkpoints/latest` at the run when asked.
+    pub(super) fn finish(
+        mut self,
+        ending: Option<Ending>,
+        point_latest: bool,
+    ) -> Result<TrainOutcome> {
+        let config = self.config;
+        self.vs
+            .load(self.run_dir.join("model.safetensors"))
+            .torch()?;
+        let best = self.history[self.state.best_epoch.max(1) - 1].clone();
+        let val = match self.best_val.take() {
+            Some(val) => val,
+            None => score_set(
+                self.model.as_ref(),
+                self.val_set.clone(),
+                config.train.batch_size.max(64),
+                self.device,
+                1.0,
+                "calibrate",
+            )?,
+        };
+        let cal = calibrate(&val, self.classes.len(), config.eval.target_sensitivity);
+        progress::note(&format!(
+            "calibration on validation: temperature {:.3}{}",
+            cal.temperature,
+            match &cal.operating_points {
+                Some(o) => format!(
+                    "; decision threshold {:.4} (sensitivity >= {} on validation)",
+                    cal.threshold, o.target_sensitivity
+                ),
+                None => String::new(),
+            }
+        ));
+        let card = ModelCard {
+            arch: config.model.arch,
+            classes: self.classes.clone(),
+            image_size: config.data.image_size,
+            channels: config.data.channels,
+            mean: config.data.mean.clone(),
+            std: config.data.std.clone(),
+            dropout: config.model.dropout,
+            threshold: cal.threshold,
+            temperature: cal.temperature,
+            best_epoch: best.epoch,
+            metrics: best.clone(),
+            xray_version: env!("CARGO_PKG_VERSION").to_string(),
+            operating_points: cal.operating_points,
+        };
+        card.write(&self.run_dir)?;
+        self.state.finished = true;
+        self.state.write(&self.run_dir)?;
+        if point_latest {
+            update_latest(&self.run_dir)?;
+        }
+        Ok(TrainOutcome {
+            run_dir: self.run_dir,
+            history: self.history,
+            best,
+            stopped_early: ending == Some(Ending::Patience { before_last: true }),
+            stopped_by_hook: ending == Some(Ending::Hook),
+            device: self.device,
+        })
+    }
+}
+
+/// Draws curves.png atomically; a plotting failure is reported, never fatal to training.
+pub fn write_curves(run_dir: &Path, history: &[EpochMetrics]) {
+    let path = run_dir.join("curves.png");
+    let result = crate::fsutil::write_with(&path, |tmp| {
+        crate::report::plots::training_curves(tmp, history)
+    });
+    if let Err(e) = result {
+        eprintln!("warning: could not draw {}: {e:#}", path.display());
+    }
+}

@@ -1,0 +1,356 @@
+//! The [`Trainer`]: everything a run holds (data, network, optimiser, run state, history), its
+//! set-up, and the loop over phases and epochs. The epoch itself is in `epoch.rs`, the phases
+//! and activation cache in `phases.rs`, the end of the run in `finish.rs`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use tch::{nn, Device, Kind, Tensor};
+
+use super::loss::class_weights;
+use super::optim::{LossScaler, Optimizer, Rule};
+use super::phases::{self, ActivationCache, Inputs, Phase};
+use super::schedule::Schedule;
+use super::stopping;
+use super::{Hooks, TrainOutcome};
+use crate::config::Config;
+use crate::data::augment::Normalize;
+use crate::data::loader::{ImageSet, InputSpec};
+use crate::data::split::SplitSet;
+use crate::error::{Error, TorchResultExt};
+use crate::infer::{resolve_device, SetScores};
+use crate::metrics::{accuracy, decide, summary_auc};
+use crate::models::pretrained::load_pretrained;
+use crate::models::{build, Classifier, ModelSpec};
+use crate::progress;
+use crate::run::{
+    pending_path, save_weights, settle_pending, write_metrics_csv, EpochMetrics, RunState,
+};
+
+/// Why the loop over epochs ended before the last one was planned to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Early stopping (`train.patience`); `before_last` when epochs were left.
+    Patience {
+        /// Whether epochs were left.
+        before_last: bool,
+    },
+    /// [`Hooks::after_epoch`] said stop.
+    Hook,
+}
+
+/// A training run in progress: owns its data, network, optimiser and run state.
+pub(super) struct Trainer<'c> {
+    pub(super) config: &'c Config,
+    pub(super) run_dir: PathBuf,
+    pub(super) device: Device,
+    pub(super) vs: nn::VarStore,
+    pub(super) model: Box<dyn Classifier>,
+    pub(super) opt: Optimizer,
+    pub(super) scaler: LossScaler,
+    /// float16 autocast with loss scaling (CUDA only).
+    pub(super) amp: bool,
+    pub(super) class_weights: Option<Tensor>,
+    pub(super) classes: Vec<String>,
+    pub(super) spec: InputSpec,
+    pub(super) train_set: Arc<ImageSet>,
+    pub(super) val_set: Arc<ImageSet>,
+    pub(super) state: RunState,
+    pub(super) history: Vec<EpochMetrics>,
+    /// Validation scores of the best epoch, for calibration at the end (a resumed run whose
+    /// best epoch came before the interruption scores validation again).
+    pub(super) best_val: Option<SetScores>,
+}
+
+/// The split's classes and its train and val images, ready to load.
+struct TrainData {
+    classes: Vec<String>,
+    spec: InputSpec,
+    train: Arc<ImageSet>,
+    val: Arc<ImageSet>,
+}
+
+/// Reads the split `data.split` names; both train and val must hold images.
+fn open_split(config: &Config) -> Result<TrainData> {
+    let split = SplitSet::read(&config.data.split)?;
+    let train_samples = split.samples("train")?;
+    let val_samples = split.samples("val")?;
+    if train_samples.is_empty() || val_samples.is_empty() {
+        return Err(Error::usage(format!(
+            "{}: the train and val splits must both hold images (train {}, val {})",
+            config.data.split.display(),
+            train_samples.len(),
+            val_samples.len()
+        ))
+        .into());
+    }
+    let spec = InputSpec {
+        size: config.data.image_size,
+        channels: config.data.channels,
+        norm: Normalize {
+            mean: config.data.mean.clone(),
+            std: config.data.std.clone(),
+        },
+    };
+    let cache = config.data.cache;
+    Ok(TrainData {
+        classes: split.classes.clone(),
+        train: Arc::new(ImageSet::new(train_samples, spec.clone(), cache)),
+        val: Arc::new(ImageSet::new(val_samples, spec.clone(), cache)),
+        spec,
+    })
+}
+
+impl<'c> Trainer<'c> {
+    /// Sets a run up: device, seed, data, network (pretrained weights for a new run), optimiser
+    /// and class weights; a resumed run reloads its last weights and optimiser state.
+    pub(super) fn new(
+        config: &'c Config,
+        run_dir: PathBuf,
+        resumed: Option<(RunState, Vec<EpochMetrics>)>,
+    ) -> Result<Self> {
+        let device = resolve_device(config.device)?;
+        if config.threads > 0 {
+            tch::set_num_threads(config.threads as i32);
+        }
+        tch::manual_seed(config.seed as i64);
+        let data = open_split(config)?;
+        let n_classes = data.classes.len();
+        let mut vs = nn::VarStore::new(device);
+        let model = build(
+            &vs.root(),
+            &ModelSpec {
+                arch: config.model.arch,
+                in_channels: config.data.channels as i64,
+                num_classes: n_classes as i64,
+                dropout: config.model.dropout,
+            },
+        )?;
+        if let Some(path) = config.model.pretrained_path().filter(|_| resumed.is_none()) {
+            let report = load_pretrained(&mut vs, path, model.head_prefix())?;
+            progress::note(&format!(
+                "pretrained {}: {}",
+                path.display(),
+                report.summary()
+            ));
+        }
+        let tc = &config.train;
+        let mut opt = Optimizer::new(
+            &vs,
+            Rule::from_config(tc),
+            tc.lr,
+            tc.weight_decay,
+            tc.momentum,
+        );
+        let counts = data.train.class_counts(n_classes);
+        let class_weights = class_weights(&tc.class_weights, &counts)?.map(|w| {
+            Tensor::from_slice(&w)
+                .to_kind(Kind::Float)
+                .to_device(device)
+        });
+        let (state, history) = match resumed {
+            Some((state, history)) => {
+                reload(&mut vs, &mut opt, &run_dir, &state)?;
+                (state, history)
+            }
+            None => (RunState::default(), Vec::new()),
+        };
+        Ok(Trainer {
+            config,
+            run_dir,
+            device,
+            vs,
+            model,
+            opt,
+            scaler: LossScaler::default(),
+            amp: tc.amp && device.is_cuda(),
+            class_weights,
+            classes: data.classes,
+            spec: data.spec,
+            train_set: data.train,
+            val_set: data.val,
+            state,
+            history,
+            best_val: None,
+        })
+    }
+
+    /// Runs the phases' remaining epochs, then finishes the run (best weights, calibration,
+    /// model card).
+    pub(super) fn run(mut self, mut hooks: Hooks) -> Result<TrainOutcome> {
+        let tc = &self.config.train;
+        let phases = phases::plan(tc, self.model.num_stages());
+        let mut cache = ActivationCache::new(&phases, self.state.epochs_done, tc.precompute_frozen);
+        let mut ending = None;
+        let mut phase_start = 0;
+        for phase in phases.iter().filter(|p| p.epochs > 0) {
+            let first_epoch = phase_start;
+            phase_start += phase.epochs;
+            // Skip the epochs a resumed run has done already.
+            let done_here = self
+                .state
+                .epochs_done
+                .saturating_sub(first_epoch)
+                .min(phase.epochs);
+            if done_here == phase.epochs {
+                continue;
+            }
+            ending = self.run_phase(phase, first_epoch, done_here, &mut cache, &mut hooks)?;
+            if ending.is_some() {
+                break;
+            }
+        }
+        drop(cache);
+        self.finish(ending, hooks.update_latest)
+    }
+
+    /// Runs epochs `done_here..` of `phase`, whose first epoch is `first_epoch + 1`.
+    fn run_phase(
+        &mut self,
+        phase: &Phase,
+        first_epoch: usize,
+        done_here: usize,
+        cache: &mut ActivationCache,
+        hooks: &mut Hooks,
+    ) -> Result<Option<Ending>> {
+        let tc = &self.config.train;
+        phases::set_trainable(&self.vs, self.model.as_ref(), phase.trainable_from);
+        let level = phase.trainable_from;
+        let (train_inputs, val_inputs) = if tc.precompute_frozen && level > 0 {
+            cache.inputs_at(
+                self.model.as_ref(),
+                (&self.train_set, &self.val_set),
+                level,
+                tc.batch_size.max(64),
+                self.device,
+            )?
+        } else {
+            (
+                Inputs::Images {
+                    set: self.train_set.clone(),
+                    augment: Some(self.config.data.augment.clone()),
+                },
+                Inputs::Images {
+                    set: self.val_set.clone(),
+                    augment: None,
+                },
+            )
+        };
+        let steps_per_epoch = self.train_set.len().div_ceil(tc.batch_size);
+        let schedule = Schedule::for_stage(
+            tc,
+            phase.lr,
+            phase.epochs,
+            phase.warmup_epochs,
+            steps_per_epoch,
+        );
+        for phase_epoch in done_here..phase.epochs {
+            let epoch = first_epoch + phase_epoch + 1;
+            let started = Instant::now();
+            let first_step = phase_epoch * steps_per_epoch;
+            let stats = self.train_epoch(
+                &train_inputs,
+                epoch,
+                &schedule,
+                first_step,
+                phase.trainable_from,
+            )?;
+            let val = self.validate(&val_inputs)?;
+            let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
+            let metrics = EpochMetrics {
+                epoch,
+                lr: schedule.lr_at(first_step + steps_per_epoch - 1) * self.state.lr_scale,
+                train_loss: stats.loss_sum / stats.seen.max(1) as f64,
+                train_acc: stats.correct as f64 / stats.seen.max(1) as f64,
+                val_loss: val.loss,
+                val_acc: accuracy(&val.labels, &predicted).unwrap_or(0.0),
+                val_auc: summary_auc(&val.probs, &val.labels, self.classes.len()),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            self.commit_epoch(metrics, val, &stats)?;
+            if stopping::should_stop(&self.state, tc) {
+                return Ok(Some(Ending::Patience {
+                    before_last: epoch < tc.epochs,
+                }));
+            }
+            if let Some(after_epoch) = hooks.after_epoch.as_mut() {
+                if epoch < tc.epochs && !after_epoch(&self.history) {
+                    return Ok(Some(Ending::Hook));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Records an epoch: best-so-far and plateau bookkeeping, then its files, staged and
+    /// committed by state.json (see [`pending_path`]), and its line on the terminal.
+    fn commit_epoch(
+        &mut self,
+        metrics: EpochMetrics,
+        val: SetScores,
+        stats: &super::epoch::EpochStats,
+    ) -> Result<()> {
+        let tc = &self.config.train;
+        let (epoch, run_dir) = (metrics.epoch, &self.run_dir);
+        self.history.push(metrics.clone());
+        let score = tc.monitor.score(&metrics);
+        let improved = stopping::is_improvement(&self.state, score, metrics.val_loss);
+        save_weights(&self.vs, &pending_path(run_dir, "last.safetensors", epoch))?;
+        let opt_path = pending_path(run_dir, "optimizer.safetensors", epoch);
+        self.opt.save(&opt_path, epoch)?;
+        stopping::record(&mut self.state, epoch, improved, score, metrics.val_loss);
+        if improved {
+            save_weights(&self.vs, &pending_path(run_dir, "model.safetensors", epoch))?;
+            self.best_val = Some(val);
+        }
+        if stopping::plateau_step(&mut self.state, improved, tc) {
+            progress::note(&format!(
+                "validation plateau: learning rate x{}",
+                tc.plateau_factor
+            ));
+        }
+        self.state.epochs_done = epoch;
+        write_metrics_csv(&run_dir.join("metrics.csv"), &self.history)?;
+        super::finish::write_curves(run_dir, &self.history);
+        self.state.write(run_dir)?;
+        settle_pending(run_dir, epoch)?;
+        let train_seconds = stats.train_seconds.max(1e-9);
+        progress::note(&format!(
+            "epoch {epoch:>3}/{}  loss {:.4}  acc {:.3}  val_loss {:.4}  val_acc {:.3}  val_auc {}  {:.1}s  {:.1} img/s  data wait {:.1}%{}",
+            tc.epochs,
+            metrics.train_loss,
+            metrics.train_acc,
+            metrics.val_loss,
+            metrics.val_acc,
+            metrics.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+            metrics.seconds,
+            stats.seen as f64 / train_seconds,
+            100.0 * stats.data_wait.as_secs_f64() / train_seconds,
+            if improved { "  *" } else { "" }
+        ));
+        Ok(())
+    }
+}
+
+/// A resumed run's weights and optimiser state, which must be of the epoch state.json records.
+fn reload(
+    vs: &mut nn::VarStore,
+    opt: &mut Optimizer,
+    run_dir: &Path,
+    state: &RunState,
+) -> Result<()> {
+    vs.load(run_dir.join("last.safetensors"))
+        .torch()
+        .context("cannot load last.safetensors")?;
+    let saved_at = opt.load(&run_dir.join("optimizer.safetensors"))?;
+    if saved_at != state.epochs_done {
+        anyhow::bail!(
+            "{}: optimizer state is from epoch {saved_at} but state.json says {}",
+            run_dir.display(),
+            state.epochs_done
+        );
+    }
+    Ok(())
+}
