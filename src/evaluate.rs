@@ -13,7 +13,7 @@ use crate::data::split::SplitSet;
 use crate::error::Error;
 use crate::infer::{score_set, Predictor, SetScores};
 use crate::metrics::calibration::{expected_calibration_error, softmax_at_temperature};
-use crate::metrics::operating::{at_threshold, bootstrap_ci95, OperatingPoint};
+use crate::metrics::operating::{at_threshold, cluster_bootstrap_ci95, OperatingPoint};
 use crate::metrics::{
     accuracy, average_precision, average_precision_ovr, balanced_accuracy, cohen_kappa,
     confusion_matrix, decide, macro_average, mean_defined, per_class, roc_auc, roc_auc_ovr,
@@ -97,6 +97,12 @@ pub struct Ci95 {
     /// Two classes: specificity at the decision threshold.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub specificity: Option<[f64; 2]>,
+    /// What was resampled: "group" (whole patients, the cluster bootstrap) or "image".
+    #[serde(default)]
+    pub method: String,
+    /// With "group": the number of groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<usize>,
 }
 
 /// Calibration before and after temperature scaling.
@@ -130,9 +136,31 @@ pub struct ScoredImage {
     pub logits: Vec<f64>,
 }
 
+crate::config::choice! {
+    /// What the bootstrap intervals resample.
+    CiBy, "--ci-by" {
+        /// Patients (groups) when the images carry them (a split's images do), else images.
+        Auto = "auto",
+        /// Whole groups (the cluster bootstrap); an error when the images carry none.
+        Group = "group",
+        /// Images, as if each were independent.
+        Image = "image",
+    }
+}
+
+/// Images to evaluate, with their labels and, when known, their groups (patients).
+#[derive(Debug, Clone)]
+pub struct Labelled {
+    /// (image file, label index).
+    pub samples: Vec<(PathBuf, usize)>,
+    /// The group of each sample (split.csv's `group`), in the same order.
+    pub groups: Option<Vec<String>>,
+}
+
 /// Labelled images of `source`: "train", "val" or "test" of the split the model was trained
-/// on (from its config.toml), or a class-per-folder DATA_DIR whose classes must match.
-pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Vec<(PathBuf, usize)>> {
+/// on (from its config.toml, with its groups), or a class-per-folder DATA_DIR whose classes
+/// must match.
+pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Labelled> {
     let classes = &predictor.card.classes;
     if ["train", "val", "test"].contains(&source) {
         let config_path = predictor.run_dir.join("config.toml");
@@ -145,7 +173,10 @@ pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Vec<(PathB
             ))
             .into());
         }
-        return split.samples(source);
+        return Ok(Labelled {
+            samples: split.samples(source)?,
+            groups: Some(split.groups(source)),
+        });
     }
     let scanned = scan_dataset(Path::new(source))?;
     let mut samples = Vec::new();
@@ -158,20 +189,52 @@ pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Vec<(PathB
         })?;
         samples.push((scanned.root.join(img.rel_path), label));
     }
-    Ok(samples)
+    Ok(Labelled {
+        samples,
+        groups: None,
+    })
+}
+
+/// Each sample's cluster for the bootstrap (a group index, or its own index), and the method.
+fn clusters(labelled: &Labelled, ci_by: CiBy) -> Result<(Vec<usize>, &'static str)> {
+    let n = labelled.samples.len();
+    match (&labelled.groups, ci_by) {
+        (Some(groups), CiBy::Auto | CiBy::Group) => {
+            let mut ids: std::collections::HashMap<&str, usize> = Default::default();
+            let clusters = groups
+                .iter()
+                .map(|g| {
+                    let next = ids.len();
+                    *ids.entry(g.as_str()).or_insert(next)
+                })
+                .collect();
+            Ok((clusters, "group"))
+        }
+        (None, CiBy::Group) => Err(Error::usage(
+            "--ci-by group needs images with groups: evaluate a split (test, val or train)",
+        )
+        .into()),
+        _ => Ok(((0..n).collect(), "image")),
+    }
 }
 
 /// Scores `samples` and computes the report.
 pub fn evaluate(
     predictor: &Predictor,
-    samples: Vec<(PathBuf, usize)>,
+    labelled: Labelled,
     source: &str,
     batch_size: usize,
+    ci_by: CiBy,
 ) -> Result<(EvalReport, Vec<ScoredImage>)> {
-    if samples.is_empty() {
+    if labelled.samples.is_empty() {
         return Err(Error::usage(format!("no images to evaluate in {source}")).into());
     }
-    let set = Arc::new(ImageSet::new(samples, predictor.input_spec(), false));
+    let (clusters, method) = clusters(&labelled, ci_by)?;
+    let set = Arc::new(ImageSet::new(
+        labelled.samples,
+        predictor.input_spec(),
+        false,
+    ));
     let scores = score_set(
         predictor.model(),
         set.clone(),
@@ -196,7 +259,9 @@ pub fn evaluate(
     } else {
         Vec::new()
     };
-    let ci95 = bootstrap_intervals(&scores.probs, labels, &predicted, k);
+    let mut ci95 = bootstrap_intervals(&scores.probs, labels, &predicted, k, &clusters);
+    ci95.method = method.to_string();
+    ci95.groups = (method == "group").then(|| clusters.iter().max().map_or(0, |m| m + 1));
     let raw: Vec<Vec<f64>> = scores
         .logits
         .iter()
@@ -263,13 +328,17 @@ pub fn evaluate(
 }
 
 /// Stratified bootstrap 95% intervals of accuracy, AUC and (two classes) sensitivity and
-/// specificity: 1000 resamples of the images, seed 0.
+/// specificity: 1000 resamples of the clusters (groups, or each image its own), seed 0.
 fn bootstrap_intervals(
     probs: &[Vec<f64>],
     labels: &[usize],
     predicted: &[usize],
     k: usize,
+    clusters: &[usize],
 ) -> Ci95 {
+    let ci = |stat: &dyn Fn(&[usize]) -> Option<f64>| {
+        cluster_bootstrap_ci95(labels, clusters, BOOTSTRAP_RESAMPLES, 0, stat)
+    };
     let binary = k == 2;
     let subset_auc = |idx: &[usize]| {
         let probs: Vec<Vec<f64>> = idx.iter().map(|&i| probs[i].clone()).collect();
@@ -292,19 +361,17 @@ fn bootstrap_intervals(
         }
     };
     Ci95 {
-        accuracy: bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, |idx| {
+        accuracy: ci(&|idx| {
             Some(
                 idx.iter().filter(|&&i| predicted[i] == labels[i]).count() as f64
                     / idx.len().max(1) as f64,
             )
         }),
-        roc_auc: bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, subset_auc),
-        sensitivity: binary
-            .then(|| bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, rate(true)))
-            .flatten(),
-        specificity: binary
-            .then(|| bootstrap_ci95(labels, BOOTSTRAP_RESAMPLES, 0, rate(false)))
-            .flatten(),
+        roc_auc: ci(&subset_auc),
+        sensitivity: binary.then(|| ci(&rate(true))).flatten(),
+        specificity: binary.then(|| ci(&rate(false))).flatten(),
+        method: "image".into(),
+        groups: None,
     }
 }
 

@@ -153,6 +153,33 @@ fn diverging_learning_rate_stops_cleanly() {
     assert_clean_stderr(&out.stderr);
 }
 
+/// A JPEG cut to a third of its bytes and a PNG without its IEND chunk are refused by predict
+/// with the reason `truncated`, one line each naming the file; the good images beside them are
+/// still answered.
+#[test]
+fn predict_refuses_truncated_images() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    crate::formats::write_fixtures(dir.path());
+    let out = xray()
+        .arg("predict")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = stderr_of(&out);
+    for name in ["cut_to_a_third.jpg", "no_iend.png"] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name} not reported: {err}"));
+        assert!(line.contains("truncated"), "{line}");
+    }
+    assert!(String::from_utf8_lossy(&out.stdout).contains("full.jpg"));
+    assert_clean_stderr(&out.stderr);
+}
+
 /// Every shipped config parses, with every key known and every value valid.
 #[test]
 fn shipped_configs_are_valid() {

@@ -110,6 +110,24 @@ pub fn write_fixtures(dir: &Path) -> Vec<(PathBuf, Result<(), &'static str>)> {
     out.push((p, Err("truncated")));
     out.push((jpeg, Ok(())));
 
+    // Large enough that a decoder would fill the missing two thirds with grey and carry on.
+    let big = ImageBuffer::from_fn(512, 512, |x, y| {
+        image::Rgb([(x ^ y) as u8, (x * 3) as u8, (y * 5) as u8])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    big.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    let bytes = bytes.into_inner();
+    let p = dir.join("cut_to_a_third.jpg");
+    std::fs::write(&p, &bytes[..bytes.len() / 3]).unwrap();
+    out.push((p, Err("truncated")));
+
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    big.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    let bytes = bytes.into_inner();
+    let p = dir.join("no_iend.png");
+    std::fs::write(&p, &bytes[..bytes.len() - 12]).unwrap();
+    out.push((p, Err("truncated")));
+
     let p = dir.join("grey16.png");
     ImageBuffer::from_fn(64, 64, |x, _| Luma([(x * 1040) as u16]))
         .save(&p)

@@ -79,6 +79,10 @@ fn eval_writes_report_with_metrics() {
         "accuracy {acc} CI [{lo}, {hi}]"
     );
     assert!(report["ci95"]["roc_auc"].is_array() && report["ci95"]["sensitivity"].is_array());
+    // A split's images carry their groups: the intervals resample patients (synth: one image
+    // each, so as many groups as images).
+    assert_eq!(report["ci95"]["method"], "group");
+    assert_eq!(report["ci95"]["groups"], report["n"]);
     assert!(
         report["ece"]["before"].as_f64().is_some() && report["ece"]["after"].as_f64().is_some()
     );

@@ -10,7 +10,7 @@ use clap::Args;
 use crate::config::Config;
 use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
-use crate::evaluate::evaluate;
+use crate::evaluate::{evaluate, CiBy, Labelled};
 use crate::explain::{
     check_table, explain_files, run_check, write_gallery, Method, MethodName, Target,
 };
@@ -69,8 +69,13 @@ impl DemoArgs {
         println!("[4/6] eval: test split");
         let predictor =
             Predictor::load(&run_dir, resolve_device(crate::config::DeviceChoice::Auto)?)?;
-        let samples = SplitSet::read(&split_dir)?.samples("test")?;
-        let (report, scored) = evaluate(&predictor, samples.clone(), "test", 64)?;
+        let split = SplitSet::read(&split_dir)?;
+        let samples = split.samples("test")?;
+        let labelled = Labelled {
+            samples: samples.clone(),
+            groups: Some(split.groups("test")),
+        };
+        let (report, scored) = evaluate(&predictor, labelled, "test", 64, CiBy::Auto)?;
         let eval_dir = run_dir.join("eval-test");
         write_eval_report(&eval_dir, &report, &scored)?;
         print!("{}", report_table(&report));

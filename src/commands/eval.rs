@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::DeviceChoice;
-use crate::evaluate::{evaluate, labelled_images};
+use crate::evaluate::{evaluate, labelled_images, CiBy};
 use crate::infer::{resolve_device, Predictor};
 use crate::report::{report_table, write_eval_report};
 
@@ -28,14 +28,24 @@ pub struct EvalArgs {
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
+    /// What the 95% bootstrap intervals resample: whole patients when the images carry groups
+    /// (a split's do), else images (auto); or force group or image.
+    #[arg(long, value_enum, default_value_t = CiBy::Auto)]
+    pub ci_by: CiBy,
 }
 
 impl EvalArgs {
     /// Runs the command.
     pub fn execute(self) -> Result<()> {
         let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
-        let samples = labelled_images(&predictor, &self.split)?;
-        let (report, scored) = evaluate(&predictor, samples, &self.split, self.batch_size)?;
+        let labelled = labelled_images(&predictor, &self.split)?;
+        let (report, scored) = evaluate(
+            &predictor,
+            labelled,
+            &self.split,
+            self.batch_size,
+            self.ci_by,
+        )?;
         let out = self.out.unwrap_or_else(|| {
             let name = PathBuf::from(&self.split)
                 .file_name()

@@ -1,4 +1,5 @@
-//! `xray split DATA_DIR --out SPLIT_DIR [--ratios 0.7,0.15,0.15] [--group-regex RE] [--seed N]`
+//! `xray split DATA_DIR --out SPLIT_DIR [--ratios 0.7,0.15,0.15] [--group-regex RE] [--seed N]
+//! [--resplit] [--exclude GLOB]... [--keep-test-duplicates]`
 
 use std::path::PathBuf;
 
@@ -11,7 +12,8 @@ use crate::error::Error;
 /// Arguments of `xray split`.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
-    /// Dataset folder with one sub-folder per class.
+    /// Dataset folder: one sub-folder per class, or the dataset's own split folders
+    /// (train/val/test, any case) each holding one sub-folder per class.
     pub data_dir: PathBuf,
     /// Folder for split.csv and split_report.json.
     #[arg(long)]
@@ -25,6 +27,18 @@ pub struct SplitArgs {
     /// Seed.
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Pool the dataset's own split folders and split everything by --ratios (by default its
+    /// test folder stays the test split and train+val are re-split by patient).
+    #[arg(long)]
+    pub resplit: bool,
+    /// Leave out files and folders matching this glob, relative to DATA_DIR (repeatable), e.g.
+    /// `--exclude '**/*_mask.png'`.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Keep test images that are byte-identical to training images (the training copy is
+    /// dropped instead); by default the test copy is dropped.
+    #[arg(long)]
+    pub keep_test_duplicates: bool,
 }
 
 impl SplitArgs {
@@ -45,6 +59,9 @@ impl SplitArgs {
             ratios,
             group_regex: self.group_regex,
             seed: self.seed,
+            resplit: self.resplit,
+            keep_test_duplicates: self.keep_test_duplicates,
+            exclude: self.exclude,
         };
         let outcome = split_dataset(&self.data_dir, &opts)?;
         write_split(&self.out, &outcome)?;
@@ -52,6 +69,7 @@ impl SplitArgs {
         for s in &r.corrupt_skipped {
             eprintln!("skipped {}: {}", s.path, s.reason);
         }
+        println!("{}", layout_line(r));
         println!(
             "{} images in {} groups ({} found; {} duplicates, {} label conflicts, {} unreadable dropped)",
             r.images_kept,
@@ -70,4 +88,36 @@ impl SplitArgs {
         println!("wrote {}", self.out.join("split.csv").display());
         Ok(())
     }
+}
+
+/// What the scan found: the layout, where test came from, what it skipped.
+fn layout_line(r: &crate::data::split::SplitReport) -> String {
+    let l = &r.layout;
+    let mut line = match l.kind.as_str() {
+        "split_folders" => format!(
+            "layout: split folders ({}) holding {} classes; test {}",
+            l.split_folders.join(", "),
+            r.classes.len(),
+            if r.test_from == "dataset" {
+                "is the dataset's own test folder, train+val re-split by patient"
+            } else {
+                "re-split by --ratios (--resplit)"
+            }
+        ),
+        _ => format!("layout: one folder per class ({} classes)", r.classes.len()),
+    };
+    if !l.descended.is_empty() {
+        line.push_str(&format!("; inside {}", l.descended.join("/")));
+    }
+    if !l.skipped.is_empty() {
+        let skipped: Vec<String> = l.skipped.iter().map(|(k, n)| format!("{n} {k}")).collect();
+        line.push_str(&format!("; skipped {}", skipped.join(", ")));
+    }
+    if !r.cross_split_duplicates.is_empty() {
+        line.push_str(&format!(
+            "; {} image(s) in both the dataset's test and train folders dropped from one side",
+            r.cross_split_duplicates.len()
+        ));
+    }
+    line
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use image::{imageops::FilterType, DynamicImage, ImageReader};
 
+use crate::data::truncation::truncation;
 use crate::error::Error;
 
 /// Largest accepted width or height in pixels.
@@ -47,8 +48,12 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
         return decode_dicom(path);
     }
     let format = guess_format(path, &head[..n])?;
-    let mut reader = ImageReader::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
-    reader.set_format(format);
+    // The whole file, once: checked for truncation, then decoded from memory.
+    let bytes = std::fs::read(path).map_err(|e| Error::image(path, io_reason(&e)))?;
+    if let Some(reason) = truncation(&bytes) {
+        return Err(Error::image(path, reason));
+    }
+    let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
     reader.limits(limits());
     reader
         .decode()
@@ -79,6 +84,9 @@ pub fn decode_image_bytes(
         return check_pixels(img, name, max_pixels);
     }
     let format = guess_format(name, bytes)?;
+    if let Some(reason) = truncation(bytes) {
+        return Err(Error::image(name, reason));
+    }
     let reader = || {
         let mut r = ImageReader::with_format(std::io::Cursor::new(bytes), format);
         r.limits(limits());

@@ -7,3 +7,4 @@ pub mod loader;
 pub mod scan;
 pub mod split;
 pub mod synth;
+pub mod truncation;

@@ -1,8 +1,19 @@
-//! Finding the images of a class-per-folder dataset: `DATA_DIR/<class>/**/<image>`.
+//! Finding the images of a dataset as it is downloaded.
+//!
+//! Two layouts are read: one folder per class (`DATA_DIR/<class>/**/<image>`), and the
+//! dataset's own split above the classes (`DATA_DIR/{train,val,test}/<class>/**`, any of the
+//! split names below, any case). Everywhere, archive junk (`__MACOSX`, `.DS_Store`,
+//! `Thumbs.db`, hidden entries), segmentation masks (`mask`/`masks` folders), non-image files
+//! and `--exclude` globs are skipped and counted; a nested copy of the split folders
+//! (`chest_xray/chest_xray/...`) is skipped; folder links are followed, a link back into the
+//! tree once reported and not followed. A layout that cannot be read one way is a usage error
+//! that says what was found.
 
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
 
 use crate::data::decode::has_image_extension;
 use crate::error::Error;
@@ -14,21 +25,80 @@ pub struct ScannedImage {
     pub rel_path: PathBuf,
     /// Index into [`ScannedDataset::classes`].
     pub label: usize,
+    /// The dataset's own split the image sits in (an index into `train, val, test`), when the
+    /// dataset has split folders.
+    pub source_split: Option<usize>,
 }
 
 /// The classes (sorted folder names) and every image file under them, in a stable order.
 #[derive(Debug, Clone)]
 pub struct ScannedDataset {
-    /// Absolute dataset folder.
+    /// Absolute dataset folder (below any single wrapping folder).
     pub root: PathBuf,
     /// Class names, sorted.
     pub classes: Vec<String>,
     /// Images, sorted by class then path.
     pub images: Vec<ScannedImage>,
+    /// What was found and skipped.
+    pub layout: Layout,
 }
 
-/// Scans `root`; a missing folder, fewer than two classes or an empty class is a usage error.
+/// How the dataset was laid out, and what the scan left out (`split_report.json`'s `layout`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Layout {
+    /// "class_folders" or "split_folders".
+    pub kind: String,
+    /// The split folders found (as named on disk), for "split_folders".
+    pub split_folders: Vec<String>,
+    /// Wrapping folders descended into (a single folder holding the dataset).
+    pub descended: Vec<String>,
+    /// Files and folders left out, by reason: junk, mask, non_image, excluded, nested_copy,
+    /// link_loop.
+    pub skipped: BTreeMap<String, usize>,
+    /// Folders left out whole (nested copies, link loops), relative to the dataset folder.
+    pub skipped_folders: Vec<String>,
+}
+
+/// What a scan leaves out beyond the built-in rules.
+#[derive(Debug, Clone, Default)]
+pub struct ScanOptions {
+    /// Glob patterns (`--exclude`) matched against paths relative to the dataset folder; a
+    /// matching folder is left out whole.
+    pub exclude: Vec<String>,
+}
+
+/// The split names a folder level may carry: index 0 train, 1 val, 2 test.
+pub fn split_of_folder(name: &str) -> Option<usize> {
+    match name.to_ascii_lowercase().as_str() {
+        "train" | "training" => Some(0),
+        "val" | "valid" | "validation" | "dev" => Some(1),
+        "test" | "testing" => Some(2),
+        _ => None,
+    }
+}
+
+/// Archive and desktop junk, never data.
+fn is_junk(name: &str) -> bool {
+    name.starts_with('.')
+        || name.starts_with("._")
+        || matches!(
+            name.to_ascii_lowercase().as_str(),
+            "__macosx" | "thumbs.db" | "desktop.ini"
+        )
+}
+
+fn is_mask_folder(name: &str) -> bool {
+    matches!(name.to_ascii_lowercase().as_str(), "mask" | "masks")
+}
+
+/// Scans `root` as a class-per-folder dataset or one with split folders; see the module doc.
 pub fn scan_dataset(root: &Path) -> Result<ScannedDataset> {
+    scan_dataset_with(root, &ScanOptions::default())
+}
+
+/// [`scan_dataset`] with `--exclude` patterns.
+pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDataset> {
     if !root.is_dir() {
         return Err(Error::usage(format!(
             "dataset folder {} does not exist or is not a folder",
@@ -36,44 +106,65 @@ pub fn scan_dataset(root: &Path) -> Result<ScannedDataset> {
         ))
         .into());
     }
-    let root = root
+    let top = root
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", root.display()))?;
-    let mut classes: Vec<String> = std::fs::read_dir(&root)
-        .with_context(|| format!("cannot list {}", root.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
-        .filter_map(|e| e.file_name().to_str().map(str::to_string))
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    classes.sort();
-    if classes.len() < 2 {
-        return Err(Error::usage(format!(
-            "{} must hold one sub-folder per class (found {})",
-            root.display(),
-            classes.len()
-        ))
-        .into());
-    }
+    let mut walker = Walker::new(&top, opts)?;
+    let root = walker.descend_wrappers(&top)?;
+    walker.root = root.clone();
+    let folders = walker.subfolders(&root)?;
+    let (splits, others): (Vec<String>, Vec<String>) = folders
+        .into_iter()
+        .partition(|name| split_of_folder(name).is_some());
     let mut images = Vec::new();
-    for (label, class) in classes.iter().enumerate() {
-        let mut files = Vec::new();
-        walk_files(&root.join(class), &mut files)?;
-        files.sort();
-        let before = images.len();
-        for file in files {
-            if has_image_extension(&file) {
-                let rel_path = file
-                    .strip_prefix(&root)
-                    .expect("walked files lie under the root")
-                    .to_path_buf();
-                images.push(ScannedImage { rel_path, label });
+    let classes = if splits.is_empty() {
+        walker.layout.kind = "class_folders".into();
+        let classes = check_classes(&root, others)?;
+        for (label, class) in classes.iter().enumerate() {
+            walker.images_under(&root.join(class), label, None, &mut images)?;
+        }
+        classes
+    } else {
+        walker.layout.kind = "split_folders".into();
+        walker.skip_nested_copies(&root, others, &splits)?;
+        let mut per_split = Vec::new();
+        let mut all: BTreeSet<String> = BTreeSet::new();
+        for split in &splits {
+            let classes = walker.subfolders(&root.join(split))?;
+            if let Some(inner) = classes.iter().find(|c| split_of_folder(c).is_some()) {
+                return Err(layout_error(
+                    &root,
+                    &format!("split folder {split}/ holds another split folder {inner}/"),
+                ));
+            }
+            if classes.is_empty() {
+                return Err(layout_error(&root, &format!(
+                    "split folder {split}/ holds no class folders (images must sit in {split}/<class>/)"
+                )));
+            }
+            all.extend(classes.iter().cloned());
+            per_split.push((split.clone(), classes));
+        }
+        let classes = check_classes(&root, all.into_iter().collect())?;
+        for (split, present) in &per_split {
+            for class in present {
+                let label = classes
+                    .iter()
+                    .position(|c| c == class)
+                    .expect("a class of the union");
+                let dir = root.join(split).join(class);
+                walker.images_under(&dir, label, split_of_folder(split), &mut images)?;
             }
         }
-        if images.len() == before {
+        walker.layout.split_folders = splits;
+        classes
+    };
+    images.sort_by(|a: &ScannedImage, b| (a.label, &a.rel_path).cmp(&(b.label, &b.rel_path)));
+    for (label, class) in classes.iter().enumerate() {
+        if !images.iter().any(|i| i.label == label) {
             return Err(Error::usage(format!(
-                "class folder {} holds no images",
-                root.join(class).display()
+                "class folder {class} of {} holds no images",
+                root.display()
             ))
             .into());
         }
@@ -82,24 +173,244 @@ pub fn scan_dataset(root: &Path) -> Result<ScannedDataset> {
         root,
         classes,
         images,
+        layout: walker.layout,
     })
 }
 
-/// Every file under `dir`, recursively (hidden entries skipped).
+fn layout_error(root: &Path, what: &str) -> anyhow::Error {
+    Error::usage(format!(
+        "{}: {what}; expected one folder per class, or split folders (train/val/test) each \
+         holding one folder per class",
+        root.display()
+    ))
+    .into()
+}
+
+/// At least two classes, sorted.
+fn check_classes(root: &Path, mut classes: Vec<String>) -> Result<Vec<String>> {
+    classes.sort();
+    classes.dedup();
+    if classes.len() < 2 {
+        return Err(Error::usage(format!(
+            "{} must hold one sub-folder per class, at least two (found {}{})",
+            root.display(),
+            classes.len(),
+            if classes.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", classes.join(", "))
+            }
+        ))
+        .into());
+    }
+    Ok(classes)
+}
+
+/// The folder walk: the skip rules, the exclude globs, loop detection and the counts.
+struct Walker {
+    root: PathBuf,
+    exclude: globset::GlobSet,
+    layout: Layout,
+    /// Canonical folders on the current path from the root, to detect link loops.
+    visiting: HashSet<PathBuf>,
+}
+
+impl Walker {
+    fn new(root: &Path, opts: &ScanOptions) -> Result<Walker> {
+        let mut set = globset::GlobSetBuilder::new();
+        for pattern in &opts.exclude {
+            let glob = globset::Glob::new(pattern)
+                .map_err(|e| Error::usage(format!("--exclude {pattern}: {e}")))?;
+            set.add(glob);
+        }
+        Ok(Walker {
+            root: root.to_path_buf(),
+            exclude: set
+                .build()
+                .map_err(|e| Error::usage(format!("--exclude: {e}")))?,
+            layout: Layout::default(),
+            visiting: HashSet::new(),
+        })
+    }
+
+    fn skip(&mut self, reason: &str) {
+        *self.layout.skipped.entry(reason.to_string()).or_default() += 1;
+    }
+
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(&self.root)
+            .unwrap_or(path)
+            .to_string_lossy()
+            .into_owned()
+    }
+
+    /// Whether the entry at `path` (named `name`) is left out, counting why.
+    fn left_out(&mut self, path: &Path, name: &str, is_dir: bool) -> bool {
+        if is_junk(name) {
+            self.skip("junk");
+        } else if is_dir && is_mask_folder(name) {
+            self.skip("mask");
+        } else if !self.exclude.is_empty() && self.exclude.is_match(self.rel(path)) {
+            self.skip("excluded");
+        } else {
+            return false;
+        }
+        true
+    }
+
+    /// The names of the folders in `dir` that are not left out, sorted.
+    fn subfolders(&mut self, dir: &Path) -> Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in read_dir(dir)? {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if path.is_dir() && !self.left_out(&path, &name, true) {
+                names.push(name);
+            } else if path.is_file() && !self.left_out(&path, &name, false) {
+                // Files beside the class folders (metadata sheets, readmes) are not images of a
+                // class.
+                self.skip(if has_image_extension(&path) {
+                    "outside_class"
+                } else {
+                    "non_image"
+                });
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    /// Goes down through single folders that hold nothing else (an archive's wrapper folder).
+    fn descend_wrappers(&mut self, top: &Path) -> Result<PathBuf> {
+        let mut root = top.to_path_buf();
+        loop {
+            let entries: Vec<_> = read_dir(&root)?
+                .into_iter()
+                .filter(|e| !is_junk(&e.file_name().to_string_lossy()))
+                .collect();
+            match entries.as_slice() {
+                [only] if only.path().is_dir() => {
+                    let name = only.file_name().to_string_lossy().into_owned();
+                    if split_of_folder(&name).is_some() {
+                        return Ok(root);
+                    }
+                    self.layout.descended.push(name);
+                    root = only.path().canonicalize()?;
+                }
+                _ => return Ok(root),
+            }
+        }
+    }
+
+    /// Folders beside split folders: a nested copy of the split folders (it holds split folders
+    /// of its own) is skipped; anything else makes the layout ambiguous.
+    fn skip_nested_copies(
+        &mut self,
+        root: &Path,
+        others: Vec<String>,
+        splits: &[String],
+    ) -> Result<()> {
+        for other in others {
+            let inner = self.subfolders(&root.join(&other))?;
+            if inner.iter().any(|n| split_of_folder(n).is_some()) {
+                self.skip("nested_copy");
+                self.layout.skipped_folders.push(other);
+            } else {
+                return Err(layout_error(
+                    root,
+                    &format!(
+                        "split folders ({}) beside other folders ({other}/)",
+                        splits.join(", ")
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every image under `dir` (recursively), as class `label` from `source_split`.
+    fn images_under(
+        &mut self,
+        dir: &Path,
+        label: usize,
+        source_split: Option<usize>,
+        out: &mut Vec<ScannedImage>,
+    ) -> Result<()> {
+        let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+        if !self.visiting.insert(canonical.clone()) {
+            self.skip("link_loop");
+            let rel = self.rel(dir);
+            eprintln!("warning: {rel} links back into the dataset; not followed");
+            self.layout.skipped_folders.push(rel);
+            return Ok(());
+        }
+        let mut entries = read_dir(dir)?;
+        entries.sort_by_key(|e| e.file_name());
+        for entry in entries {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            let is_dir = path.is_dir();
+            if self.left_out(&path, &name, is_dir) {
+                continue;
+            }
+            if is_dir {
+                self.images_under(&path, label, source_split, out)?;
+            } else if has_image_extension(&path) {
+                let rel_path = path
+                    .strip_prefix(&self.root)
+                    .expect("walked files lie under the root")
+                    .to_path_buf();
+                out.push(ScannedImage {
+                    rel_path,
+                    label,
+                    source_split,
+                });
+            } else {
+                self.skip("non_image");
+            }
+        }
+        self.visiting.remove(&canonical);
+        Ok(())
+    }
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>> {
+    std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .map(|e| e.with_context(|| format!("cannot list {}", dir.display())))
+        .collect()
+}
+
+/// Every file under `dir`, recursively (hidden entries skipped; a folder link back into the
+/// walk is not followed).
 pub fn walk_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    let entries =
-        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
-        if entry.file_name().to_string_lossy().starts_with('.') {
+    walk_files_from(dir, out, &mut HashSet::new())
+}
+
+fn walk_files_from(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    visiting: &mut HashSet<PathBuf>,
+) -> Result<()> {
+    let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    if !visiting.insert(canonical.clone()) {
+        eprintln!(
+            "warning: {} links back into the walk; not followed",
+            dir.display()
+        );
+        return Ok(());
+    }
+    for entry in read_dir(dir)? {
+        if is_junk(&entry.file_name().to_string_lossy()) {
             continue;
         }
         let path = entry.path();
         if path.is_dir() {
-            walk_files(&path, out)?;
+            walk_files_from(&path, out, visiting)?;
         } else {
             out.push(path);
         }
     }
+    visiting.remove(&canonical);
     Ok(())
 }

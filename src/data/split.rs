@@ -19,12 +19,15 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::decode::decode_image;
-use crate::data::scan::{scan_dataset, ScannedDataset};
+use crate::data::scan::{scan_dataset_with, Layout, ScanOptions, ScannedDataset};
 use crate::error::Error;
 use crate::progress;
 
 /// The split names, in the order of the ratios.
 pub const SPLITS: [&str; 3] = ["train", "val", "test"];
+
+/// Index of "test" in [`SPLITS`].
+const TEST: usize = 2;
 
 /// Default `--group-regex`: the patient in Kermany file names (`person123_bacteria_45.jpeg` →
 /// `person123`, `IM-0115-0001.jpeg` → `IM-0115`, `NORMAL2-IM-0927-0001.jpeg` →
@@ -40,6 +43,14 @@ pub struct SplitOptions {
     pub group_regex: String,
     /// Seed for the group shuffle.
     pub seed: u64,
+    /// Pool the dataset's own split folders and split everything by `ratios` (by default the
+    /// dataset's test folder stays the test split).
+    pub resplit: bool,
+    /// Keep images of the dataset's test folder that are byte-identical to training images
+    /// (dropping the training copy instead); by default the test copy is dropped.
+    pub keep_test_duplicates: bool,
+    /// `--exclude` globs, relative to the dataset folder.
+    pub exclude: Vec<String>,
 }
 
 impl Default for SplitOptions {
@@ -48,6 +59,9 @@ impl Default for SplitOptions {
             ratios: [0.7, 0.15, 0.15],
             group_regex: DEFAULT_GROUP_REGEX.into(),
             seed: 42,
+            resplit: false,
+            keep_test_duplicates: false,
+            exclude: Vec::new(),
         }
     }
 }
@@ -103,6 +117,20 @@ pub struct SplitReport {
     pub label_conflicts_dropped: Vec<Skipped>,
     /// Files that could not be read or decoded.
     pub corrupt_skipped: Vec<Skipped>,
+    /// How the dataset was laid out and what the scan skipped.
+    #[serde(default)]
+    pub layout: Layout,
+    /// Where the test split came from: "dataset" (its own test folder) or "resplit".
+    #[serde(default)]
+    pub test_from: String,
+    /// Byte-identical images found in both the dataset's test folder and its other folders:
+    /// the copy dropped (`path`) and why, naming the one kept.
+    #[serde(default)]
+    pub cross_split_duplicates: Vec<Skipped>,
+    /// Groups (patients) with images in the dataset's test folder and in its other folders:
+    /// all their images went to test.
+    #[serde(default)]
+    pub groups_moved_to_test: usize,
 }
 
 /// The result of a split: the rows and the report.
@@ -156,9 +184,22 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
     }
     let re =
         Regex::new(&opts.group_regex).map_err(|e| Error::usage(format!("--group-regex: {e}")))?;
-    let scanned = scan_dataset(data_dir)?;
+    let scanned = scan_dataset_with(
+        data_dir,
+        &ScanOptions {
+            exclude: opts.exclude.clone(),
+        },
+    )?;
+    // The dataset's own test folder stays the test split unless asked otherwise.
+    let fixed_test = !opts.resplit && scanned.images.iter().any(|i| i.source_split == Some(TEST));
+    if fixed_test && opts.ratios[0] + opts.ratios[1] <= 0.0 {
+        return Err(Error::usage(
+            "--ratios gives train and val no share, but the dataset's own test folder is the test split (use --resplit to split everything by --ratios)",
+        )
+        .into());
+    }
     let (by_hash, corrupt) = check_files(&scanned);
-    let unique = deduplicate(&scanned, by_hash);
+    let unique = deduplicate(&scanned, by_hash, fixed_test, opts.keep_test_duplicates);
     if unique.kept.is_empty() {
         return Err(
             Error::usage(format!("no readable images in {}", scanned.root.display())).into(),
@@ -167,7 +208,8 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
     let kept = &unique.kept;
     let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
     let group_members = group_images(&scanned, kept, &re);
-    let assignment = assign_groups(&scanned, kept, &group_members, opts);
+    let (assignment, groups_moved_to_test) =
+        assign_groups(&scanned, kept, &group_members, opts, fixed_test);
     let mut records = Vec::with_capacity(kept.len());
     for (group, members) in &group_members {
         let s = assignment[group];
@@ -196,6 +238,10 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         duplicates_dropped: unique.duplicates,
         label_conflicts_dropped: unique.conflicts,
         corrupt_skipped: corrupt,
+        layout: scanned.layout.clone(),
+        test_from: if fixed_test { "dataset" } else { "resplit" }.into(),
+        cross_split_duplicates: unique.cross_split,
+        groups_moved_to_test,
     };
     Ok(SplitOutcome { records, report })
 }
@@ -243,16 +289,26 @@ struct Unique {
     kept: Vec<(usize, String)>,
     duplicates: Vec<Skipped>,
     conflicts: Vec<Skipped>,
+    cross_split: Vec<Skipped>,
 }
 
 /// Keeps the first (by path) of each set of byte-identical files; a set under two labels is
-/// dropped whole as a label conflict.
-fn deduplicate(scanned: &ScannedDataset, by_hash: BTreeMap<String, Vec<usize>>) -> Unique {
+/// dropped whole as a label conflict. With the dataset's test folder fixed, a set with copies
+/// in test and elsewhere keeps a copy outside test (or, with `keep_test`, one in test), so that
+/// no image is in two splits; those drops are listed apart.
+fn deduplicate(
+    scanned: &ScannedDataset,
+    by_hash: BTreeMap<String, Vec<usize>>,
+    fixed_test: bool,
+    keep_test: bool,
+) -> Unique {
     let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
+    let in_test = |i: usize| scanned.images[i].source_split == Some(TEST);
     let mut unique = Unique {
         kept: Vec::new(),
         duplicates: Vec::new(),
         conflicts: Vec::new(),
+        cross_split: Vec::new(),
     };
     for (hash, mut idx) in by_hash {
         idx.sort_by_key(|&i| scanned.images[i].rel_path.clone());
@@ -270,13 +326,28 @@ fn deduplicate(scanned: &ScannedDataset, by_hash: BTreeMap<String, Vec<usize>>) 
             }
             continue;
         }
-        for &i in &idx[1..] {
-            unique.duplicates.push(Skipped {
+        let straddles =
+            fixed_test && idx.iter().any(|&i| in_test(i)) && !idx.iter().all(|&i| in_test(i));
+        // The copy kept: the first on the side that keeps it.
+        let keep = if straddles {
+            *idx.iter()
+                .find(|&&i| in_test(i) == keep_test)
+                .expect("a set that straddles has copies on both sides")
+        } else {
+            idx[0]
+        };
+        for &i in idx.iter().filter(|&&i| i != keep) {
+            let dropped = Skipped {
                 path: rel(i),
-                reason: format!("duplicate of {}", rel(idx[0])),
-            });
+                reason: format!("duplicate of {}", rel(keep)),
+            };
+            if straddles && in_test(i) != in_test(keep) {
+                unique.cross_split.push(dropped);
+            } else {
+                unique.duplicates.push(dropped);
+            }
         }
-        unique.kept.push((idx[0], hash));
+        unique.kept.push((keep, hash));
     }
     unique
 }
@@ -304,15 +375,32 @@ fn group_images(
 
 /// Deals each class's groups (by their majority class; groups rarely span classes), shuffled
 /// with the seed, to the split furthest below its target share: group name -> split index.
+/// With the dataset's test folder fixed, a group with any image there goes to test whole (the
+/// second number counts those that also had images elsewhere) and the others are dealt to
+/// train and val in the ratio of their shares.
 fn assign_groups(
     scanned: &ScannedDataset,
     kept: &[(usize, String)],
     group_members: &BTreeMap<String, Vec<usize>>,
     opts: &SplitOptions,
-) -> HashMap<String, usize> {
+    fixed_test: bool,
+) -> (HashMap<String, usize>, usize) {
     let n_classes = scanned.classes.len();
     let mut groups_by_class: Vec<Vec<(String, usize)>> = vec![Vec::new(); n_classes];
+    let mut assignment: HashMap<String, usize> = HashMap::new();
+    let mut moved = 0;
+    let in_test = |k: usize| scanned.images[kept[k].0].source_split == Some(TEST);
+    let ratios = if fixed_test {
+        [opts.ratios[0], opts.ratios[1], 0.0]
+    } else {
+        opts.ratios
+    };
     for (group, members) in group_members {
+        if fixed_test && members.iter().any(|&k| in_test(k)) {
+            moved += usize::from(!members.iter().all(|&k| in_test(k)));
+            assignment.insert(group.clone(), TEST);
+            continue;
+        }
         let mut votes = vec![0usize; n_classes];
         for &k in members {
             votes[scanned.images[kept[k].0].label] += 1;
@@ -323,7 +411,6 @@ fn assign_groups(
         groups_by_class[major].push((group.clone(), members.len()));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
-    let mut assignment: HashMap<String, usize> = HashMap::new();
     for groups in groups_by_class.iter_mut() {
         groups.shuffle(&mut rng);
         let total: usize = groups.iter().map(|g| g.1).sum();
@@ -331,9 +418,9 @@ fn assign_groups(
         for (group, size) in groups.iter() {
             // The split furthest below its target after taking this group.
             let s = (0..3)
-                .filter(|&s| opts.ratios[s] > 0.0)
+                .filter(|&s| ratios[s] > 0.0)
                 .max_by(|&a, &b| {
-                    let gap = |s: usize| opts.ratios[s] * total as f64 - filled[s] as f64;
+                    let gap = |s: usize| ratios[s] * total as f64 - filled[s] as f64;
                     gap(a).total_cmp(&gap(b)).then(b.cmp(&a))
                 })
                 .expect("at least one ratio is positive");
@@ -341,7 +428,7 @@ fn assign_groups(
             assignment.insert(group.clone(), s);
         }
     }
-    assignment
+    (assignment, moved)
 }
 
 /// Images per split and class (every split and class present, zeros included).
@@ -419,7 +506,16 @@ impl SplitSet {
         })
     }
 
-    /// The `(absolute path, label index)` pairs of one split.
+    /// The group (patient) of each image of `split`, in the order of [`SplitSet::samples`].
+    pub fn groups(&self, split: &str) -> Vec<String> {
+        self.records
+            .iter()
+            .filter(|r| r.split == split)
+            .map(|r| r.group.clone())
+            .collect()
+    }
+
+    /// The (absolute path, label index) of each image of `split`, in split.csv's order.
     pub fn samples(&self, split: &str) -> Result<Vec<(PathBuf, usize)>> {
         self.records
             .iter()

@@ -313,7 +313,7 @@ pub fn run_check(
     let boxed: std::collections::HashMap<PathBuf, _> =
         boxes.iter().map(|(p, b)| (canonical(p), *b)).collect();
     let test: Vec<PathBuf> = crate::evaluate::labelled_images(predictor, "test")
-        .map(|s| s.into_iter().map(|(p, _)| canonical(&p)).collect())
+        .map(|s| s.samples.into_iter().map(|(p, _)| canonical(&p)).collect())
         .unwrap_or_default();
     let held_out: Vec<PathBuf> = test.into_iter().filter(|p| boxed.contains_key(p)).collect();
     let (mut files, source) = if held_out.is_empty() {

@@ -89,18 +89,58 @@ pub fn bootstrap_ci95<F>(labels: &[usize], resamples: usize, seed: u64, stat: F)
 where
     F: Fn(&[usize]) -> Option<f64>,
 {
+    let own: Vec<usize> = (0..labels.len()).collect();
+    cluster_bootstrap_ci95(labels, &own, resamples, seed, stat)
+}
+
+/// The cluster bootstrap: `clusters[i]` is sample i's group (a patient); each resample draws
+/// whole groups with replacement, stratified by the group's class (its majority label, the
+/// lowest on a tie), as many from each class as it has groups, and takes all their samples.
+/// Several images of one patient are not independent, so this interval is the honest one when
+/// groups are known. With every sample its own group it is [`bootstrap_ci95`], draw for draw.
+pub fn cluster_bootstrap_ci95<F>(
+    labels: &[usize],
+    clusters: &[usize],
+    resamples: usize,
+    seed: u64,
+    stat: F,
+) -> Option<[f64; 2]>
+where
+    F: Fn(&[usize]) -> Option<f64>,
+{
     let n_classes = labels.iter().max().map_or(0, |m| m + 1);
-    let by_class: Vec<Vec<usize>> = (0..n_classes)
-        .map(|c| (0..labels.len()).filter(|&i| labels[i] == c).collect())
-        .collect();
+    // Members of each cluster, clusters in order of first appearance.
+    let mut order: Vec<usize> = Vec::new();
+    let mut members: std::collections::HashMap<usize, Vec<usize>> = Default::default();
+    for (i, &c) in clusters.iter().enumerate() {
+        members
+            .entry(c)
+            .or_insert_with(|| {
+                order.push(c);
+                Vec::new()
+            })
+            .push(i);
+    }
+    let mut by_class: Vec<Vec<&[usize]>> = vec![Vec::new(); n_classes];
+    for c in &order {
+        let m = &members[c];
+        let mut votes = vec![0usize; n_classes];
+        for &i in m {
+            votes[labels[i]] += 1;
+        }
+        let class = (0..n_classes)
+            .max_by_key(|&k| (votes[k], n_classes - k))
+            .unwrap_or(0);
+        by_class[class].push(m);
+    }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut values: Vec<f64> = Vec::with_capacity(resamples);
     let mut idx = Vec::with_capacity(labels.len());
     for _ in 0..resamples {
         idx.clear();
-        for members in by_class.iter().filter(|m| !m.is_empty()) {
-            for _ in 0..members.len() {
-                idx.push(members[rng.gen_range(0..members.len())]);
+        for groups in by_class.iter().filter(|g| !g.is_empty()) {
+            for _ in 0..groups.len() {
+                idx.extend_from_slice(groups[rng.gen_range(0..groups.len())]);
             }
         }
         if let Some(v) = stat(&idx) {
@@ -119,6 +159,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The cluster bootstrap by hand: labels [0,0,0,1,1], patients [a,a,b,c,c]. Class 0 has
+    /// patients a (2 images) and b (1), class 1 has c (2): a resample draws two of {a, b} and
+    /// one c, so its size is 2 + (4, 3 or 2). Replaying the generator's draws gives each
+    /// resample's size; the image bootstrap always has 5.
+    #[test]
+    fn cluster_bootstrap_resamples_whole_patients() {
+        let labels = [0, 0, 0, 1, 1];
+        let clusters = [7, 7, 3, 9, 9];
+        let size = |idx: &[usize]| Some(idx.len() as f64);
+        let sizes_of = |resamples: usize, seed: u64| {
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let mut sizes: Vec<f64> = (0..resamples)
+                .map(|_| {
+                    let class0: usize = (0..2).map(|_| [2, 1][rng.gen_range(0..2)]).sum();
+                    let _ = rng.gen_range(0..1); // patient c, the only one of class 1
+                    (class0 + 2) as f64
+                })
+                .collect();
+            sizes.sort_by(|a, b| a.total_cmp(b));
+            sizes
+        };
+        for seed in 0..5 {
+            let hand = sizes_of(40, seed);
+            let ci = cluster_bootstrap_ci95(&labels, &clusters, 40, seed, size).unwrap();
+            let q = |p: f64| hand[(p * 39.0_f64).round() as usize];
+            assert_eq!(ci, [q(0.025), q(0.975)], "seed {seed}");
+        }
+        assert_eq!(bootstrap_ci95(&labels, 40, 0, size), Some([5.0, 5.0]));
+        // Every image its own patient: the image bootstrap, draw for draw.
+        let auc_like = |idx: &[usize]| Some(idx.iter().map(|&i| (i * i) as f64).sum::<f64>());
+        assert_eq!(
+            cluster_bootstrap_ci95(&labels, &[0, 1, 2, 3, 4], 100, 3, auc_like),
+            bootstrap_ci95(&labels, 100, 3, auc_like)
+        );
+    }
 
     // Scores and labels (1 = positive), worked by hand:
     // cut below 0.9: sens 1/4 spec 4/4 | 0.8: 2/4, 4/4 | 0.7: 2/4, 3/4 | 0.6: 3/4, 3/4 |

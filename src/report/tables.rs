@@ -179,9 +179,18 @@ pub fn subtitle(r: &EvalReport) -> String {
     let arch = r.arch;
     format!(
         "Model {arch} from {}; {} images; classes: {}. Intervals: stratified bootstrap, 1000 \
-         resamples. Thresholds and temperature were chosen on the validation split.",
+         resamples of {}. Thresholds and temperature were chosen on the validation split.",
         r.checkpoint.display(),
         r.n,
-        r.classes.join(", ")
+        r.classes.join(", "),
+        resampled(r)
     )
+}
+
+/// What the bootstrap resampled, in words.
+pub fn resampled(r: &EvalReport) -> String {
+    match r.ci95.groups {
+        Some(n) => format!("patients (groups; {n} of them, all their images together)"),
+        None => "images".into(),
+    }
 }

@@ -41,6 +41,10 @@ pub fn report_table(r: &EvalReport) -> String {
         ));
     }
     s.push_str(&headline_figures(r));
+    s.push_str(&format!(
+        "95% CI: bootstrap over {}\n",
+        super::tables::resampled(r)
+    ));
     s.push_str("\nconfusion matrix (rows = true, columns = predicted)\n");
     let cw = width.min(14);
     s.push_str(&format!("{:<width$}", ""));
