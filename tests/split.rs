@@ -407,3 +407,40 @@ fn uninterpretable_layouts_exit_2() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// A training scan re-encoded as JPEG at quality 60 and resized to 90%, placed in the
+/// dataset's test folder, is found as a near-duplicate and both land in one split (test);
+/// near_duplicates.png shows the pair.
+#[test]
+fn reencoded_resized_copy_across_folders_stays_in_one_split() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_dataset(dir.path(), 20, 128);
+    let dl = dir.path().join("download");
+    for class in ["normal", "opacity"] {
+        copy_synth(&data, class, 0..15, &dl.join("train").join(class));
+        copy_synth(&data, class, 15..20, &dl.join("test").join(class));
+    }
+    let original = image::open(dl.join("train/opacity/opacity_00004.png")).unwrap();
+    let smaller = original.resize(115, 115, image::imageops::FilterType::Triangle);
+    let mut jpeg = std::fs::File::create(dl.join("test/opacity/resaved.jpg")).unwrap();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 60)
+        .encode_image(&smaller.to_rgb8())
+        .unwrap();
+    drop(jpeg);
+    let out = dir.path().join("split");
+    split_dataset(&dl, &out);
+    let report = read_json(&out.join("split_report.json"));
+    let pairs = report["near_duplicates"]["pairs"].as_array().unwrap();
+    assert!(
+        pairs
+            .iter()
+            .any(|p| p["a"].as_str().unwrap().ends_with("resaved.jpg")
+                || p["b"].as_str().unwrap().ends_with("resaved.jpg")),
+        "{pairs:?}"
+    );
+    let rows = split_rows(&out);
+    let split_of = |name: &str| rows.iter().find(|r| r.0.ends_with(name)).unwrap().2.clone();
+    assert_eq!(split_of("resaved.jpg"), "test");
+    assert_eq!(split_of("train/opacity/opacity_00004.png"), "test");
+    assert!(out.join("near_duplicates.png").is_file());
+}

@@ -39,6 +39,13 @@ pub struct SplitArgs {
     /// dropped instead); by default the test copy is dropped.
     #[arg(long)]
     pub keep_test_duplicates: bool,
+    /// Near-duplicates (the same scan re-encoded, resized, brightened) are kept in one split:
+    /// candidates have perceptual hashes at most this many bits (of 64) apart...
+    #[arg(long, value_name = "BITS", default_value_t = crate::data::near_dup::DEFAULT_MAX_DISTANCE)]
+    pub near_duplicate_distance: u32,
+    /// ...and are near-duplicates when their 32x32 thumbnails correlate at least this much.
+    #[arg(long, value_name = "R", default_value_t = crate::data::near_dup::DEFAULT_MIN_CORRELATION)]
+    pub near_duplicate_correlation: f32,
 }
 
 impl SplitArgs {
@@ -62,9 +69,12 @@ impl SplitArgs {
             resplit: self.resplit,
             keep_test_duplicates: self.keep_test_duplicates,
             exclude: self.exclude,
+            near_duplicate_distance: self.near_duplicate_distance,
+            near_duplicate_correlation: self.near_duplicate_correlation,
         };
         let outcome = split_dataset(&self.data_dir, &opts)?;
         write_split(&self.out, &outcome)?;
+        crate::report::split_pictures::write_near_duplicates_png(&self.out, &outcome.report)?;
         let r = &outcome.report;
         for s in &r.corrupt_skipped {
             eprintln!("skipped {}: {}", s.path, s.reason);
@@ -85,6 +95,13 @@ impl SplitArgs {
             let per: Vec<String> = counts.iter().map(|(c, n)| format!("{c} {n}")).collect();
             println!("  {split:<5} {total:>6}  ({})", per.join(", "));
         }
+        let nd = &r.near_duplicates;
+        println!(
+            "near-duplicates: {} pair(s), {} group(s) merged ({})",
+            nd.pairs.len(),
+            nd.groups_merged,
+            self.out.join("near_duplicates.png").display()
+        );
         println!("wrote {}", self.out.join("split.csv").display());
         Ok(())
     }

@@ -4,6 +4,7 @@
 pub mod augment;
 pub mod decode;
 pub mod loader;
+pub mod near_dup;
 pub mod scan;
 pub mod split;
 pub mod synth;

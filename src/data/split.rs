@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::data::decode::decode_image;
+use crate::data::near_dup::{self, NearDuplicates, NearPair};
 use crate::data::scan::{scan_dataset_with, Layout, ScanOptions, ScannedDataset};
 use crate::error::Error;
 use crate::progress;
@@ -51,6 +52,10 @@ pub struct SplitOptions {
     pub keep_test_duplicates: bool,
     /// `--exclude` globs, relative to the dataset folder.
     pub exclude: Vec<String>,
+    /// Images whose perceptual hashes differ by at most this many bits (of 64)...
+    pub near_duplicate_distance: u32,
+    /// ...and whose 32x32 thumbnails correlate at least this much.
+    pub near_duplicate_correlation: f32,
 }
 
 impl Default for SplitOptions {
@@ -62,6 +67,8 @@ impl Default for SplitOptions {
             resplit: false,
             keep_test_duplicates: false,
             exclude: Vec::new(),
+            near_duplicate_distance: near_dup::DEFAULT_MAX_DISTANCE,
+            near_duplicate_correlation: near_dup::DEFAULT_MIN_CORRELATION,
         }
     }
 }
@@ -131,6 +138,9 @@ pub struct SplitReport {
     /// all their images went to test.
     #[serde(default)]
     pub groups_moved_to_test: usize,
+    /// Near-duplicate pairs (perceptual hash); each cluster became one group.
+    #[serde(default)]
+    pub near_duplicates: NearDuplicates,
 }
 
 /// The result of a split: the rows and the report.
@@ -198,7 +208,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         )
         .into());
     }
-    let (by_hash, corrupt) = check_files(&scanned);
+    let (by_hash, phash, corrupt) = check_files(&scanned);
     let unique = deduplicate(&scanned, by_hash, fixed_test, opts.keep_test_duplicates);
     if unique.kept.is_empty() {
         return Err(
@@ -207,7 +217,8 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
     }
     let kept = &unique.kept;
     let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
-    let group_members = group_images(&scanned, kept, &re);
+    let mut group_members = group_images(&scanned, kept, &re);
+    let near = merge_near_duplicates(&scanned, kept, &phash, &mut group_members, opts);
     let (assignment, groups_moved_to_test) =
         assign_groups(&scanned, kept, &group_members, opts, fixed_test);
     let mut records = Vec::with_capacity(kept.len());
@@ -242,16 +253,25 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         test_from: if fixed_test { "dataset" } else { "resplit" }.into(),
         cross_split_duplicates: unique.cross_split,
         groups_moved_to_test,
+        near_duplicates: near,
     };
     Ok(SplitOutcome { records, report })
 }
 
 /// Hashes and fully decodes every file, in parallel: the images by sha256, and the files that
 /// cannot be read with the reason.
-fn check_files(scanned: &ScannedDataset) -> (BTreeMap<String, Vec<usize>>, Vec<Skipped>) {
+/// Also the perceptual hash of every readable image, by index into the scan.
+#[allow(clippy::type_complexity)]
+fn check_files(
+    scanned: &ScannedDataset,
+) -> (
+    BTreeMap<String, Vec<usize>>,
+    HashMap<usize, near_dup::Signature>,
+    Vec<Skipped>,
+) {
     let root = &scanned.root;
     let bar = progress::bar(scanned.images.len() as u64, "check");
-    let checked: Vec<(usize, Result<String, String>)> = scanned
+    let checked: Vec<(usize, Result<(String, near_dup::Signature), String>)> = scanned
         .images
         .par_iter()
         .enumerate()
@@ -260,7 +280,7 @@ fn check_files(scanned: &ScannedDataset) -> (BTreeMap<String, Vec<usize>>, Vec<S
             let result = sha256_file(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|hash| match decode_image(&path) {
-                    Ok(_) => Ok(hash),
+                    Ok(img) => Ok((hash, near_dup::signature(&img))),
                     Err(Error::Image { reason, .. }) => Err(reason),
                     Err(e) => Err(e.to_string()),
                 });
@@ -271,16 +291,93 @@ fn check_files(scanned: &ScannedDataset) -> (BTreeMap<String, Vec<usize>>, Vec<S
     bar.finish_and_clear();
     let mut corrupt = Vec::new();
     let mut by_hash: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+    let mut phash = HashMap::new();
     for (i, result) in checked {
         match result {
-            Ok(hash) => by_hash.entry(hash).or_default().push(i),
+            Ok((hash, p)) => {
+                by_hash.entry(hash).or_default().push(i);
+                phash.insert(i, p);
+            }
             Err(reason) => corrupt.push(Skipped {
                 path: scanned.images[i].rel_path.to_string_lossy().into_owned(),
                 reason,
             }),
         }
     }
-    (by_hash, corrupt)
+    (by_hash, phash, corrupt)
+}
+
+/// Finds near-duplicate pairs among the kept images and merges the groups they span, so that a
+/// cluster never straddles two splits (a merged group takes the smallest name among its parts).
+fn merge_near_duplicates(
+    scanned: &ScannedDataset,
+    kept: &[(usize, String)],
+    phash: &HashMap<usize, near_dup::Signature>,
+    group_members: &mut BTreeMap<String, Vec<usize>>,
+    opts: &SplitOptions,
+) -> NearDuplicates {
+    let started = std::time::Instant::now();
+    let sigs: Vec<near_dup::Signature> = kept.iter().map(|(i, _)| phash[i].clone()).collect();
+    let mut pairs = near_dup::near_duplicates(
+        &sigs,
+        opts.near_duplicate_distance,
+        opts.near_duplicate_correlation,
+    );
+    pairs.sort_by(|x, y| y.3.total_cmp(&x.3).then((x.0, x.1).cmp(&(y.0, y.1))));
+    let mut group_of: HashMap<usize, String> = HashMap::new();
+    for (g, members) in group_members.iter() {
+        for &k in members {
+            group_of.insert(k, g.clone());
+        }
+    }
+    // Union-find over group names.
+    let mut parent: HashMap<String, String> = HashMap::new();
+    fn root(parent: &HashMap<String, String>, g: &str) -> String {
+        let mut g = g.to_string();
+        while let Some(p) = parent.get(&g).filter(|p| **p != g) {
+            g = p.clone();
+        }
+        g
+    }
+    let mut merged = 0;
+    for &(a, b, _, _) in &pairs {
+        let (ra, rb) = (root(&parent, &group_of[&a]), root(&parent, &group_of[&b]));
+        if ra != rb {
+            let (keep, other) = if ra < rb { (ra, rb) } else { (rb, ra) };
+            parent.insert(other, keep);
+            merged += 1;
+        }
+    }
+    if merged > 0 {
+        let old = std::mem::take(group_members);
+        for (g, members) in old {
+            group_members
+                .entry(root(&parent, &g))
+                .or_default()
+                .extend(members);
+        }
+    }
+    let rel = |k: usize| {
+        scanned.images[kept[k].0]
+            .rel_path
+            .to_string_lossy()
+            .into_owned()
+    };
+    NearDuplicates {
+        max_distance: opts.near_duplicate_distance,
+        min_correlation: opts.near_duplicate_correlation,
+        pairs: pairs
+            .iter()
+            .map(|&(a, b, distance, correlation)| NearPair {
+                a: rel(a),
+                b: rel(b),
+                distance,
+                correlation,
+            })
+            .collect(),
+        groups_merged: merged,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }
 
 /// The images left after merging byte-identical files, and what was dropped.

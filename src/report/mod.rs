@@ -9,6 +9,7 @@
 //! | [`eval_files`] | everything `xray eval` writes into its folder |
 //! | [`gallery`] | the `index.html` of `xray gradcam` |
 //! | [`serve_page`] | the upload page of `xray serve` |
+//! | [`split_pictures`] | `near_duplicates.png` of `xray split` |
 //!
 //! Page styles and the upload page live as files in `src/report/templates/`.
 
@@ -18,6 +19,7 @@ pub mod html;
 pub mod markdown;
 pub mod plots;
 pub mod serve_page;
+pub mod split_pictures;
 pub mod tables;
 pub mod text;
 

@@ -1,0 +1,64 @@
+//! Pictures of a split folder: `near_duplicates.png`, the first near-duplicate pairs side by
+//! side with their distance and correlation, so that a person can judge the threshold.
+
+use std::path::Path;
+
+use anyhow::Result;
+use image::RgbImage;
+
+use super::plots::{gallery_png, GalleryTile};
+use crate::data::split::SplitReport;
+
+/// Pairs drawn in `near_duplicates.png`.
+pub const PAIRS_SHOWN: usize = 12;
+
+/// Writes `OUT/near_duplicates.png` from the report's pairs (images read from its data folder).
+pub fn write_near_duplicates_png(out: &Path, report: &SplitReport) -> Result<()> {
+    let nd = &report.near_duplicates;
+    let load = |rel: &str| {
+        crate::data::decode::decode_image(&report.data_dir.join(rel))
+            .map(|img| {
+                img.resize_to_fill(160, 160, image::imageops::FilterType::Triangle)
+                    .to_rgb8()
+            })
+            .unwrap_or_else(|_| RgbImage::from_pixel(160, 160, image::Rgb([128; 3])))
+    };
+    let tiles: Vec<GalleryTile> = nd
+        .pairs
+        .iter()
+        .take(PAIRS_SHOWN)
+        .map(|p| {
+            let (a, b) = (load(&p.a), load(&p.b));
+            let mut both =
+                RgbImage::from_pixel(a.width() + b.width() + 4, a.height(), image::Rgb([255; 3]));
+            image::imageops::replace(&mut both, &a, 0, 0);
+            image::imageops::replace(&mut both, &b, a.width() as i64 + 4, 0);
+            GalleryTile {
+                image: both,
+                caption: vec![
+                    format!("r {:.3}, {} bits apart", p.correlation, p.distance),
+                    p.a.clone(),
+                    p.b.clone(),
+                ],
+            }
+        })
+        .collect();
+    let title = format!(
+        "near-duplicates: the {} closest of {} pairs (hash within {} bits, thumbnails r >= {})",
+        tiles.len(),
+        nd.pairs.len(),
+        nd.max_distance,
+        nd.min_correlation
+    );
+    crate::fsutil::write_with(&out.join("near_duplicates.png"), |tmp| {
+        gallery_png(
+            tmp,
+            &title,
+            &tiles,
+            &format!(
+                "no near-duplicates among {} images (hash within {} bits, thumbnails r >= {})",
+                report.images_kept, nd.max_distance, nd.min_correlation
+            ),
+        )
+    })
+}
