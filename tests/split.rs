@@ -266,6 +266,10 @@ fn split_folders_keep_the_datasets_test_and_drop_cross_copies() {
     }
     assert_eq!(rows.iter().filter(|r| r.2 == "test").count(), 20);
     assert_no_leak(&rows);
+    for picture in ["classes.png", "samples.png", "near_duplicates.png"] {
+        let (w, h) = image::image_dimensions(out.join(picture)).unwrap();
+        assert!(w >= 200 && h >= 80, "{picture} {w}x{h}");
+    }
 
     let pooled = dir.path().join("pooled");
     xray()

@@ -55,6 +55,7 @@ impl DemoArgs {
         println!("[2/6] split: stratified 70/15/15");
         let outcome = split_dataset(&data_dir, &SplitOptions::default())?;
         write_split(&split_dir, &outcome)?;
+        crate::report::split_pictures::write_split_pictures(&split_dir, &outcome)?;
         println!("      -> {}", split_dir.join("split.csv").display());
 
         println!("[3/6] train: simple_cnn (configs/smoke.toml)");

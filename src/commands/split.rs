@@ -74,7 +74,7 @@ impl SplitArgs {
         };
         let outcome = split_dataset(&self.data_dir, &opts)?;
         write_split(&self.out, &outcome)?;
-        crate::report::split_pictures::write_near_duplicates_png(&self.out, &outcome.report)?;
+        crate::report::split_pictures::write_split_pictures(&self.out, &outcome)?;
         let r = &outcome.report;
         for s in &r.corrupt_skipped {
             eprintln!("skipped {}: {}", s.path, s.reason);
@@ -101,6 +101,11 @@ impl SplitArgs {
             nd.pairs.len(),
             nd.groups_merged,
             self.out.join("near_duplicates.png").display()
+        );
+        println!(
+            "look before training: {} and {}",
+            self.out.join("classes.png").display(),
+            self.out.join("samples.png").display()
         );
         println!("wrote {}", self.out.join("split.csv").display());
         Ok(())

@@ -623,3 +623,88 @@ fn legend(chart: &mut Chart<'_>, position: SeriesLabelPosition) -> Result<()> {
         .draw()
         .map_err(plot_err)
 }
+
+/// `classes.png` of `xray split`: one row per class (full name), a bar of its images split into
+/// train, val and test with the counts written on it; the picture grows with the class count.
+pub fn classes_png(
+    path: &Path,
+    classes: &[String],
+    counts: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
+) -> Result<()> {
+    const ROW: u32 = 30;
+    const TOP: u32 = 70;
+    const BAR_W: u32 = 560;
+    let splits: [(&str, RGBColor); 3] = [
+        ("train", RGBColor(59, 111, 216)),
+        ("val", RGBColor(240, 160, 40)),
+        ("test", RGBColor(60, 170, 90)),
+    ];
+    let name_chars = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5) as u32;
+    let label_w = (name_chars * 8 + 20).clamp(80, 480);
+    let width = label_w + BAR_W + 40;
+    let height = TOP + ROW * classes.len() as u32 + 20;
+    let count = |s: &str, c: &str| counts.get(s).and_then(|m| m.get(c)).copied().unwrap_or(0);
+    let max_total = classes
+        .iter()
+        .map(|c| splits.iter().map(|(s, _)| count(s, c)).sum::<usize>())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    render_png(path, width, height, |root| {
+        let text = |s: &str, x: u32, y: u32, size: u32| {
+            root.draw(&Text::new(
+                s.to_string(),
+                (x as i32, y as i32),
+                ("sans-serif", size),
+            ))
+            .map_err(plot_err)
+        };
+        text("images per class and split", 12, 10, 22)?;
+        let mut x = label_w;
+        for (name, color) in splits {
+            root.draw(&Rectangle::new(
+                [(x as i32, 44), (x as i32 + 14, 58)],
+                color.filled(),
+            ))
+            .map_err(plot_err)?;
+            text(name, x + 20, 43, 15)?;
+            x += 90;
+        }
+        for (row, class) in classes.iter().enumerate() {
+            let y = TOP + row as u32 * ROW;
+            text(class, 10, y + 6, 15)?;
+            let mut x = label_w as f64;
+            for (split, color) in splits {
+                let n = count(split, class);
+                let w = BAR_W as f64 * n as f64 / max_total as f64;
+                if n > 0 {
+                    root.draw(&Rectangle::new(
+                        [
+                            (x as i32, y as i32 + 4),
+                            ((x + w) as i32, (y + ROW - 4) as i32),
+                        ],
+                        color.filled(),
+                    ))
+                    .map_err(plot_err)?;
+                    if w > 34.0 {
+                        root.draw(&Text::new(
+                            n.to_string(),
+                            (x as i32 + 4, y as i32 + 8),
+                            ("sans-serif", 13).into_font().color(&WHITE),
+                        ))
+                        .map_err(plot_err)?;
+                    }
+                }
+                x += w;
+            }
+            let total: usize = splits.iter().map(|(s, _)| count(s, class)).sum();
+            let label = if total == 0 {
+                "0 (no images)".to_string()
+            } else {
+                total.to_string()
+            };
+            text(&label, x as u32 + 6, y + 8, 13)?;
+        }
+        Ok(())
+    })
+}

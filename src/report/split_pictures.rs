@@ -1,5 +1,7 @@
-//! Pictures of a split folder: `near_duplicates.png`, the first near-duplicate pairs side by
-//! side with their distance and correlation, so that a person can judge the threshold.
+//! Pictures of a split folder, to look at the data before training: `classes.png` (images per
+//! class and split), `samples.png` (a few training images of each class) and
+//! `near_duplicates.png` (the closest near-duplicate pairs side by side with their distance
+//! and correlation, so that a person can judge the threshold).
 
 use std::path::Path;
 
@@ -7,7 +9,57 @@ use anyhow::Result;
 use image::RgbImage;
 
 use super::plots::{gallery_png, GalleryTile};
-use crate::data::split::SplitReport;
+use crate::data::split::{SplitOutcome, SplitReport};
+
+/// Images per class in `samples.png`.
+pub const SAMPLES_PER_CLASS: usize = 4;
+
+/// Writes `classes.png`, `samples.png` and `near_duplicates.png` into `out`.
+pub fn write_split_pictures(out: &Path, outcome: &SplitOutcome) -> Result<()> {
+    let r = &outcome.report;
+    crate::fsutil::write_with(&out.join("classes.png"), |tmp| {
+        super::plots::classes_png(tmp, &r.classes, &r.counts)
+    })?;
+    let tiles: Vec<GalleryTile> = r
+        .classes
+        .iter()
+        .flat_map(|class| {
+            outcome
+                .records
+                .iter()
+                .filter(move |rec| &rec.label == class && rec.split == "train")
+                .take(SAMPLES_PER_CLASS)
+        })
+        .map(|rec| GalleryTile {
+            image: load_tile(&r.data_dir.join(&rec.path)),
+            caption: vec![
+                rec.label.clone(),
+                Path::new(&rec.path)
+                    .file_name()
+                    .map_or(rec.path.clone(), |n| n.to_string_lossy().into_owned()),
+            ],
+        })
+        .collect();
+    crate::fsutil::write_with(&out.join("samples.png"), |tmp| {
+        gallery_png(
+            tmp,
+            &format!("up to {SAMPLES_PER_CLASS} training images per class"),
+            &tiles,
+            "no training images",
+        )
+    })?;
+    write_near_duplicates_png(out, r)
+}
+
+/// An image fitted into a 160 px square; grey when it cannot be read.
+fn load_tile(path: &Path) -> RgbImage {
+    crate::data::decode::decode_image(path)
+        .map(|img| {
+            img.resize_to_fill(160, 160, image::imageops::FilterType::Triangle)
+                .to_rgb8()
+        })
+        .unwrap_or_else(|_| RgbImage::from_pixel(160, 160, image::Rgb([128; 3])))
+}
 
 /// Pairs drawn in `near_duplicates.png`.
 pub const PAIRS_SHOWN: usize = 12;
