@@ -13,7 +13,7 @@ TORCH_ENV = LIBTORCH="$$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 # where ../shared is present they run too.
 SHARED_TESTS = $(if $(wildcard ../shared/weights/mobilenet_v2_imagenet.safetensors),--include-ignored,)
 
-.PHONY: demo test build lint libtorch clean-runs
+.PHONY: demo test build lint libtorch weights clean-runs
 
 demo: build
 	target/release/xray demo
@@ -31,6 +31,10 @@ lint: libtorch
 
 libtorch:
 	@scripts/setup/libtorch.sh >/dev/null
+
+# ImageNet EfficientNet-Lite0 into ~/.cache/xray/weights (configs name it weights:NAME).
+weights: build
+	scripts/setup/weights.sh target/release/xray
 
 clean-runs:
 	rm -rf checkpoints/demo-* checkpoints/latest datasets/synth datasets/synth-split

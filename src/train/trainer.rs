@@ -128,7 +128,12 @@ impl<'c> Trainer<'c> {
                 dropout: config.model.dropout,
             },
         )?;
-        if let Some(path) = config.model.pretrained_path().filter(|_| resumed.is_none()) {
+        let pretrained = match resumed {
+            None => config.model.pretrained_file()?,
+            Some(_) => None,
+        };
+        if let Some(path) = pretrained {
+            let path = path.as_path();
             let report = load_pretrained(&mut vs, path, model.head_prefix())?;
             progress::note(&format!(
                 "pretrained {}: {}",
