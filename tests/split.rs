@@ -448,3 +448,50 @@ fn reencoded_resized_copy_across_folders_stays_in_one_split() {
     assert_eq!(split_of("train/opacity/opacity_00004.png"), "test");
     assert!(out.join("near_duplicates.png").is_file());
 }
+
+/// `xray split ARCHIVE.zip`: the downloaded archive (deflated, with `__MACOSX` junk) is
+/// extracted once into the split folder, which the split records as its data folder; the
+/// same rules then apply, and a second run reuses the extraction.
+#[test]
+fn zip_archive_is_split_as_its_folder_would_be() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_dataset(dir.path(), 10, 32);
+    let archive = dir.path().join("dermnet.zip");
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(&archive).unwrap());
+    let opts = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    for (class, name) in [("normal", "Acne & Rosacea"), ("opacity", "Eczema")] {
+        for i in 0..10 {
+            let split = if i < 7 { "train" } else { "test" };
+            let file = format!("{class}_{i:05}.png");
+            zip.start_file(format!("dermnet/{split}/{name}/{file}"), opts)
+                .unwrap();
+            zip.write_all(&std::fs::read(data.join(class).join(&file)).unwrap())
+                .unwrap();
+        }
+    }
+    zip.start_file("__MACOSX/dermnet/._junk", opts).unwrap();
+    zip.write_all(b"resource fork").unwrap();
+    zip.finish().unwrap();
+
+    let out = dir.path().join("split");
+    for _ in 0..2 {
+        split_dataset(&archive, &out);
+    }
+    let report = read_json(&out.join("split_report.json"));
+    assert_eq!(
+        report["classes"],
+        serde_json::json!(["Acne & Rosacea", "Eczema"])
+    );
+    let data_dir = std::path::PathBuf::from(report["data_dir"].as_str().unwrap());
+    assert!(
+        data_dir.starts_with(out.canonicalize().unwrap()),
+        "{data_dir:?}"
+    );
+    let rows = split_rows(&out);
+    assert_eq!(rows.len(), 20);
+    assert_eq!(rows.iter().filter(|r| r.2 == "test").count(), 6);
+    assert!(rows.iter().all(|r| data_dir.join(&r.0).is_file()));
+    assert!(!out.join("data/__MACOSX").exists());
+}

@@ -12,8 +12,9 @@ use crate::error::Error;
 /// Arguments of `xray split`.
 #[derive(Debug, Args)]
 pub struct SplitArgs {
-    /// Dataset folder: one sub-folder per class, or the dataset's own split folders
-    /// (train/val/test, any case) each holding one sub-folder per class.
+    /// Dataset folder (or its .zip as downloaded, extracted into SPLIT_DIR/data): one
+    /// sub-folder per class, or the dataset's own split folders (train/val/test, any case) each
+    /// holding one sub-folder per class.
     pub data_dir: PathBuf,
     /// Folder for split.csv and split_report.json.
     #[arg(long)]
@@ -72,7 +73,20 @@ impl SplitArgs {
             near_duplicate_distance: self.near_duplicate_distance,
             near_duplicate_correlation: self.near_duplicate_correlation,
         };
-        let outcome = split_dataset(&self.data_dir, &opts)?;
+        // A downloaded archive is extracted once into the split folder, which the split records.
+        let data_dir = if crate::data::archive::is_zip(&self.data_dir) {
+            let dest = self.out.join("data");
+            let dir = crate::data::archive::extract_zip(&self.data_dir, &dest)?;
+            println!(
+                "extracted {} into {}",
+                self.data_dir.display(),
+                dir.display()
+            );
+            dir
+        } else {
+            self.data_dir.clone()
+        };
+        let outcome = split_dataset(&data_dir, &opts)?;
         write_split(&self.out, &outcome)?;
         crate::report::split_pictures::write_split_pictures(&self.out, &outcome)?;
         let r = &outcome.report;

@@ -1,6 +1,7 @@
 //! Everything between a folder of images and a batch tensor: scanning, splitting, decoding,
 //! augmentation, the parallel loader, and the synthetic dataset.
 
+pub mod archive;
 pub mod augment;
 pub mod decode;
 pub mod loader;
