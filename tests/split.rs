@@ -495,3 +495,67 @@ fn zip_archive_is_split_as_its_folder_would_be() {
     assert!(rows.iter().all(|r| data_dir.join(&r.0).is_file()));
     assert!(!out.join("data/__MACOSX").exists());
 }
+
+/// `--labels FILE.csv` (`path,label,group`): classes and patients come from the file, not the
+/// folders; a patient's images stay together; a file without the header is exit 2.
+#[test]
+fn labels_csv_gives_classes_and_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_dataset(dir.path(), 20, 32);
+    let mut csv = String::from("path,label,group\n");
+    for class in ["normal", "opacity"] {
+        for i in 0..20 {
+            let label = if class == "normal" {
+                "no finding"
+            } else {
+                "effusion"
+            };
+            csv.push_str(&format!(
+                "{class}/{class}_{i:05}.png,{label},{class}-p{}\n",
+                i / 4
+            ));
+        }
+    }
+    let labels = dir.path().join("labels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let out = dir.path().join("split");
+    xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .arg("--labels")
+        .arg(&labels)
+        .assert()
+        .success();
+    let report = read_json(&out.join("split_report.json"));
+    assert_eq!(
+        report["classes"],
+        serde_json::json!(["effusion", "no finding"])
+    );
+    assert_eq!(report["layout"]["kind"], "labels_csv");
+    assert_eq!(report["groups"], 10);
+    let mut reader = csv::Reader::from_path(out.join("split.csv")).unwrap();
+    let mut split_of_group: HashMap<String, String> = HashMap::new();
+    for row in reader.records() {
+        let row = row.unwrap();
+        let prev = split_of_group.insert(row[2].to_string(), row[3].to_string());
+        assert!(
+            prev.is_none_or(|p| p == row[3]),
+            "group {} in two splits",
+            &row[2]
+        );
+    }
+    std::fs::write(&labels, "file,class\nx.png,a\n").unwrap();
+    let out2 = xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(dir.path().join("bad"))
+        .arg("--labels")
+        .arg(&labels)
+        .output()
+        .unwrap();
+    assert_eq!(out2.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out2.stderr).contains("path and label"));
+}

@@ -40,6 +40,10 @@ pub struct SplitArgs {
     /// dropped instead); by default the test copy is dropped.
     #[arg(long)]
     pub keep_test_duplicates: bool,
+    /// Labels (and patient groups) from a CSV file with the header `path,label[,group]`,
+    /// paths relative to DATA_DIR, instead of class folders.
+    #[arg(long, value_name = "FILE.csv")]
+    pub labels: Option<PathBuf>,
     /// Near-duplicates (the same scan re-encoded, resized, brightened) are kept in one split:
     /// candidates have perceptual hashes at most this many bits (of 64) apart...
     #[arg(long, value_name = "BITS", default_value_t = crate::data::near_dup::DEFAULT_MAX_DISTANCE)]
@@ -70,6 +74,7 @@ impl SplitArgs {
             resplit: self.resplit,
             keep_test_duplicates: self.keep_test_duplicates,
             exclude: self.exclude,
+            labels: self.labels,
             near_duplicate_distance: self.near_duplicate_distance,
             near_duplicate_correlation: self.near_duplicate_correlation,
         };
@@ -139,6 +144,10 @@ fn layout_line(r: &crate::data::split::SplitReport) -> String {
             } else {
                 "re-split by --ratios (--resplit)"
             }
+        ),
+        "labels_csv" => format!(
+            "layout: labels and groups from --labels ({} classes)",
+            r.classes.len()
         ),
         _ => format!("layout: one folder per class ({} classes)", r.classes.len()),
     };

@@ -28,6 +28,8 @@ pub struct ScannedImage {
     /// The dataset's own split the image sits in (an index into `train, val, test`), when the
     /// dataset has split folders.
     pub source_split: Option<usize>,
+    /// The group (patient) a labels file gave it; otherwise it comes from the file name.
+    pub group: Option<String>,
 }
 
 /// The classes (sorted folder names) and every image file under them, in a stable order.
@@ -66,6 +68,9 @@ pub struct ScanOptions {
     /// Glob patterns (`--exclude`) matched against paths relative to the dataset folder; a
     /// matching folder is left out whole.
     pub exclude: Vec<String>,
+    /// A CSV file (`path,label[,group]`, with that header; paths relative to the dataset
+    /// folder) that gives the labels, and the groups, instead of the folders.
+    pub labels: Option<PathBuf>,
 }
 
 /// The split names a folder level may carry: index 0 train, 1 val, 2 test.
@@ -109,6 +114,9 @@ pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDatas
     let top = root
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", root.display()))?;
+    if let Some(labels) = &opts.labels {
+        return scan_labels_csv(&top, labels);
+    }
     let mut walker = Walker::new(&top, opts)?;
     let root = walker.descend_wrappers(&top)?;
     walker.root = root.clone();
@@ -174,6 +182,62 @@ pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDatas
         classes,
         images,
         layout: walker.layout,
+    })
+}
+
+/// The images a labels CSV lists (`path,label[,group]`), classes sorted from its labels.
+fn scan_labels_csv(root: &Path, csv_path: &Path) -> Result<ScannedDataset> {
+    let bad = |why: String| -> anyhow::Error {
+        Error::usage(format!("--labels {}: {why}", csv_path.display())).into()
+    };
+    let mut reader = csv::Reader::from_path(csv_path).map_err(|e| bad(e.to_string()))?;
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad(e.to_string()))?
+        .iter()
+        .map(|h| h.trim().to_ascii_lowercase())
+        .collect();
+    let column = |name: &str| header.iter().position(|h| h == name);
+    let (Some(path_col), Some(label_col)) = (column("path"), column("label")) else {
+        return Err(bad(format!(
+            "needs a header with path and label (and optionally group), found: {}",
+            header.join(",")
+        )));
+    };
+    let group_col = column("group");
+    let mut rows = Vec::new();
+    for (line, row) in reader.records().enumerate() {
+        let row = row.map_err(|e| bad(format!("line {}: {e}", line + 2)))?;
+        let cell = |i: usize| row.get(i).unwrap_or("").trim().to_string();
+        let (path, label) = (cell(path_col), cell(label_col));
+        if path.is_empty() || label.is_empty() {
+            return Err(bad(format!("line {}: empty path or label", line + 2)));
+        }
+        rows.push((path, label, group_col.map(cell).filter(|g| !g.is_empty())));
+    }
+    let classes = check_classes(root, rows.iter().map(|r| r.1.clone()).collect())?;
+    let mut images: Vec<ScannedImage> = rows
+        .into_iter()
+        .map(|(path, label, group)| ScannedImage {
+            rel_path: PathBuf::from(path),
+            label: classes
+                .iter()
+                .position(|c| *c == label)
+                .expect("a listed class"),
+            source_split: None,
+            group,
+        })
+        .collect();
+    images.sort_by(|a, b| (a.label, &a.rel_path).cmp(&(b.label, &b.rel_path)));
+    images.dedup_by(|a, b| a.rel_path == b.rel_path);
+    Ok(ScannedDataset {
+        root: root.to_path_buf(),
+        classes,
+        images,
+        layout: Layout {
+            kind: "labels_csv".into(),
+            ..Layout::default()
+        },
     })
 }
 
@@ -364,6 +428,7 @@ impl Walker {
                     rel_path,
                     label,
                     source_split,
+                    group: None,
                 });
             } else {
                 self.skip("non_image");

@@ -52,6 +52,8 @@ pub struct SplitOptions {
     pub keep_test_duplicates: bool,
     /// `--exclude` globs, relative to the dataset folder.
     pub exclude: Vec<String>,
+    /// `--labels FILE.csv`: labels (and groups) from a metadata file instead of folders.
+    pub labels: Option<PathBuf>,
     /// Images whose perceptual hashes differ by at most this many bits (of 64)...
     pub near_duplicate_distance: u32,
     /// ...and whose 32x32 thumbnails correlate at least this much.
@@ -67,6 +69,7 @@ impl Default for SplitOptions {
             resplit: false,
             keep_test_duplicates: false,
             exclude: Vec::new(),
+            labels: None,
             near_duplicate_distance: near_dup::DEFAULT_MAX_DISTANCE,
             near_duplicate_correlation: near_dup::DEFAULT_MIN_CORRELATION,
         }
@@ -198,6 +201,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         data_dir,
         &ScanOptions {
             exclude: opts.exclude.clone(),
+            labels: opts.labels.clone(),
         },
     )?;
     // The dataset's own test folder stays the test split unless asked otherwise.
@@ -462,10 +466,12 @@ fn group_images(
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        group_members
-            .entry(group_of(&name, re))
-            .or_default()
-            .push(k);
+        // A labels file's group wins over the one in the file name.
+        let group = scanned.images[*i]
+            .group
+            .clone()
+            .unwrap_or_else(|| group_of(&name, re));
+        group_members.entry(group).or_default().push(k);
     }
     group_members
 }
