@@ -79,10 +79,17 @@ fn eval_writes_report_with_metrics() {
         "accuracy {acc} CI [{lo}, {hi}]"
     );
     assert!(report["ci95"]["roc_auc"].is_array() && report["ci95"]["sensitivity"].is_array());
-    // A split's images carry their groups: the intervals resample patients (synth: one image
-    // each, so as many groups as images).
+    // A split's images carry their groups: the intervals resample patients, as many as the
+    // test rows of split.csv name.
     assert_eq!(report["ci95"]["method"], "group");
-    assert_eq!(report["ci95"]["groups"], report["n"]);
+    let mut rows = csv::Reader::from_path(t.split.join("split.csv")).unwrap();
+    let groups: std::collections::HashSet<String> = rows
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| &r[3] == "test")
+        .map(|r| r[2].to_string())
+        .collect();
+    assert_eq!(report["ci95"]["groups"], groups.len());
     assert!(
         report["ece"]["before"].as_f64().is_some() && report["ece"]["after"].as_f64().is_some()
     );
