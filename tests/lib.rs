@@ -6,6 +6,7 @@ mod common;
 mod formats;
 mod gradcam;
 mod import_weights;
+mod many_classes;
 mod metrics;
 mod models;
 mod pipeline;

@@ -11,14 +11,14 @@ use crate::common::trained;
 use crate::webdriver::{screenshot_path, session_or_skip};
 
 /// A running `xray serve` on a free loopback port.
-struct Server {
+pub(crate) struct Server {
     child: Child,
-    base: String,
+    pub(crate) base: String,
     stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Server {
-    fn start(run: &Path, extra: &[&str]) -> Server {
+    pub(crate) fn start(run: &Path, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xray"))
             .arg("serve")
             .arg("--checkpoint")
@@ -86,7 +86,12 @@ impl Server {
     }
 
     /// [`Server::try_predict`] where an answer must come.
-    fn predict(&self, name: &str, bytes: &[u8], query: &str) -> (u16, serde_json::Value) {
+    pub(crate) fn predict(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        query: &str,
+    ) -> (u16, serde_json::Value) {
         self.try_predict(name, bytes, query)
             .unwrap_or_else(|e| panic!("POST {name}: {e}"))
     }
@@ -268,7 +273,7 @@ fn upload_page_in_chromium() {
     let label = browser.text(&browser.find("#label"));
     assert_eq!(label, expected["label"].as_str().unwrap());
     let bars = browser.eval(
-        "return document.querySelectorAll('#bars .bar').length;",
+        "return document.querySelectorAll('#bars .name').length;",
         serde_json::json!([]),
     );
     assert_eq!(

@@ -16,7 +16,7 @@ use crate::explain::{
 };
 use crate::infer::{resolve_device, Predictor};
 use crate::predict::predict_files;
-use crate::report::{report_table, write_eval_report};
+use crate::report::{report_table, write_eval_report, ClassOrder};
 use crate::train::train;
 
 /// The demo's training config: configs/smoke.toml, built in so the demo runs anywhere.
@@ -78,8 +78,8 @@ impl DemoArgs {
         };
         let (report, scored) = evaluate(&predictor, labelled, "test", 64, CiBy::Auto)?;
         let eval_dir = run_dir.join("eval-test");
-        write_eval_report(&eval_dir, &report, &scored)?;
-        print!("{}", report_table(&report));
+        write_eval_report(&eval_dir, &report, &scored, ClassOrder::Data)?;
+        print!("{}", report_table(&report, ClassOrder::Data));
         println!("      -> {}", eval_dir.join("report.json").display());
 
         let mut picks: Vec<PathBuf> = Vec::new();

@@ -8,7 +8,7 @@ use clap::Args;
 use crate::config::DeviceChoice;
 use crate::evaluate::{evaluate, labelled_images, CiBy};
 use crate::infer::{resolve_device, Predictor};
-use crate::report::{report_table, write_eval_report};
+use crate::report::{report_table, write_eval_report, ClassOrder};
 
 /// Arguments of `xray eval`.
 #[derive(Debug, Args)]
@@ -32,6 +32,9 @@ pub struct EvalArgs {
     /// (a split's do), else images (auto); or force group or image.
     #[arg(long, value_enum, default_value_t = CiBy::Auto)]
     pub ci_by: CiBy,
+    /// Order of the per-class rows in the tables: as in the data, by F1 or by support.
+    #[arg(long, value_enum, default_value_t = ClassOrder::Data)]
+    pub sort_classes: ClassOrder,
 }
 
 impl EvalArgs {
@@ -53,8 +56,8 @@ impl EvalArgs {
                 .unwrap_or_else(|| "data".into());
             self.checkpoint.join(format!("eval-{name}"))
         });
-        write_eval_report(&out, &report, &scored)?;
-        print!("{}", report_table(&report));
+        write_eval_report(&out, &report, &scored, self.sort_classes)?;
+        print!("{}", report_table(&report, self.sort_classes));
         println!("\nreport: {}", out.join("report.json").display());
         println!("predictions: {}", out.join("predictions.csv").display());
         Ok(())

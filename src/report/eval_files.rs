@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::html::Html;
 use super::markdown::Markdown;
 use super::plots::{self, GalleryTile};
-use super::{Exporter, Figure};
+use super::{ClassOrder, Exporter, Figure};
 use crate::evaluate::{EvalReport, ScoredImage, ECE_BINS};
 use crate::fsutil::{write_atomic, write_json_atomic};
 use crate::metrics::calibration::{reliability_bins, softmax_at_temperature};
@@ -19,7 +19,12 @@ pub const GALLERY_SIZE: usize = 12;
 /// Writes `report.json`, `predictions.csv`, the pictures (`confusion.png`, `roc.png`,
 /// `pr.png`, `calibration.png`, `errors.png`), `report.md` and the self-contained
 /// `report.html` into `out`.
-pub fn write_eval_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
+pub fn write_eval_report(
+    out: &Path,
+    report: &EvalReport,
+    scored: &[ScoredImage],
+    order: ClassOrder,
+) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     write_json_atomic(&out.join("report.json"), report)?;
     write_predictions_csv(&out.join("predictions.csv"), report, scored)?;
@@ -54,10 +59,13 @@ pub fn write_eval_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]
         ));
     }
     plots::roc_png(&out.join("roc.png"), &roc)?;
-    let first = curve_classes[0];
-    let prevalence =
-        scored.iter().filter(|s| s.label == first).count() as f64 / scored.len().max(1) as f64;
-    plots::pr_png(&out.join("pr.png"), &pr, prevalence)?;
+    let prevalences: Vec<f64> = curve_classes
+        .iter()
+        .map(|&c| {
+            scored.iter().filter(|s| s.label == c).count() as f64 / scored.len().max(1) as f64
+        })
+        .collect();
+    plots::pr_png(&out.join("pr.png"), &pr, &prevalences)?;
     let labels: Vec<usize> = scored.iter().map(|s| s.label).collect();
     let raw: Vec<Vec<f64>> = scored
         .iter()
@@ -105,7 +113,7 @@ pub fn write_eval_report(out: &Path, report: &EvalReport, scored: &[ScoredImage]
     }
     let exporters: [&dyn Exporter; 2] = [&Markdown, &Html];
     for exporter in exporters {
-        let page = exporter.render(report, &figures);
+        let page = exporter.render(report, &figures, order);
         write_atomic(&out.join(exporter.file_name()), page.as_bytes())?;
     }
     Ok(())

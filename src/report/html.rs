@@ -3,7 +3,7 @@
 
 use base64::Engine;
 
-use super::tables::{sections, subtitle, title};
+use super::tables::{sections, subtitle, title, ClassOrder};
 use super::{Exporter, Figure};
 use crate::evaluate::EvalReport;
 
@@ -15,8 +15,8 @@ impl Exporter for Html {
         "report.html"
     }
 
-    fn render(&self, report: &EvalReport, figures: &[Figure]) -> String {
-        html(report, figures)
+    fn render(&self, report: &EvalReport, figures: &[Figure], order: ClassOrder) -> String {
+        html(report, figures, order)
     }
 }
 
@@ -40,7 +40,7 @@ pub fn escape_html(s: &str) -> String {
 const STYLE: &str = include_str!("templates/report.css");
 
 /// `report.html`: one page with no outside references, the pictures inlined as data URIs.
-fn html(r: &EvalReport, figures: &[Figure]) -> String {
+fn html(r: &EvalReport, figures: &[Figure], order: ClassOrder) -> String {
     let mut s = format!(
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
@@ -50,20 +50,43 @@ fn html(r: &EvalReport, figures: &[Figure]) -> String {
         escape_html(&title(r)),
         escape_html(&subtitle(r))
     );
-    for (heading, table) in sections(r) {
-        s.push_str(&format!("<h2>{}</h2>\n<table>\n<tr>", escape_html(heading)));
-        for h in &table.header {
-            s.push_str(&format!("<th>{}</th>", escape_html(h)));
+    for (heading, table) in sections(r, order) {
+        // Names read from the left; numbers line up on the right.
+        let text_col: Vec<bool> = table
+            .header
+            .iter()
+            .enumerate()
+            .map(|(i, h)| i == 0 || h == "class")
+            .collect();
+        let cell = |tag: &str, i: usize, c: &str| {
+            let class = if text_col.get(i).copied().unwrap_or(false) {
+                " class=\"name\""
+            } else {
+                ""
+            };
+            format!("<{tag}{class}>{}</{tag}>", escape_html(c))
+        };
+        let kind = if heading.starts_with("Confusion") {
+            " class=\"confusion\""
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "<h2>{}</h2>\n<div class=\"scroll\"><table{kind}>\n<tr>",
+            escape_html(heading)
+        ));
+        for (i, h) in table.header.iter().enumerate() {
+            s.push_str(&cell("th", i, h));
         }
         s.push_str("</tr>\n");
         for row in &table.rows {
             s.push_str("<tr>");
-            for c in row {
-                s.push_str(&format!("<td>{}</td>", escape_html(c)));
+            for (i, c) in row.iter().enumerate() {
+                s.push_str(&cell("td", i, c));
             }
             s.push_str("</tr>\n");
         }
-        s.push_str("</table>\n");
+        s.push_str("</table></div>\n");
     }
     s.push_str("<h2>Pictures</h2>\n");
     for f in figures {

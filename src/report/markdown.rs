@@ -1,6 +1,6 @@
 //! `report.md`: the sections as Markdown tables, the pictures linked by file name.
 
-use super::tables::{sections, subtitle, title};
+use super::tables::{sections, subtitle, title, ClassOrder};
 use super::{Exporter, Figure};
 use crate::evaluate::EvalReport;
 
@@ -12,8 +12,8 @@ impl Exporter for Markdown {
         "report.md"
     }
 
-    fn render(&self, report: &EvalReport, figures: &[Figure]) -> String {
-        markdown(report, figures)
+    fn render(&self, report: &EvalReport, figures: &[Figure], order: ClassOrder) -> String {
+        markdown(report, figures, order)
     }
 }
 
@@ -23,9 +23,9 @@ fn md_cell(s: &str) -> String {
 }
 
 /// `report.md`: the sections as Markdown tables, the pictures linked by file name.
-fn markdown(r: &EvalReport, figures: &[Figure]) -> String {
+fn markdown(r: &EvalReport, figures: &[Figure], order: ClassOrder) -> String {
     let mut s = format!("# {}\n\n{}\n", title(r), subtitle(r));
-    for (heading, table) in sections(r) {
+    for (heading, table) in sections(r, order) {
         s.push_str(&format!("\n## {heading}\n\n"));
         let line = |cells: &[String]| {
             let cells: Vec<String> = cells.iter().map(|c| md_cell(c)).collect();

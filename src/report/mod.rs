@@ -4,6 +4,9 @@
 //! | module | writes |
 //! |---|---|
 //! | [`plots`] | PNG plots (plotters, with an embedded font) |
+//! | [`curves`] | `roc.png` and `pr.png`: overlaid, or one panel per class past eight |
+//! | [`confusion`] | `confusion.png`, laid out for any number of classes |
+//! | [`labels`] | measuring and wrapping text in pictures, label boxes for overlap tests |
 //! | [`tables`] | the eval report's sections as tables of cells |
 //! | [`text`], [`markdown`], [`html`] | the eval report for the terminal, `report.md`, `report.html` |
 //! | [`eval_files`] | everything `xray eval` writes into its folder |
@@ -13,9 +16,12 @@
 //!
 //! Page styles and the upload page live as files in `src/report/templates/`.
 
+pub mod confusion;
+pub mod curves;
 pub mod eval_files;
 pub mod gallery;
 pub mod html;
+pub mod labels;
 pub mod markdown;
 pub mod plots;
 pub mod serve_page;
@@ -24,6 +30,7 @@ pub mod tables;
 pub mod text;
 
 use crate::evaluate::EvalReport;
+pub use tables::ClassOrder;
 
 pub use eval_files::write_eval_report;
 pub use html::escape_html;
@@ -33,8 +40,8 @@ pub use text::report_table;
 pub trait Exporter {
     /// The file written into the eval folder.
     fn file_name(&self) -> &'static str;
-    /// The whole file, from the report and its pictures.
-    fn render(&self, report: &EvalReport, figures: &[Figure]) -> String;
+    /// The whole file, from the report and its pictures, per-class rows in `order`.
+    fn render(&self, report: &EvalReport, figures: &[Figure], order: ClassOrder) -> String;
 }
 
 /// A picture of the report: its file name in the eval folder, its PNG bytes and a heading.

@@ -24,15 +24,15 @@ pub fn register_fonts() {
 /// A curve: its legend, colour, and the value it takes from each epoch.
 type Curve = (&'static str, RGBColor, fn(&EpochMetrics) -> Option<f64>);
 
-fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(super) fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plot: {e:?}")
 }
 
 /// The drawing area plotters draws on.
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(super) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// Draws into a white in-memory RGB buffer of `width` x `height` and writes it as PNG.
-fn render_png<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<()>
+pub(super) fn render_png<F>(path: &Path, width: u32, height: u32, draw: F) -> Result<()>
 where
     F: FnOnce(&Area<'_>) -> Result<()>,
 {
@@ -42,7 +42,7 @@ where
 
 /// Draws over `canvas` (pictures already placed on it) and writes it as PNG with the image
 /// crate (plotters' own encoder would pull in a second version of it).
-fn draw_on_png<F>(path: &Path, canvas: image::RgbImage, draw: F) -> Result<()>
+pub(super) fn draw_on_png<F>(path: &Path, canvas: image::RgbImage, draw: F) -> Result<()>
 where
     F: FnOnce(&Area<'_>) -> Result<()>,
 {
@@ -58,179 +58,9 @@ where
         .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
-/// `confusion.png`: counts (left) and row-normalised shares (right), rows = true class,
-/// columns = predicted; cells shaded by the row share.
-pub fn confusion_matrix_png(path: &Path, classes: &[String], cm: &[Vec<usize>]) -> Result<()> {
-    let k = classes.len();
-    let cell = (480 / k.max(1)).clamp(24, 120) as i32;
-    let label_px = 140;
-    let side = label_px + cell * k as i32 + 20;
-    let font_px = (cell / 4).clamp(9, 18);
-    let short = |c: &str| c.chars().take(16).collect::<String>();
-    render_png(
-        path,
-        (side * 2) as u32,
-        (40 + cell * k as i32 + 50) as u32,
-        |root| {
-            let panels = root.split_evenly((1, 2));
-            for (panel, normalised) in panels.iter().zip([false, true]) {
-                let title = if normalised {
-                    "row-normalised (rows = true)"
-                } else {
-                    "counts (rows = true)"
-                };
-                panel
-                    .draw(&Text::new(
-                        title,
-                        (label_px, 8),
-                        ("sans-serif", 18).into_font(),
-                    ))
-                    .map_err(plot_err)?;
-                let top = 40;
-                for (r, row) in cm.iter().enumerate() {
-                    let total: usize = row.iter().sum();
-                    for (c, &n) in row.iter().enumerate() {
-                        let share = if total > 0 {
-                            n as f64 / total as f64
-                        } else {
-                            0.0
-                        };
-                        let shade = (255.0 * (1.0 - 0.8 * share)) as u8;
-                        let (x, y) = (label_px + c as i32 * cell, top + r as i32 * cell);
-                        let corners = [(x, y), (x + cell, y + cell)];
-                        panel
-                            .draw(&Rectangle::new(
-                                corners,
-                                RGBColor(shade, shade, 255).filled(),
-                            ))
-                            .map_err(plot_err)?;
-                        panel
-                            .draw(&Rectangle::new(corners, BLACK.stroke_width(1)))
-                            .map_err(plot_err)?;
-                        let text = if normalised {
-                            format!("{share:.2}")
-                        } else {
-                            n.to_string()
-                        };
-                        let color = if share > 0.6 { WHITE } else { BLACK };
-                        panel
-                            .draw(&Text::new(
-                                text,
-                                (x + cell / 5, y + cell / 2 - font_px / 2),
-                                ("sans-serif", font_px).into_font().color(&color),
-                            ))
-                            .map_err(plot_err)?;
-                    }
-                    panel
-                        .draw(&Text::new(
-                            short(&classes[r]),
-                            (4, top + r as i32 * cell + cell / 2 - 7),
-                            ("sans-serif", 14).into_font(),
-                        ))
-                        .map_err(plot_err)?;
-                }
-                for (c, name) in classes.iter().enumerate() {
-                    panel
-                        .draw(&Text::new(
-                            short(name),
-                            (label_px + c as i32 * cell + 2, top + k as i32 * cell + 4),
-                            ("sans-serif", 12).into_font(),
-                        ))
-                        .map_err(plot_err)?;
-                }
-                panel
-                    .draw(&Text::new(
-                        "predicted",
-                        (label_px, top + k as i32 * cell + 22),
-                        ("sans-serif", 14).into_font(),
-                    ))
-                    .map_err(plot_err)?;
-            }
-            Ok(())
-        },
-    )
-}
+pub use super::confusion::confusion_matrix_png;
 
-/// A curve to draw: its legend, its points, and the area under it (AUC or average precision).
-pub type ScoreCurve = (String, Vec<(f64, f64)>, Option<f64>);
-
-/// What distinguishes the ROC plot from the precision-recall plot.
-struct CurvePlot<'a> {
-    title: &'a str,
-    x_desc: &'a str,
-    y_desc: &'a str,
-    /// The area's name in the legend.
-    area: &'a str,
-    /// The reference line: chance, and its legend.
-    reference: (Vec<(f64, f64)>, String),
-    legend: SeriesLabelPosition,
-}
-
-/// `roc.png`: one ROC curve per class or positive class, with the chance line.
-pub fn roc_png(path: &Path, curves: &[ScoreCurve]) -> Result<()> {
-    let plot = CurvePlot {
-        title: "ROC",
-        x_desc: "false-positive rate (1 - specificity)",
-        y_desc: "true-positive rate (sensitivity)",
-        area: "AUC",
-        reference: (vec![(0.0, 0.0), (1.0, 1.0)], "chance".into()),
-        legend: SeriesLabelPosition::LowerRight,
-    };
-    curves_png(path, plot, curves)
-}
-
-/// `pr.png`: one precision-recall curve per class or positive class, with each class's
-/// prevalence (a chance classifier's precision) as the reference for the first.
-pub fn pr_png(path: &Path, curves: &[ScoreCurve], prevalence: f64) -> Result<()> {
-    let plot = CurvePlot {
-        title: "precision-recall",
-        x_desc: "recall (sensitivity)",
-        y_desc: "precision (positive predictive value)",
-        area: "AP",
-        reference: (
-            vec![(0.0, prevalence), (1.0, prevalence)],
-            format!("chance (prevalence {prevalence:.3})"),
-        ),
-        legend: SeriesLabelPosition::LowerLeft,
-    };
-    curves_png(path, plot, curves)
-}
-
-fn curves_png(path: &Path, plot: CurvePlot<'_>, curves: &[ScoreCurve]) -> Result<()> {
-    render_png(path, 640, 600, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(plot.title, ("sans-serif", 24))
-            .margin(14)
-            .x_label_area_size(45)
-            .y_label_area_size(55)
-            .build_cartesian_2d(0.0..1.0, 0.0..1.0)
-            .map_err(plot_err)?;
-        chart
-            .configure_mesh()
-            .x_desc(plot.x_desc)
-            .y_desc(plot.y_desc)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(plot_err)?;
-        chart
-            .draw_series(LineSeries::new(
-                plot.reference.0.clone(),
-                BLACK.mix(0.4).stroke_width(1),
-            ))
-            .map_err(plot_err)?
-            .label(plot.reference.1.clone())
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.4)));
-        for (i, (name, points, area)) in curves.iter().enumerate() {
-            let color = Palette99::pick(i).to_rgba();
-            let label = match area {
-                Some(a) => format!("{name} ({} {a:.3})", plot.area),
-                None => name.clone(),
-            };
-            labelled_line(&mut chart, points.clone(), color, label)?;
-        }
-        legend(&mut chart, plot.legend)
-    })
-}
+pub use super::curves::{pr_png, roc_png, ScoreCurve};
 
 /// `calibration.png`: the reliability diagram (accuracy against mean confidence per bin, before
 /// and after temperature scaling, with the diagonal of perfect calibration) above a histogram of
@@ -318,22 +148,26 @@ pub fn calibration_png(
 }
 
 /// Writes `image` with a white band above it carrying `title` (an overlay's class and
-/// probability), the font sized to the image's width.
+/// probability): the font sized to the image's width, a long title (a long class name) wrapped
+/// onto more lines rather than shrunk past reading or cut.
 pub fn titled_png(path: &Path, image: &image::RgbImage, title: &str) -> Result<()> {
     let (width, height) = image.dimensions();
-    // About 0.6 em a character: the title fits the width down to 8 px type.
-    let chars = title.chars().count().max(1) as u32;
-    let font_px = (width / 22).min(width * 5 / (3 * chars)).clamp(8, 28);
-    let band = font_px + font_px / 2 + 4;
+    let font_px = (width / 22).clamp(11, 28);
+    let lines = super::labels::wrap(title, font_px, width.saturating_sub(6).max(1));
+    let lh = super::labels::line_height(font_px);
+    let band = lines.len() as u32 * lh + 6;
     let mut canvas = image::RgbImage::from_pixel(width, height + band, image::Rgb([255, 255, 255]));
     image::imageops::replace(&mut canvas, image, 0, band as i64);
     draw_on_png(path, canvas, |root| {
-        root.draw(&Text::new(
-            title.to_string(),
-            (3, (band as i32 - font_px as i32) / 2),
-            ("sans-serif", font_px as i32).into_font(),
-        ))
-        .map_err(plot_err)
+        for (i, line) in lines.iter().enumerate() {
+            root.draw(&Text::new(
+                line.clone(),
+                (3, 3 + (i as u32 * lh + font_px / 4) as i32),
+                ("sans-serif", font_px as i32).into_font(),
+            ))
+            .map_err(plot_err)?;
+        }
+        Ok(())
     })
 }
 
@@ -345,24 +179,46 @@ pub struct GalleryTile {
     pub caption: Vec<String>,
 }
 
-/// `errors.png`: a grid of images with captions, such as the most confident mistakes; `title`
-/// on top, `empty` written instead when there are no tiles.
+/// `errors.png`, `samples.png`, `near_duplicates.png`: a grid of images with captions, such as
+/// the most confident mistakes; `title` on top, `empty` written instead when there are no tiles.
+/// Captions are wrapped to the tile's width (long class and file names in full, never cut), and
+/// the caption band is as tall as the longest needs.
 pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str) -> Result<()> {
     const TILE: u32 = 200;
-    const CAPTION: u32 = 58;
     const PAD: u32 = 10;
     const HEADER: u32 = 40;
+    const CAPTION_PX: u32 = 13;
+    let lh = super::labels::line_height(CAPTION_PX);
+    let captions: Vec<Vec<String>> = tiles
+        .iter()
+        .map(|t| {
+            t.caption
+                .iter()
+                .flat_map(|line| super::labels::wrap(line, CAPTION_PX, TILE))
+                .collect()
+        })
+        .collect();
+    let caption_h = captions.iter().map(Vec::len).max().unwrap_or(0) as u32 * lh + 8;
     let cols = tiles.len().clamp(1, 4) as u32;
     let rows = tiles.len().div_ceil(4).max(1) as u32;
-    let width = PAD + cols * (TILE + PAD);
-    let height = HEADER + rows * (TILE + CAPTION + PAD);
+    let title_lines = super::labels::wrap(
+        if tiles.is_empty() { empty } else { title },
+        18,
+        (PAD + cols * (TILE + PAD)).max(600) - 2 * PAD,
+    );
+    let header = HEADER + (title_lines.len() as u32 - 1) * super::labels::line_height(18);
+    let width = (PAD + cols * (TILE + PAD)).max(600);
+    let height = header + rows * (TILE + caption_h + PAD);
     let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
-    for (i, tile) in tiles.iter().enumerate() {
+    let origin = |i: usize| {
         let (col, row) = (i as u32 % 4, i as u32 / 4);
-        let (x0, y0) = (
+        (
             PAD + col * (TILE + PAD),
-            HEADER + row * (TILE + CAPTION + PAD),
-        );
+            header + row * (TILE + caption_h + PAD),
+        )
+    };
+    for (i, tile) in tiles.iter().enumerate() {
+        let (x0, y0) = origin(i);
         let (w, h) = tile.image.dimensions();
         let scale = TILE as f64 / w.max(h).max(1) as f64;
         let (tw, th) = (
@@ -375,28 +231,30 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
         image::imageops::replace(&mut canvas, &thumb, ox as i64, oy as i64);
     }
     draw_on_png(path, canvas, |root| {
-        let text = if tiles.is_empty() { empty } else { title };
-        root.draw(&Text::new(
-            text,
-            (PAD as i32, 10),
-            ("sans-serif", 18).into_font(),
-        ))
-        .map_err(plot_err)?;
-        for (i, tile) in tiles.iter().enumerate() {
-            let (col, row) = (i as u32 % 4, i as u32 / 4);
-            let x = (PAD + col * (TILE + PAD)) as i32;
-            let y = (HEADER + row * (TILE + CAPTION + PAD) + TILE + 3) as i32;
+        for (j, line) in title_lines.iter().enumerate() {
+            root.draw(&Text::new(
+                line.clone(),
+                (
+                    PAD as i32,
+                    10 + (j as u32 * super::labels::line_height(18)) as i32,
+                ),
+                ("sans-serif", 18).into_font(),
+            ))
+            .map_err(plot_err)?;
+        }
+        for (i, lines) in captions.iter().enumerate() {
+            let (x0, y0) = origin(i);
+            let (x, y) = (x0 as i32, (y0 + TILE) as i32);
             root.draw(&Rectangle::new(
-                [(x - 1, y - 4 - TILE as i32), (x + TILE as i32, y - 3)],
+                [(x - 1, y - 1 - TILE as i32), (x + TILE as i32, y)],
                 RED.stroke_width(1),
             ))
             .map_err(plot_err)?;
-            for (j, line) in tile.caption.iter().enumerate() {
-                let short: String = line.chars().take(30).collect();
+            for (j, line) in lines.iter().enumerate() {
                 root.draw(&Text::new(
-                    short,
-                    (x, y + 18 * j as i32),
-                    ("sans-serif", 14).into_font(),
+                    line.clone(),
+                    (x, y + 6 + (j as u32 * lh) as i32),
+                    ("sans-serif", CAPTION_PX).into_font(),
                 ))
                 .map_err(plot_err)?;
             }
@@ -574,7 +432,7 @@ pub fn trials_png(
     })
 }
 
-type Chart<'a> = ChartContext<
+pub(super) type Chart<'a> = ChartContext<
     'a,
     BitMapBackend<'a>,
     Cartesian2d<plotters::coord::types::RangedCoordf64, plotters::coord::types::RangedCoordf64>,
@@ -599,7 +457,7 @@ fn line_with_points(
 }
 
 /// A line of width 2 with its entry in the legend.
-fn labelled_line<C: Color + Copy + 'static>(
+pub(super) fn labelled_line<C: Color + Copy + 'static>(
     chart: &mut Chart<'_>,
     points: Vec<(f64, f64)>,
     color: C,
@@ -639,10 +497,24 @@ pub fn classes_png(
         ("val", RGBColor(240, 160, 40)),
         ("test", RGBColor(60, 170, 90)),
     ];
-    let name_chars = classes.iter().map(|c| c.chars().count()).max().unwrap_or(5) as u32;
-    let label_w = (name_chars * 8 + 20).clamp(80, 480);
+    // Names in full: as wide as the widest one is drawn (wrapped past 420 px, rows growing).
+    let names: Vec<Vec<String>> = classes
+        .iter()
+        .map(|c| super::labels::wrap(c, 15, 420))
+        .collect();
+    let label_w = names
+        .iter()
+        .map(|l| super::labels::widest(l, 15))
+        .max()
+        .unwrap_or(60)
+        .max(60)
+        + 20;
+    let row_h: Vec<u32> = names
+        .iter()
+        .map(|l| (l.len() as u32 * super::labels::line_height(15) + 8).max(ROW))
+        .collect();
     let width = label_w + BAR_W + 40;
-    let height = TOP + ROW * classes.len() as u32 + 20;
+    let height = TOP + row_h.iter().sum::<u32>() + 20;
     let count = |s: &str, c: &str| counts.get(s).and_then(|m| m.get(c)).copied().unwrap_or(0);
     let max_total = classes
         .iter()
@@ -670,9 +542,14 @@ pub fn classes_png(
             text(name, x + 20, 43, 15)?;
             x += 90;
         }
+        let mut y = TOP;
         for (row, class) in classes.iter().enumerate() {
-            let y = TOP + row as u32 * ROW;
-            text(class, 10, y + 6, 15)?;
+            let lines = &names[row];
+            let h = row_h[row];
+            for (j, l) in lines.iter().enumerate() {
+                text(l, 10, y + 8 + j as u32 * super::labels::line_height(15), 15)?;
+            }
+            // The bar sits in the row's first line.
             let mut x = label_w as f64;
             for (split, color) in splits {
                 let n = count(split, class);
@@ -686,7 +563,7 @@ pub fn classes_png(
                         color.filled(),
                     ))
                     .map_err(plot_err)?;
-                    if w > 34.0 {
+                    if (super::labels::text_width(&n.to_string(), 13) + 8) as f64 <= w {
                         root.draw(&Text::new(
                             n.to_string(),
                             (x as i32 + 4, y as i32 + 8),
@@ -704,7 +581,31 @@ pub fn classes_png(
                 total.to_string()
             };
             text(&label, x as u32 + 6, y + 8, 13)?;
+            y += h;
         }
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_overlay_title_wraps_instead_of_shrinking() {
+        let img = image::RgbImage::from_pixel(224, 224, image::Rgb([0, 0, 0]));
+        let dir = std::env::temp_dir();
+        let short = dir.join("xray-title-short.png");
+        let long = dir.join("xray-title-long.png");
+        titled_png(&short, &img, "NORMAL 97.1% (gradcam)").unwrap();
+        titled_png(
+            &long,
+            &img,
+            "Warts Molluscum & other Viral Infections 97.1% (gradcam)",
+        )
+        .unwrap();
+        let (s, l) = (image::open(&short).unwrap(), image::open(&long).unwrap());
+        assert_eq!(s.width(), 224);
+        assert!(l.height() > s.height(), "{} vs {}", l.height(), s.height());
+    }
 }

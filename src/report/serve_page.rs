@@ -8,19 +8,21 @@ use super::html::escape_html as esc;
 /// The page, with the model's name and validation figures filled in.
 pub fn render(info: &Value, max_upload_bytes: usize) -> String {
     let fig = |v: &Value| v.as_f64().map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    let classes: Vec<&str> = info["classes"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|c| c.as_str()).collect())
+        .unwrap_or_default();
+    // Many classes: their count here, their names on the bars of each answer.
+    let classes = if classes.len() > 8 {
+        format!("{} classes", classes.len())
+    } else {
+        format!("classes {}", classes.join(", "))
+    };
     let model_line = format!(
-        "Model {} ({}), classes {}; validation accuracy {}, AUC {}.",
+        "Model {} ({}), {}; validation accuracy {}, AUC {}.",
         esc(info["model"].as_str().unwrap_or("")),
         esc(info["arch"].as_str().unwrap_or("")),
-        esc(&info["classes"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|c| c.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
-            .unwrap_or_default()),
+        esc(&classes),
         fig(&info["validation"]["accuracy"]),
         fig(&info["validation"]["auc"]),
     );

@@ -3,6 +3,45 @@
 
 use crate::evaluate::EvalReport;
 
+crate::config::choice! {
+    /// The order of the per-class rows of the eval report's tables.
+    ClassOrder, "--sort-classes" {
+        /// As in the data (the model's class list).
+        Data = "data",
+        /// By F1, best first (undefined last).
+        F1 = "f1",
+        /// By support (images of the class), most first.
+        Support = "support",
+    }
+}
+
+/// Past this many classes the confusion table's columns are numbered (the rows give the key).
+pub const NUMBERED_FROM: usize = 9;
+
+/// How a class with no images in the evaluated set is flagged in tables.
+pub const NO_IMAGES: &str = "0 (no images)";
+
+/// The class indices in the order the per-class tables list them; ties keep the data order.
+pub fn class_order(r: &EvalReport, order: ClassOrder) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..r.classes.len()).collect();
+    let per = |i: usize| &r.per_class[&r.classes[i]];
+    match order {
+        ClassOrder::Data => {}
+        ClassOrder::F1 => idx.sort_by(|&a, &b| {
+            let key = |i: usize| per(i).f1.unwrap_or(f64::NEG_INFINITY);
+            key(b).total_cmp(&key(a))
+        }),
+        ClassOrder::Support => idx.sort_by_key(|&i| std::cmp::Reverse(per(i).support)),
+    }
+    idx
+}
+
+/// Whether the report's class list is numbered (many classes): the per-class table carries
+/// each class's number and the confusion table's columns use it.
+pub fn numbered(r: &EvalReport) -> bool {
+    r.classes.len() >= NUMBERED_FROM
+}
+
 /// A table: header and rows of already formatted cells.
 pub struct Table {
     /// Column headings.
@@ -68,15 +107,25 @@ fn headline(r: &EvalReport) -> Table {
     }
 }
 
-/// Precision, recall, F1 and support per class, then the averages.
-fn per_class(r: &EvalReport) -> Table {
-    let mut rows: Vec<Vec<String>> = r
-        .classes
-        .iter()
-        .map(|c| {
+/// Precision, recall, F1 and support per class in `order`, then the averages; with many
+/// classes, each class's number first.
+fn per_class(r: &EvalReport, order: ClassOrder) -> Table {
+    let numbered = numbered(r);
+    let mut rows: Vec<Vec<String>> = class_order(r, order)
+        .into_iter()
+        .map(|i| {
+            let c = &r.classes[i];
             let m = &r.per_class[c];
-            let mut row = vec![c.clone(), fmt(m.precision), fmt(m.recall), fmt(m.f1)];
-            row.push(m.support.to_string());
+            let mut row = Vec::new();
+            if numbered {
+                row.push((i + 1).to_string());
+            }
+            row.extend([c.clone(), fmt(m.precision), fmt(m.recall), fmt(m.f1)]);
+            row.push(if m.support == 0 {
+                NO_IMAGES.to_string()
+            } else {
+                m.support.to_string()
+            });
             if let Some(ovr) = &r.roc_auc_ovr {
                 row.push(fmt(ovr.get(c).copied().flatten()));
             }
@@ -87,7 +136,12 @@ fn per_class(r: &EvalReport) -> Table {
         ("macro average", &r.macro_avg),
         ("weighted average", &r.weighted_avg),
     ] {
-        let mut row = vec![name.into(), fmt(a.precision), fmt(a.recall), fmt(a.f1)];
+        let mut row = if numbered {
+            vec![String::new()]
+        } else {
+            vec![]
+        };
+        row.extend([name.into(), fmt(a.precision), fmt(a.recall), fmt(a.f1)]);
         row.push(r.n.to_string());
         if r.roc_auc_ovr.is_some() {
             let auc = if name.starts_with("macro") {
@@ -99,9 +153,8 @@ fn per_class(r: &EvalReport) -> Table {
         }
         rows.push(row);
     }
-    let mut header: Vec<String> = ["class", "precision", "recall", "F1", "support"]
-        .map(String::from)
-        .into();
+    let mut header: Vec<String> = if numbered { vec!["#".into()] } else { vec![] };
+    header.extend(["class", "precision", "recall", "F1", "support"].map(String::from));
     if r.roc_auc_ovr.is_some() {
         header.push("ROC-AUC (one-vs-rest)".into());
     }
@@ -137,16 +190,33 @@ fn operating_points(r: &EvalReport) -> Option<Table> {
     })
 }
 
-/// The confusion matrix with class names on both axes.
+/// The confusion matrix with class names on both axes; with many classes the columns carry
+/// the classes' numbers and the rows "number. name".
 fn confusion(r: &EvalReport) -> Table {
+    let numbered = numbered(r);
     let mut header = vec!["true \\ predicted".to_string()];
-    header.extend(r.classes.iter().cloned());
+    header.extend(r.classes.iter().enumerate().map(|(i, c)| {
+        if numbered {
+            (i + 1).to_string()
+        } else {
+            c.clone()
+        }
+    }));
     let rows = r
         .classes
         .iter()
         .zip(&r.confusion_matrix)
-        .map(|(c, row)| {
-            std::iter::once(c.clone())
+        .enumerate()
+        .map(|(i, (c, row))| {
+            let mut name = if numbered {
+                format!("{}. {c}", i + 1)
+            } else {
+                c.clone()
+            };
+            if row.iter().sum::<usize>() == 0 {
+                name.push_str(" (no images)");
+            }
+            std::iter::once(name)
                 .chain(row.iter().map(|v| v.to_string()))
                 .collect()
         })
@@ -155,12 +225,17 @@ fn confusion(r: &EvalReport) -> Table {
 }
 
 /// The sections in order: heading and table.
-pub fn sections(r: &EvalReport) -> Vec<(&'static str, Table)> {
-    let mut s = vec![("Summary", headline(r)), ("Per class", per_class(r))];
+pub fn sections(r: &EvalReport, order: ClassOrder) -> Vec<(&'static str, Table)> {
+    let mut s = vec![("Summary", headline(r)), ("Per class", per_class(r, order))];
     if let Some(t) = operating_points(r) {
         s.push(("Operating points (chosen on validation)", t));
     }
-    s.push(("Confusion matrix (rows = true class)", confusion(r)));
+    let heading = if numbered(r) {
+        "Confusion matrix (rows = true class; columns numbered as the rows)"
+    } else {
+        "Confusion matrix (rows = true class)"
+    };
+    s.push((heading, confusion(r)));
     s
 }
 
@@ -177,12 +252,17 @@ pub fn title(r: &EvalReport) -> String {
 /// The line under the title: model, source, classes, how intervals were made.
 pub fn subtitle(r: &EvalReport) -> String {
     let arch = r.arch;
+    // A long class list is the per-class table's to give.
+    let classes = if numbered(r) {
+        format!("{} classes (see the per-class table)", r.classes.len())
+    } else {
+        format!("classes: {}", r.classes.join(", "))
+    };
     format!(
-        "Model {arch} from {}; {} images; classes: {}. Intervals: stratified bootstrap, 1000 \
+        "Model {arch} from {}; {} images; {classes}. Intervals: stratified bootstrap, 1000 \
          resamples of {}. Thresholds and temperature were chosen on the validation split.",
         r.checkpoint.display(),
         r.n,
-        r.classes.join(", "),
         resampled(r)
     )
 }
@@ -192,5 +272,115 @@ pub fn resampled(r: &EvalReport) -> String {
     match r.ci95.groups {
         Some(n) => format!("patients (groups; {n} of them, all their images together)"),
         None => "images".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::evaluate::{Ci95, Ece};
+    use crate::metrics::{macro_average, per_class as metrics_per_class, weighted_average};
+
+    /// A report of `k` classes from a confusion matrix, the other figures left empty.
+    fn report(k: usize, cm: Vec<Vec<usize>>) -> EvalReport {
+        let classes: Vec<String> = (0..k)
+            .map(|i| format!("class {i} with a long name"))
+            .collect();
+        let per = metrics_per_class(&cm);
+        EvalReport {
+            checkpoint: "run".into(),
+            arch: crate::config::Arch::SimpleCnn,
+            source: "test".into(),
+            n: cm.iter().flatten().sum(),
+            classes: classes.clone(),
+            accuracy: None,
+            per_class: classes.iter().cloned().zip(per.iter().cloned()).collect(),
+            macro_avg: macro_average(&per),
+            weighted_avg: weighted_average(&per),
+            confusion_matrix: cm,
+            roc_auc: None,
+            roc_auc_ovr: None,
+            roc_auc_macro: None,
+            balanced_accuracy: None,
+            cohen_kappa: None,
+            pr_auc: Default::default(),
+            threshold: 0.5,
+            sensitivity: None,
+            specificity: None,
+            ci95: Ci95 {
+                accuracy: None,
+                roc_auc: None,
+                sensitivity: None,
+                specificity: None,
+                method: "image".into(),
+                groups: None,
+            },
+            ece: Ece {
+                before: None,
+                after: None,
+                temperature: 1.0,
+            },
+            target_sensitivity: None,
+            threshold_youden: None,
+            threshold_at_sensitivity: None,
+            loss: 0.0,
+        }
+    }
+
+    /// Ten classes: class i has i+1 images, all right but class 3 (all wrong) and class 9
+    /// (none at all).
+    fn ten() -> EvalReport {
+        let cm = (0..10)
+            .map(|r| {
+                let mut row = vec![0; 10];
+                match r {
+                    9 => {}
+                    3 => row[0] = 4,
+                    _ => row[r] = r + 1,
+                }
+                row
+            })
+            .collect();
+        report(10, cm)
+    }
+
+    #[test]
+    fn many_classes_are_numbered_and_empty_ones_flagged() {
+        let r = ten();
+        assert!(numbered(&r));
+        let s = sections(&r, ClassOrder::Data);
+        let per = &s[1].1;
+        assert_eq!(per.header[0], "#");
+        assert_eq!(per.rows[9][0], "10");
+        assert_eq!(per.rows[9][5], NO_IMAGES);
+        let confusion = &s.last().unwrap().1;
+        assert_eq!(confusion.header[1], "1");
+        assert_eq!(confusion.rows[2][0], "3. class 2 with a long name");
+        assert!(
+            confusion.rows[9][0].ends_with("(no images)"),
+            "{:?}",
+            confusion.rows[9]
+        );
+        let text = crate::report::report_table(&r, ClassOrder::Data);
+        assert!(text.contains(NO_IMAGES), "{text}");
+        assert!(text.contains("classes numbered as above"), "{text}");
+    }
+
+    #[test]
+    fn rows_sort_by_f1_or_support_keeping_data_order_on_ties() {
+        let r = ten();
+        // F1 1.0 for all but class 3 (0.0) and class 9 (undefined), which come last in that
+        // order; class 0 shares its column with class 3's mistakes, so its F1 is below 1.
+        let by_f1 = class_order(&r, ClassOrder::F1);
+        assert_eq!(by_f1, vec![1, 2, 4, 5, 6, 7, 8, 0, 3, 9]);
+        let by_support = class_order(&r, ClassOrder::Support);
+        assert_eq!(by_support, vec![8, 7, 6, 5, 4, 3, 2, 1, 0, 9]);
+        assert_eq!(
+            class_order(&r, ClassOrder::Data),
+            (0..10).collect::<Vec<_>>()
+        );
+        let two = report(2, vec![vec![3, 1], vec![0, 4]]);
+        assert!(!numbered(&two));
+        assert_eq!(sections(&two, ClassOrder::Data)[1].1.header[0], "class");
     }
 }

@@ -1,43 +1,79 @@
 //! The eval report as the terminal shows it: a compact table, the figures, the confusion
 //! matrix.
 
+use super::tables::{class_order, numbered, ClassOrder, NO_IMAGES};
 use crate::evaluate::EvalReport;
 
 fn fmt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.4}"))
 }
 
-/// The report as a compact table for the terminal.
-pub fn report_table(r: &EvalReport) -> String {
-    let width = r.classes.iter().map(|c| c.len()).max().unwrap_or(5).max(12);
+/// Widest class column of the terminal table; longer names continue on the next lines.
+const NAME_WIDTH: usize = 34;
+
+/// The report as a compact table for the terminal, per-class rows in `order`. With many classes
+/// each class has a number, which the confusion matrix's rows and columns use; long names wrap
+/// within their column; a class without images says so.
+pub fn report_table(r: &EvalReport, order: ClassOrder) -> String {
+    let numbered = numbered(r) || r.classes.iter().any(|c| c.chars().count() > 14);
+    let longest = r
+        .classes
+        .iter()
+        .map(|c| c.chars().count())
+        .max()
+        .unwrap_or(5);
+    let width = longest.clamp(12, NAME_WIDTH);
+    let num_w = if numbered {
+        r.classes.len().to_string().len() + 2
+    } else {
+        0
+    };
     let mut s = String::new();
     s.push_str(&format!("{} images from {}\n\n", r.n, r.source));
-    s.push_str(&format!(
-        "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
-        "class", "precision", "recall", "f1", "support"
+    let row = |num: &str, name: &str, cells: [String; 4]| {
+        let lines = wrap_chars(name, width);
+        let mut out = format!(
+            "{num:<num_w$}{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+            lines[0], cells[0], cells[1], cells[2], cells[3]
+        );
+        for l in &lines[1..] {
+            out.push_str(&format!("{:<num_w$}{l}\n", ""));
+        }
+        out
+    };
+    let head = if numbered { "#" } else { "" };
+    s.push_str(&row(
+        head,
+        "class",
+        ["precision", "recall", "f1", "support"].map(String::from),
     ));
-    for c in &r.classes {
+    for i in class_order(r, order) {
+        let c = &r.classes[i];
         let m = &r.per_class[c];
-        s.push_str(&format!(
-            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+        let num = if numbered {
+            (i + 1).to_string()
+        } else {
+            String::new()
+        };
+        let support = if m.support == 0 {
+            NO_IMAGES.to_string()
+        } else {
+            m.support.to_string()
+        };
+        s.push_str(&row(
+            &num,
             c,
-            fmt(m.precision),
-            fmt(m.recall),
-            fmt(m.f1),
-            m.support
+            [fmt(m.precision), fmt(m.recall), fmt(m.f1), support],
         ));
     }
     for (name, a) in [
         ("macro avg", &r.macro_avg),
         ("weighted avg", &r.weighted_avg),
     ] {
-        s.push_str(&format!(
-            "{:<width$}  {:>9}  {:>9}  {:>9}  {:>7}\n",
+        s.push_str(&row(
+            "",
             name,
-            fmt(a.precision),
-            fmt(a.recall),
-            fmt(a.f1),
-            r.n
+            [fmt(a.precision), fmt(a.recall), fmt(a.f1), r.n.to_string()],
         ));
     }
     s.push_str(&headline_figures(r));
@@ -45,11 +81,48 @@ pub fn report_table(r: &EvalReport) -> String {
         "95% CI: bootstrap over {}\n",
         super::tables::resampled(r)
     ));
+    s.push_str(&confusion_text(r, numbered, width));
+    s
+}
+
+/// The confusion matrix: by class number when the classes are numbered, else by name.
+fn confusion_text(r: &EvalReport, numbered: bool, width: usize) -> String {
+    let mut s = String::new();
+    if numbered {
+        s.push_str(
+            "\nconfusion matrix (rows = true, columns = predicted; classes numbered as above)\n",
+        );
+        let most = r
+            .confusion_matrix
+            .iter()
+            .flatten()
+            .max()
+            .copied()
+            .unwrap_or(0);
+        let cw = most
+            .to_string()
+            .len()
+            .max(r.classes.len().to_string().len());
+        let rw = r.classes.len().to_string().len() + 1;
+        s.push_str(&format!("{:<rw$}", "#"));
+        for i in 0..r.classes.len() {
+            s.push_str(&format!(" {:>cw$}", i + 1));
+        }
+        s.push('\n');
+        for (i, row) in r.confusion_matrix.iter().enumerate() {
+            s.push_str(&format!("{:<rw$}", i + 1));
+            for v in row {
+                s.push_str(&format!(" {v:>cw$}"));
+            }
+            s.push('\n');
+        }
+        return s;
+    }
     s.push_str("\nconfusion matrix (rows = true, columns = predicted)\n");
     let cw = width.min(14);
     s.push_str(&format!("{:<width$}", ""));
     for c in &r.classes {
-        s.push_str(&format!("  {:>cw$}", truncate(c, cw)));
+        s.push_str(&format!("  {c:>cw$}"));
     }
     s.push('\n');
     for (c, row) in r.classes.iter().zip(&r.confusion_matrix) {
@@ -60,6 +133,32 @@ pub fn report_table(r: &EvalReport) -> String {
         s.push('\n');
     }
     s
+}
+
+/// `text` in lines of at most `width` characters, broken at spaces where possible.
+fn wrap_chars(text: &str, width: usize) -> Vec<String> {
+    let mut lines = vec![String::new()];
+    for word in text.split_whitespace() {
+        let last = lines.last_mut().expect("one line");
+        let len = last.chars().count();
+        if len > 0 && len + 1 + word.chars().count() <= width {
+            last.push(' ');
+            last.push_str(word);
+            continue;
+        }
+        if len > 0 {
+            lines.push(String::new());
+        }
+        for ch in word.chars() {
+            let last = lines.last_mut().expect("one line");
+            if last.chars().count() == width {
+                lines.push(ch.to_string());
+            } else {
+                last.push(ch);
+            }
+        }
+    }
+    lines
 }
 
 /// Accuracy, agreement, AUC, the operating points and calibration, a line each.
@@ -122,6 +221,17 @@ fn headline_figures(r: &EvalReport) -> String {
     s
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_names_wrap_within_their_column() {
+        let name = "Poison Ivy Photos and other Contact Dermatitis";
+        let lines = wrap_chars(name, 20);
+        assert_eq!(lines.join(" "), name);
+        assert!(lines.iter().all(|l| l.chars().count() <= 20), "{lines:?}");
+        assert_eq!(wrap_chars("abcdefgh", 3), vec!["abc", "def", "gh"]);
+        assert_eq!(wrap_chars("NORMAL", 12), vec!["NORMAL"]);
+    }
 }
