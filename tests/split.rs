@@ -235,12 +235,27 @@ fn split_folders_keep_the_datasets_test_and_drop_cross_copies() {
     for (class, name) in [("normal", "notumor"), ("opacity", "glioma tumor")] {
         copy_synth(&data, class, 0..30, &dl.join("Training").join(name));
         copy_synth(&data, class, 30..40, &dl.join("Testing").join(name));
-        // The same scan in both folders.
+        // The same scan in both folders: a byte copy, and (normal) a copy re-saved with other
+        // compression, whose bytes differ and pixels do not.
         let copy = dl
             .join("Testing")
             .join(name)
             .join(format!("copy_{class}.png"));
-        std::fs::copy(data.join(class).join(format!("{class}_00003.png")), copy).unwrap();
+        let original = data.join(class).join(format!("{class}_00003.png"));
+        if class == "normal" {
+            let img = image::open(&original).unwrap();
+            let mut bytes = Vec::new();
+            let encoder = image::codecs::png::PngEncoder::new_with_quality(
+                &mut bytes,
+                image::codecs::png::CompressionType::Fast,
+                image::codecs::png::FilterType::NoFilter,
+            );
+            img.write_with_encoder(encoder).unwrap();
+            assert_ne!(bytes, std::fs::read(&original).unwrap());
+            std::fs::write(copy, bytes).unwrap();
+        } else {
+            std::fs::copy(original, copy).unwrap();
+        }
     }
     let out = dir.path().join("split");
     split_dataset(&dl, &out);
@@ -256,6 +271,13 @@ fn split_folders_keep_the_datasets_test_and_drop_cross_copies() {
     assert!(cross
         .iter()
         .all(|c| c["path"].as_str().unwrap().contains("copy_")));
+    assert!(
+        cross.iter().any(|c| c["reason"]
+            .as_str()
+            .unwrap()
+            .ends_with("(same pixels, other file bytes)")),
+        "{cross:?}"
+    );
     let rows = split_rows(&out);
     for (path, _, split, _) in &rows {
         assert_eq!(
