@@ -39,6 +39,8 @@ pub struct Config {
     pub train: TrainConfig,
     /// Evaluation settings used when training picks its operating point.
     pub eval: EvalConfig,
+    /// The out-of-distribution guard fitted at the end of training.
+    pub ood: OodConfig,
     /// Hyperparameter search (`xray tune`); `xray train` ignores it.
     #[serde(skip_serializing_if = "TuneConfig::is_default")]
     pub tune: TuneConfig,
@@ -255,6 +257,7 @@ impl Default for Config {
             model: ModelConfig::default(),
             train: TrainConfig::default(),
             eval: EvalConfig::default(),
+            ood: OodConfig::default(),
             tune: TuneConfig::default(),
         }
     }
@@ -377,6 +380,28 @@ pub fn weights_dirs() -> Vec<PathBuf> {
     dirs
 }
 
+/// `[ood]`: the out-of-distribution guard (see [`crate::ood`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OodConfig {
+    /// Fit the guard at the end of training (default true).
+    pub enabled: bool,
+    /// The largest share of validation images the threshold may flag (default 0.05).
+    pub max_flag_rate: f64,
+    /// Training images the guard is fitted on, at most (a stratified subset; default 2000).
+    pub fit_images: usize,
+}
+
+impl Default for OodConfig {
+    fn default() -> Self {
+        OodConfig {
+            enabled: true,
+            max_flag_rate: 0.05,
+            fit_images: 2000,
+        }
+    }
+}
+
 impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
@@ -468,6 +493,12 @@ impl Config {
             return bad(format!(
                 "train.freeze_epochs ({}) cannot exceed train.epochs ({})",
                 self.train.freeze_epochs, self.train.epochs
+            ));
+        }
+        if !(0.0..1.0).contains(&self.ood.max_flag_rate) || self.ood.fit_images < 2 {
+            return bad(format!(
+                "ood.max_flag_rate must be in [0, 1) and ood.fit_images at least 2, got {} and {}",
+                self.ood.max_flag_rate, self.ood.fit_images
             ));
         }
         if self.data.split.as_os_str().is_empty() {

@@ -82,6 +82,20 @@ pub struct EvalReport {
     pub threshold_at_sensitivity: Option<OperatingPoint>,
     /// Mean cross-entropy.
     pub loss: f64,
+    /// What the out-of-distribution guard flagged here; absent when the run has no guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<OodSummary>,
+}
+
+/// The out-of-distribution guard over an evaluated set.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OodSummary {
+    /// The run's threshold.
+    pub threshold: f64,
+    /// Images scored above it.
+    pub flagged: usize,
+    /// Their share.
+    pub flag_rate: f64,
 }
 
 /// Bootstrap 95% intervals, `[low, high]`.
@@ -134,6 +148,8 @@ pub struct ScoredImage {
     pub probs: Vec<f64>,
     /// The raw logits.
     pub logits: Vec<f64>,
+    /// Its out-of-distribution score, when the run has a guard.
+    pub ood_score: Option<f64>,
 }
 
 crate::config::choice! {
@@ -242,6 +258,7 @@ pub fn evaluate(
         predictor.device,
         predictor.card.temperature,
         "eval",
+        predictor.ood.as_ref(),
     )?;
     let classes = predictor.card.classes.clone();
     let k = classes.len();
@@ -302,17 +319,7 @@ pub fn evaluate(
         roc_auc_macro: ovr_macro,
         balanced_accuracy,
         cohen_kappa,
-        pr_auc: if k == 2 {
-            let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
-            let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
-            BTreeMap::from([(classes[1].clone(), average_precision(&s, &pos))])
-        } else {
-            classes
-                .iter()
-                .cloned()
-                .zip(average_precision_ovr(&scores.probs, &scores.labels, k))
-                .collect()
-        },
+        pr_auc: pr_aucs(&classes, &scores),
         threshold,
         sensitivity: binary.then(|| per[1].recall).flatten(),
         specificity: binary.then(|| per[0].recall).flatten(),
@@ -322,9 +329,44 @@ pub fn evaluate(
         threshold_youden: chosen.and_then(|o| here(o.youden)),
         threshold_at_sensitivity: chosen.and_then(|o| here(o.at_sensitivity)),
         loss: scores.loss,
+        ood: ood_summary(&scores, predictor.card.ood.as_ref()),
     };
     let scored = scored_images(&set.paths, &scores, &predicted);
     Ok((report, scored))
+}
+
+/// Average precision: of the positive (second) class for two classes, else of each class
+/// against the rest.
+fn pr_aucs(classes: &[String], scores: &SetScores) -> BTreeMap<String, Option<f64>> {
+    if classes.len() == 2 {
+        let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
+        let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
+        BTreeMap::from([(classes[1].clone(), average_precision(&s, &pos))])
+    } else {
+        classes
+            .iter()
+            .cloned()
+            .zip(average_precision_ovr(
+                &scores.probs,
+                &scores.labels,
+                classes.len(),
+            ))
+            .collect()
+    }
+}
+
+/// How many of the set the guard flags, when the run has one.
+fn ood_summary(scores: &SetScores, guard: Option<&crate::ood::OodCard>) -> Option<OodSummary> {
+    let (s, o) = scores.ood.as_ref().zip(guard)?;
+    let flagged = s
+        .iter()
+        .filter(|&&v| crate::ood::is_flagged(v, o.threshold))
+        .count();
+    Some(OodSummary {
+        threshold: o.threshold,
+        flagged,
+        flag_rate: flagged as f64 / s.len().max(1) as f64,
+    })
 }
 
 /// Stratified bootstrap 95% intervals of accuracy, AUC and (two classes) sensitivity and
@@ -388,6 +430,7 @@ fn scored_images(paths: &[PathBuf], scores: &SetScores, predicted: &[usize]) -> 
             predicted,
             probs: scores.probs[i].clone(),
             logits: scores.logits[i].clone(),
+            ood_score: scores.ood.as_ref().map(|o| o[i]),
         })
         .collect()
 }

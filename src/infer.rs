@@ -12,6 +12,7 @@ use crate::data::augment::{prepare, Normalize};
 use crate::data::loader::{stream_batches, ImageSet, InputSpec};
 use crate::error::{Error, TorchResultExt};
 use crate::models::{build, Classifier, ModelSpec};
+use crate::ood::OodDetector;
 use crate::progress;
 use crate::run::ModelCard;
 
@@ -79,6 +80,17 @@ pub struct Predictor {
     pub device: Device,
     model: Box<dyn Classifier>,
     _vs: nn::VarStore,
+    /// The out-of-distribution guard, when the run has one.
+    pub ood: Option<OodDetector>,
+}
+
+/// Probabilities and out-of-distribution scores of a batch of images.
+#[derive(Debug, Clone)]
+pub struct PixelScores {
+    /// Class probabilities (temperature applied) per image.
+    pub probs: Vec<Vec<f64>>,
+    /// Each image's out-of-distribution score, when the run has a guard.
+    pub ood: Option<Vec<f64>>,
 }
 
 impl Predictor {
@@ -104,6 +116,7 @@ impl Predictor {
             device: self.device,
             model,
             _vs: vs,
+            ood: None,
         })
     }
 
@@ -116,12 +129,18 @@ impl Predictor {
         vs.load(&weights)
             .torch()
             .with_context(|| format!("cannot load weights {}", weights.display()))?;
+        // A guard recorded in model.json must be there; a run without one keeps working.
+        let ood = match &card.ood {
+            Some(_) => Some(OodDetector::load(&run_dir.join(crate::ood::FILE))?),
+            None => None,
+        };
         Ok(Predictor {
             run_dir: run_dir.to_path_buf(),
             card,
             device,
             model,
             _vs: vs,
+            ood,
         })
     }
 
@@ -156,20 +175,36 @@ impl Predictor {
             .to_device(self.device)
     }
 
-    /// Class probabilities (temperature applied) for HWC pixel buffers already at the model's
-    /// input size, in batches of `batch_size`; with `tta`, averaged over [`tta_views`].
+    /// Each image's out-of-distribution score (HWC pixels at the model's input size), when
+    /// the run has a guard.
+    pub fn ood_scores(&self, pixels: &[&[u8]]) -> Option<Vec<f64>> {
+        let detector = self.ood.as_ref()?;
+        let xs = self.input_tensor(pixels);
+        let feats = tch::no_grad(|| crate::ood::penultimate(self.model.as_ref(), &xs));
+        Some(detector.scores(&feats))
+    }
+
+    /// Class probabilities (temperature applied) and, with a guard, out-of-distribution scores
+    /// for HWC pixel buffers already at the model's input size, in batches of `batch_size`;
+    /// with `tta`, probabilities averaged over [`tta_views`] (the score is the plain image's).
     pub fn probabilities_of_pixels(
         &self,
         pixels: &[Arc<Vec<u8>>],
         batch_size: usize,
         tta: bool,
-    ) -> Vec<Vec<f64>> {
+    ) -> PixelScores {
         let mut out = Vec::with_capacity(pixels.len());
+        let mut ood = self.ood.as_ref().map(|_| Vec::with_capacity(pixels.len()));
         for chunk in pixels.chunks(batch_size.max(1)) {
             let chunk: Vec<&[u8]> = chunk.iter().map(|p| p.as_slice()).collect();
             let xs = self.input_tensor(&chunk);
+            // One pass through the stages: the head and the guard read the same features.
+            let feats = tch::no_grad(|| self.model.features(&xs, false));
+            if let (Some(scores), Some(detector)) = (ood.as_mut(), self.ood.as_ref()) {
+                scores.extend(detector.scores(&crate::ood::pool(&feats)));
+            }
             if !tta {
-                let logits = tch::no_grad(|| self.model.forward_t(&xs, false));
+                let logits = tch::no_grad(|| self.model.head(&feats, false));
                 out.extend(probabilities(&logits, self.card.temperature));
                 continue;
             }
@@ -187,7 +222,7 @@ impl Predictor {
             });
             out.extend(rows(&mean));
         }
-        out
+        PixelScores { probs: out, ood }
     }
 }
 
@@ -228,9 +263,12 @@ pub struct SetScores {
     pub loss: f64,
     /// Raw logits per image (before temperature), for calibration.
     pub logits: Vec<Vec<f64>>,
+    /// Out-of-distribution scores per image, when a guard was given.
+    pub ood: Option<Vec<f64>>,
 }
 
-/// Runs `model` over every image of `set` (no augmentation, no gradient).
+/// Runs `model` over every image of `set` (no augmentation, no gradient), scoring each with
+/// the out-of-distribution guard `ood` when given (from the same features).
 pub fn score_set(
     model: &dyn Classifier,
     set: Arc<ImageSet>,
@@ -238,6 +276,7 @@ pub fn score_set(
     device: Device,
     temperature: f64,
     what: &str,
+    ood: Option<&OodDetector>,
 ) -> Result<SetScores> {
     let n = set.len();
     let spec = set.spec().clone();
@@ -245,12 +284,20 @@ pub fn score_set(
     let mut probs = vec![Vec::new(); n];
     let mut logits_out = vec![Vec::new(); n];
     let mut loss_sum = 0.0;
+    let mut ood_scores = ood.map(|_| vec![f64::NAN; n]);
     let order: Vec<usize> = (0..n).collect();
     for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
         let batch = batch?;
         let xs = batch.images_tensor(&spec, device);
         let ys = batch.labels_tensor(device);
-        let logits = tch::no_grad(|| model.forward_t(&xs, false));
+        let feats = tch::no_grad(|| model.features(&xs, false));
+        let logits = tch::no_grad(|| model.head(&feats, false));
+        if let (Some(out), Some(detector)) = (ood_scores.as_mut(), ood) {
+            let scores = detector.scores(&crate::ood::pool(&feats));
+            for (&i, s) in batch.indices.iter().zip(scores) {
+                out[i] = s;
+            }
+        }
         let scaled = &logits / temperature.max(1e-6);
         let loss = scaled.cross_entropy_for_logits(&ys).double_value(&[]);
         loss_sum += loss * batch.indices.len() as f64;
@@ -272,5 +319,6 @@ pub fn score_set(
         labels: set.labels.clone(),
         loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
         logits: logits_out,
+        ood: ood_scores,
     })
 }

@@ -17,6 +17,7 @@ pub mod fsutil;
 pub mod infer;
 pub mod metrics;
 pub mod models;
+pub mod ood;
 pub mod predict;
 pub mod progress;
 pub mod report;

@@ -23,6 +23,24 @@ pub struct Prediction {
     pub probability: f64,
     /// Probability per class, in the model's class order.
     pub probabilities: Vec<f64>,
+    /// The out-of-distribution guard's verdict, when the run has one.
+    pub ood: Option<OodVerdict>,
+}
+
+/// What the out-of-distribution guard says of one image.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OodVerdict {
+    /// The image's score (smallest squared Mahalanobis distance to a class mean).
+    pub score: f64,
+    /// The run's threshold.
+    pub threshold: f64,
+}
+
+impl OodVerdict {
+    /// Whether the image lies outside what the model was trained on.
+    pub fn flagged(&self) -> bool {
+        crate::ood::is_flagged(self.score, self.threshold)
+    }
 }
 
 impl Prediction {
@@ -34,24 +52,48 @@ impl Prediction {
             label: card.classes[k].clone(),
             probability: probabilities[k],
             probabilities,
+            ood: None,
         }
     }
 
-    /// predict's JSON object: `path`, `label`, `probability`, `probabilities` (by class) and
-    /// `model` (the run folder's name).
+    /// The same prediction with the guard's score (`None`: the run has no guard).
+    pub fn with_ood(mut self, score: Option<f64>, card: &ModelCard) -> Prediction {
+        self.ood = score.zip(card.ood.as_ref()).map(|(score, o)| OodVerdict {
+            score,
+            threshold: o.threshold,
+        });
+        self
+    }
+
+    /// Whether the guard flags the image (false when there is no guard).
+    pub fn out_of_distribution(&self) -> bool {
+        self.ood.is_some_and(|v| v.flagged())
+    }
+
+    /// predict's JSON object: `path`, `label`, `probability`, `probabilities` (by class),
+    /// `model` (the run folder's name), `ood_score` and `out_of_distribution` (null without a
+    /// guard, which `ood_guard` then says), and for a flagged image the plain `message`.
     pub fn to_json(&self, path: &str, classes: &[String], model: &str) -> serde_json::Value {
         let probabilities: serde_json::Map<String, serde_json::Value> = classes
             .iter()
             .zip(&self.probabilities)
             .map(|(c, v)| (c.clone(), serde_json::json!(v)))
             .collect();
-        serde_json::json!({
+        let mut out = serde_json::json!({
             "path": path,
             "label": self.label,
             "probability": self.probability,
             "probabilities": probabilities,
             "model": model,
-        })
+            "ood_score": self.ood.map(|v| v.score),
+            "out_of_distribution": self.ood.map(|v| v.flagged()),
+        });
+        match self.ood {
+            Some(v) if v.flagged() => out["message"] = serde_json::json!(crate::ood::MESSAGE),
+            Some(_) => {}
+            None => out["ood_guard"] = serde_json::json!("none fitted for this model"),
+        }
+        out
     }
 }
 
@@ -104,15 +146,16 @@ pub fn predict_files(
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
-    let mut probs = predictor
-        .probabilities_of_pixels(&good, batch_size, tta)
-        .into_iter();
+    let scores = predictor.probabilities_of_pixels(&good, batch_size, tta);
+    let mut probs = scores.probs.into_iter();
+    let mut ood = scores.ood.map(|o| o.into_iter());
     decoded
         .into_iter()
         .map(|r| {
             r.map(|_| {
                 let p = probs.next().expect("one probability row per decoded image");
-                Prediction::from_probabilities(p, &predictor.card)
+                let score = ood.as_mut().and_then(|o| o.next());
+                Prediction::from_probabilities(p, &predictor.card).with_ood(score, &predictor.card)
             })
         })
         .collect()

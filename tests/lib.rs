@@ -9,6 +9,7 @@ mod import_weights;
 mod many_classes;
 mod metrics;
 mod models;
+mod ood;
 mod pipeline;
 mod resume;
 mod serve;

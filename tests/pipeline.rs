@@ -212,7 +212,9 @@ fn predict_text_json_and_csv() {
         .unwrap();
     let csv = String::from_utf8(out.stdout).unwrap();
     assert!(
-        csv.starts_with("path,label,probability,p_normal,p_opacity\n"),
+        csv.starts_with(
+            "path,label,probability,p_normal,p_opacity,ood_score,out_of_distribution\n"
+        ),
         "{csv}"
     );
     assert_eq!(csv.lines().count(), 2);

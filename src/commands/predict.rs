@@ -1,4 +1,8 @@
 //! `xray predict [--checkpoint RUN_DIR] INPUT... [--format text|json|csv] [--tta]`
+//!
+//! With the run's out-of-distribution guard, an image unlike the training images is reported as
+//! `out-of-distribution` in the text format's class column, `out_of_distribution: true` with a
+//! `message` in JSON, and in the CSV's last two columns.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -60,9 +64,19 @@ impl PredictArgs {
         let classes = &predictor.card.classes;
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
+        if predictor.ood.is_none() {
+            eprintln!(
+                "note: {model_name} has no out-of-distribution guard (trained before xray had \
+                 one, or with ood.enabled = false): every image gets a class"
+            );
+        }
         if let Format::Csv = self.format {
             let probs: Vec<String> = classes.iter().map(|c| format!("p_{c}")).collect();
-            writeln!(out, "path,label,probability,{}", probs.join(","))?;
+            writeln!(
+                out,
+                "path,label,probability,{},ood_score,out_of_distribution",
+                probs.join(",")
+            )?;
         }
         let mut ok = 0;
         for (path, result) in files.iter().zip(results) {
@@ -75,6 +89,15 @@ impl PredictArgs {
             };
             ok += 1;
             match self.format {
+                // A flagged image's class column says so; the closest class follows.
+                Format::Text if p.out_of_distribution() => writeln!(
+                    out,
+                    "{}\tout-of-distribution\t{} (closest class {} {:.1}%)",
+                    path.display(),
+                    crate::ood::MESSAGE,
+                    p.label,
+                    p.probability * 100.0
+                )?,
                 Format::Text => writeln!(
                     out,
                     "{}\t{}\t{:.1}%",
@@ -94,6 +117,8 @@ impl PredictArgs {
                         format!("{:.6}", p.probability),
                     ];
                     row.extend(p.probabilities.iter().map(|v| format!("{v:.6}")));
+                    row.push(p.ood.map_or(String::new(), |v| format!("{:.4}", v.score)));
+                    row.push(p.ood.map_or(String::new(), |v| v.flagged().to_string()));
                     w.write_record(&row)?;
                     out.write_all(&w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))?)?;
                 }

@@ -187,6 +187,7 @@ fn write_predictions_csv(path: &Path, report: &EvalReport, scored: &[ScoredImage
     let mut w = csv::Writer::from_writer(Vec::new());
     let mut header = vec!["path".to_string(), "label".into(), "predicted".into()];
     header.extend(report.classes.iter().map(|c| format!("p_{c}")));
+    header.push("ood_score".into());
     w.write_record(&header)?;
     for s in scored {
         let mut row = vec![
@@ -195,6 +196,7 @@ fn write_predictions_csv(path: &Path, report: &EvalReport, scored: &[ScoredImage
             report.classes[s.predicted].clone(),
         ];
         row.extend(s.probs.iter().map(|p| format!("{p:.6}")));
+        row.push(s.ood_score.map_or(String::new(), |v| format!("{v:.4}")));
         w.write_record(&row)?;
     }
     let bytes = w.into_inner().context("predictions.csv")?;

@@ -26,7 +26,17 @@ pub fn render(info: &Value, max_upload_bytes: usize) -> String {
         fig(&info["validation"]["accuracy"]),
         fig(&info["validation"]["auc"]),
     );
-    PAGE.replace("{{MODEL}}", &model_line)
+    let guard = match info["ood_guard"]["val_flag_rate"].as_f64() {
+        Some(rate) => format!(
+            "Images unlike the training images are refused (out-of-distribution guard; it \
+             refuses {:.1}% of validation images).",
+            100.0 * rate
+        ),
+        None => "No out-of-distribution guard is fitted for this model: every image gets a \
+                 class, whatever it shows."
+            .to_string(),
+    };
+    PAGE.replace("{{MODEL}}", &format!("{model_line} {}", esc(&guard)))
         .replace("{{MAX_MB}}", &format!("{}", max_upload_bytes >> 20))
 }
 

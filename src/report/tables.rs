@@ -101,6 +101,19 @@ fn headline(r: &EvalReport) -> Table {
         ),
     ]);
     rows.push(vec!["mean cross-entropy".into(), format!("{:.4}", r.loss)]);
+    rows.push(vec![
+        "out-of-distribution guard".into(),
+        match &r.ood {
+            Some(o) => format!(
+                "{} of {} images flagged ({:.1}%, threshold {:.1})",
+                o.flagged,
+                r.n,
+                100.0 * o.flag_rate,
+                o.threshold
+            ),
+            None => "none fitted for this model".into(),
+        },
+    ]);
     Table {
         header: vec!["figure".into(), "value".into()],
         rows,
@@ -324,6 +337,7 @@ mod tests {
             threshold_youden: None,
             threshold_at_sensitivity: None,
             loss: 0.0,
+            ood: None,
         }
     }
 

@@ -81,6 +81,16 @@ pub fn report_table(r: &EvalReport, order: ClassOrder) -> String {
         "95% CI: bootstrap over {}\n",
         super::tables::resampled(r)
     ));
+    s.push_str(&match &r.ood {
+        Some(o) => format!(
+            "out-of-distribution guard: {} of {} images flagged ({:.1}%; threshold {:.1})\n",
+            o.flagged,
+            r.n,
+            100.0 * o.flag_rate,
+            o.threshold
+        ),
+        None => "out-of-distribution guard: none fitted for this model\n".into(),
+    });
     s.push_str(&confusion_text(r, numbered, width));
     s
 }

@@ -41,6 +41,10 @@ pub struct ModelCard {
     /// Two classes: the operating points chosen on the validation split.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operating_points: Option<ValidationOperatingPoints>,
+    /// The out-of-distribution guard fitted with the weights (`ood.safetensors`); absent in
+    /// run folders made before it existed, and when `ood.enabled = false`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ood: Option<crate::ood::OodCard>,
 }
 
 /// Operating points of a two-class model, chosen on the validation split (after temperature

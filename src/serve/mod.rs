@@ -74,6 +74,7 @@ fn model_info(predictor: &Predictor) -> Value {
         "classes": predictor.card.classes,
         "threshold": predictor.card.threshold,
         "validation": {"accuracy": m.val_acc, "auc": m.val_auc, "epoch": predictor.card.best_epoch},
+        "ood_guard": predictor.card.ood,
     })
 }
 
@@ -81,10 +82,22 @@ fn model_info(predictor: &Predictor) -> Value {
 fn answer(predictor: &Predictor, explainer: &Explainer<'_>, job: &Job) -> Result<Value> {
     let spec = predictor.input_spec();
     let pixels = to_model_pixels(job.image.clone(), spec.size, spec.channels);
-    let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
+    // The guard first: an image it flags gets no heatmap, as it gets no class on the page.
+    let ood = predictor
+        .ood_scores(&[pixels.as_slice()])
+        .and_then(|s| s.first().copied());
+    let flagged = ood
+        .zip(predictor.card.ood.as_ref())
+        .is_some_and(|(s, o)| crate::ood::is_flagged(s, o.threshold));
+    let methods: &[Method] = if job.heatmap && !flagged {
+        &[Method::GradCam]
+    } else {
+        &[]
+    };
     let mut batch = batch_maps(predictor, explainer, &[&pixels], Target::Predicted, methods);
     let probs = batch.probs.pop().context("no output")?;
-    let prediction = Prediction::from_probabilities(probs, &predictor.card);
+    let prediction =
+        Prediction::from_probabilities(probs, &predictor.card).with_ood(ood, &predictor.card);
     let classes = &predictor.card.classes;
     let mut out = prediction.to_json(&job.name, classes, &run_name(&predictor.run_dir));
     if let Some(map) = batch.maps.first() {

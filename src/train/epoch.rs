@@ -193,9 +193,15 @@ impl Trainer<'_> {
         let batch_size = self.config.train.batch_size.max(64);
         let model = self.model.as_ref();
         match inputs {
-            Inputs::Images { set, .. } => {
-                score_set(model, set.clone(), batch_size, self.device, 1.0, "val")
-            }
+            Inputs::Images { set, .. } => score_set(
+                model,
+                set.clone(),
+                batch_size,
+                self.device,
+                1.0,
+                "val",
+                None,
+            ),
             Inputs::Cached { labels, .. } => {
                 let n = labels.len();
                 let mut probs = vec![Vec::new(); n];
@@ -227,6 +233,7 @@ impl Trainer<'_> {
                     labels: labels.clone(),
                     loss: loss_sum / n.max(1) as f64,
                     logits: logits_out,
+                    ood: None,
                 })
             }
         }

@@ -11,6 +11,7 @@ use crate::error::TorchResultExt;
 use crate::infer::{score_set, SetScores};
 use crate::metrics::calibration::{fit_temperature, softmax_at_temperature};
 use crate::metrics::operating;
+use crate::ood::{self, OodCard, OodDetector};
 use crate::progress;
 use crate::run::{update_latest, EpochMetrics, ModelCard, ValidationOperatingPoints};
 
@@ -75,6 +76,7 @@ impl Trainer<'_> {
                 self.device,
                 1.0,
                 "calibrate",
+                None,
             )?,
         };
         let cal = calibrate(&val, self.classes.len(), config.eval.target_sensitivity);
@@ -89,6 +91,11 @@ impl Trainer<'_> {
                 None => String::new(),
             }
         ));
+        let ood = if config.ood.enabled {
+            Some(self.fit_ood_guard()?)
+        } else {
+            None
+        };
         let card = ModelCard {
             arch: config.model.arch,
             classes: self.classes.clone(),
@@ -103,6 +110,7 @@ impl Trainer<'_> {
             metrics: best.clone(),
             xray_version: env!("CARGO_PKG_VERSION").to_string(),
             operating_points: cal.operating_points,
+            ood,
         };
         card.write(&self.run_dir)?;
         self.state.finished = true;
@@ -117,6 +125,56 @@ impl Trainer<'_> {
             stopped_early: ending == Some(Ending::Patience { before_last: true }),
             stopped_by_hook: ending == Some(Ending::Hook),
             device: self.device,
+        })
+    }
+}
+
+impl Trainer<'_> {
+    /// Fits the out-of-distribution guard on the best weights' penultimate features of (up to
+    /// `ood.fit_images`) training images, sets its threshold on the validation split, writes
+    /// `ood.safetensors` and returns what model.json records.
+    fn fit_ood_guard(&self) -> Result<OodCard> {
+        let oc = &self.config.ood;
+        let batch = self.config.train.batch_size.max(64);
+        let subset = ood::stratified_subset(&self.train_set.labels, oc.fit_images);
+        let fit_images = subset.len();
+        let (train_x, train_y) = ood::set_features(
+            self.model.as_ref(),
+            self.train_set.clone(),
+            subset,
+            batch,
+            self.device,
+            "ood fit",
+        )?;
+        let mut detector = OodDetector::fit(&train_x, &train_y, self.classes.len())?;
+        let all_val: Vec<usize> = (0..self.val_set.len()).collect();
+        let (val_x, _) = ood::set_features(
+            self.model.as_ref(),
+            self.val_set.clone(),
+            all_val,
+            batch,
+            self.device,
+            "ood threshold",
+        )?;
+        let val_scores = detector.scores(&val_x);
+        let val_flag_rate = detector.set_threshold(&val_scores, oc.max_flag_rate);
+        detector.save(&self.run_dir.join(ood::FILE))?;
+        progress::note(&format!(
+            "out-of-distribution guard: Mahalanobis distance on {} features of {fit_images} \
+             training images (shrinkage {:.3}); threshold {:.1} flags {:.1}% of validation",
+            detector.dims(),
+            detector.shrinkage,
+            detector.threshold,
+            100.0 * val_flag_rate
+        ));
+        Ok(OodCard {
+            method: "mahalanobis".into(),
+            threshold: detector.threshold,
+            max_flag_rate: oc.max_flag_rate,
+            val_flag_rate,
+            fit_images,
+            dims: detector.dims(),
+            shrinkage: detector.shrinkage,
         })
     }
 }
