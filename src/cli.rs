@@ -37,6 +37,8 @@ pub enum Command {
     Synth(commands::synth::SynthArgs),
     /// Convert a PyTorch state-dict file (.pth) into safetensors for `model.pretrained`.
     ImportWeights(commands::import_weights::ImportWeightsArgs),
+    /// Export a trained run as TorchScript for other inference stacks, with a JSON sidecar.
+    Export(commands::export::ExportArgs),
     /// Run synth, split, train, eval, gradcam and predict end to end on the CPU.
     Demo(commands::demo::DemoArgs),
 }
@@ -53,6 +55,7 @@ impl Command {
             | Command::Demo(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
+            Command::Export(_) => false,
             Command::Serve(_) => true,
         }
     }
@@ -69,6 +72,7 @@ impl Command {
             Command::Tune(a) => a.execute(),
             Command::Synth(a) => a.execute(),
             Command::ImportWeights(a) => a.execute(),
+            Command::Export(a) => a.execute(),
             Command::Demo(a) => a.execute(),
         }
     }

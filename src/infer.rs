@@ -156,6 +156,12 @@ impl Predictor {
         }
     }
 
+    /// Stops tracking gradients of the weights (for tracing, which keeps them as constants;
+    /// heatmaps need them tracked, so loading leaves them so).
+    pub fn freeze_weights(&mut self) {
+        self._vs.freeze();
+    }
+
     /// The network.
     pub fn model(&self) -> &dyn Classifier {
         self.model.as_ref()

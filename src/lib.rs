@@ -13,6 +13,7 @@ pub mod data;
 pub mod error;
 pub mod evaluate;
 pub mod explain;
+pub mod export;
 pub mod fsutil;
 pub mod infer;
 pub mod metrics;

@@ -3,6 +3,7 @@
 mod bad_input;
 mod browser;
 mod common;
+mod export;
 mod formats;
 mod gradcam;
 mod import_weights;

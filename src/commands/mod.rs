@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod eval;
+pub mod export;
 pub mod gradcam;
 pub mod import_weights;
 pub mod predict;
