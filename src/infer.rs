@@ -79,7 +79,7 @@ pub struct Predictor {
     /// Where it runs.
     pub device: Device,
     model: Box<dyn Classifier>,
-    _vs: nn::VarStore,
+    vs: nn::VarStore,
     /// The out-of-distribution guard, when the run has one.
     pub ood: Option<OodDetector>,
 }
@@ -115,7 +115,7 @@ impl Predictor {
             card: self.card.clone(),
             device: self.device,
             model,
-            _vs: vs,
+            vs,
             ood: None,
         })
     }
@@ -139,7 +139,7 @@ impl Predictor {
             card,
             device,
             model,
-            _vs: vs,
+            vs,
             ood,
         })
     }
@@ -159,7 +159,7 @@ impl Predictor {
     /// Stops tracking gradients of the weights (for tracing, which keeps them as constants;
     /// heatmaps need them tracked, so loading leaves them so).
     pub fn freeze_weights(&mut self) {
-        self._vs.freeze();
+        self.vs.freeze();
     }
 
     /// The network.
@@ -181,15 +181,6 @@ impl Predictor {
             .to_device(self.device)
     }
 
-    /// Each image's out-of-distribution score (HWC pixels at the model's input size), when
-    /// the run has a guard.
-    pub fn ood_scores(&self, pixels: &[&[u8]]) -> Option<Vec<f64>> {
-        let detector = self.ood.as_ref()?;
-        let xs = self.input_tensor(pixels);
-        let feats = tch::no_grad(|| crate::ood::penultimate(self.model.as_ref(), &xs));
-        Some(detector.scores(&feats))
-    }
-
     /// Class probabilities (temperature applied) and, with a guard, out-of-distribution scores
     /// for HWC pixel buffers already at the model's input size, in batches of `batch_size`;
     /// with `tta`, probabilities averaged over [`tta_views`] (the score is the plain image's).
@@ -207,7 +198,7 @@ impl Predictor {
             // One pass through the stages: the head and the guard read the same features.
             let feats = tch::no_grad(|| self.model.features(&xs, false));
             if let (Some(scores), Some(detector)) = (ood.as_mut(), self.ood.as_ref()) {
-                scores.extend(detector.scores(&crate::ood::pool(&feats)));
+                scores.extend(detector.score_maps(&feats));
             }
             if !tta {
                 let logits = tch::no_grad(|| self.model.head(&feats, false));
@@ -299,7 +290,7 @@ pub fn score_set(
         let feats = tch::no_grad(|| model.features(&xs, false));
         let logits = tch::no_grad(|| model.head(&feats, false));
         if let (Some(out), Some(detector)) = (ood_scores.as_mut(), ood) {
-            let scores = detector.scores(&crate::ood::pool(&feats));
+            let scores = detector.score_maps(&feats);
             for (&i, s) in batch.indices.iter().zip(scores) {
                 out[i] = s;
             }

@@ -85,6 +85,9 @@ pub(crate) struct BatchMaps {
     pub targets: Vec<usize>,
     /// Per method, `[n, s, s]`.
     pub maps: Vec<Tensor>,
+    /// Each image's out-of-distribution score, when the run has a guard (from the same
+    /// features as the probabilities).
+    pub ood: Option<Vec<f64>>,
 }
 
 /// The explainer of a loaded model.
@@ -121,10 +124,12 @@ pub(crate) fn batch_maps(
         .iter()
         .map(|&m| explainer.heatmaps(&xs, Some(&features), &targets, m))
         .collect();
+    let ood = predictor.ood.as_ref().map(|d| d.score_maps(&features));
     BatchMaps {
         probs,
         targets,
         maps,
+        ood,
     }
 }
 

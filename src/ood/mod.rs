@@ -134,6 +134,12 @@ impl OodDetector {
         Vec::<f64>::try_from(min).unwrap_or_default()
     }
 
+    /// Each image's score from the last stage's feature maps `[n, c, h, w]` (pooled over space
+    /// first): what inference computes beside the head, from the same forward pass.
+    pub fn score_maps(&self, maps: &Tensor) -> Vec<f64> {
+        self.scores(&pool(maps))
+    }
+
     /// Sets the threshold so that at most `max_flag_rate` of `val_scores` lie above it, and
     /// returns the share that does.
     pub fn set_threshold(&mut self, val_scores: &[f64], max_flag_rate: f64) -> f64 {
@@ -241,7 +247,7 @@ pub fn penultimate(model: &dyn Classifier, xs: &Tensor) -> Tensor {
 }
 
 /// Feature maps `[n, c, h, w]` averaged over space, `[n, c]`.
-pub fn pool(maps: &Tensor) -> Tensor {
+fn pool(maps: &Tensor) -> Tensor {
     maps.mean_dim(&[2i64, 3][..], false, Kind::Float)
 }
 

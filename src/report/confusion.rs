@@ -51,6 +51,8 @@ pub struct ConfusionLayout {
     row_lines: Vec<Vec<String>>,
     /// Per column: its label's lines.
     col_lines: Vec<Vec<String>>,
+    /// Height of the column-label area.
+    col_h: i32,
     /// Every piece of text with its box, for drawing and for overlap tests.
     texts: Vec<Placed>,
 }
@@ -172,6 +174,7 @@ impl ConfusionLayout {
             matrix,
             row_lines,
             col_lines,
+            col_h,
             texts: Vec::new(),
         };
         layout.texts = layout.place_texts(cm, &support, origins);
@@ -250,7 +253,7 @@ impl ConfusionLayout {
                     }
                 }
             }
-            let axis_y = bottom + self.col_extent() + PAD;
+            let axis_y = bottom + self.col_h + PAD;
             line(&mut texts, "predicted class", (mx, axis_y), LABEL_PX, false);
             for (r, row) in cm.iter().enumerate() {
                 let total = support.get(r).copied().unwrap_or(0);
@@ -269,20 +272,6 @@ impl ConfusionLayout {
             }
         }
         texts
-    }
-
-    /// Height of the column-label area.
-    fn col_extent(&self) -> i32 {
-        let lh = line_height(LABEL_PX) as i32;
-        if self.rotated {
-            self.col_lines
-                .iter()
-                .map(|l| widest(l, LABEL_PX))
-                .max()
-                .unwrap_or(0) as i32
-        } else {
-            self.col_lines.iter().map(Vec::len).max().unwrap_or(1) as i32 * lh
-        }
     }
 
     /// Every piece of text with its box.

@@ -205,7 +205,7 @@ fn small_multiples(path: &Path, plot: &CurvePlot<'_>, curves: &[ScoreCurve]) -> 
             let x0 = (col * PANEL) as i32;
             let y0 = (row * panel_h) as i32;
             let panel = grid.clone().shrink((x0, y0), (PANEL, panel_h));
-            panel_plot(&panel, plot, points, plot.chance.get(i), title, title_h)?;
+            panel_plot(&panel, points, plot.chance.get(i), title, title_h)?;
         }
         Ok(())
     })
@@ -214,7 +214,6 @@ fn small_multiples(path: &Path, plot: &CurvePlot<'_>, curves: &[ScoreCurve]) -> 
 /// One class's panel: its title lines, then the curve and its chance line.
 fn panel_plot(
     panel: &Area<'_>,
-    plot: &CurvePlot<'_>,
     points: &[(f64, f64)],
     chance: Option<&[(f64, f64); 2]>,
     title: &[String],
@@ -264,7 +263,6 @@ fn panel_plot(
     chart
         .draw_series(LineSeries::new(points.to_vec(), BLUE.stroke_width(2)))
         .map_err(plot_err)?;
-    let _ = plot;
     Ok(())
 }
 

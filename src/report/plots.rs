@@ -201,13 +201,13 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
     let caption_h = captions.iter().map(Vec::len).max().unwrap_or(0) as u32 * lh + 8;
     let cols = tiles.len().clamp(1, 4) as u32;
     let rows = tiles.len().div_ceil(4).max(1) as u32;
+    let width = (PAD + cols * (TILE + PAD)).max(600);
     let title_lines = super::labels::wrap(
         if tiles.is_empty() { empty } else { title },
         18,
-        (PAD + cols * (TILE + PAD)).max(600) - 2 * PAD,
+        width - 2 * PAD,
     );
     let header = HEADER + (title_lines.len() as u32 - 1) * super::labels::line_height(18);
-    let width = (PAD + cols * (TILE + PAD)).max(600);
     let height = header + rows * (TILE + caption_h + PAD);
     let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let origin = |i: usize| {

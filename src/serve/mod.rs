@@ -82,25 +82,20 @@ fn model_info(predictor: &Predictor) -> Value {
 fn answer(predictor: &Predictor, explainer: &Explainer<'_>, job: &Job) -> Result<Value> {
     let spec = predictor.input_spec();
     let pixels = to_model_pixels(job.image.clone(), spec.size, spec.channels);
-    // The guard first: an image it flags gets no heatmap, as it gets no class on the page.
-    let ood = predictor
-        .ood_scores(&[pixels.as_slice()])
-        .and_then(|s| s.first().copied());
-    let flagged = ood
-        .zip(predictor.card.ood.as_ref())
-        .is_some_and(|(s, o)| crate::ood::is_flagged(s, o.threshold));
-    let methods: &[Method] = if job.heatmap && !flagged {
-        &[Method::GradCam]
-    } else {
-        &[]
-    };
+    let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
     let mut batch = batch_maps(predictor, explainer, &[&pixels], Target::Predicted, methods);
     let probs = batch.probs.pop().context("no output")?;
+    let ood = batch.ood.and_then(|s| s.first().copied());
     let prediction =
         Prediction::from_probabilities(probs, &predictor.card).with_ood(ood, &predictor.card);
     let classes = &predictor.card.classes;
     let mut out = prediction.to_json(&job.name, classes, &run_name(&predictor.run_dir));
-    if let Some(map) = batch.maps.first() {
+    // An image the guard flags gets no heatmap, as it gets no class on the page.
+    let map = batch
+        .maps
+        .first()
+        .filter(|_| !prediction.out_of_distribution());
+    if let Some(map) = map {
         let original = job.image.to_rgb8();
         let (_, picture) = overlay::overlay_on(&original, map, 0, spec.size as usize)?;
         let (w, h) = picture.dimensions();
