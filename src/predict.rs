@@ -71,7 +71,8 @@ impl Prediction {
     }
 
     /// predict's JSON object: `path`, `label`, `probability`, `probabilities` (by class),
-    /// `model` (the run folder's name), `ood_score` and `out_of_distribution` (null without a
+    /// `model` (the run folder's name), `ood_score`, `ood_threshold` (the score above which an
+    /// image is refused) and `out_of_distribution` (null without a
     /// guard, which `ood_guard` then says), and for a flagged image the plain `message`.
     pub fn to_json(&self, path: &str, classes: &[String], model: &str) -> serde_json::Value {
         let probabilities: serde_json::Map<String, serde_json::Value> = classes
@@ -86,6 +87,7 @@ impl Prediction {
             "probabilities": probabilities,
             "model": model,
             "ood_score": self.ood.map(|v| v.score),
+            "ood_threshold": self.ood.map(|v| v.threshold),
             "out_of_distribution": self.ood.map(|v| v.flagged()),
         });
         match self.ood {

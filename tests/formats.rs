@@ -20,36 +20,142 @@ pub fn write_dicom(path: &Path, photometric: &str, width: u16, height: u16) {
             pixels.push((x as u32 * 4095 / (width as u32 - 1)) as u16);
         }
     }
-    let obj = InMemDicomObject::from_element_iter([
-        DataElement::new(
-            tags::SOP_CLASS_UID,
-            VR::UI,
-            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
-        ),
-        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234567890"),
-        DataElement::new(tags::MODALITY, VR::CS, "DX"),
-        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
-        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric),
-        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(height)),
-        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(width)),
-        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
-        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
-        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
-        DataElement::new(
-            tags::PIXEL_REPRESENTATION,
-            VR::US,
-            PrimitiveValue::from(0u16),
-        ),
-        DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"),
-        DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
-        DataElement::new(tags::WINDOW_CENTER, VR::DS, "2048"),
-        DataElement::new(tags::WINDOW_WIDTH, VR::DS, "4096"),
-        DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(pixels.into())),
-    ]);
-    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
-        .unwrap()
-        .write_to_file(path)
-        .unwrap();
+    Dicom::new(width, height, pixels)
+        .photometric(photometric)
+        .write(path);
+}
+
+/// A DICOM to write: 12-bit grey pixels (16 allocated), one frame unless told otherwise.
+pub struct Dicom {
+    width: u16,
+    height: u16,
+    /// Row-major, every frame one after another.
+    pixels: Vec<u16>,
+    photometric: String,
+    frames: u32,
+    transfer_syntax: &'static str,
+    pixel_data: bool,
+    patient: Option<(String, String)>,
+}
+
+impl Dicom {
+    /// Uncompressed (explicit VR little endian) MONOCHROME2.
+    pub fn new(width: u16, height: u16, pixels: Vec<u16>) -> Dicom {
+        Dicom {
+            width,
+            height,
+            pixels,
+            photometric: "MONOCHROME2".into(),
+            frames: 1,
+            transfer_syntax: uids::EXPLICIT_VR_LITTLE_ENDIAN,
+            pixel_data: true,
+            patient: None,
+        }
+    }
+
+    /// A grey image's pixels, scaled to 12 bits.
+    pub fn from_grey(img: &image::GrayImage) -> Dicom {
+        let pixels = img.pixels().map(|p| p.0[0] as u16 * 16).collect();
+        Dicom::new(img.width() as u16, img.height() as u16, pixels)
+    }
+
+    pub fn photometric(mut self, p: &str) -> Dicom {
+        self.photometric = p.into();
+        self
+    }
+
+    /// Repeats the pixels as `n` frames.
+    pub fn frames(mut self, n: u32) -> Dicom {
+        let one = self.pixels.clone();
+        for _ in 1..n {
+            self.pixels.extend_from_slice(&one);
+        }
+        self.frames = n;
+        self
+    }
+
+    /// Without the PixelData element.
+    pub fn without_pixel_data(mut self) -> Dicom {
+        self.pixel_data = false;
+        self
+    }
+
+    /// JPEG 2000 lossless, the pixel data one encapsulated fragment (not a real codestream:
+    /// xray must refuse the transfer syntax before reading it).
+    pub fn jpeg2000(mut self) -> Dicom {
+        self.transfer_syntax = uids::JPEG2000_LOSSLESS;
+        self
+    }
+
+    /// With PatientName and PatientID.
+    pub fn patient(mut self, name: &str, id: &str) -> Dicom {
+        self.patient = Some((name.into(), id.into()));
+        self
+    }
+
+    pub fn write(self, path: &Path) {
+        use dicom_core::value::{PixelFragmentSequence, Value};
+        let mut obj = InMemDicomObject::from_element_iter([
+            DataElement::new(
+                tags::SOP_CLASS_UID,
+                VR::UI,
+                uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+            ),
+            DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.1234567890"),
+            DataElement::new(tags::MODALITY, VR::CS, "DX"),
+            DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(1u16)),
+            DataElement::new(
+                tags::PHOTOMETRIC_INTERPRETATION,
+                VR::CS,
+                self.photometric.as_str(),
+            ),
+            DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(self.height)),
+            DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(self.width)),
+            DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(16u16)),
+            DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(12u16)),
+            DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(11u16)),
+            DataElement::new(
+                tags::PIXEL_REPRESENTATION,
+                VR::US,
+                PrimitiveValue::from(0u16),
+            ),
+            DataElement::new(tags::RESCALE_INTERCEPT, VR::DS, "0"),
+            DataElement::new(tags::RESCALE_SLOPE, VR::DS, "1"),
+            DataElement::new(tags::WINDOW_CENTER, VR::DS, "2048"),
+            DataElement::new(tags::WINDOW_WIDTH, VR::DS, "4096"),
+        ]);
+        if self.frames > 1 {
+            obj.put(DataElement::new(
+                tags::NUMBER_OF_FRAMES,
+                VR::IS,
+                self.frames.to_string(),
+            ));
+        }
+        if let Some((name, id)) = &self.patient {
+            obj.put(DataElement::new(tags::PATIENT_NAME, VR::PN, name.as_str()));
+            obj.put(DataElement::new(tags::PATIENT_ID, VR::LO, id.as_str()));
+        }
+        if self.pixel_data {
+            if self.transfer_syntax == uids::EXPLICIT_VR_LITTLE_ENDIAN {
+                obj.put(DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OW,
+                    PrimitiveValue::U16(self.pixels.into()),
+                ));
+            } else {
+                let fragment: Vec<u8> = vec![0xFF, 0x4F, 0xFF, 0x51, 0, 0, 0, 0];
+                obj.put(DataElement::new(
+                    tags::PIXEL_DATA,
+                    VR::OB,
+                    Value::PixelSequence(PixelFragmentSequence::new(vec![], vec![fragment])),
+                ));
+            }
+        }
+        obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(self.transfer_syntax))
+            .unwrap()
+            .write_to_file(path)
+            .unwrap();
+    }
 }
 
 fn crc32(bytes: &[u8]) -> u32 {
@@ -258,4 +364,38 @@ fn split_completes_past_bad_files() {
     }
     let good = fixtures.iter().filter(|f| f.1.is_ok()).count();
     assert_eq!(report["images_kept"].as_u64().unwrap() as usize, 20 + good);
+}
+
+/// A DICOM that is not one decodable image is refused with the reason, for every command.
+#[test]
+fn dicom_without_pixels_multi_frame_or_jpeg2000_is_refused_by_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let grey = image::GrayImage::from_fn(32, 24, |x, y| Luma([(x * 7 + y) as u8]));
+    let cases = [
+        ("report.dcm", Dicom::from_grey(&grey).without_pixel_data(), "DICOM without pixel data"),
+        ("cine.dcm", Dicom::from_grey(&grey).frames(3), "multi-frame DICOM (3 frames)"),
+        (
+            "j2k.dcm",
+            Dicom::from_grey(&grey).jpeg2000(),
+            "JPEG 2000 Image Compression (Lossless Only) (1.2.840.10008.1.2.4.90) is compressed in a way xray cannot decode",
+        ),
+    ];
+    for (name, dicom, want) in cases {
+        let p = dir.path().join(name);
+        dicom.write(&p);
+        match decode_image(&p) {
+            Err(Error::Image { path, reason }) => {
+                assert!(path.ends_with(name), "{path}");
+                assert!(reason.contains(want), "{name}: {reason}");
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // The same picture, one uncompressed frame: read, 12 bits scaled back to 8.
+    let p = dir.path().join("ok.dcm");
+    Dicom::from_grey(&grey)
+        .patient("DOE^JANE", "MRN-0042")
+        .write(&p);
+    let img = decode_image(&p).unwrap();
+    assert_eq!((img.width(), img.height()), (32, 24));
 }

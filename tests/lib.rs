@@ -6,6 +6,7 @@ mod common;
 mod export;
 mod formats;
 mod gradcam;
+mod hardened;
 mod import_weights;
 mod many_classes;
 mod metrics;

@@ -15,10 +15,24 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) base: String,
     stdout: BufReader<std::process::ChildStdout>,
+    agent: ureq::Agent,
+    /// Sent as `Authorization: Bearer` when set.
+    pub(crate) token: Option<String>,
 }
+
+/// Response headers, names in lower case.
+pub(crate) type Headers = std::collections::HashMap<String, String>;
+
+/// The parts of a multipart body, each a file name and its bytes.
+pub(crate) type Parts<'a> = [(&'a str, &'a [u8])];
 
 impl Server {
     pub(crate) fn start(run: &Path, extra: &[&str]) -> Server {
+        Server::start_with(run, extra, ureq::Agent::new())
+    }
+
+    /// With a client of its own (for TLS, one that trusts the test's certificate).
+    pub(crate) fn start_with(run: &Path, extra: &[&str], agent: ureq::Agent) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_xray"))
             .arg("serve")
             .arg("--checkpoint")
@@ -34,22 +48,71 @@ impl Server {
         stdout.read_line(&mut line).expect("the serving line");
         let base = line
             .split_whitespace()
-            .find(|w| w.starts_with("http://"))
+            .find(|w| w.starts_with("http://") || w.starts_with("https://"))
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
         Server {
             child,
             base,
             stdout,
+            agent,
+            token: None,
         }
     }
 
-    fn get(&self, path: &str) -> (u16, String) {
-        match ureq::get(&format!("{}{path}", self.base)).call() {
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        match self.agent.get(&format!("{}{path}", self.base)).call() {
             Ok(r) => (r.status(), r.into_string().unwrap()),
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
             Err(e) => panic!("GET {path}: {e}"),
         }
+    }
+
+    /// POSTs `parts` to /api/predict: the status, the JSON answer and the headers; or the transport error when no answer came (connection
+    /// refused after shutdown).
+    pub(crate) fn try_post(
+        &self,
+        parts: &Parts<'_>,
+        query: &str,
+    ) -> Result<(u16, serde_json::Value, Headers), String> {
+        let boundary = "xray-test-boundary-7d1f";
+        let mut body = Vec::new();
+        for (name, bytes) in parts {
+            body.extend_from_slice(
+                format!(
+                    "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                     filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(bytes);
+            body.extend_from_slice(b"\r\n");
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let url = format!("{}/api/predict{query}", self.base);
+        let mut request = self.agent.post(&url).set(
+            "Content-Type",
+            &format!("multipart/form-data; boundary={boundary}"),
+        );
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let (code, r) = match request.send_bytes(&body) {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(code, r)) => (code, r),
+            Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
+        };
+        let headers: Headers = r
+            .headers_names()
+            .into_iter()
+            .filter_map(|n| {
+                r.header(&n)
+                    .map(|v| (n.to_ascii_lowercase(), v.to_string()))
+            })
+            .collect();
+        let text = r.into_string().unwrap();
+        let json = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"raw": text}));
+        Ok((code, json, headers))
     }
 
     /// POSTs `bytes` as the multipart file `name`: the status and the JSON answer, or the
@@ -60,29 +123,8 @@ impl Server {
         bytes: &[u8],
         query: &str,
     ) -> Result<(u16, serde_json::Value), String> {
-        let boundary = "xray-test-boundary-7d1f";
-        let mut body = format!(
-            "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
-             filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        )
-        .into_bytes();
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        let url = format!("{}/api/predict{query}", self.base);
-        let resp = ureq::post(&url)
-            .set(
-                "Content-Type",
-                &format!("multipart/form-data; boundary={boundary}"),
-            )
-            .send_bytes(&body);
-        let (code, r) = match resp {
-            Ok(r) => (r.status(), r),
-            Err(ureq::Error::Status(code, r)) => (code, r),
-            Err(ureq::Error::Transport(t)) => return Err(t.to_string()),
-        };
-        let text = r.into_string().unwrap();
-        let json = serde_json::from_str(&text).unwrap_or_else(|_| serde_json::json!({"raw": text}));
-        Ok((code, json))
+        self.try_post(&[(name, bytes)], query)
+            .map(|(code, json, _)| (code, json))
     }
 
     /// [`Server::try_predict`] where an answer must come.
@@ -96,7 +138,7 @@ impl Server {
             .unwrap_or_else(|e| panic!("POST {name}: {e}"))
     }
 
-    fn healthy(&self) {
+    pub(crate) fn healthy(&self) {
         let (code, body) = self.get("/healthz");
         assert_eq!(code, 200, "{body}");
         assert!(body.contains("\"ok\""), "{body}");
@@ -167,7 +209,7 @@ fn serve_predicts_refuses_bad_uploads_and_takes_load() {
         (
             "notes.txt",
             b"this is not an image".to_vec(),
-            422,
+            415,
             "not a recognised image format",
         ),
         ("empty.png", Vec::new(), 422, "empty file"),
@@ -242,8 +284,9 @@ fn serve_drains_and_exits_on_sigterm() {
 }
 
 /// Uploads a synth image to the shared model's page, or `XRAY_SERVE_IMAGE` to
-/// `XRAY_SERVE_CHECKPOINT`'s when set (a real model for the README's picture); the screenshot goes
-/// to `XRAY_SCREENSHOT` or target/screenshots/serve.png.
+/// `XRAY_SERVE_CHECKPOINT`'s when set (a real model for the README's pictures: an X-ray, or a
+/// photo that the guard refuses); the screenshot goes to `XRAY_SCREENSHOT` or
+/// target/screenshots/serve.png (serve-ood.png for a refused image).
 #[test]
 fn upload_page_in_chromium() {
     let Some(browser) = session_or_skip("upload_page_in_chromium") else {
@@ -265,6 +308,21 @@ fn upload_page_in_chromium() {
     assert!(browser.text(&warn).contains("not a diagnosis"));
     let input = browser.find("#file");
     browser.send_keys(&input, &image.display().to_string());
+    if expected["out_of_distribution"] == serde_json::json!(true) {
+        // An image the guard refuses (the README's picture of a photo sent to the Kermany
+        // model): the message, and no class.
+        browser.wait_for(
+            "return document.getElementById('ood').style.display === 'block';",
+            Duration::from_secs(30),
+        );
+        assert!(browser
+            .text(&browser.find("#ood"))
+            .starts_with("This image does not look like"));
+        let shot = screenshot_path("serve-ood.png");
+        browser.screenshot_full_page(&shot);
+        eprintln!("screenshot: {} (refused)", shot.display());
+        return;
+    }
     browser.wait_for(
         "const r = document.getElementById('result'); \
          return r.style.display === 'block' && document.getElementById('overlay').naturalWidth > 0;",

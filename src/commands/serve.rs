@@ -1,4 +1,5 @@
-//! `xray serve [--checkpoint RUN_DIR] [--addr 127.0.0.1:8080]`
+//! `xray serve [--checkpoint RUN_DIR] [--addr 127.0.0.1:8080] [--token-file FILE]
+//! [--audit-log FILE] [--tls-cert F --tls-key F]`
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use clap::Args;
 
 use crate::config::DeviceChoice;
 use crate::infer::{resolve_device, Predictor};
-use crate::serve::{serve, ServeOptions};
+use crate::serve::{serve, Listen, ServeOptions};
 
 /// Arguments of `xray serve`.
 #[derive(Debug, Args)]
@@ -15,13 +16,14 @@ pub struct ServeArgs {
     /// Trained run folder.
     #[arg(long, default_value = "checkpoints/latest")]
     pub checkpoint: PathBuf,
-    /// Address to listen on (port 0: any free port, printed at start).
+    /// Address to listen on (port 0: any free port, printed at start). An address other than
+    /// loopback needs --token-file or --insecure-public.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Largest accepted upload in MiB.
+    /// Largest accepted request in MiB (all its files together).
     #[arg(long, default_value_t = 32)]
     pub max_upload_mb: usize,
     /// Largest accepted image in megapixels.
@@ -30,6 +32,28 @@ pub struct ServeArgs {
     /// Requests that may wait for the model; beyond that the answer is 503.
     #[arg(long, default_value_t = 32)]
     pub queue: usize,
+    /// Most files in one request to /api/predict.
+    #[arg(long, default_value_t = 16)]
+    pub max_files: usize,
+    /// Bearer tokens for the API, one per line, each optionally followed by an expiry
+    /// (YYYY-MM-DD or RFC 3339); read again when the file changes.
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Append one JSON line per answered image and per refused request (no images, no names).
+    #[arg(long, value_name = "FILE")]
+    pub audit_log: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTPS (with --tls-key).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// API requests a minute from one client address (0: no limit); beyond it, 429.
+    #[arg(long, default_value_t = 600)]
+    pub rate_limit: u32,
+    /// Listen on a network address without tokens: anyone who reaches it may use the model.
+    #[arg(long)]
+    pub insecure_public: bool,
 }
 
 impl ServeArgs {
@@ -40,7 +64,16 @@ impl ServeArgs {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
             queue: self.queue,
+            max_files: self.max_files.max(1),
+            rate_per_minute: self.rate_limit,
+            token_file: self.token_file,
+            audit_log: self.audit_log,
         };
-        serve(&self.checkpoint, predictor, &self.addr, options)
+        let listen = Listen {
+            addr: self.addr,
+            tls: self.tls_cert.zip(self.tls_key),
+            insecure_public: self.insecure_public,
+        };
+        serve(&self.checkpoint, predictor, &listen, options)
     }
 }

@@ -80,7 +80,11 @@ pub fn decode_image_bytes(
         std::fs::write(&tmp, bytes).map_err(|e| Error::image(name, io_reason(&e)))?;
         let decoded = decode_dicom(&tmp);
         let _ = std::fs::remove_file(&tmp);
-        let img = decoded.map_err(|e| Error::image(name, e.to_string()))?;
+        // The reason only: the temporary file's name means nothing to the sender.
+        let img = decoded.map_err(|e| match e {
+            Error::Image { reason, .. } => Error::image(name, reason),
+            other => Error::image(name, other.to_string()),
+        })?;
         return check_pixels(img, name, max_pixels);
     }
     let format = guess_format(name, bytes)?;
@@ -159,8 +163,26 @@ fn decode_dicom(path: &Path) -> Result<DynamicImage, Error> {
         let text = e.to_string();
         format!("{what}: {}", text.lines().next().unwrap_or(&text))
     };
+    check_transfer_syntax(path)?;
     let obj = dicom_object::open_file(path)
         .map_err(|e| Error::image(path, reason("unreadable DICOM", &e)))?;
+    if obj.element(tags::PIXEL_DATA).is_err() {
+        return Err(Error::image(
+            path,
+            "DICOM without pixel data (no PixelData element)",
+        ));
+    }
+    let frames = obj
+        .element(tags::NUMBER_OF_FRAMES)
+        .ok()
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1);
+    if frames > 1 {
+        return Err(Error::image(
+            path,
+            format!("multi-frame DICOM ({frames} frames): xray reads single images; send one frame per file"),
+        ));
+    }
     let dim = |tag| {
         obj.element(tag)
             .ok()
@@ -180,6 +202,34 @@ fn decode_dicom(path: &Path) -> Result<DynamicImage, Error> {
     pixels
         .to_dynamic_image_with_options(0, &ConvertOptions::new())
         .map_err(|e| Error::image(path, reason("DICOM pixel data", &e)))
+}
+
+/// Refuses, by name, a DICOM whose transfer syntax this build cannot decode (JPEG 2000, JPEG-LS,
+/// JPEG XL, HTJ2K: dicom-rs decodes them only with C libraries xray does not link).
+fn check_transfer_syntax(path: &Path) -> Result<(), Error> {
+    use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = std::fs::File::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
+    file.seek(SeekFrom::Start(128))
+        .map_err(|e| Error::image(path, io_reason(&e)))?;
+    let meta = dicom_object::meta::FileMetaTable::from_reader(file.by_ref())
+        .map_err(|e| Error::image(path, format!("unreadable DICOM file meta header: {e}")))?;
+    let uid = meta.transfer_syntax();
+    let advice = "send it uncompressed (for example `gdcmconv --raw` or `dcmdjpeg`)";
+    match TransferSyntaxRegistry.get(uid) {
+        None => Err(Error::image(
+            path,
+            format!("DICOM transfer syntax {uid} is unknown to xray; {advice}"),
+        )),
+        Some(ts) if !ts.can_decode_all() => Err(Error::image(
+            path,
+            format!(
+                "DICOM transfer syntax {} ({uid}) is compressed in a way xray cannot decode; {advice}",
+                ts.name()
+            ),
+        )),
+        Some(_) => Ok(()),
+    }
 }
 
 fn io_reason(e: &std::io::Error) -> String {

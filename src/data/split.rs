@@ -6,7 +6,6 @@
 //! furthest below its target share, which keeps each class's share near the ratios.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -16,7 +15,6 @@ use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::data::decode::decode_image;
 use crate::data::near_dup::{self, NearDuplicates, NearPair};
@@ -167,24 +165,6 @@ pub fn group_of(file_name: &str, re: &Regex) -> String {
         })
 }
 
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
-}
-
 /// Scans, hashes, checks and splits `data_dir`.
 pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcome> {
     let sum: f64 = opts.ratios.iter().sum();
@@ -299,7 +279,7 @@ fn check_files(scanned: &ScannedDataset) -> (Checked, Vec<Skipped>) {
         .enumerate()
         .map(|(i, img)| {
             let path = root.join(&img.rel_path);
-            let result = sha256_file(&path)
+            let result = crate::fsutil::sha256_file(&path)
                 .map_err(|e| e.to_string())
                 .and_then(|hash| match decode_image(&path) {
                     Ok(img) => Ok((hash, pixel_key(&img), near_dup::signature(&img))),

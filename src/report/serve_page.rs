@@ -36,9 +36,17 @@ pub fn render(info: &Value, max_upload_bytes: usize) -> String {
                  class, whatever it shows."
             .to_string(),
     };
+    // With bearer tokens the page asks for one; the API refuses requests without it.
+    let auth = if info["auth"] == "bearer" {
+        "<p id=\"auth\"><label>Access token <input id=\"token\" type=\"password\" \
+         autocomplete=\"off\" spellcheck=\"false\"></label></p>"
+    } else {
+        ""
+    };
     PAGE.replace("{{MODEL}}", &format!("{model_line} {}", esc(&guard)))
+        .replace("{{AUTH}}", auth)
         .replace("{{MAX_MB}}", &format!("{}", max_upload_bytes >> 20))
 }
 
-/// The page, with `{{MODEL}}` and `{{MAX_MB}}` to fill in.
+/// The page, with `{{MODEL}}`, `{{AUTH}}` and `{{MAX_MB}}` to fill in.
 const PAGE: &str = include_str!("templates/serve.html");
