@@ -49,12 +49,7 @@ fn main() {
     for arch in ["resnet18", "mobilenet_v2"] {
         tch::manual_seed(0);
         let vs = nn::VarStore::new(Device::Cpu);
-        let spec = ModelSpec {
-            arch: arch.parse().expect("known architecture"),
-            in_channels: 3,
-            num_classes: 2,
-            dropout: 0.0,
-        };
+        let spec = ModelSpec::new(arch.parse().expect("known architecture"), 3, 2, 0.0);
         let model = build(&vs.root(), &spec).expect("known architecture");
         let x = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
         let explainer = Explainer {

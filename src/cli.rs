@@ -39,6 +39,8 @@ pub enum Command {
     ImportWeights(commands::import_weights::ImportWeightsArgs),
     /// Export a trained run as TorchScript for other inference stacks, with a JSON sidecar.
     Export(commands::export::ExportArgs),
+    /// Compare trained runs of the same classes: test metrics with intervals, ROC and curves.
+    Compare(commands::compare::CompareArgs),
     /// Run synth, split, train, eval, gradcam and predict end to end on the CPU.
     Demo(commands::demo::DemoArgs),
 }
@@ -52,7 +54,8 @@ impl Command {
             | Command::Tune(_)
             | Command::Eval(_)
             | Command::Gradcam(_)
-            | Command::Demo(_) => true,
+            | Command::Demo(_)
+            | Command::Compare(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
             Command::Export(_) => false,
@@ -73,6 +76,7 @@ impl Command {
             Command::Synth(a) => a.execute(),
             Command::ImportWeights(a) => a.execute(),
             Command::Export(a) => a.execute(),
+            Command::Compare(a) => a.execute(),
             Command::Demo(a) => a.execute(),
         }
     }

@@ -174,6 +174,36 @@ pub struct ModelConfig {
     pub pretrained: String,
     /// Dropout before the classifier (default 0.2).
     pub dropout: f64,
+    /// simple_cnn/sepres_cnn: feature blocks (default 3 and 4).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<usize>,
+    /// simple_cnn/sepres_cnn: a base width doubled per block, or one width per block (default
+    /// 32 doubled; sepres_cnn [64, 128, 256, 256]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filters: Option<crate::models::shape::Filters>,
+    /// simple_cnn/sepres_cnn: odd convolution kernel side (default 3).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_size: Option<i64>,
+    /// simple_cnn/sepres_cnn: units of a dense ReLU layer before the classifier, 0 = none
+    /// (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dense_units: Option<i64>,
+    /// simple_cnn/sepres_cnn: dropout after each block, one rate or one per block (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_dropout: Option<crate::models::shape::PerBlock>,
+}
+
+impl ModelConfig {
+    /// The architecture keys as one value (what model.json keeps).
+    pub fn shape(&self) -> crate::models::shape::CnnShape {
+        crate::models::shape::CnnShape {
+            blocks: self.blocks,
+            filters: self.filters.clone(),
+            kernel_size: self.kernel_size,
+            dense_units: self.dense_units,
+            block_dropout: self.block_dropout.clone(),
+        }
+    }
 }
 
 /// `[train]`: the optimisation loop.
@@ -302,6 +332,11 @@ impl Default for ModelConfig {
             arch: Arch::SimpleCnn,
             pretrained: "none".into(),
             dropout: 0.2,
+            blocks: None,
+            filters: None,
+            kernel_size: None,
+            dense_units: None,
+            block_dropout: None,
         }
     }
 }
@@ -483,6 +518,10 @@ impl Config {
         if !(self.train.lr.is_finite() && self.train.lr > 0.0) {
             return bad(format!("train.lr must be positive, got {}", self.train.lr));
         }
+        // The architecture keys, checked here so that a bad one fails before any data loads.
+        self.model
+            .shape()
+            .resolve(self.model.arch, self.data.image_size)?;
         if !(0.0..1.0).contains(&self.model.dropout) {
             return bad(format!(
                 "model.dropout must be in [0, 1), got {}",

@@ -101,6 +101,8 @@ impl Predictor {
             in_channels: card.channels as i64,
             num_classes: card.classes.len() as i64,
             dropout: card.dropout,
+            shape: card.shape.clone(),
+            image_size: card.image_size,
         }
     }
 
@@ -165,6 +167,15 @@ impl Predictor {
     /// The network.
     pub fn model(&self) -> &dyn Classifier {
         self.model.as_ref()
+    }
+
+    /// Trainable parameters of the network (batch-norm running statistics excluded).
+    pub fn parameter_count(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
     }
 
     /// The normalised input batch `[n, c, s, s]` on the model's device for HWC pixel buffers

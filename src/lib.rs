@@ -8,6 +8,7 @@
 pub mod alloc;
 pub mod cli;
 pub mod commands;
+pub mod compare;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -53,12 +53,7 @@ fn imported_resnet18_reproduces_pytorch_logits() {
     let mut vs = nn::VarStore::new(Device::Cpu);
     let model = build(
         &vs.root(),
-        &ModelSpec {
-            arch: xray::models::Arch::ResNet18,
-            in_channels: 3,
-            num_classes: 1000,
-            dropout: 0.0,
-        },
+        &ModelSpec::new(xray::models::Arch::ResNet18, 3, 1000, 0.0),
     )
     .unwrap();
     vs.load(&out).unwrap();

@@ -16,5 +16,6 @@ mod pipeline;
 mod resume;
 mod serve;
 mod split;
+mod studies;
 mod tune;
 mod webdriver;

@@ -9,12 +9,7 @@ use xray::models::pretrained::load_pretrained;
 use xray::models::{build, Arch, ModelSpec};
 
 fn spec(arch: Arch, channels: i64, classes: i64) -> ModelSpec {
-    ModelSpec {
-        arch,
-        in_channels: channels,
-        num_classes: classes,
-        dropout: 0.2,
-    }
+    ModelSpec::new(arch, channels, classes, 0.2)
 }
 
 fn shared_weights(name: &str) -> PathBuf {

@@ -1,5 +1,6 @@
 //! One module per subcommand: parse arguments, call the library, print.
 
+pub mod compare;
 pub mod demo;
 pub mod eval;
 pub mod export;

@@ -2,27 +2,31 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::shape::Resolved;
 use super::StagedClassifier;
 
-/// Convolution, batch norm and ReLU, then (except in the last block) 2x2 max pooling.
+/// Convolution, batch norm and ReLU, then (except in the last block) 2x2 max pooling, then
+/// dropout when the block has any.
 #[derive(Debug)]
 struct ConvBlock {
     conv: nn::Conv2D,
     bn: nn::BatchNorm,
     pool: bool,
+    dropout: f64,
 }
 
 impl ConvBlock {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, pool: bool) -> Self {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64, pool: bool, dropout: f64) -> Self {
         let cfg = nn::ConvConfig {
-            padding: 1,
+            padding: kernel / 2,
             bias: false,
             ..Default::default()
         };
         ConvBlock {
-            conv: nn::conv2d(p / "conv", c_in, c_out, 3, cfg),
+            conv: nn::conv2d(p / "conv", c_in, c_out, kernel, cfg),
             bn: nn::batch_norm2d(p / "bn", c_out, Default::default()),
             pool,
+            dropout,
         }
     }
 }
@@ -30,35 +34,50 @@ impl ConvBlock {
 impl ModuleT for ConvBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let ys = xs.apply(&self.conv).apply_t(&self.bn, train).relu();
-        if self.pool {
+        let ys = if self.pool {
             ys.max_pool2d_default(2)
+        } else {
+            ys
+        };
+        if self.dropout > 0.0 {
+            ys.dropout(self.dropout, train)
         } else {
             ys
         }
     }
 }
 
-/// `simple_cnn`: three conv blocks (32, 64, 128 channels) with batch norm, then global average
-/// pooling, dropout and a linear classifier (parameters `features.N.*`, `classifier.*`). The
-/// features are the third block's activations before any pooling, so Grad-CAM sees the finest
-/// last-stage map.
+/// `simple_cnn`: conv blocks with batch norm (by default three: 32, 64, 128 channels, 3x3),
+/// then global average pooling, an optional dense ReLU layer, dropout and a linear classifier
+/// (parameters `features.N.*`, `classifier.*`). The features are the last block's activations
+/// before any pooling, so Grad-CAM sees the finest last-stage map.
 pub fn simple_cnn(
     p: &nn::Path,
     in_channels: i64,
     num_classes: i64,
     dropout: f64,
+    shape: &Resolved,
 ) -> StagedClassifier {
     let f = p / "features";
-    let widths = [in_channels, 32, 64, 128];
-    let stages = (0..3)
+    let n = shape.widths.len();
+    let mut c_in = in_channels;
+    let stages = (0..n)
         .map(|i| {
-            let block = ConvBlock::new(&(&f / i), widths[i], widths[i + 1], i < 2);
+            let c_out = shape.widths[i];
+            let block = ConvBlock::new(
+                &(&f / i),
+                c_in,
+                c_out,
+                shape.kernel_size,
+                i + 1 < n,
+                shape.block_dropout[i],
+            );
+            c_in = c_out;
             (
                 Box::new(block) as Box<dyn ModuleT>,
                 vec![format!("features.{i}.")],
             )
         })
         .collect();
-    let classifier = nn::linear(p / "classifier", 128, num_classes, Default::default());
-    StagedClassifier::new(stages, "classifier.", dropout, classifier)
+    StagedClassifier::with_head(p, stages, dropout, c_in, shape.dense_units, num_classes)
 }

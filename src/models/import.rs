@@ -411,12 +411,7 @@ pub fn import_weights(pth: &Path, arch: Arch, out: &Path) -> Result<ImportReport
     let probe = nn::VarStore::new(tch::Device::Cpu);
     let head = crate::models::build(
         &probe.root(),
-        &crate::models::ModelSpec {
-            arch,
-            in_channels: 3,
-            num_classes: 2,
-            dropout: 0.0,
-        },
+        &crate::models::ModelSpec::new(arch, 3, 2, 0.0),
     )?
     .head_prefix();
     let classes = by_name
@@ -431,12 +426,7 @@ pub fn import_weights(pth: &Path, arch: Arch, out: &Path) -> Result<ImportReport
     let vs = nn::VarStore::new(tch::Device::Cpu);
     crate::models::build(
         &vs.root(),
-        &crate::models::ModelSpec {
-            arch,
-            in_channels: 3,
-            num_classes: classes,
-            dropout: 0.0,
-        },
+        &crate::models::ModelSpec::new(arch, 3, classes, 0.0),
     )?;
     let vars = vs.variables();
     let mut problems = Vec::new();

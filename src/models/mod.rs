@@ -12,6 +12,7 @@ pub mod mobilenet;
 pub mod pretrained;
 pub mod resnet;
 pub mod sepres;
+pub mod shape;
 
 use anyhow::Result;
 use tch::{nn, Tensor};
@@ -81,6 +82,24 @@ pub struct ModelSpec {
     pub num_classes: i64,
     /// Dropout before the classifier.
     pub dropout: f64,
+    /// The shape of simple_cnn and sepres_cnn (unset keys: the architecture's defaults).
+    pub shape: shape::CnnShape,
+    /// Side of the square input (checked against the blocks' halvings).
+    pub image_size: u32,
+}
+
+impl ModelSpec {
+    /// `arch` in its default shape, for a 224 px input.
+    pub fn new(arch: Arch, in_channels: i64, num_classes: i64, dropout: f64) -> ModelSpec {
+        ModelSpec {
+            arch,
+            in_channels,
+            num_classes,
+            dropout,
+            shape: shape::CnnShape::default(),
+            image_size: 224,
+        }
+    }
 }
 
 /// Builds the network named in `spec` under `root`.
@@ -101,9 +120,10 @@ pub(crate) fn relu6_inplace(mut xs: Tensor) -> Tensor {
 
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
+    let shape = spec.shape.resolve(spec.arch, spec.image_size)?;
     Ok(match spec.arch {
-        Arch::SimpleCnn => Box::new(cnn::simple_cnn(root, c, k, d)),
-        Arch::SepresCnn => Box::new(sepres::sepres_cnn(root, c, k, d)),
+        Arch::SimpleCnn => Box::new(cnn::simple_cnn(root, c, k, d, &shape)),
+        Arch::SepresCnn => Box::new(sepres::sepres_cnn(root, c, k, d, &shape)),
         Arch::MobileNetV2 => Box::new(mobilenet::mobilenet_v2(root, c, k, d)),
         Arch::EfficientNetLite0 => Box::new(efficientnet::efficientnet_lite0(root, c, k, d)),
         Arch::ResNet18 => Box::new(resnet::resnet18(root, c, k, d)),
@@ -118,6 +138,8 @@ pub struct StagedClassifier {
     stage_prefixes: Vec<Vec<String>>,
     head_prefix: &'static str,
     dropout: f64,
+    /// A dense ReLU layer between the pooled features and the classifier, when asked for.
+    hidden: Option<nn::Linear>,
     classifier: nn::Linear,
     grid: GridPlacement,
 }
@@ -136,9 +158,35 @@ impl StagedClassifier {
             stage_prefixes,
             head_prefix,
             dropout,
+            hidden: None,
             classifier,
             grid: GridPlacement::Tiled,
         }
+    }
+
+    /// Stages with the from-scratch head under `p`: pooling, then, with `dense_units` > 0, a
+    /// dense ReLU layer (`classifier.hidden.*`), then dropout and the classifier
+    /// (`classifier.*`) over `features` channels.
+    pub fn with_head(
+        p: &nn::Path,
+        stages: Vec<(Box<dyn nn::ModuleT>, Vec<String>)>,
+        dropout: f64,
+        features: i64,
+        dense_units: i64,
+        num_classes: i64,
+    ) -> Self {
+        let head = p / "classifier";
+        let hidden = (dense_units > 0)
+            .then(|| nn::linear(&head / "hidden", features, dense_units, Default::default()));
+        let width = if dense_units > 0 {
+            dense_units
+        } else {
+            features
+        };
+        let classifier = nn::linear(&head, width, num_classes, Default::default());
+        let mut staged = StagedClassifier::new(stages, "classifier.", dropout, classifier);
+        staged.hidden = hidden;
+        staged
     }
 
     /// Sets where the last stage's grid sits on the input (default: tiled).
@@ -172,10 +220,11 @@ impl Classifier for StagedClassifier {
     }
 
     fn head(&self, features: &Tensor, train: bool) -> Tensor {
-        features
-            .adaptive_avg_pool2d([1, 1])
-            .flatten(1, -1)
-            .dropout(self.dropout, train)
-            .apply(&self.classifier)
+        let pooled = features.adaptive_avg_pool2d([1, 1]).flatten(1, -1);
+        let pooled = match &self.hidden {
+            Some(dense) => pooled.apply(dense).relu(),
+            None => pooled,
+        };
+        pooled.dropout(self.dropout, train).apply(&self.classifier)
     }
 }

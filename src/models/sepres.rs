@@ -3,9 +3,10 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::shape::Resolved;
 use super::StagedClassifier;
 
-/// Depthwise 3x3 then pointwise 1x1 convolution, batch norm.
+/// Depthwise k x k then pointwise 1x1 convolution, batch norm.
 #[derive(Debug)]
 struct SeparableConv {
     depthwise: nn::Conv2D,
@@ -14,15 +15,15 @@ struct SeparableConv {
 }
 
 impl SeparableConv {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64) -> Self {
         let dw = nn::ConvConfig {
-            padding: 1,
+            padding: kernel / 2,
             groups: c_in,
             bias: false,
             ..Default::default()
         };
         SeparableConv {
-            depthwise: nn::conv2d(p / "dw", c_in, c_in, 3, dw),
+            depthwise: nn::conv2d(p / "dw", c_in, c_in, kernel, dw),
             pointwise: nn::conv2d(p / "pw", c_in, c_out, 1, nn::no_bias()),
             bn: nn::batch_norm2d(p / "bn", c_out, Default::default()),
         }
@@ -35,13 +36,15 @@ impl SeparableConv {
     }
 }
 
-/// Two separable convolutions and 2x2 max pooling, plus a strided 1x1 shortcut.
+/// Two separable convolutions and 2x2 max pooling, plus a strided 1x1 shortcut; then dropout
+/// when the block has any.
 #[derive(Debug)]
 struct ResidualBlock {
     sep1: SeparableConv,
     sep2: SeparableConv,
     shortcut: nn::Conv2D,
     shortcut_bn: nn::BatchNorm,
+    dropout: f64,
 }
 
 impl ModuleT for ResidualBlock {
@@ -51,7 +54,12 @@ impl ModuleT for ResidualBlock {
             .forward_t(&self.sep1.forward_t(xs, train).relu(), train)
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
         let skip = xs.apply(&self.shortcut).apply_t(&self.shortcut_bn, train);
-        (ys + skip).relu()
+        let ys = (ys + skip).relu();
+        if self.dropout > 0.0 {
+            ys.dropout(self.dropout, train)
+        } else {
+            ys
+        }
     }
 }
 
@@ -68,14 +76,16 @@ impl ModuleT for Stem {
     }
 }
 
-/// `sepres_cnn`: stem (32 channels, stride 2), four residual separable blocks (64, 128, 256,
-/// 256 channels, each halving the size), then pooling, dropout and a linear classifier.
-/// L2 regularisation comes from `train.weight_decay`.
+/// `sepres_cnn`: stem (32 channels, stride 2), residual separable blocks (by default four:
+/// 64, 128, 256, 256 channels, 3x3, each halving the size), then pooling, an optional dense
+/// ReLU layer, dropout and a linear classifier. L2 regularisation comes from
+/// `train.weight_decay`.
 pub fn sepres_cnn(
     p: &nn::Path,
     in_channels: i64,
     num_classes: i64,
     dropout: f64,
+    shape: &Resolved,
 ) -> StagedClassifier {
     let stem_cfg = nn::ConvConfig {
         stride: 2,
@@ -90,7 +100,7 @@ pub fn sepres_cnn(
     let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
         vec![(Box::new(stem), vec!["stem.".into()])];
     let mut c_in = 32;
-    for (i, c_out) in [64, 128, 256, 256].into_iter().enumerate() {
+    for (i, &c_out) in shape.widths.iter().enumerate() {
         let b = p / "blocks" / i;
         let shortcut_cfg = nn::ConvConfig {
             stride: 2,
@@ -98,15 +108,15 @@ pub fn sepres_cnn(
             ..Default::default()
         };
         let block = ResidualBlock {
-            sep1: SeparableConv::new(&(&b / "sep1"), c_in, c_out),
-            sep2: SeparableConv::new(&(&b / "sep2"), c_out, c_out),
+            sep1: SeparableConv::new(&(&b / "sep1"), c_in, c_out, shape.kernel_size),
+            sep2: SeparableConv::new(&(&b / "sep2"), c_out, c_out, shape.kernel_size),
             shortcut: nn::conv2d(&b / "shortcut", c_in, c_out, 1, shortcut_cfg),
             shortcut_bn: nn::batch_norm2d(&b / "shortcut_bn", c_out, Default::default()),
+            dropout: shape.block_dropout[i],
         };
         stages.push((Box::new(block), vec![format!("blocks.{i}.")]));
         c_in = c_out;
     }
-    let classifier = nn::linear(p / "classifier", c_in, num_classes, Default::default());
-    StagedClassifier::new(stages, "classifier.", dropout, classifier)
+    StagedClassifier::with_head(p, stages, dropout, c_in, shape.dense_units, num_classes)
         .with_grid(super::GridPlacement::Symmetric)
 }

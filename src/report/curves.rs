@@ -32,8 +32,13 @@ struct CurvePlot<'a> {
 /// `roc.png`: one ROC curve per class (one against the rest) or for the positive class, with
 /// the chance line.
 pub fn roc_png(path: &Path, curves: &[ScoreCurve]) -> Result<()> {
+    roc_png_titled(path, "ROC", curves)
+}
+
+/// [`roc_png`] under another title (`xray compare`: a curve per run).
+pub fn roc_png_titled(path: &Path, title: &str, curves: &[ScoreCurve]) -> Result<()> {
     let plot = CurvePlot {
-        title: "ROC",
+        title,
         x_desc: "false-positive rate (1 - specificity)",
         y_desc: "true-positive rate (sensitivity)",
         area: "AUC",

@@ -17,7 +17,7 @@ use crate::metrics::{average_precision, pr_curve, roc_auc, roc_curve};
 pub const GALLERY_SIZE: usize = 12;
 
 /// Writes `report.json`, `predictions.csv`, the pictures (`confusion.png`, `roc.png`,
-/// `pr.png`, `calibration.png`, `errors.png`), `report.md` and the self-contained
+/// `pr.png`, `calibration.png`, `errors.png`, `gallery.png`), `report.md` and the self-contained
 /// `report.html` into `out`.
 pub fn write_eval_report(
     out: &Path,
@@ -80,6 +80,7 @@ pub fn write_eval_report(
         report.ece.temperature,
     )?;
     write_error_gallery(&out.join("errors.png"), report, scored)?;
+    write_class_gallery(&out.join("gallery.png"), report, scored)?;
 
     let mut figures = Vec::new();
     let curves = report.checkpoint.join("curves.png");
@@ -89,6 +90,7 @@ pub fn write_eval_report(
         ("pr.png", "Precision-recall curves"),
         ("calibration.png", "Reliability diagram"),
         ("errors.png", "Most confident mistakes"),
+        ("gallery.png", "Right and wrong answers per class"),
     ]
     .into_iter()
     .map(|(f, t)| (out.join(f), f.to_string(), t))
@@ -144,29 +146,7 @@ fn write_error_gallery(path: &Path, report: &EvalReport, scored: &[ScoredImage])
     let tiles: Vec<GalleryTile> = mistakes
         .iter()
         .take(GALLERY_SIZE)
-        .map(|s| {
-            // An image that cannot be read again (moved since scoring) is drawn grey.
-            let image = crate::data::decode::decode_image(&s.path)
-                .map(|img| img.to_rgb8())
-                .unwrap_or_else(|_| image::RgbImage::from_pixel(8, 8, image::Rgb([128; 3])));
-            let name = s
-                .path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            GalleryTile {
-                image,
-                caption: vec![
-                    format!("true: {}", report.classes[s.label]),
-                    format!(
-                        "predicted: {} {:.1}%",
-                        report.classes[s.predicted],
-                        100.0 * s.probs[s.predicted]
-                    ),
-                    name,
-                ],
-            }
-        })
+        .map(|s| scored_tile(s, &report.classes))
         .collect();
     let title = format!(
         "the {} most confident of {} mistakes (of {} images)",
@@ -180,6 +160,77 @@ fn write_error_gallery(path: &Path, report: &EvalReport, scored: &[ScoredImage])
         &tiles,
         &format!("no mistakes among {} images", scored.len()),
     )
+}
+
+/// A scored image as a gallery tile: the picture (grey when it cannot be read again, moved
+/// since scoring), true and predicted class with the prediction's probability, the file name;
+/// a green frame when right, red when wrong.
+fn scored_tile(s: &ScoredImage, classes: &[String]) -> GalleryTile {
+    let image = crate::data::decode::decode_image(&s.path)
+        .map(|img| img.to_rgb8())
+        .unwrap_or_else(|_| image::RgbImage::from_pixel(8, 8, image::Rgb([128; 3])));
+    let name = s
+        .path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    GalleryTile {
+        image,
+        caption: vec![
+            format!("true: {}", classes[s.label]),
+            format!(
+                "predicted: {} {:.1}%",
+                classes[s.predicted],
+                100.0 * s.probs[s.predicted]
+            ),
+            name,
+        ],
+        frame: if s.predicted == s.label {
+            GalleryTile::GREEN
+        } else {
+            GalleryTile::RED
+        },
+    }
+}
+
+/// Right and wrong answers shown per class in `gallery.png`.
+pub const GALLERY_PER_SIDE: usize = 3;
+
+/// `gallery.png`: a row per true class, its [`GALLERY_PER_SIDE`] most confident right answers
+/// (green) then its most confident mistakes (red), each labelled with truth, prediction and
+/// probability. Classes in the report's order; a class without test images is left out.
+fn write_class_gallery(path: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
+    let confidence = |s: &&ScoredImage| s.probs[s.predicted];
+    let mut tiles = Vec::new();
+    let mut shown = 0;
+    for c in 0..report.classes.len() {
+        let of_class: Vec<&ScoredImage> = scored.iter().filter(|s| s.label == c).collect();
+        if of_class.is_empty() {
+            continue;
+        }
+        shown += 1;
+        for right in [true, false] {
+            let mut side: Vec<&ScoredImage> = of_class
+                .iter()
+                .copied()
+                .filter(|s| (s.predicted == c) == right)
+                .collect();
+            side.sort_by(|a, b| confidence(b).total_cmp(&confidence(a)));
+            for i in 0..GALLERY_PER_SIDE {
+                tiles.push(match side.get(i) {
+                    Some(s) => scored_tile(s, &report.classes),
+                    None => GalleryTile::blank(),
+                });
+            }
+        }
+    }
+    let title = format!(
+        "Right and wrong, per class ({shown} rows): the {n} most confident right answers \
+         (green), then the {n} most confident mistakes (red); {} images",
+        scored.len(),
+        n = GALLERY_PER_SIDE
+    );
+    plots::gallery_grid_png(path, &title, &tiles, "no images", 2 * GALLERY_PER_SIDE, 150)
 }
 
 /// `predictions.csv`: path, label, predicted, one probability column per class.

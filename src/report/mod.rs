@@ -16,6 +16,7 @@
 //!
 //! Page styles and the upload page live as files in `src/report/templates/`.
 
+pub mod compare;
 pub mod confusion;
 pub mod curves;
 pub mod eval_files;

@@ -173,10 +173,30 @@ pub fn titled_png(path: &Path, image: &image::RgbImage, title: &str) -> Result<(
 
 /// One tile of the error gallery: the image and what to write under it.
 pub struct GalleryTile {
-    /// The image, any size; it is fitted into the tile.
+    /// The image, any size; it is fitted into the tile. A 0x0 image leaves its place empty
+    /// (no frame, no caption), to keep rows aligned.
     pub image: image::RgbImage,
     /// Lines of caption (label, prediction, file name).
     pub caption: Vec<String>,
+    /// The frame's colour ([`GalleryTile::RED`] for mistakes, [`GalleryTile::GREEN`] for right
+    /// answers).
+    pub frame: [u8; 3],
+}
+
+impl GalleryTile {
+    /// The frame of a mistake, or of any tile that needs no colour code.
+    pub const RED: [u8; 3] = [220, 30, 30];
+    /// The frame of a right answer.
+    pub const GREEN: [u8; 3] = [20, 150, 60];
+
+    /// An empty place in the grid.
+    pub fn blank() -> GalleryTile {
+        GalleryTile {
+            image: image::RgbImage::new(0, 0),
+            caption: Vec::new(),
+            frame: GalleryTile::RED,
+        }
+    }
 }
 
 /// `errors.png`, `samples.png`, `near_duplicates.png`: a grid of images with captions, such as
@@ -184,7 +204,18 @@ pub struct GalleryTile {
 /// Captions are wrapped to the tile's width (long class and file names in full, never cut), and
 /// the caption band is as tall as the longest needs.
 pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str) -> Result<()> {
-    const TILE: u32 = 200;
+    gallery_grid_png(path, title, tiles, empty, 4, 200)
+}
+
+/// [`gallery_png`] with `columns` tiles of `tile` pixels a row.
+pub fn gallery_grid_png(
+    path: &Path,
+    title: &str,
+    tiles: &[GalleryTile],
+    empty: &str,
+    columns: usize,
+    tile: u32,
+) -> Result<()> {
     const PAD: u32 = 10;
     const HEADER: u32 = 40;
     const CAPTION_PX: u32 = 13;
@@ -194,40 +225,44 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
         .map(|t| {
             t.caption
                 .iter()
-                .flat_map(|line| super::labels::wrap(line, CAPTION_PX, TILE))
+                .flat_map(|line| super::labels::wrap(line, CAPTION_PX, tile))
                 .collect()
         })
         .collect();
     let caption_h = captions.iter().map(Vec::len).max().unwrap_or(0) as u32 * lh + 8;
-    let cols = tiles.len().clamp(1, 4) as u32;
-    let rows = tiles.len().div_ceil(4).max(1) as u32;
-    let width = (PAD + cols * (TILE + PAD)).max(600);
+    let columns = columns.max(1);
+    let cols = tiles.len().clamp(1, columns) as u32;
+    let rows = tiles.len().div_ceil(columns).max(1) as u32;
+    let width = (PAD + cols * (tile + PAD)).max(600);
     let title_lines = super::labels::wrap(
         if tiles.is_empty() { empty } else { title },
         18,
         width - 2 * PAD,
     );
     let header = HEADER + (title_lines.len() as u32 - 1) * super::labels::line_height(18);
-    let height = header + rows * (TILE + caption_h + PAD);
+    let height = header + rows * (tile + caption_h + PAD);
     let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let origin = |i: usize| {
-        let (col, row) = (i as u32 % 4, i as u32 / 4);
+        let (col, row) = (i as u32 % columns as u32, i as u32 / columns as u32);
         (
-            PAD + col * (TILE + PAD),
-            header + row * (TILE + caption_h + PAD),
+            PAD + col * (tile + PAD),
+            header + row * (tile + caption_h + PAD),
         )
     };
-    for (i, tile) in tiles.iter().enumerate() {
+    for (i, t) in tiles.iter().enumerate() {
         let (x0, y0) = origin(i);
-        let (w, h) = tile.image.dimensions();
-        let scale = TILE as f64 / w.max(h).max(1) as f64;
+        let (w, h) = t.image.dimensions();
+        if w == 0 || h == 0 {
+            continue;
+        }
+        let scale = tile as f64 / w.max(h).max(1) as f64;
         let (tw, th) = (
             ((w as f64 * scale).round() as u32).max(1),
             ((h as f64 * scale).round() as u32).max(1),
         );
         let thumb =
-            image::imageops::resize(&tile.image, tw, th, image::imageops::FilterType::Triangle);
-        let (ox, oy) = (x0 + (TILE - tw) / 2, y0 + (TILE - th) / 2);
+            image::imageops::resize(&t.image, tw, th, image::imageops::FilterType::Triangle);
+        let (ox, oy) = (x0 + (tile - tw) / 2, y0 + (tile - th) / 2);
         image::imageops::replace(&mut canvas, &thumb, ox as i64, oy as i64);
     }
     draw_on_png(path, canvas, |root| {
@@ -242,12 +277,15 @@ pub fn gallery_png(path: &Path, title: &str, tiles: &[GalleryTile], empty: &str)
             ))
             .map_err(plot_err)?;
         }
-        for (i, lines) in captions.iter().enumerate() {
+        for (i, (lines, t)) in captions.iter().zip(tiles).enumerate() {
+            if t.image.width() == 0 {
+                continue;
+            }
             let (x0, y0) = origin(i);
-            let (x, y) = (x0 as i32, (y0 + TILE) as i32);
+            let (x, y) = (x0 as i32, (y0 + tile) as i32);
             root.draw(&Rectangle::new(
-                [(x - 1, y - 1 - TILE as i32), (x + TILE as i32, y)],
-                RED.stroke_width(1),
+                [(x - 1, y - 1 - tile as i32), (x + tile as i32, y)],
+                RGBColor(t.frame[0], t.frame[1], t.frame[2]).stroke_width(2),
             ))
             .map_err(plot_err)?;
             for (j, line) in lines.iter().enumerate() {
@@ -269,7 +307,6 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
     render_png(path, 1200, 450, |root| {
         let panels = root.split_evenly((1, 2));
         let epochs = history.len().max(2) as f64;
-        let x_range = 1.0..epochs;
 
         let losses: Vec<f64> = history
             .iter()
@@ -301,35 +338,54 @@ pub fn training_curves(path: &Path, history: &[EpochMetrics]) -> Result<()> {
             ),
         ];
         for (area, (caption, y_max, curves, position)) in panels.iter().zip(panel_specs) {
-            let mut chart = ChartBuilder::on(area)
-                .caption(caption, ("sans-serif", 24))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(55)
-                .build_cartesian_2d(x_range.clone(), 0.0..y_max)
-                .map_err(plot_err)?;
-            chart
-                .configure_mesh()
-                .x_desc("epoch")
-                .x_label_formatter(&|v| format!("{v:.0}"))
-                .label_style(("sans-serif", 14))
-                .draw()
-                .map_err(plot_err)?;
+            let mut chart = epoch_chart(area, caption, epochs, y_max)?;
             for &(name, color, pick) in curves {
-                let points: Vec<(f64, f64)> = history
-                    .iter()
-                    .filter_map(|m| {
-                        pick(m)
-                            .filter(|v| v.is_finite())
-                            .map(|v| (m.epoch as f64, v))
-                    })
-                    .collect();
+                let points = epoch_points(history, pick);
                 line_with_points(&mut chart, points, color, name.to_string())?;
             }
             legend(&mut chart, position)?;
         }
         Ok(())
     })
+}
+
+/// A panel with epochs (1 to `epochs`) across and 0 to `y_max` up, its mesh drawn.
+pub(super) fn epoch_chart<'a>(
+    area: &DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>,
+    caption: &str,
+    epochs: f64,
+    y_max: f64,
+) -> Result<Chart<'a>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 24))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(55)
+        .build_cartesian_2d(1.0..epochs, 0.0..y_max)
+        .map_err(plot_err)?;
+    chart
+        .configure_mesh()
+        .x_desc("epoch")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(plot_err)?;
+    Ok(chart)
+}
+
+/// The finite values `pick` takes from each epoch, as (epoch, value) points.
+pub(super) fn epoch_points(
+    history: &[EpochMetrics],
+    pick: fn(&EpochMetrics) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    history
+        .iter()
+        .filter_map(|m| {
+            pick(m)
+                .filter(|v| v.is_finite())
+                .map(|v| (m.epoch as f64, v))
+        })
+        .collect()
 }
 
 /// One finished trial of `xray tune`, for [`trials_png`].
@@ -471,7 +527,7 @@ pub(super) fn labelled_line<C: Color + Copy + 'static>(
     Ok(())
 }
 
-fn legend(chart: &mut Chart<'_>, position: SeriesLabelPosition) -> Result<()> {
+pub(super) fn legend(chart: &mut Chart<'_>, position: SeriesLabelPosition) -> Result<()> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))

@@ -38,6 +38,7 @@ pub fn write_split_pictures(out: &Path, outcome: &SplitOutcome) -> Result<()> {
                     .file_name()
                     .map_or(rec.path.clone(), |n| n.to_string_lossy().into_owned()),
             ],
+            frame: GalleryTile::RED,
         })
         .collect();
     crate::fsutil::write_with(&out.join("samples.png"), |tmp| {
@@ -92,6 +93,7 @@ pub fn write_near_duplicates_png(out: &Path, report: &SplitReport) -> Result<()>
                     p.a.clone(),
                     p.b.clone(),
                 ],
+                frame: GalleryTile::RED,
             }
         })
         .collect();

@@ -28,6 +28,12 @@ pub struct ModelCard {
     pub std: Vec<f32>,
     /// Dropout of the head (needed to rebuild the network).
     pub dropout: f64,
+    /// The from-scratch CNNs' shape keys as configured (absent: the architecture's defaults).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::models::shape::CnnShape::is_default"
+    )]
+    pub shape: crate::models::shape::CnnShape,
     /// Two classes: class 1 is predicted when its probability reaches this.
     pub threshold: f64,
     /// Logits are divided by this before the softmax (1 = uncalibrated).

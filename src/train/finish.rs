@@ -104,6 +104,7 @@ impl Trainer<'_> {
             mean: config.data.mean.clone(),
             std: config.data.std.clone(),
             dropout: config.model.dropout,
+            shape: config.model.shape(),
             threshold: cal.threshold,
             temperature: cal.temperature,
             best_epoch: best.epoch,

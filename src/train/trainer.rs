@@ -126,6 +126,8 @@ impl<'c> Trainer<'c> {
                 in_channels: config.data.channels as i64,
                 num_classes: n_classes as i64,
                 dropout: config.model.dropout,
+                shape: config.model.shape(),
+                image_size: config.data.image_size,
             },
         )?;
         let pretrained = match resumed {

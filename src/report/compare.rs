@@ -1,0 +1,265 @@
+//! The files of `xray compare`: `compare.md`, the self-contained `compare.html`, `roc.png`
+//! (the runs' ROC curves overlaid) and `curves.png` (their validation curves per epoch), and
+//! the table the terminal prints.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use base64::Engine;
+use plotters::prelude::*;
+
+use super::curves::ScoreCurve;
+use super::html::escape_html as esc;
+use super::plots::{epoch_chart, epoch_points, labelled_line, legend, render_png};
+use super::tables::Table;
+use crate::compare::{summary_auc, RunSummary};
+use crate::fsutil::write_atomic;
+
+/// The comparison table: one row per run.
+pub fn compare_table(runs: &[RunSummary]) -> Table {
+    let interval = |v: Option<f64>, ci: Option<[f64; 2]>| match (v, ci) {
+        (Some(v), Some([lo, hi])) => format!("{v:.4} [{lo:.4}-{hi:.4}]"),
+        (Some(v), None) => format!("{v:.4}"),
+        _ => "n/a".into(),
+    };
+    let opt = |v: Option<f64>| v.map_or("n/a".into(), |v| format!("{v:.4}"));
+    let auc_name = if runs.first().is_some_and(|r| r.report.classes.len() > 2) {
+        "ROC-AUC, macro [95% CI]"
+    } else {
+        "ROC-AUC [95% CI]"
+    };
+    Table {
+        header: [
+            "run",
+            "architecture",
+            "parameters",
+            "epochs (best)",
+            "training time",
+            "accuracy [95% CI]",
+            auc_name,
+            "balanced accuracy",
+            "macro F1",
+            "test images",
+        ]
+        .map(String::from)
+        .to_vec(),
+        rows: runs
+            .iter()
+            .map(|r| {
+                vec![
+                    r.name.clone(),
+                    r.report.arch.to_string(),
+                    format!("{:.2} M", r.parameters as f64 / 1e6),
+                    format!("{} ({})", r.epochs, r.best_epoch),
+                    minutes(r.train_seconds),
+                    interval(r.report.accuracy, r.report.ci95.accuracy),
+                    interval(summary_auc(&r.report), r.report.ci95.roc_auc),
+                    opt(r.report.balanced_accuracy),
+                    opt(r.report.macro_avg.f1),
+                    r.report.n.to_string(),
+                ]
+            })
+            .collect(),
+    }
+}
+
+fn minutes(seconds: f64) -> String {
+    if seconds < 60.0 {
+        format!("{seconds:.0} s")
+    } else {
+        format!("{}m{:02.0}s", (seconds / 60.0).floor(), seconds % 60.0)
+    }
+}
+
+/// What the intervals resample, in words, from the first run.
+fn note(runs: &[RunSummary]) -> String {
+    let Some(r) = runs.first() else {
+        return String::new();
+    };
+    let by = match (r.report.ci95.method.as_str(), r.report.ci95.groups) {
+        ("group", Some(g)) => format!("{g} patients (groups) resampled"),
+        _ => "images resampled".to_string(),
+    };
+    format!(
+        "Each run evaluated on its split's {} images ({} classes); 95% intervals by bootstrap, \
+         {by}. Training time: the epochs' wall time as recorded in metrics.csv.",
+        r.report.source,
+        r.report.classes.len()
+    )
+}
+
+/// The table as aligned text for the terminal.
+pub fn compare_text(runs: &[RunSummary]) -> String {
+    let t = compare_table(runs);
+    let widths: Vec<usize> = (0..t.header.len())
+        .map(|i| {
+            t.rows
+                .iter()
+                .map(|r| r[i].chars().count())
+                .chain([t.header[i].chars().count()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: &[String]| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            let pad = widths[i] - c.chars().count();
+            if i == 0 {
+                s.push_str(c);
+                s.push_str(&" ".repeat(pad));
+            } else {
+                s.push_str("  ");
+                s.push_str(&" ".repeat(pad));
+                s.push_str(c);
+            }
+        }
+        s.trim_end().to_string() + "\n"
+    };
+    let mut s = line(&t.header);
+    for row in &t.rows {
+        s.push_str(&line(row));
+    }
+    s.push_str(&format!("\n{}\n", note(runs)));
+    s
+}
+
+/// Writes `compare.md`, `compare.html`, `roc.png` and `curves.png` into `out`.
+pub fn write_compare(out: &Path, runs: &[RunSummary]) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let curves: Vec<ScoreCurve> = runs
+        .iter()
+        .map(|r| (r.name.clone(), r.roc.0.clone(), r.roc.1))
+        .collect();
+    let k = runs.first().map_or(2, |r| r.report.classes.len());
+    let roc_title = if k == 2 {
+        format!("ROC of {}", runs[0].report.classes[1])
+    } else {
+        "ROC, micro-averaged over classes".to_string()
+    };
+    super::curves::roc_png_titled(&out.join("roc.png"), &roc_title, &curves)?;
+    validation_curves_png(&out.join("curves.png"), runs)?;
+    let table = compare_table(runs);
+    let title = format!(
+        "Comparison of {} runs: {}",
+        runs.len(),
+        runs.iter()
+            .map(|r| r.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+
+    let mut md = format!("# {title}\n\n{}\n\n", note(runs));
+    md.push_str(&format!("| {} |\n", table.header.join(" | ")));
+    md.push_str(&format!(
+        "|{}\n",
+        table
+            .header
+            .iter()
+            .enumerate()
+            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
+            .collect::<String>()
+    ));
+    for row in &table.rows {
+        md.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    md.push_str("\n![ROC](roc.png)\n\n![Validation curves](curves.png)\n");
+    write_atomic(&out.join("compare.md"), md.as_bytes())?;
+
+    let mut html = format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+         <title>{t}</title>\n<style>{}</style>\n</head>\n<body>\n<h1>{t}</h1>\n\
+         <p class=\"note\">{}</p>\n<div class=\"scroll\"><table>\n<tr>",
+        include_str!("templates/report.css"),
+        esc(&note(runs)),
+        t = esc(&title),
+    );
+    for (i, h) in table.header.iter().enumerate() {
+        let class = if i == 0 { " class=\"name\"" } else { "" };
+        html.push_str(&format!("<th{class}>{}</th>", esc(h)));
+    }
+    html.push_str("</tr>\n");
+    for row in &table.rows {
+        html.push_str("<tr>");
+        for (i, cell) in row.iter().enumerate() {
+            let class = if i == 0 { " class=\"name\"" } else { "" };
+            html.push_str(&format!("<td{class}>{}</td>", esc(cell)));
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</table></div>\n");
+    for (file, caption) in [("roc.png", "ROC"), ("curves.png", "Validation curves")] {
+        let png = std::fs::read(out.join(file))
+            .with_context(|| format!("cannot read {}", out.join(file).display()))?;
+        html.push_str(&format!(
+            "<figure class=\"wide\"><figcaption>{caption}</figcaption>\
+             <img alt=\"{caption}\" src=\"data:image/png;base64,{}\"></figure>\n",
+            base64::engine::general_purpose::STANDARD.encode(&png)
+        ));
+    }
+    html.push_str("</body>\n</html>\n");
+    write_atomic(&out.join("compare.html"), html.as_bytes())?;
+    Ok(())
+}
+
+/// A colour per run, distinct for up to ten.
+fn run_colour(i: usize) -> RGBColor {
+    const PALETTE: [RGBColor; 10] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(255, 127, 14),
+        RGBColor(148, 103, 189),
+        RGBColor(140, 86, 75),
+        RGBColor(227, 119, 194),
+        RGBColor(127, 127, 127),
+        RGBColor(188, 189, 34),
+        RGBColor(23, 190, 207),
+    ];
+    PALETTE[i % PALETTE.len()]
+}
+
+/// `curves.png`: validation loss (left) and validation AUC (right) per epoch, a line per run.
+fn validation_curves_png(path: &Path, runs: &[RunSummary]) -> Result<()> {
+    render_png(path, 1200, 450, |root| {
+        let panels = root.split_evenly((1, 2));
+        let epochs = runs
+            .iter()
+            .map(|r| r.history.len())
+            .max()
+            .unwrap_or(2)
+            .max(2) as f64;
+        let max_loss = runs
+            .iter()
+            .flat_map(|r| r.history.iter().map(|m| m.val_loss))
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max)
+            .max(1e-3)
+            * 1.05;
+        type Pick = fn(&crate::run::EpochMetrics) -> Option<f64>;
+        let specs: [(&str, f64, Pick, SeriesLabelPosition); 2] = [
+            (
+                "validation loss",
+                max_loss,
+                |m| Some(m.val_loss),
+                SeriesLabelPosition::UpperRight,
+            ),
+            (
+                "validation AUC",
+                1.0,
+                |m| m.val_auc,
+                SeriesLabelPosition::LowerRight,
+            ),
+        ];
+        for (area, (caption, y_max, pick, position)) in panels.iter().zip(specs) {
+            let mut chart = epoch_chart(area, caption, epochs, y_max)?;
+            for (i, r) in runs.iter().enumerate() {
+                let points = epoch_points(&r.history, pick);
+                labelled_line(&mut chart, points, run_colour(i), r.name.clone())?;
+            }
+            legend(&mut chart, position)?;
+        }
+        Ok(())
+    })
+}
