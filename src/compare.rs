@@ -27,8 +27,11 @@ pub struct RunSummary {
     pub epochs: usize,
     /// The epoch whose weights are kept.
     pub best_epoch: usize,
-    /// Training time, seconds (the epochs' wall time, validation included).
+    /// Training time, seconds: model.json's `train_seconds` (the whole command), or for older
+    /// runs the epochs' wall time from metrics.csv.
     pub train_seconds: f64,
+    /// Whether `train_seconds` covers the epochs only (an older run folder).
+    pub epochs_time_only: bool,
     /// The test evaluation.
     pub report: EvalReport,
     /// The ROC curve: the positive class's with two classes, else micro-averaged over the
@@ -79,7 +82,11 @@ pub fn summarize(
         parameters: predictor.parameter_count(),
         epochs: history.len(),
         best_epoch: predictor.card.best_epoch,
-        train_seconds: history.iter().map(|m| m.seconds).sum(),
+        train_seconds: predictor
+            .card
+            .train_seconds
+            .unwrap_or_else(|| history.iter().map(|m| m.seconds).sum()),
+        epochs_time_only: predictor.card.train_seconds.is_none(),
         roc: pooled_roc(&scored, report.classes.len()),
         report,
         history,

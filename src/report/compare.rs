@@ -51,7 +51,11 @@ pub fn compare_table(runs: &[RunSummary]) -> Table {
                     r.report.arch.to_string(),
                     format!("{:.2} M", r.parameters as f64 / 1e6),
                     format!("{} ({})", r.epochs, r.best_epoch),
-                    minutes(r.train_seconds),
+                    if r.epochs_time_only {
+                        format!("{}*", minutes(r.train_seconds))
+                    } else {
+                        minutes(r.train_seconds)
+                    },
                     interval(r.report.accuracy, r.report.ci95.accuracy),
                     interval(summary_auc(&r.report), r.report.ci95.roc_auc),
                     opt(r.report.balanced_accuracy),
@@ -80,9 +84,14 @@ fn note(runs: &[RunSummary]) -> String {
         ("group", Some(g)) => format!("{g} patients (groups) resampled"),
         _ => "images resampled".to_string(),
     };
+    let star = if runs.iter().any(|r| r.epochs_time_only) {
+        " (* epochs only: a run folder from before model.json kept the whole time)"
+    } else {
+        ""
+    };
     format!(
         "Each run evaluated on its split's {} images ({} classes); 95% intervals by bootstrap, \
-         {by}. Training time: the epochs' wall time as recorded in metrics.csv.",
+         {by}. Training time: the wall time of the training command{star}.",
         r.report.source,
         r.report.classes.len()
     )

@@ -51,6 +51,11 @@ pub struct ModelCard {
     /// run folders made before it existed, and when `ood.enabled = false`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ood: Option<crate::ood::OodCard>,
+    /// Wall time of the training command that finished the run, seconds: data loading,
+    /// cached activations, every epoch, calibration and the guard (a resumed run: the last
+    /// invocation's). Absent in older run folders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_seconds: Option<f64>,
 }
 
 /// Operating points of a two-class model, chosen on the validation split (after temperature

@@ -112,6 +112,7 @@ impl Trainer<'_> {
             xray_version: env!("CARGO_PKG_VERSION").to_string(),
             operating_points: cal.operating_points,
             ood,
+            train_seconds: Some(self.started.elapsed().as_secs_f64()),
         };
         card.write(&self.run_dir)?;
         self.state.finished = true;

@@ -62,6 +62,8 @@ pub(super) struct Trainer<'c> {
     /// Validation scores of the best epoch, for calibration at the end (a resumed run whose
     /// best epoch came before the interruption scores validation again).
     pub(super) best_val: Option<SetScores>,
+    /// When this training command started (for model.json's `train_seconds`).
+    pub(super) started: Instant,
 }
 
 /// The split's classes and its train and val images, ready to load.
@@ -181,6 +183,7 @@ impl<'c> Trainer<'c> {
             state,
             history,
             best_val: None,
+            started: Instant::now(),
         })
     }
 
