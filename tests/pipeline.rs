@@ -113,6 +113,7 @@ fn eval_writes_report_with_metrics() {
         "pr.png",
         "calibration.png",
         "errors.png",
+        "gallery.png",
     ] {
         let img = image::open(out.join(picture)).unwrap_or_else(|e| panic!("{picture}: {e}"));
         assert!(img.width() >= 300 && img.height() >= 150, "{picture}");
@@ -124,7 +125,7 @@ fn eval_writes_report_with_metrics() {
     );
     let html = std::fs::read_to_string(out.join("report.html")).unwrap();
     // Self-contained: every picture inlined, nothing fetched from elsewhere.
-    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 6);
+    assert_eq!(html.matches("src=\"data:image/png;base64,").count(), 7);
     assert!(!html.contains("http://") && !html.contains("https://"));
 
     let preds = std::fs::read_to_string(out.join("predictions.csv")).unwrap();
