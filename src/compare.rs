@@ -41,8 +41,9 @@ pub struct RunSummary {
     pub history: Vec<EpochMetrics>,
 }
 
-/// Refuses runs that cannot be compared: fewer than two, or different class lists.
-pub fn check_comparable(runs: &[PathBuf]) -> Result<Vec<ModelCard>> {
+/// Refuses runs that cannot be compared (fewer than two, or different class lists) before any
+/// is loaded.
+pub fn check_comparable(runs: &[PathBuf]) -> Result<()> {
     if runs.len() < 2 {
         return Err(Error::usage("compare needs two run folders or more").into());
     }
@@ -62,7 +63,7 @@ pub fn check_comparable(runs: &[PathBuf]) -> Result<Vec<ModelCard>> {
             .into());
         }
     }
-    Ok(cards)
+    Ok(())
 }
 
 /// Loads `run_dir` and evaluates it on its split's `source` images ("test" normally).

@@ -77,19 +77,6 @@ fn xray_png_and_dicom(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     )
 }
 
-/// Uniform noise, 128 px, as PNG bytes: the guard flags it.
-fn noise_png() -> Vec<u8> {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
-    let img = image::RgbImage::from_fn(128, 128, |_, _| {
-        image::Rgb([rng.gen(), rng.gen(), rng.gen()])
-    });
-    let mut png = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
-        .unwrap();
-    png
-}
-
 fn dicom_bytes(dir: &Path, name: &str, dicom: Dicom) -> Vec<u8> {
     let p = dir.join(name);
     dicom.write(&p);
@@ -153,7 +140,8 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
     // Several files in one request: one result per part, in order; the broken ones refused by
     // reason while the others are answered.
     let grey = image::GrayImage::from_fn(32, 32, |x, y| image::Luma([(x * 8 + y) as u8]));
-    let noise = noise_png();
+    let noise =
+        std::fs::read(crate::ood::noise_images(&dir.path().join("noise"), 1).remove(0)).unwrap();
     let cine = dicom_bytes(dir.path(), "cine.dcm", Dicom::from_grey(&grey).frames(4));
     let j2k = dicom_bytes(dir.path(), "j2k.dcm", Dicom::from_grey(&grey).jpeg2000());
     let report = dicom_bytes(

@@ -14,7 +14,7 @@ use crate::serve::Server;
 use crate::webdriver::{screenshot_path, session_or_skip};
 
 /// `n` 128 px images of uniform noise (RGB) into `dir`.
-fn noise_images(dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn noise_images(dir: &Path, n: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
     (0..n)

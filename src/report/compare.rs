@@ -5,13 +5,14 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use base64::Engine;
 use plotters::prelude::*;
 
 use super::curves::ScoreCurve;
-use super::html::escape_html as esc;
+use super::html::{html_figure, html_table, page_start};
+use super::markdown::markdown_table;
 use super::plots::{epoch_chart, epoch_points, labelled_line, legend, render_png};
 use super::tables::Table;
+use super::Figure;
 use crate::compare::{summary_auc, RunSummary};
 use crate::fsutil::write_atomic;
 
@@ -159,53 +160,21 @@ pub fn write_compare(out: &Path, runs: &[RunSummary]) -> Result<()> {
     );
 
     let mut md = format!("# {title}\n\n{}\n\n", note(runs));
-    md.push_str(&format!("| {} |\n", table.header.join(" | ")));
-    md.push_str(&format!(
-        "|{}\n",
-        table
-            .header
-            .iter()
-            .enumerate()
-            .map(|(i, _)| if i == 0 { "---|" } else { "---:|" })
-            .collect::<String>()
-    ));
-    for row in &table.rows {
-        md.push_str(&format!("| {} |\n", row.join(" | ")));
-    }
+    md.push_str(&markdown_table(&table, true));
     md.push_str("\n![ROC](roc.png)\n\n![Validation curves](curves.png)\n");
     write_atomic(&out.join("compare.md"), md.as_bytes())?;
 
-    let mut html = format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>{t}</title>\n<style>{}</style>\n</head>\n<body>\n<h1>{t}</h1>\n\
-         <p class=\"note\">{}</p>\n<div class=\"scroll\"><table>\n<tr>",
-        include_str!("templates/report.css"),
-        esc(&note(runs)),
-        t = esc(&title),
-    );
-    for (i, h) in table.header.iter().enumerate() {
-        let class = if i == 0 { " class=\"name\"" } else { "" };
-        html.push_str(&format!("<th{class}>{}</th>", esc(h)));
-    }
-    html.push_str("</tr>\n");
-    for row in &table.rows {
-        html.push_str("<tr>");
-        for (i, cell) in row.iter().enumerate() {
-            let class = if i == 0 { " class=\"name\"" } else { "" };
-            html.push_str(&format!("<td{class}>{}</td>", esc(cell)));
-        }
-        html.push_str("</tr>\n");
-    }
-    html.push_str("</table></div>\n");
+    let mut html = page_start(&title, &note(runs));
+    html.push_str(&html_table(&table, None));
     for (file, caption) in [("roc.png", "ROC"), ("curves.png", "Validation curves")] {
         let png = std::fs::read(out.join(file))
             .with_context(|| format!("cannot read {}", out.join(file).display()))?;
-        html.push_str(&format!(
-            "<figure class=\"wide\"><figcaption>{caption}</figcaption>\
-             <img alt=\"{caption}\" src=\"data:image/png;base64,{}\"></figure>\n",
-            base64::engine::general_purpose::STANDARD.encode(&png)
-        ));
+        html.push_str(&html_figure(&Figure {
+            file: file.to_string(),
+            title: caption.to_string(),
+            png,
+            wide: true,
+        }));
     }
     html.push_str("</body>\n</html>\n");
     write_atomic(&out.join("compare.html"), html.as_bytes())?;

@@ -1,6 +1,6 @@
 //! `report.md`: the sections as Markdown tables, the pictures linked by file name.
 
-use super::tables::{sections, subtitle, title, ClassOrder};
+use super::tables::{sections, subtitle, title, ClassOrder, Table};
 use super::{Exporter, Figure};
 use crate::evaluate::EvalReport;
 
@@ -22,20 +22,35 @@ fn md_cell(s: &str) -> String {
     s.replace('|', "\\|")
 }
 
+/// `table` as a Markdown table, cells escaped; with `numbers_right`, every column but the first
+/// is right-aligned.
+pub(super) fn markdown_table(table: &Table, numbers_right: bool) -> String {
+    let line = |cells: &[String]| {
+        let cells: Vec<String> = cells.iter().map(|c| md_cell(c)).collect();
+        format!("| {} |\n", cells.join(" | "))
+    };
+    let mut s = line(&table.header);
+    s.push('|');
+    for i in 0..table.header.len() {
+        s.push_str(if numbers_right && i > 0 {
+            "---:|"
+        } else {
+            "---|"
+        });
+    }
+    s.push('\n');
+    for row in &table.rows {
+        s.push_str(&line(row));
+    }
+    s
+}
+
 /// `report.md`: the sections as Markdown tables, the pictures linked by file name.
 fn markdown(r: &EvalReport, figures: &[Figure], order: ClassOrder) -> String {
     let mut s = format!("# {}\n\n{}\n", title(r), subtitle(r));
     for (heading, table) in sections(r, order) {
         s.push_str(&format!("\n## {heading}\n\n"));
-        let line = |cells: &[String]| {
-            let cells: Vec<String> = cells.iter().map(|c| md_cell(c)).collect();
-            format!("| {} |\n", cells.join(" | "))
-        };
-        s.push_str(&line(&table.header));
-        s.push_str(&format!("|{}\n", "---|".repeat(table.header.len())));
-        for row in &table.rows {
-            s.push_str(&line(row));
-        }
+        s.push_str(&markdown_table(&table, false));
     }
     for f in figures {
         s.push_str(&format!("\n## {}\n\n![{}]({})\n", f.title, f.title, f.file));

@@ -133,7 +133,12 @@ fn model_info(predictor: &Predictor, identity: &ModelIdentity, options: &ServeOp
 
 /// Predict's JSON for each image of a job (one forward pass), plus the Grad-CAM overlays as
 /// PNG data URIs when asked.
-fn answer(predictor: &Predictor, explainer: &Explainer<'_>, job: &Job) -> Result<Vec<Value>> {
+fn answer(
+    predictor: &Predictor,
+    explainer: &Explainer<'_>,
+    model: &str,
+    job: &Job,
+) -> Result<Vec<Value>> {
     let spec = predictor.input_spec();
     let pixels: Vec<Vec<u8>> = job
         .items
@@ -144,13 +149,12 @@ fn answer(predictor: &Predictor, explainer: &Explainer<'_>, job: &Job) -> Result
     let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
     let batch = batch_maps(predictor, explainer, &refs, Target::Predicted, methods);
     let classes = &predictor.card.classes;
-    let model = run_name(&predictor.run_dir);
     let mut out = Vec::with_capacity(job.items.len());
     for (i, ((name, image), probs)) in job.items.iter().zip(batch.probs).enumerate() {
         let ood = batch.ood.as_ref().and_then(|s| s.get(i).copied());
         let prediction =
             Prediction::from_probabilities(probs, &predictor.card).with_ood(ood, &predictor.card);
-        let mut value = prediction.to_json(name, classes, &model);
+        let mut value = prediction.to_json(name, classes, model);
         // An image the guard flags gets no heatmap, as it gets no class on the page.
         if let Some(map) = batch
             .maps
@@ -194,15 +198,17 @@ fn overlay_data_uri(
     ))
 }
 
-/// Starts the inference thread, which owns the model, and returns its bounded queue.
-fn start_worker(predictor: Predictor, queue: usize) -> SyncSender<Job> {
+/// Starts the inference thread, which owns the model (answering as `model`), and returns its
+/// bounded queue.
+fn start_worker(predictor: Predictor, model: String, queue: usize) -> SyncSender<Job> {
     let (tx, rx) = sync_channel::<Job>(queue.max(1));
     std::thread::Builder::new()
         .name("xray-inference".into())
         .spawn(move || {
             let explainer = explainer(&predictor, 1);
             for job in rx {
-                let result = answer(&predictor, &explainer, &job).map_err(|e| format!("{e:#}"));
+                let result =
+                    answer(&predictor, &explainer, &model, &job).map_err(|e| format!("{e:#}"));
                 let _ = job.reply.send(result);
             }
         })
@@ -625,7 +631,7 @@ pub fn router(predictor: Predictor, options: ServeOptions) -> Result<Router> {
     };
     let info = model_info(&predictor, &identity, &options);
     let state = Arc::new(AppState {
-        jobs: start_worker(predictor, options.queue),
+        jobs: start_worker(predictor, identity.model.clone(), options.queue),
         options: options.clone(),
         model_info: info,
         identity,
