@@ -20,6 +20,7 @@ demo: build
 
 test: lint
 	scripts/setup/chromium.sh
+	scripts/setup/postgres.sh
 	$(TORCH_ENV) $(CARGO) test --release -- $(SHARED_TESTS)
 
 build: libtorch

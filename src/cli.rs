@@ -29,6 +29,8 @@ pub enum Command {
     Gradcam(commands::gradcam::GradcamArgs),
     /// Predict the class of images or folders of images.
     Predict(commands::predict::PredictArgs),
+    /// Join the prediction files of a sharded `predict` job, checking every input appears once.
+    Merge(commands::merge::MergeArgs),
     /// Serve the upload page and a JSON API (POST /api/predict) over one model.
     Serve(commands::serve::ServeArgs),
     /// Search hyperparameters (grid, random or TPE) over the keys of a training config.
@@ -58,6 +60,7 @@ impl Command {
             | Command::Compare(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
+            Command::Merge(_) => false,
             Command::Export(_) => false,
             Command::Serve(_) => true,
         }
@@ -71,6 +74,7 @@ impl Command {
             Command::Eval(a) => a.execute(),
             Command::Gradcam(a) => a.execute(),
             Command::Predict(a) => a.execute(),
+            Command::Merge(a) => a.execute(),
             Command::Serve(a) => a.execute(),
             Command::Tune(a) => a.execute(),
             Command::Synth(a) => a.execute(),

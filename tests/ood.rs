@@ -175,8 +175,8 @@ fn the_guard_flags_what_the_model_never_saw() {
         .lines()
         .next()
         .unwrap()
-        .ends_with("ood_score,out_of_distribution"));
-    assert!(csv.lines().nth(1).unwrap().ends_with(",true"), "{csv}");
+        .ends_with("ood_score,out_of_distribution,error"));
+    assert!(csv.lines().nth(1).unwrap().ends_with(",true,"), "{csv}");
 
     // eval counts the flagged images of a folder.
     let eval = dir.path().join("eval");

@@ -214,7 +214,7 @@ fn predict_text_json_and_csv() {
     let csv = String::from_utf8(out.stdout).unwrap();
     assert!(
         csv.starts_with(
-            "path,label,probability,p_normal,p_opacity,ood_score,out_of_distribution\n"
+            "path,label,probability,p_normal,p_opacity,ood_score,out_of_distribution,error\n"
         ),
         "{csv}"
     );

@@ -33,14 +33,21 @@ impl Server {
 
     /// With a client of its own (for TLS, one that trusts the test's certificate).
     pub(crate) fn start_with(run: &Path, extra: &[&str], agent: ureq::Agent) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_xray"))
-            .arg("serve")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xray"));
+        cmd.arg("serve")
             .arg("--checkpoint")
             .arg(run)
             .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
             .args(extra)
+            .stderr(Stdio::inherit());
+        Server::spawn(cmd, agent)
+    }
+
+    /// Starts `cmd` (an `xray serve` command line; its stderr as the caller set it) and waits
+    /// for its serving line.
+    pub(crate) fn spawn(mut cmd: Command, agent: ureq::Agent) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("xray serve starts");
         let mut stdout = BufReader::new(child.stdout.take().unwrap());

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use crate::common::{assert_clean_stderr, repo, split_dataset, synth_dataset, xray};
 
 /// A synth split small enough for trials of a second or two.
-fn small_split(dir: &Path) -> std::path::PathBuf {
+pub(crate) fn small_split(dir: &Path) -> std::path::PathBuf {
     let data = synth_dataset(dir, 60, 48);
     let split = dir.join("split");
     split_dataset(&data, &split);
@@ -19,7 +19,7 @@ fn small_split(dir: &Path) -> std::path::PathBuf {
 
 /// configs/tune_synth.toml on `split` at 48 px, with `extra` config lines appended (a TOML
 /// table may be given again only once, so the space is replaced as a whole).
-fn config(dir: &Path, split: &Path, tune: &str) -> std::path::PathBuf {
+pub(crate) fn config(dir: &Path, split: &Path, tune: &str) -> std::path::PathBuf {
     let base = std::fs::read_to_string(repo().join("configs/tune_synth.toml")).unwrap();
     let head = base.split("[tune]").next().unwrap();
     let text = format!(

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod export;
 pub mod gradcam;
 pub mod import_weights;
+pub mod merge;
 pub mod predict;
 pub mod serve;
 pub mod split;

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Result;
-use clap::Args;
+use clap::{Args, ValueEnum};
 
 use crate::config::DeviceChoice;
 use crate::infer::{resolve_device, Predictor};
@@ -54,12 +54,53 @@ pub struct ServeArgs {
     /// Listen on a network address without tokens: anyone who reaches it may use the model.
     #[arg(long)]
     pub insecure_public: bool,
+    /// Log lines as plain text (warnings and refusals only) or as JSON objects, one per line,
+    /// with a line per request (request id, route, status, latency, client) for a log
+    /// collector.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// No GET /metrics and no per-request counting or access log.
+    #[arg(long)]
+    pub no_metrics: bool,
+}
+
+/// How `serve` writes its log on stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Warnings and refusals as plain lines.
+    Text,
+    /// Every event, requests included, as one JSON object per line.
+    Json,
+}
+
+/// Installs the process's log subscriber for `format`.
+fn init_logs(format: LogFormat) {
+    use tracing_subscriber::fmt;
+    let _ = match format {
+        LogFormat::Text => fmt()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::WARN)
+            .without_time()
+            .with_target(false)
+            .with_level(false)
+            .with_ansi(false)
+            .try_init(),
+        LogFormat::Json => fmt()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_max_level(tracing::Level::INFO)
+            .with_current_span(false)
+            .try_init(),
+    };
 }
 
 impl ServeArgs {
     /// Runs the server until SIGTERM or Ctrl-C.
     pub fn execute(self) -> Result<()> {
+        init_logs(self.log_format);
+        let started = std::time::Instant::now();
         let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        let model_load_seconds = started.elapsed().as_secs_f64();
         let options = ServeOptions {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
@@ -68,6 +109,8 @@ impl ServeArgs {
             rate_per_minute: self.rate_limit,
             token_file: self.token_file,
             audit_log: self.audit_log,
+            model_load_seconds,
+            metrics: !self.no_metrics,
         };
         let listen = Listen {
             addr: self.addr,

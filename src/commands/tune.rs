@@ -1,7 +1,9 @@
 //! `xray tune --config FILE [--set key=value]... [--trials N] [--strategy grid|random|tpe]
-//! [--out DIR] [--time-budget MINUTES] [--seed N]`
+//! [--out DIR] [--time-budget MINUTES] [--seed N]
+//! [--storage postgres://… [--search NAME] [--worker NAME] [--heartbeat-timeout S] [--report]]`
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::Args;
@@ -34,6 +36,29 @@ pub struct TuneArgs {
     /// Seed of the sampler (default `tune.seed`).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Share the search through PostgreSQL: every worker started with the same config and
+    /// URL (on any machine) claims trials from it. Without it the search lives in --out.
+    #[arg(long, value_name = "postgres://USER@HOST/DB")]
+    pub storage: Option<String>,
+    /// The search's name in the database (default the config's `name`).
+    #[arg(long, requires = "storage")]
+    pub search: Option<String>,
+    /// This worker's name in the database (default HOST-PID).
+    #[arg(long, requires = "storage")]
+    pub worker: Option<String>,
+    /// Seconds without a heartbeat after which a running trial's worker counts as dead and
+    /// another worker takes the trial over.
+    #[arg(
+        long,
+        value_name = "SECONDS",
+        default_value_t = 60.0,
+        requires = "storage"
+    )]
+    pub heartbeat_timeout: f64,
+    /// Write trials.csv, best.toml and trials.png from the database into --out and print the
+    /// table; run no trial.
+    #[arg(long, requires = "storage")]
+    pub report: bool,
 }
 
 impl TuneArgs {
@@ -48,6 +73,13 @@ impl TuneArgs {
                 strategy: self.strategy,
                 time_budget_minutes: self.time_budget,
                 seed: self.seed,
+                storage: self.storage,
+                search: self.search,
+                worker: self.worker,
+                heartbeat_timeout: Duration::from_secs_f64(
+                    self.heartbeat_timeout.clamp(1.0, 86_400.0),
+                ),
+                report_only: self.report,
             },
         )?;
         let monitor = outcome.monitor;

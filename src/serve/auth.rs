@@ -91,7 +91,7 @@ impl TokenFile {
             loaded.modified = now_modified;
             loaded.tokens = match read_tokens(&self.path) {
                 Ok(t) => {
-                    eprintln!(
+                    tracing::warn!(
                         "serve: {} read again: {} tokens",
                         self.path.display(),
                         t.len()
@@ -99,7 +99,7 @@ impl TokenFile {
                     Some(t)
                 }
                 Err(e) => {
-                    eprintln!("serve: {e}; every token is refused until the file is mended");
+                    tracing::error!("serve: {e}; every token is refused until the file is mended");
                     None
                 }
             };

@@ -9,20 +9,25 @@
 //! ([`limit`]), an append-only audit log ([`audit`]), DICOM uploads refused by reason when they
 //! cannot be read, and several images in one request. Without tokens the server listens on the
 //! loopback interface only, unless told `insecure_public`.
+//!
+//! For a cluster: `GET /metrics` ([`metrics`], Prometheus), `GET /readyz` (the model is loaded
+//! and the queue has room: send traffic) beside `GET /healthz` (the process answers), and
+//! logs through `tracing`, which the command prints as text or as JSON lines.
 
 pub mod audit;
 pub mod auth;
 pub mod limit;
+pub mod metrics;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Multipart, Query, Request, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Multipart, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -43,6 +48,7 @@ use crate::run::run_name;
 use audit::AuditLog;
 use auth::{TokenFile, Verdict};
 use limit::RateLimit;
+use metrics::Metrics;
 
 /// Settings of the server.
 #[derive(Debug, Clone)]
@@ -61,6 +67,10 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
     /// Append-only JSON-lines record of every answer.
     pub audit_log: Option<PathBuf>,
+    /// Seconds the caller took to load the model (reported by /metrics).
+    pub model_load_seconds: f64,
+    /// Serve `GET /metrics` and count every request for it (and log requests at info level).
+    pub metrics: bool,
 }
 
 impl Default for ServeOptions {
@@ -73,6 +83,8 @@ impl Default for ServeOptions {
             rate_per_minute: 0,
             token_file: None,
             audit_log: None,
+            model_load_seconds: 0.0,
+            metrics: true,
         }
     }
 }
@@ -113,6 +125,9 @@ struct AppState {
     tokens: Option<TokenFile>,
     audit: Option<AuditLog>,
     limit: Option<RateLimit>,
+    metrics: Metrics,
+    /// The inference thread (finished: the model stopped).
+    worker: std::thread::JoinHandle<()>,
 }
 
 /// The model's description for the page and /healthz.
@@ -200,20 +215,26 @@ fn overlay_data_uri(
 
 /// Starts the inference thread, which owns the model (answering as `model`), and returns its
 /// bounded queue.
-fn start_worker(predictor: Predictor, model: String, queue: usize) -> SyncSender<Job> {
+fn start_worker(
+    predictor: Predictor,
+    model: String,
+    queue: usize,
+    metrics: Metrics,
+) -> (SyncSender<Job>, std::thread::JoinHandle<()>) {
     let (tx, rx) = sync_channel::<Job>(queue.max(1));
-    std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("xray-inference".into())
         .spawn(move || {
             let explainer = explainer(&predictor, 1);
             for job in rx {
                 let result =
                     answer(&predictor, &explainer, &model, &job).map_err(|e| format!("{e:#}"));
+                metrics.dequeued();
                 let _ = job.reply.send(result);
             }
         })
         .expect("the inference thread starts");
-    tx
+    (tx, handle)
 }
 
 /// An error answer: status and `{"error": message}`.
@@ -319,7 +340,7 @@ async fn gate(
                     _ => "unknown token".to_string(),
                 };
                 let addr = ip.map_or("?".into(), |ip| ip.to_string());
-                eprintln!("serve: 401 for {addr}: {why}");
+                tracing::warn!(client = %addr, reason = %why, "serve: 401 for {addr}: {why}");
                 if let Some(audit) = &state.audit {
                     let rid = request.extensions().get::<RequestId>().cloned();
                     let mut line = client.audit_fields(&rid.unwrap_or(RequestId(String::new())));
@@ -329,7 +350,7 @@ async fn gate(
                         line.insert("token_id".into(), json!(id));
                     }
                     if let Err(e) = audit.append(&[Value::Object(line)]) {
-                        eprintln!("serve: {e:#}");
+                        tracing::error!("serve: {e:#}");
                     }
                 }
                 let mut r = error(
@@ -475,7 +496,12 @@ async fn predict(
             heatmap: query.heatmap,
             reply,
         };
-        match state.jobs.try_send(job) {
+        state.metrics.enqueued();
+        let sent = state.jobs.try_send(job);
+        if sent.is_err() {
+            state.metrics.dequeued();
+        }
+        match sent {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 return error(
@@ -501,6 +527,14 @@ async fn predict(
         }
     }
     let outcomes: Vec<Outcome> = outcomes.into_iter().flatten().collect();
+    for outcome in &outcomes {
+        if let Outcome::Answered(v) = outcome {
+            state.metrics.prediction(
+                v["label"].as_str().unwrap_or(""),
+                v["out_of_distribution"].as_bool(),
+            );
+        }
+    }
     if state.audit.is_some() {
         let records = audit_records(&state.identity, &client, &request_id, &inputs, &outcomes);
         let state = state.clone();
@@ -513,7 +547,7 @@ async fn predict(
             Ok(Err(e)) => Some(format!("{e:#}")),
             Err(_) => Some("the audit writer stopped".into()),
         } {
-            eprintln!("serve: {e}");
+            tracing::error!("serve: {e}");
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "the audit log could not be written, so no answer is given",
@@ -598,6 +632,70 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Json<Value> {
     Json(v)
 }
 
+/// Ready for traffic: the inference thread runs and its queue has room; else 503 with the
+/// reason (a load balancer then sends requests to another replica).
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let depth = state.metrics.depth();
+    let capacity = state.options.queue.max(1);
+    let why = if state.worker.is_finished() {
+        Some("the model is not running".to_string())
+    } else if depth >= capacity {
+        Some(format!(
+            "the inference queue is full ({depth} of {capacity})"
+        ))
+    } else {
+        None
+    };
+    match why {
+        None => Json(json!({"status": "ready", "queue_depth": depth, "queue_capacity": capacity}))
+            .into_response(),
+        Some(why) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": why, "queue_depth": depth})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Counts every answer in /metrics and logs it (`tracing`, level info: the JSON log's access
+/// lines).
+async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_string();
+    let method = request.method().clone();
+    let request_id = request.extensions().get::<RequestId>().cloned();
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
+    let response = next.run(request).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let status = response.status().as_u16();
+    state.metrics.observe(&route, status, seconds);
+    tracing::info!(
+        request_id = request_id.map(|r| r.0).unwrap_or_default(),
+        method = %method,
+        route = %route,
+        status,
+        latency_ms = (seconds * 1e4).round() / 10.0,
+        client = client.unwrap_or_default(),
+        "request"
+    );
+    response
+}
+
 async fn index(State(state): State<Arc<AppState>>) -> Response {
     (
         [(header::CACHE_CONTROL, "no-store")],
@@ -630,22 +728,45 @@ pub fn router(predictor: Predictor, options: ServeOptions) -> Result<Router> {
             .with_context(|| format!("reading {}", weights.display()))?,
     };
     let info = model_info(&predictor, &identity, &options);
+    let metrics = Metrics::new(
+        &identity.model,
+        predictor.card.arch.as_str(),
+        &identity.weights_sha256,
+        options.queue.max(1),
+        options.model_load_seconds,
+    )
+    .context("registering the metrics")?;
+    let (jobs, worker) = start_worker(
+        predictor,
+        identity.model.clone(),
+        options.queue,
+        metrics.clone(),
+    );
     let state = Arc::new(AppState {
-        jobs: start_worker(predictor, identity.model.clone(), options.queue),
+        jobs,
+        worker,
         options: options.clone(),
         model_info: info,
         identity,
         tokens,
         audit,
         limit: RateLimit::new(options.rate_per_minute),
+        metrics,
     });
     let api = Router::new()
         .route("/api/predict", post(predict))
         .route_layer(middleware::from_fn_with_state(state.clone(), guard));
-    Ok(Router::new()
+    let mut app = Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
-        .merge(api)
+        .route("/readyz", get(readyz))
+        .merge(api);
+    if options.metrics {
+        app = app
+            .route("/metrics", get(metrics_text))
+            .layer(middleware::from_fn_with_state(state.clone(), track));
+    }
+    Ok(app
         .layer(middleware::from_fn(request_id))
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
         .with_state(state))
@@ -683,11 +804,16 @@ pub fn serve(
         .map_err(|e| Error::usage(format!("cannot listen on {}: {e}", listen.addr)))?;
     let local = tcp.local_addr()?;
     if options.token_file.is_some() && listen.tls.is_none() && !addr.ip().is_loopback() {
-        eprintln!(
+        tracing::warn!(
             "serve: warning: tokens travel in clear text without --tls-cert/--tls-key; \
              use TLS or a TLS proxy on a shared network"
         );
     }
+    let routes = if options.metrics {
+        "GET /, POST /api/predict, GET /healthz, GET /readyz, GET /metrics"
+    } else {
+        "GET /, POST /api/predict, GET /healthz, GET /readyz"
+    };
     let app = router(predictor, options)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -714,9 +840,10 @@ pub fn serve(
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         println!(
-            "serving {} on {scheme}://{local} (GET /, POST /api/predict, GET /healthz)",
+            "serving {} on {scheme}://{local} ({routes})",
             run_name(run_dir)
         );
+        tracing::info!(model = %run_name(run_dir), addr = %local, scheme, "listening");
         use std::io::Write;
         std::io::stdout().flush()?;
         let handle = axum_server::Handle::new();

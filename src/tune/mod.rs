@@ -8,13 +8,18 @@
 //! epoch. Trials are numbered, and trial `i` draws its values from a generator seeded with
 //! `(tune.seed, i)` and the finished trials before it, so a resumed search proposes what an
 //! uninterrupted one would have.
+//!
+//! With `--storage postgres://…` ([`storage`]) the search lives in a database instead, and any
+//! number of workers on any number of machines run it together: each claims the next trial
+//! atomically, and a dead worker's trial is taken over by another.
 
 pub mod prune;
 pub mod space;
+pub mod storage;
 pub mod tpe;
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rand::SeedableRng;
@@ -28,7 +33,7 @@ use crate::train::Hooks;
 use space::{render, Point, Space};
 
 /// What the command line may override of `[tune]`.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TuneOptions {
     /// The search folder (default `tune/<name>`).
     pub out: Option<PathBuf>,
@@ -40,6 +45,16 @@ pub struct TuneOptions {
     pub time_budget_minutes: Option<f64>,
     /// Overrides `tune.seed`.
     pub seed: Option<u64>,
+    /// A shared search in PostgreSQL (`postgres://…`) instead of the folder's files.
+    pub storage: Option<String>,
+    /// The search's name in the database (default the config's `name`).
+    pub search: Option<String>,
+    /// This worker's name in the database (default `HOST-PID`).
+    pub worker: Option<String>,
+    /// A running trial whose heartbeat is older than this is taken over by another worker.
+    pub heartbeat_timeout: Duration,
+    /// Only write trials.csv, best.toml and trials.png from the database; run no trial.
+    pub report_only: bool,
 }
 
 /// How a trial ended.
@@ -63,7 +78,8 @@ impl Status {
         }
     }
 
-    fn parse(s: &str) -> Option<Status> {
+    /// The status trials.csv names `s`.
+    pub fn parse(s: &str) -> Option<Status> {
         match s {
             "complete" => Some(Status::Complete),
             "pruned" => Some(Status::Pruned),
@@ -124,26 +140,132 @@ pub struct TuneOutcome {
     pub out_of_time: bool,
 }
 
-/// Runs (or resumes) the search that `config`'s `[tune]` section describes.
-pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
-    let resolved = with_options(config, opts)?;
-    let settings = resolved.tune.clone();
-    let space = Space::parse(&settings.space)?;
-    let planned = planned_trials(&settings, &space)?;
-    let mut base = config.clone();
-    base.tune = TuneConfig::default();
-    let base_table = toml::Table::try_from(&base).context("the config as TOML")?;
-    check_space(&space, &base_table)?;
+impl Default for TuneOptions {
+    fn default() -> Self {
+        TuneOptions {
+            out: None,
+            trials: None,
+            strategy: None,
+            time_budget_minutes: None,
+            seed: None,
+            storage: None,
+            search: None,
+            worker: None,
+            heartbeat_timeout: Duration::from_secs(60),
+            report_only: false,
+        }
+    }
+}
 
-    let out = opts
-        .out
-        .clone()
-        .unwrap_or_else(|| Path::new("tune").join(&config.name));
-    std::fs::create_dir_all(out.join("trials"))
-        .with_context(|| format!("cannot create {}", out.display()))?;
-    check_same_search(&out, &resolved)?;
-    let monitor = config.train.monitor;
-    let mut trials = read_trials(&out, &space, monitor)?;
+/// What every mode of the search needs: the resolved settings, the space, the base config.
+struct Search {
+    resolved: Config,
+    settings: TuneConfig,
+    space: Space,
+    planned: usize,
+    base_table: toml::Table,
+    out: PathBuf,
+    monitor: Monitor,
+}
+
+impl Search {
+    fn new(config: &Config, opts: &TuneOptions) -> Result<Search> {
+        let resolved = with_options(config, opts)?;
+        let settings = resolved.tune.clone();
+        let space = Space::parse(&settings.space)?;
+        let planned = planned_trials(&settings, &space)?;
+        let mut base = config.clone();
+        base.tune = TuneConfig::default();
+        let base_table = toml::Table::try_from(&base).context("the config as TOML")?;
+        check_space(&space, &base_table)?;
+        let out = opts
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new("tune").join(&config.name));
+        std::fs::create_dir_all(out.join("trials"))
+            .with_context(|| format!("cannot create {}", out.display()))?;
+        Ok(Search {
+            monitor: config.train.monitor,
+            resolved,
+            settings,
+            space,
+            planned,
+            base_table,
+            out,
+        })
+    }
+
+    /// Trial `id`'s values (rendered as trials.csv shows them), its point read back from them,
+    /// its config, and its label for progress lines.
+    fn trial_setup(&self, rendered: Vec<String>) -> Result<(TrialValues, Config, String)> {
+        let point = self
+            .space
+            .parse_point(&rendered.iter().map(String::as_str).collect::<Vec<_>>())
+            .context("the proposed values are outside the space")?;
+        let mut table = self.base_table.clone();
+        for (key, value) in self.space.values(&point) {
+            set_path(&mut table, &key, value).map_err(Error::usage)?;
+        }
+        let trial_config = Config::from_table(table)?;
+        let label = self
+            .space
+            .params
+            .iter()
+            .zip(&rendered)
+            .map(|(p, v)| format!("{}={v}", p.key))
+            .collect::<Vec<_>>()
+            .join(" ");
+        Ok((
+            TrialValues {
+                values: rendered,
+                point,
+            },
+            trial_config,
+            label,
+        ))
+    }
+
+    /// Trial `id`'s rendered values: [`propose`]d, avoiding the points in `taken`.
+    fn propose(&self, id: usize, done: &[Trial], taken: &[Vec<String>]) -> Vec<String> {
+        propose(&self.space, &self.settings, id, done, self.monitor, taken)
+    }
+
+    fn outcome(self, trials: Vec<Trial>, ran: usize, out_of_time: bool) -> TuneOutcome {
+        TuneOutcome {
+            keys: self.space.params.iter().map(|p| p.key.clone()).collect(),
+            out: self.out,
+            monitor: self.monitor,
+            trials,
+            ran,
+            planned: self.planned,
+            out_of_time,
+        }
+    }
+}
+
+/// Runs (or resumes) the search that `config`'s `[tune]` section describes: in its folder's
+/// files, or shared through the database that `opts.storage` names.
+pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
+    let search = Search::new(config, opts)?;
+    match &opts.storage {
+        Some(url) => tune_shared(search, url, opts),
+        None => tune_in_folder(search),
+    }
+}
+
+/// The single-machine search, kept in `OUT`'s files.
+fn tune_in_folder(search: Search) -> Result<TuneOutcome> {
+    let Search {
+        ref resolved,
+        ref settings,
+        ref space,
+        planned,
+        ref base_table,
+        ref out,
+        monitor,
+    } = search;
+    check_same_search(out, resolved)?;
+    let mut trials = read_trials(out, space, monitor)?;
     let found = trials.len();
 
     let bar = progress::bar(planned as u64, "trials");
@@ -171,57 +293,175 @@ pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
             ));
             break;
         }
-        let point = propose(&space, &settings, id, &trials, monitor);
-        let values = space.values(&point);
-        let rendered: Vec<String> = values.iter().map(|(_, v)| render(v)).collect();
-        // What trials.csv will hold, read back: a resumed search sees the same points.
-        let point = space
-            .parse_point(&rendered.iter().map(String::as_str).collect::<Vec<_>>())
-            .unwrap_or(point);
-        let mut table = base_table.clone();
-        for (key, value) in values {
-            set_path(&mut table, &key, value).map_err(Error::usage)?;
-        }
-        let trial_config = Config::from_table(table)?;
-        let label = space
-            .params
-            .iter()
-            .zip(&rendered)
-            .map(|(p, v)| format!("{}={v}", p.key))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let earlier: Vec<Trial> = trials.iter().filter(|t| t.id < id).cloned().collect();
+        let taken: Vec<Vec<String>> = earlier.iter().map(|t| t.values.clone()).collect();
+        let rendered = search.propose(id, &earlier, &taken);
+        let (tv, trial_config, label) = search.trial_setup(rendered)?;
         bar.set_message(format!("trial {id}: {label}"));
-        let trial = run_trial(
-            &trial_config,
-            &out,
-            id,
-            &trials,
-            &settings,
-            TrialValues {
-                values: rendered,
-                point,
-            },
-        );
+        let pruner = pruner(settings);
+        let curves: Vec<&[f64]> = trials.iter().map(|t| t.curve.as_slice()).collect();
+        let completed = trials
+            .iter()
+            .filter(|t| t.status == Status::Complete)
+            .count();
+        let mut keep_going = |curve: &[f64]| {
+            pruner
+                .as_ref()
+                .is_none_or(|p| !p.should_prune(curve, &curves, completed))
+        };
+        let dir = out.join("trials").join(format!("{id:04}"));
+        let trial = run_trial(&trial_config, &dir, id, tv, &mut keep_going);
         say(trial_line(&trial, &label, monitor));
         trials.push(trial);
         trials.sort_by_key(|t| t.id);
         ran += 1;
         bar.inc(1);
-        write_results(&out, &space, monitor, &base_table, &trials)?;
+        write_results(out, space, monitor, base_table, &trials)?;
     }
     bar.finish_and_clear();
     if ran == 0 {
         // A search that ran nothing new still leaves its files current.
-        write_results(&out, &space, monitor, &base_table, &trials)?;
+        write_results(out, space, monitor, base_table, &trials)?;
     }
-    Ok(TuneOutcome {
-        keys: space.params.iter().map(|p| p.key.clone()).collect(),
-        out,
-        monitor,
-        trials,
-        ran,
-        planned,
-        out_of_time,
+    Ok(search.outcome(trials, ran, out_of_time))
+}
+
+/// This worker's default name: the host's name and the process id.
+fn default_worker() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer it is given.
+    let host = if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0 {
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "host".to_string()
+    };
+    format!("{host}-{}", std::process::id())
+}
+
+/// One worker of a search shared through PostgreSQL: claims trials until none is left,
+/// waiting while other workers' trials run (so that a dead worker's trial is taken over),
+/// then writes the search's files from the database into `OUT`.
+fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutcome> {
+    let name = opts
+        .search
+        .clone()
+        .unwrap_or_else(|| search.resolved.name.clone());
+    let worker = opts.worker.clone().unwrap_or_else(default_worker);
+    let mut comparable = search.resolved.clone();
+    comparable.tune.trials = 0;
+    comparable.tune.time_budget_minutes = 0.0;
+    let mut db = storage::SharedSearch::open(
+        url,
+        &name,
+        &comparable.to_toml()?,
+        &worker,
+        opts.heartbeat_timeout,
+    )?;
+    let (space, monitor, planned) = (&search.space, search.monitor, search.planned);
+    let write =
+        |trials: &[Trial]| write_results(&search.out, space, monitor, &search.base_table, trials);
+    if opts.report_only {
+        let trials = db.trials(space)?;
+        write(&trials)?;
+        return Ok(search.outcome(trials, 0, false));
+    }
+    // search.toml tells a later plain `xray tune` in this folder which search it holds.
+    crate::fsutil::write_atomic(
+        &search.out.join("search.toml"),
+        search.resolved.to_toml()?.as_bytes(),
+    )?;
+    let bar = progress::bar(planned as u64, "trials");
+    let say = |line: String| bar.suspend(|| eprintln!("{line}"));
+    say(format!(
+        "worker {worker}: search `{name}` in {}",
+        storage::redact(url)
+    ));
+    let budget_s = search.settings.time_budget_minutes * 60.0;
+    let pruner = pruner(&search.settings);
+    let poll =
+        (opts.heartbeat_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+    let mut ran = 0;
+    let mut waiting = false;
+    let out_of_time = loop {
+        let claim = db.claim(planned, budget_s, space, |id, done, taken| {
+            search.propose(id, done, taken)
+        })?;
+        let (id, params, claims) = match claim {
+            storage::Claim::Done { out_of_time } => break out_of_time,
+            storage::Claim::Wait => {
+                if !waiting {
+                    say(format!(
+                        "every trial is claimed; waiting for {} running elsewhere (a dead                          worker's trial is taken over after {:.0} s without a heartbeat)",
+                        db.running()?,
+                        opts.heartbeat_timeout.as_secs_f64()
+                    ));
+                    waiting = true;
+                }
+                std::thread::sleep(poll);
+                continue;
+            }
+            storage::Claim::Trial { id, params, claims } => (id, params, claims),
+        };
+        waiting = false;
+        let (tv, trial_config, label) = search.trial_setup(params)?;
+        let dir = search.out.join("trials").join(format!("{id:04}"));
+        if claims > 1 {
+            say(format!(
+                "trial {id}: taken over from a worker that stopped ({})",
+                if earlier_seconds(&dir).is_some() {
+                    "resuming from its last checkpoint"
+                } else {
+                    "its folder is not here, starting it again"
+                }
+            ));
+        }
+        bar.set_message(format!("trial {id}: {label}"));
+        let heartbeat = db.heartbeat(id)?;
+        let mut failure = None;
+        let mut step = |curve: &[f64]| -> Result<bool> {
+            if !db.record_curve(id, curve)? {
+                return Ok(false);
+            }
+            let Some(p) = &pruner else { return Ok(true) };
+            let (curves, completed) = db.finished_curves()?;
+            let curves: Vec<&[f64]> = curves.iter().map(Vec::as_slice).collect();
+            Ok(!p.should_prune(curve, &curves, completed))
+        };
+        let mut keep_going = |curve: &[f64]| -> bool {
+            step(curve).unwrap_or_else(|e| {
+                failure = Some(e);
+                false
+            })
+        };
+        let trial = run_trial(&trial_config, &dir, id, tv, &mut keep_going);
+        let lost = heartbeat.lost();
+        drop(heartbeat);
+        if let Some(e) = failure {
+            return Err(e.context(format!("trial {id}: the database")));
+        }
+        if lost || !db.finish(&trial)? {
+            say(format!(
+                "trial {id}: another worker took it over while it ran; its result is dropped"
+            ));
+            continue;
+        }
+        say(trial_line(&trial, &label, monitor));
+        ran += 1;
+        bar.inc(1);
+        write(&db.trials(space)?)?;
+    };
+    bar.finish_and_clear();
+    let trials = db.trials(space)?;
+    write(&trials)?;
+    Ok(search.outcome(trials, ran, out_of_time))
+}
+
+/// The median pruner the settings ask for.
+fn pruner(settings: &TuneConfig) -> Option<prune::Median> {
+    (settings.prune == Prune::Median).then(|| prune::Median {
+        after_epochs: settings.prune_after_epochs.max(1),
+        startup_trials: settings.prune_after_trials,
     })
 }
 
@@ -282,55 +522,87 @@ fn trial_line(trial: &Trial, label: &str, monitor: Monitor) -> String {
     }
 }
 
-/// Trial `id`'s point: the grid's `id`-th, a uniform draw, or TPE's suggestion once
-/// `startup_trials` trials have finished.
+/// Trial `id`'s values, rendered: the grid's `id`-th point, a uniform draw, or TPE's
+/// suggestion once `startup_trials` trials have finished. A random or TPE point that renders
+/// like one in `taken` (claimed by another trial) is drawn again, up to 64 times, then
+/// replaced by a uniform draw that is not taken, so that workers sharing a search do not train
+/// the same point twice (a space with every point taken repeats one).
 fn propose(
     space: &Space,
     settings: &TuneConfig,
     id: usize,
     done: &[Trial],
     monitor: Monitor,
-) -> Point {
+    taken: &[Vec<String>],
+) -> Vec<String> {
+    let render_point = |point: &Point| -> Vec<String> {
+        space.values(point).iter().map(|(_, v)| render(v)).collect()
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(
         settings
             .seed
             .wrapping_mul(0x9E37_79B9_7F4A_7C15)
             .wrapping_add(id as u64),
     );
-    match settings.strategy {
-        Strategy::Grid => space.grid_point(id),
-        Strategy::Random => space.sample_uniform(&mut rng),
-        Strategy::Tpe => {
-            let scored: Vec<(&Trial, f64)> = done
-                .iter()
-                .filter(|t| t.id < id)
-                .filter_map(|t| t.score(monitor).map(|s| (t, s)))
-                .collect();
-            // A pruned trial's value is from an early epoch: rank every pruned trial below
-            // every complete one (as Optuna does), keeping their order among themselves.
-            let (lo, hi) = scored
-                .iter()
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, s)| {
-                    (lo.min(s), hi.max(s))
-                });
-            let history: Vec<(Point, f64)> = scored
-                .into_iter()
-                .map(|(t, s)| match t.status {
-                    Status::Complete => (t.point.clone(), s),
-                    _ => (t.point.clone(), s - (hi - lo + 1.0)),
-                })
-                .collect();
-            if history.len() < settings.startup_trials.max(2) {
-                space.sample_uniform(&mut rng)
-            } else {
+    let history: Vec<(Point, f64)> = if settings.strategy == Strategy::Tpe {
+        tpe_history(done, monitor)
+    } else {
+        Vec::new()
+    };
+    let draw = |rng: &mut ChaCha8Rng| -> Point {
+        match settings.strategy {
+            Strategy::Grid => space.grid_point(id),
+            Strategy::Random => space.sample_uniform(rng),
+            Strategy::Tpe if history.len() < settings.startup_trials.max(2) => {
+                space.sample_uniform(rng)
+            }
+            Strategy::Tpe => {
                 let tpe = tpe::Tpe {
                     multivariate: settings.multivariate,
                     ..tpe::Tpe::default()
                 };
-                tpe.suggest(space, &history, &mut rng)
+                tpe.suggest(space, &history, rng)
+            }
+        }
+    };
+    let mut values = render_point(&draw(&mut rng));
+    if settings.strategy != Strategy::Grid {
+        for _ in 0..64 {
+            if !taken.contains(&values) {
+                return values;
+            }
+            values = render_point(&draw(&mut rng));
+        }
+        // TPE sure of one region keeps proposing its taken points: any untaken point then.
+        for _ in 0..1024 {
+            let uniform = render_point(&space.sample_uniform(&mut rng));
+            if !taken.contains(&uniform) {
+                return uniform;
             }
         }
     }
+    values
+}
+
+/// TPE's history: each scored trial's point and score, every pruned trial ranked below every
+/// complete one (as Optuna does), keeping their order among themselves.
+fn tpe_history(done: &[Trial], monitor: Monitor) -> Vec<(Point, f64)> {
+    let scored: Vec<(&Trial, f64)> = done
+        .iter()
+        .filter_map(|t| t.score(monitor).map(|s| (t, s)))
+        .collect();
+    let (lo, hi) = scored
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &(_, s)| {
+            (lo.min(s), hi.max(s))
+        });
+    scored
+        .into_iter()
+        .map(|(t, s)| match t.status {
+            Status::Complete => (t.point.clone(), s),
+            _ => (t.point.clone(), s - (hi - lo + 1.0)),
+        })
+        .collect()
 }
 
 struct TrialValues {
@@ -338,42 +610,30 @@ struct TrialValues {
     point: Point,
 }
 
-/// Trains one trial in `OUT/trials/NNNN`, resuming it when an earlier search was killed during
-/// it, with the pruner watching each epoch.
+/// Trains one trial in `dir`, resuming it when an earlier worker was killed during it;
+/// `keep_going` sees the best-so-far curve after each epoch and may stop the trial (pruned).
 fn run_trial(
     config: &Config,
-    out: &Path,
+    dir: &Path,
     id: usize,
-    done: &[Trial],
-    settings: &TuneConfig,
     tv: TrialValues,
+    keep_going: &mut dyn FnMut(&[f64]) -> bool,
 ) -> Trial {
-    let dir = out.join("trials").join(format!("{id:04}"));
     let started = Instant::now();
     let monitor = config.train.monitor;
-    let pruner = (settings.prune == Prune::Median).then(|| prune::Median {
-        after_epochs: settings.prune_after_epochs.max(1),
-        startup_trials: settings.prune_after_trials,
-    });
-    let curves: Vec<&[f64]> = done.iter().map(|t| t.curve.as_slice()).collect();
-    let completed = done.iter().filter(|t| t.status == Status::Complete).count();
-    let mut after_epoch = |history: &[EpochMetrics]| -> bool {
-        let curve = best_so_far(monitor, history);
-        pruner
-            .as_ref()
-            .is_none_or(|p| !p.should_prune(&curve, &curves, completed))
-    };
+    let mut after_epoch =
+        |history: &[EpochMetrics]| -> bool { keep_going(&best_so_far(monitor, history)) };
     let hooks = Hooks {
         after_epoch: Some(&mut after_epoch),
         update_latest: false,
     };
-    let earlier = earlier_seconds(&dir);
+    let earlier = earlier_seconds(dir);
     progress::set_quiet(true);
     let result = if earlier.is_some() {
-        crate::train::resume_with(&dir, hooks)
+        crate::train::resume_with(dir, hooks)
     } else {
-        let _ = std::fs::remove_dir_all(&dir);
-        crate::train::train_with(config, Some(&dir), hooks)
+        let _ = std::fs::remove_dir_all(dir);
+        crate::train::train_with(config, Some(dir), hooks)
     };
     progress::set_quiet(false);
     let seconds = started.elapsed().as_secs_f64() + earlier.unwrap_or(0.0);

@@ -14,6 +14,9 @@ use crate::metrics::decide;
 use crate::progress;
 use crate::run::ModelCard;
 
+pub mod output;
+pub mod shard;
+
 /// The decision for one image.
 #[derive(Debug, Clone)]
 pub struct Prediction {
@@ -99,9 +102,28 @@ impl Prediction {
     }
 }
 
+/// One input image and its shard key: its path relative to the folder it was found in (with
+/// `/` separators), or the path as given for a file named on the command line. The key does
+/// not change when the archive is mounted elsewhere or other files are added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Input {
+    /// The file to read.
+    pub path: PathBuf,
+    /// What [`shard::Shard`] hashes.
+    pub key: String,
+}
+
 /// Expands `inputs`: files as given, folders walked for image files (sorted).
 /// A missing input is a usage error.
 pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    Ok(collect_keyed_inputs(inputs)?
+        .into_iter()
+        .map(|i| i.path)
+        .collect())
+}
+
+/// [`collect_inputs`] with each file's shard key.
+pub fn collect_keyed_inputs(inputs: &[PathBuf]) -> Result<Vec<Input>> {
     let mut files = Vec::new();
     for input in inputs {
         if input.is_dir() {
@@ -109,9 +131,20 @@ pub fn collect_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             walk_files(input, &mut found)?;
             found.retain(|p| has_image_extension(p));
             found.sort();
-            files.extend(found);
+            files.extend(found.into_iter().map(|path| {
+                let relative = path.strip_prefix(input).unwrap_or(&path);
+                let key = relative
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                Input { path, key }
+            }));
         } else if input.exists() {
-            files.push(input.clone());
+            files.push(Input {
+                path: input.clone(),
+                key: input.to_string_lossy().into_owned(),
+            });
         } else {
             return Err(
                 Error::usage(format!("{}: no such file or folder", input.display())).into(),
@@ -133,8 +166,22 @@ pub fn predict_files(
     batch_size: usize,
     tta: bool,
 ) -> Vec<Result<Prediction, Error>> {
-    let spec = predictor.input_spec();
     let bar = progress::bar(files.len() as u64, "predict");
+    let results = predict_files_with(predictor, files, batch_size, tta, &bar);
+    bar.finish_and_clear();
+    results
+}
+
+/// [`predict_files`], advancing `bar` by one per decoded file (for callers that predict a long
+/// list in pieces under one bar).
+pub fn predict_files_with(
+    predictor: &Predictor,
+    files: &[PathBuf],
+    batch_size: usize,
+    tta: bool,
+    bar: &indicatif::ProgressBar,
+) -> Vec<Result<Prediction, Error>> {
+    let spec = predictor.input_spec();
     let decoded: Vec<Result<Arc<Vec<u8>>, Error>> = files
         .par_iter()
         .map(|f: &PathBuf| {
@@ -143,7 +190,6 @@ pub fn predict_files(
             r
         })
         .collect();
-    bar.finish_and_clear();
     let good: Vec<Arc<Vec<u8>>> = decoded
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
