@@ -160,15 +160,42 @@ fn worker(cfg: &Path, url: &str, out: &Path, name: &str, extra: &[&str]) -> Comm
     c
 }
 
-/// Runs one worker per folder of `outs` (named w0, w1, ...) at once and waits for all: each
+/// `deploy/slurm/tune-workers.sh` run by hand as task `task` of a job array named `w` (its
+/// worker is `w-<task>`), one thread, with `extra` passed through to `xray tune`.
+fn slurm_worker(cfg: &Path, url: &str, out: &Path, task: usize, extra: &[&str]) -> Command {
+    let mut c = Command::new("bash");
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/tune-workers.sh"))
+        .args(extra)
+        .env("XRAY", env!("CARGO_BIN_EXE_xray"))
+        .env("CONFIG", cfg)
+        .env("DB", url)
+        .env("OUT", out)
+        .env("SLURM_JOB_ID", "w")
+        .env("SLURM_ARRAY_TASK_ID", task.to_string())
+        .env("SLURM_CPUS_PER_TASK", "1");
+    c
+}
+
+/// The index a worker's name ends with (`w0` or, from the Slurm script, `w-0`).
+fn worker_index(name: &str) -> usize {
+    let digits = name.len() - name.trim_start_matches(|c: char| !c.is_ascii_digit()).len();
+    name[digits..].parse().unwrap()
+}
+
+/// Runs one worker per folder of `outs` at once and waits for all: the last through
+/// `deploy/slurm/tune-workers.sh` (named `w-<i>`), the others directly (named `w<i>`). Each
 /// must succeed with a clean stderr.
 fn run_workers(cfg: &Path, url: &str, outs: &[PathBuf], extra: &[&str]) {
     let children: Vec<Child> = outs
         .iter()
         .enumerate()
         .map(|(i, out)| {
-            worker(cfg, url, out, &format!("w{i}"), extra)
-                .stdout(Stdio::null())
+            let mut c = if i + 1 == outs.len() {
+                slurm_worker(cfg, url, out, i, extra)
+            } else {
+                worker(cfg, url, out, &format!("w{i}"), extra)
+            };
+            c.stdout(Stdio::null())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -252,11 +279,7 @@ fn three_workers_run_each_grid_trial_exactly_once() {
         // Trained in its worker's folder, and only there.
         let name = format!("trials/{trial:04}/model.safetensors");
         let holders: Vec<usize> = (0..3).filter(|i| outs[*i].join(&name).is_file()).collect();
-        assert_eq!(
-            holders,
-            vec![worker[1..].parse::<usize>().unwrap()],
-            "trial {trial}"
-        );
+        assert_eq!(holders, vec![worker_index(worker)], "trial {trial}");
     }
     let points: BTreeSet<Vec<String>> = rows.iter().map(|r| r.4.clone()).collect();
     assert_eq!(points.len(), 9, "the nine grid points, each once");
@@ -479,40 +502,47 @@ fn four_shards_merge_into_the_unsharded_output() {
 
     let shards = dir.path().join("shards");
     std::fs::create_dir(&shards).unwrap();
-    // Shards 0 and 1 as plain flags, 2 as a Slurm array task (`--array=1-4`: ids from 1),
-    // 3 as a Kubernetes Indexed Job's pod.
-    let runs: [(&str, Vec<(&str, &str)>); 4] = [
-        ("0/4", vec![]),
-        ("1/4", vec![]),
-        (
-            "auto",
-            vec![
-                ("SLURM_ARRAY_TASK_ID", "3"),
-                ("SLURM_ARRAY_TASK_MIN", "1"),
-                ("SLURM_ARRAY_TASK_COUNT", "4"),
-            ],
-        ),
-        ("auto/4", vec![("JOB_COMPLETION_INDEX", "3")]),
+    // Shards 0 and 1 as plain flags, 2 as a Slurm array task (`--array=1-4`: ids from 1) through
+    // deploy/slurm/predict-array.sh, 3 as a Kubernetes Indexed Job's pod.
+    let slurm = || {
+        let mut c = assert_cmd::Command::new("bash");
+        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/predict-array.sh"))
+            .env("XRAY", env!("CARGO_BIN_EXE_xray"))
+            .env("ARCHIVE", &data)
+            .env("RUN", &t.run)
+            .env("OUT", &shards)
+            .env("SLURM_ARRAY_TASK_ID", "3")
+            .env("SLURM_ARRAY_TASK_MIN", "1")
+            .env("SLURM_ARRAY_TASK_COUNT", "4");
+        c
+    };
+    let flags = |spec: &str, file: &str| {
+        let mut c = predict();
+        c.args(["--shard", spec, "--out"])
+            .arg(shards.join(file))
+            .arg(&data);
+        c
+    };
+    let mut k8s = flags("auto/4", "part-3.csv");
+    k8s.env("JOB_COMPLETION_INDEX", "3");
+    let runs = [
+        (flags("0/4", "part-0.csv"), "part-0.csv"),
+        (flags("1/4", "part-1.csv"), "part-1.csv"),
+        (slurm(), "shard-3.csv"),
+        (k8s, "part-3.csv"),
     ];
     let mut total = 0;
-    for (i, (spec, env)) in runs.iter().enumerate() {
-        let out = predict()
-            .args(["--shard", spec, "--out"])
-            .arg(shards.join(format!("part-{i}.csv")))
-            .arg(&data)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
+    for (i, (mut run, file)) in runs.into_iter().enumerate() {
+        let out = run.output().unwrap();
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
         assert_clean_stderr(&out.stderr);
-        let manifest: serde_json::Value = serde_json::from_slice(
-            &std::fs::read(shards.join(format!("part-{i}.csv.json"))).unwrap(),
-        )
-        .unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(shards.join(format!("{file}.json"))).unwrap())
+                .unwrap();
         assert_eq!(manifest["shard"], format!("{i}/4"));
         total += manifest["rows"].as_u64().unwrap();
     }
@@ -543,8 +573,8 @@ fn four_shards_merge_into_the_unsharded_output() {
     assert_same_predictions(&whole, &std::fs::read_to_string(&merged).unwrap());
 
     // A missing shard, or an input without a row, is exit 1 naming it.
-    std::fs::remove_file(shards.join("part-2.csv")).unwrap();
-    std::fs::remove_file(shards.join("part-2.csv.json")).unwrap();
+    std::fs::remove_file(shards.join("shard-3.csv")).unwrap();
+    std::fs::remove_file(shards.join("shard-3.csv.json")).unwrap();
     let out = xray()
         .arg("merge")
         .arg(&shards)

@@ -27,5 +27,6 @@ set -euo pipefail
 XRAY="${XRAY:-xray}"
 mkdir -p "$OUT"
 # The shard is named by its index, so a requeued task finds its own partial file.
+# Flags after the script's name go to `xray predict` (e.g. --batch-size 64 --device cuda).
 exec "$XRAY" predict --checkpoint "$RUN" --shard auto \
-    --out "$OUT/shard-${SLURM_ARRAY_TASK_ID:?not in a Slurm job array}.csv" "$ARCHIVE"
+    --out "$OUT/shard-${SLURM_ARRAY_TASK_ID:?not in a Slurm job array}.csv" "$@" "$ARCHIVE"

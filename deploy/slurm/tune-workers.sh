@@ -6,6 +6,7 @@
 #
 #   sbatch --export=ALL,CONFIG=configs/tune_synth.toml,DB=postgres://xray@db.cluster/xray,OUT=/scratch/tune \
 #       deploy/slurm/tune-workers.sh
+#   # flags after the script go to every worker: ... deploy/slurm/tune-workers.sh --set train.epochs=20
 #   # any time, on any machine: trials.csv, best.toml and trials.png from the database
 #   xray tune --config "$CONFIG" --storage "$DB" --out "$OUT" --report
 #
@@ -20,10 +21,13 @@
 #SBATCH --time=24:00:00
 #SBATCH --output=xray-tune-%A_%a.log
 set -euo pipefail
-: "${CONFIG:?set CONFIG to the search's config (with a [tune] section)}"
+: "${CONFIG:?set CONFIG to the config of the search (with a [tune] section)}"
 : "${DB:?set DB to postgres://USER@HOST/DATABASE}"
 : "${OUT:?set OUT to a folder on shared storage}"
 XRAY="${XRAY:-xray}"
+# threads: libtorch's threads per worker, the task's own cores (two workers on one node must
+# not each take all of its cores: scripts/bench/cluster.sh measures 0.35x when they do).
 exec "$XRAY" tune --config "$CONFIG" --storage "$DB" --out "$OUT" \
+    --set threads="${SLURM_CPUS_PER_TASK:-0}" \
     --worker "${SLURM_JOB_ID:-local}-${SLURM_ARRAY_TASK_ID:-0}" \
-    --heartbeat-timeout "${HEARTBEAT:-120}"
+    --heartbeat-timeout "${HEARTBEAT:-120}" "$@"

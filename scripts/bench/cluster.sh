@@ -48,27 +48,31 @@ prune = "none"
 "train.lr" = [0.01, 0.003, 0.001]
 "model.dropout" = [0.0, 0.2, 0.4]
 EOF
-search() { # WORKERS DB
+search() { # WORKERS DB [--set ...]
     local n=$1 url=$2 t0 pids=()
     t0=$(date +%s.%N)
     for i in $(seq 1 "$n"); do
-        "$xray" tune --config "$work/tune.toml" --set train.epochs=3 --storage "$url" \
-            --worker "w$i" --out "$work/out-$n-$i" >/dev/null 2>&1 &
+        "$xray" tune --config "$work/tune.toml" --set train.epochs=3 "${@:3}" --storage "$url" \
+            --worker "w$i" --out "$work/out-$n-$i-$#" >/dev/null 2>&1 &
         pids+=($!)
     done
     for p in "${pids[@]}"; do wait "$p"; done
     echo "$(date +%s.%N) - $t0" | bc
 }
+# Each worker's libtorch uses every core by default (threads = 0), so three workers on this
+# machine share its cores three ways; the last row gives each worker one thread instead.
 one=$(search 1 "$(db one)")
 three=$(search 3 "$(db three)")
-printf '| workers | wall time (s) |\n|---|---|\n| 1 | %.1f |\n| 3 | %.1f |\n' "$one" "$three"
-echo "3 workers / 1 worker: $(echo "scale=2; $one / $three" | bc)x faster"
+three1=$(search 3 "$(db three_single)" --set threads=1)
+printf '| workers | wall time (s) | speed-up |\n|---|---|---|\n'
+printf '| 1 | %.1f | 1.00x |\n' "$one"
+printf '| 3 | %.1f | %.2fx |\n' "$three" "$(echo "scale=4; $one / $three" | bc)"
+printf '| 3, one thread each | %.1f | %.2fx |\n' "$three1" "$(echo "scale=4; $one / $three1" | bc)"
 echo
 
 echo "## 2. The server's /metrics ($run)"
 [ -f "$run/model.json" ] || { echo "cluster bench: $run is not a trained run" >&2; exit 1; }
-img=$(ls ../shared/datasets/pneumonia/*/*/*.jpeg 2>/dev/null | head -1 || true)
-[ -n "$img" ] || img=$(find "$work/synth" -name '*.png' | head -1)
+img=$(find ../shared/datasets/pneumonia "$work/synth" \( -name '*.jpeg' -o -name '*.png' \) -print -quit 2>/dev/null)
 python3 - "$img" "$work/post.lua" <<'EOF'
 import sys
 data = open(sys.argv[1], 'rb').read()
@@ -92,7 +96,11 @@ stop_server() { kill "$server_pid"; wait "$server_pid" 2>/dev/null || true; serv
 rps() { wrk -t 2 -c 2 -d "$2" "${@:3}" "$base$1" | awk '/Requests\/sec/ { print $2 }'; }
 declare -A results
 for r in $(seq 1 "$rounds"); do
-    for mode in with without; do
+    # ABBA: odd rounds start with the metrics, even rounds without, so neither side is always
+    # the first server after a restart.
+    order="with without"
+    [ $((r % 2)) = 0 ] && order="without with"
+    for mode in $order; do
         if [ "$mode" = with ]; then start_server; else start_server --no-metrics; fi
         results[$mode,healthz]+="$(rps /healthz 10s) "
         results[$mode,predict]+="$(rps /api/predict 10s -s "$work/post.lua") "
@@ -104,11 +112,13 @@ for r in $(seq 1 "$rounds"); do
     done
 done
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2 ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2) }'; }
-printf '| route | req/s with /metrics | req/s with --no-metrics | with / without |\n|---|---|---|---|\n'
+printf '| route | req/s with /metrics (median) | with --no-metrics (median) | with / without | rounds with | rounds without |\n|---|---|---|---|---|---|\n'
+rounded() { for v in $1; do printf '%.0f ' "$v"; done; }
 for route in healthz predict; do
     w=$(echo "${results[with,$route]}" | median)
     wo=$(echo "${results[without,$route]}" | median)
-    printf '| %s | %.0f | %.0f | %.3f |\n' "$route" "$w" "$wo" "$(echo "scale=4; $w / $wo" | bc)"
+    printf '| %s | %.0f | %.0f | %.3f | %s| %s|\n' "$route" "$w" "$wo" "$(echo "scale=4; $w / $wo" | bc)" \
+        "$(rounded "${results[with,$route]}")" "$(rounded "${results[without,$route]}")"
 done
 echo "GET /metrics itself: $(echo "${results[scrape]}" | median) scrapes/s"
 echo

@@ -348,9 +348,16 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
         .clone()
         .unwrap_or_else(|| search.resolved.name.clone());
     let worker = opts.worker.clone().unwrap_or_else(default_worker);
+    // Workers join the search whose config matches theirs, except for what only says how this
+    // machine runs a trial (its device, threads, decoding cache and prefetch) and the budget.
     let mut comparable = search.resolved.clone();
     comparable.tune.trials = 0;
     comparable.tune.time_budget_minutes = 0.0;
+    let defaults = Config::default();
+    comparable.device = defaults.device;
+    comparable.threads = defaults.threads;
+    comparable.data.cache = defaults.data.cache;
+    comparable.data.prefetch = defaults.data.prefetch;
     let mut db = storage::SharedSearch::open(
         url,
         &name,
@@ -379,8 +386,10 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
     ));
     let budget_s = search.settings.time_budget_minutes * 60.0;
     let pruner = pruner(&search.settings);
+    // A waiting worker asks again every second at most (one small query): the search ends
+    // soon after its last trial, and a dead worker's trial is taken over soon after it expires.
     let poll =
-        (opts.heartbeat_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(5));
+        (opts.heartbeat_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(1));
     let mut ran = 0;
     let mut waiting = false;
     let out_of_time = loop {
@@ -392,7 +401,8 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
             storage::Claim::Wait => {
                 if !waiting {
                     say(format!(
-                        "every trial is claimed; waiting for {} running elsewhere (a dead                          worker's trial is taken over after {:.0} s without a heartbeat)",
+                        "every trial is claimed; waiting for {} running elsewhere (a dead \
+                         worker's trial is taken over after {:.0} s without a heartbeat)",
                         db.running()?,
                         opts.heartbeat_timeout.as_secs_f64()
                     ));
