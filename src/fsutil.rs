@@ -6,11 +6,16 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// `path` with `suffix` appended to its file name (`a.csv` + `.json` = `a.csv.json`).
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(suffix);
+    path.with_file_name(name)
+}
+
 /// The temporary sibling used while writing `path`.
 pub fn temp_sibling(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{}.tmp", std::process::id()));
-    path.with_file_name(name)
+    with_suffix(path, &format!(".{}.tmp", std::process::id()))
 }
 
 /// Replaces `path` atomically with what `write` puts into the temporary path it is given.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_clean_stderr, synth_dataset, trained, xray};
+use crate::common::{assert_clean_stderr, read_json, repo, synth_dataset, trained, xray};
 use crate::serve::Server;
 use crate::tune::{config, small_split};
 
@@ -105,8 +105,7 @@ impl Postgres {
 
     /// The URL of a new, empty database `name`.
     fn database(&self, name: &str) -> String {
-        let mut client = postgres::Client::connect(&self.url("postgres"), postgres::NoTls).unwrap();
-        client
+        client(&self.url("postgres"))
             .batch_execute(&format!("CREATE DATABASE {name}"))
             .unwrap();
         self.url(name)
@@ -164,7 +163,7 @@ fn worker(cfg: &Path, url: &str, out: &Path, name: &str, extra: &[&str]) -> Comm
 /// worker is `w-<task>`), one thread, with `extra` passed through to `xray tune`.
 fn slurm_worker(cfg: &Path, url: &str, out: &Path, task: usize, extra: &[&str]) -> Command {
     let mut c = Command::new("bash");
-    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/tune-workers.sh"))
+    c.arg(repo().join("deploy/slurm/tune-workers.sh"))
         .args(extra)
         .env("XRAY", env!("CARGO_BIN_EXE_xray"))
         .env("CONFIG", cfg)
@@ -506,7 +505,7 @@ fn four_shards_merge_into_the_unsharded_output() {
     // deploy/slurm/predict-array.sh, 3 as a Kubernetes Indexed Job's pod.
     let slurm = || {
         let mut c = assert_cmd::Command::new("bash");
-        c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/slurm/predict-array.sh"))
+        c.arg(repo().join("deploy/slurm/predict-array.sh"))
             .env("XRAY", env!("CARGO_BIN_EXE_xray"))
             .env("ARCHIVE", &data)
             .env("RUN", &t.run)
@@ -540,9 +539,7 @@ fn four_shards_merge_into_the_unsharded_output() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert_clean_stderr(&out.stderr);
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(shards.join(format!("{file}.json"))).unwrap())
-                .unwrap();
+        let manifest = read_json(&shards.join(format!("{file}.json")));
         assert_eq!(manifest["shard"], format!("{i}/4"));
         total += manifest["rows"].as_u64().unwrap();
     }

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::shard::Shard;
 use crate::error::Error;
 
 /// The two row formats a prediction file may have.
@@ -56,16 +57,12 @@ pub struct Manifest {
 
 /// The sidecar manifest of prediction file `path`.
 pub fn manifest_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".json");
-    path.with_file_name(name)
+    crate::fsutil::with_suffix(path, ".json")
 }
 
 /// Where rows go until the file is complete.
 pub fn partial_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    path.with_file_name(name)
+    crate::fsutil::with_suffix(path, ".partial")
 }
 
 /// An open prediction file being written (see the module documentation).
@@ -146,11 +143,6 @@ impl PredictionFile {
     /// The paths that already have a row.
     pub fn done(&self) -> &HashSet<String> {
         &self.done
-    }
-
-    /// The rows' format.
-    pub fn format(&self) -> RowFormat {
-        self.format
     }
 
     /// Appends `rows` (whole lines) for `paths`, `errors` of them error rows, and syncs them to
@@ -364,13 +356,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path, expected: Option<&[String]>) -> Res
                     );
                 }
                 if let Some(s) = &m.shard {
-                    let parsed = s
-                        .split_once('/')
-                        .and_then(|(i, n)| Some((i.parse().ok()?, n.parse().ok()?)));
-                    let (i, n) = parsed.with_context(|| {
-                        format!("{}: bad shard `{s}`", manifest_path(file).display())
+                    // Written as `I/N` by `predict`: no scheduler variable is read back.
+                    let shard = Shard::parse(s, |_| None).map_err(|e| {
+                        anyhow::anyhow!("{}: bad shard ({e})", manifest_path(file).display())
                     })?;
-                    shards.push((i, n, file.clone()));
+                    shards.push((shard.index, shard.count, file.clone()));
                 }
             }
             Err(_) => without_manifest.push(file.clone()),
@@ -602,5 +592,17 @@ mod tests {
         std::fs::write(shards.join("s3.csv.partial"), HEADER).unwrap();
         let e = merge(std::slice::from_ref(&shards), &out, None).unwrap_err();
         assert!(e.to_string().contains("unfinished"), "{e}");
+    }
+
+    #[test]
+    fn merge_refuses_a_manifest_naming_no_shard() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("all.csv");
+        // Shard 5 of 4 (a manifest edited by hand): an error naming the manifest, not a panic.
+        let file = write_shard(dir.path(), "s5.csv", "5/4", &["a.png"]);
+        let e = merge(&[file], &out, None).unwrap_err();
+        assert!(e.to_string().contains("s5.csv.json: bad shard"), "{e}");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+        assert_eq!(crate::error::exit_code(&e), 1);
     }
 }

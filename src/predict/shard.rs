@@ -35,6 +35,13 @@ impl Shard {
             Some((a, b)) => (a, Some(number("the count", b)?)),
             None => (spec, None),
         };
+        // The count `auto/N` gives, else the one in variable `var`.
+        let count_or = |var: &str, missing: &str| -> Result<usize, Error> {
+            match count {
+                Some(c) => Ok(c),
+                None => number(var, &env(var).ok_or_else(|| bad(missing.into()))?),
+            }
+        };
         let shard = if first == "auto" {
             if let Some(id) = env("SLURM_ARRAY_TASK_ID") {
                 let id = number("SLURM_ARRAY_TASK_ID", &id)?;
@@ -42,15 +49,10 @@ impl Shard {
                     .map(|m| number("SLURM_ARRAY_TASK_MIN", &m))
                     .transpose()?
                     .unwrap_or(0);
-                let count = match count {
-                    Some(c) => c,
-                    None => number(
-                        "SLURM_ARRAY_TASK_COUNT",
-                        &env("SLURM_ARRAY_TASK_COUNT").ok_or_else(|| {
-                            bad("SLURM_ARRAY_TASK_COUNT is not set; give auto/N".into())
-                        })?,
-                    )?,
-                };
+                let count = count_or(
+                    "SLURM_ARRAY_TASK_COUNT",
+                    "SLURM_ARRAY_TASK_COUNT is not set; give auto/N",
+                )?;
                 Shard {
                     index: id.checked_sub(min).ok_or_else(|| {
                         bad(format!(
@@ -60,15 +62,11 @@ impl Shard {
                     count,
                 }
             } else if let Some(index) = env("JOB_COMPLETION_INDEX") {
-                let count = match count {
-                    Some(c) => c,
-                    None => number(
-                        "XRAY_SHARD_COUNT",
-                        &env("XRAY_SHARD_COUNT").ok_or_else(|| {
-                            bad("a Kubernetes Indexed Job does not say how many shards there are: give auto/N (the Job's completions) or set XRAY_SHARD_COUNT".into())
-                        })?,
-                    )?,
-                };
+                let count = count_or(
+                    "XRAY_SHARD_COUNT",
+                    "a Kubernetes Indexed Job does not say how many shards there are: give \
+                     auto/N (the Job's completions) or set XRAY_SHARD_COUNT",
+                )?;
                 Shard {
                     index: number("JOB_COMPLETION_INDEX", &index)?,
                     count,

@@ -12,9 +12,6 @@
 //! Each server has its own registry, so several servers in one process (the tests) do not mix
 //! their counts.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-
 use prometheus::{
     Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -27,9 +24,9 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     predictions: IntCounterVec,
+    /// Requests waiting for or in the model (shared with the inference thread, as every
+    /// metric is: clones count into the same value).
     queue_depth: IntGauge,
-    /// Requests waiting for or in the model, shared with the inference thread.
-    depth: Arc<AtomicUsize>,
 }
 
 impl Metrics {
@@ -96,7 +93,6 @@ impl Metrics {
             latency,
             predictions,
             queue_depth,
-            depth: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -120,19 +116,17 @@ impl Metrics {
 
     /// A job entered the queue.
     pub fn enqueued(&self) {
-        let n = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
-        self.queue_depth.set(n as i64);
+        self.queue_depth.inc();
     }
 
-    /// A job left the model.
+    /// A job left the model (each [`Metrics::enqueued`] has one).
     pub fn dequeued(&self) {
-        let n = self.depth.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
-        self.queue_depth.set(n as i64);
+        self.queue_depth.dec();
     }
 
     /// Requests waiting for or in the model now.
     pub fn depth(&self) -> usize {
-        self.depth.load(Ordering::SeqCst)
+        self.queue_depth.get().max(0) as usize
     }
 
     /// Every metric in Prometheus' text format.

@@ -268,6 +268,7 @@ fn tune_in_folder(search: Search) -> Result<TuneOutcome> {
     let mut trials = read_trials(out, space, monitor)?;
     let found = trials.len();
 
+    let pruner = pruner(settings);
     let bar = progress::bar(planned as u64, "trials");
     bar.set_position(trials.iter().filter(|t| t.id < planned).count() as u64);
     let say = |line: String| bar.suspend(|| eprintln!("{line}"));
@@ -298,19 +299,14 @@ fn tune_in_folder(search: Search) -> Result<TuneOutcome> {
         let rendered = search.propose(id, &earlier, &taken);
         let (tv, trial_config, label) = search.trial_setup(rendered)?;
         bar.set_message(format!("trial {id}: {label}"));
-        let pruner = pruner(settings);
-        let curves: Vec<&[f64]> = trials.iter().map(|t| t.curve.as_slice()).collect();
-        let completed = trials
-            .iter()
-            .filter(|t| t.status == Status::Complete)
-            .count();
-        let mut keep_going = |curve: &[f64]| {
-            pruner
-                .as_ref()
-                .is_none_or(|p| !p.should_prune(curve, &curves, completed))
-        };
-        let dir = out.join("trials").join(format!("{id:04}"));
-        let trial = run_trial(&trial_config, &dir, id, tv, &mut keep_going);
+        let mut keep_going = |curve: &[f64]| !prunes(pruner.as_ref(), curve, &trials);
+        let trial = run_trial(
+            &trial_config,
+            &trial_dir(&search.out, id),
+            id,
+            tv,
+            &mut keep_going,
+        );
         say(trial_line(&trial, &label, monitor));
         trials.push(trial);
         trials.sort_by_key(|t| t.id);
@@ -415,7 +411,7 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
         };
         waiting = false;
         let (tv, trial_config, label) = search.trial_setup(params)?;
-        let dir = search.out.join("trials").join(format!("{id:04}"));
+        let dir = trial_dir(&search.out, id);
         if claims > 1 {
             say(format!(
                 "trial {id}: taken over from a worker that stopped ({})",
@@ -433,10 +429,10 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
             if !db.record_curve(id, curve)? {
                 return Ok(false);
             }
-            let Some(p) = &pruner else { return Ok(true) };
-            let (curves, completed) = db.finished_curves()?;
-            let curves: Vec<&[f64]> = curves.iter().map(Vec::as_slice).collect();
-            Ok(!p.should_prune(curve, &curves, completed))
+            if pruner.is_none() {
+                return Ok(true);
+            }
+            Ok(!prunes(pruner.as_ref(), curve, &db.trials(space)?))
         };
         let mut keep_going = |curve: &[f64]| -> bool {
             step(curve).unwrap_or_else(|e| {
@@ -465,6 +461,23 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
     let trials = db.trials(space)?;
     write(&trials)?;
     Ok(search.outcome(trials, ran, out_of_time))
+}
+
+/// Where trial `id` of the search in `out` trains: `OUT/trials/NNNN`.
+fn trial_dir(out: &Path, id: usize) -> PathBuf {
+    out.join("trials").join(format!("{id:04}"))
+}
+
+/// Whether `pruner` stops a trial whose best-so-far curve is `curve`, compared with the
+/// finished `trials`' curves (false without a pruner).
+fn prunes(pruner: Option<&prune::Median>, curve: &[f64], trials: &[Trial]) -> bool {
+    let Some(p) = pruner else { return false };
+    let curves: Vec<&[f64]> = trials.iter().map(|t| t.curve.as_slice()).collect();
+    let completed = trials
+        .iter()
+        .filter(|t| t.status == Status::Complete)
+        .count();
+    p.should_prune(curve, &curves, completed)
 }
 
 /// The median pruner the settings ask for.
@@ -817,7 +830,7 @@ fn read_trials(out: &Path, space: &Space, monitor: Monitor) -> Result<Vec<Trial>
         let point = space
             .parse_point(&values.iter().map(String::as_str).collect::<Vec<_>>())
             .ok_or_else(|| bad(format!("trial {id}'s values are outside the space")))?;
-        let dir = out.join("trials").join(format!("{id:04}"));
+        let dir = trial_dir(out, id);
         trials.push(Trial {
             id,
             status,

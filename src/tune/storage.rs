@@ -12,6 +12,7 @@
 //! renews the heartbeat; the result is written only if the trial is still the worker's, so a
 //! worker that was given up for dead cannot overwrite the one that took its trial over.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -268,38 +269,6 @@ impl SharedSearch {
         Ok(mine)
     }
 
-    /// The finished trials' curves (best-so-far scores by epoch) and how many completed: what
-    /// the median pruner compares a running trial with.
-    pub fn finished_curves(&mut self) -> Result<(Vec<Vec<f64>>, usize)> {
-        let rows = self.client.query(
-            "SELECT t.trial, t.status, e.epoch, e.score FROM xray_trial t
-             JOIN xray_epoch e ON e.search = t.search AND e.trial = t.trial
-             WHERE t.search = $1 AND t.status <> 'running' ORDER BY t.trial, e.epoch",
-            &[&self.search],
-        )?;
-        let completed: i64 = self
-            .client
-            .query_one(
-                "SELECT count(*) FROM xray_trial WHERE search = $1 AND status = 'complete'",
-                &[&self.search],
-            )?
-            .get(0);
-        let mut curves: Vec<Vec<f64>> = Vec::new();
-        let mut last = None;
-        for r in rows {
-            let trial: i32 = r.get(0);
-            if last != Some(trial) {
-                curves.push(Vec::new());
-                last = Some(trial);
-            }
-            curves
-                .last_mut()
-                .expect("pushed above")
-                .push(r.get::<_, f64>(3));
-        }
-        Ok((curves, completed as usize))
-    }
-
     /// Writes the trial's result and its whole curve if it is still this worker's; false when
     /// another worker took it over (the result is then dropped).
     pub fn finish(&mut self, trial: &Trial) -> Result<bool> {
@@ -447,6 +416,10 @@ fn read_trials(
         "SELECT trial, score FROM xray_epoch WHERE search = $1 ORDER BY trial, epoch",
         &[&search],
     )?;
+    let mut curves: HashMap<i32, Vec<f64>> = HashMap::new();
+    for e in &epochs {
+        curves.entry(e.get(0)).or_default().push(e.get(1));
+    }
     let mut trials = Vec::with_capacity(rows.len());
     for r in rows {
         let id: i32 = r.get(0);
@@ -466,11 +439,7 @@ fn read_trials(
             seconds: r.get::<_, Option<f64>>(5).unwrap_or(0.0),
             values,
             point,
-            curve: epochs
-                .iter()
-                .filter(|e| e.get::<_, i32>(0) == id)
-                .map(|e| e.get::<_, f64>(1))
-                .collect(),
+            curve: curves.remove(&id).unwrap_or_default(),
         });
     }
     Ok(trials)
