@@ -15,8 +15,8 @@ mod choices;
 pub(crate) use choices::choice;
 
 pub use choices::{
-    Arch, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind, Prune,
-    Sampler, SchedulerKind, Strategy,
+    Arch, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
+    PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy,
 };
 
 /// The whole config file.
@@ -133,6 +133,11 @@ pub struct DataConfig {
     pub sampler: Sampler,
     /// Batches decoded ahead of the training step (default 4).
     pub prefetch: usize,
+    /// Decode the training images once into a tensor on the training device and augment each
+    /// batch there (the CPU loader's transforms, draw for draw). Absent: on for CUDA when the
+    /// decoded set takes at most a quarter of the device's memory, off on the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub on_device: Option<bool>,
     /// Augmentation applied to training images only.
     pub augment: AugmentConfig,
 }
@@ -263,6 +268,10 @@ pub struct TrainConfig {
     /// Automatic mixed precision on CUDA (float16 autocast with a dynamic loss scale); ignored
     /// on the CPU (default false).
     pub amp: bool,
+    /// "fp32", "bf16" (bfloat16 autocast with channels-last tensors, float32 weights and
+    /// optimizer state) or "auto": bf16 where the CPU has AVX512-BF16 or AMX, and on CUDA
+    /// float16 with `amp`, else fp32 (default "auto").
+    pub precision: PrecisionChoice,
     /// Compute the frozen stages' activations once, keep them in memory, and train on them:
     /// much faster on a CPU, but no augmentation of the training images (default false).
     pub precompute_frozen: bool,
@@ -304,6 +313,7 @@ impl Default for DataConfig {
             cache: true,
             sampler: Sampler::Shuffle,
             prefetch: 4,
+            on_device: None,
             augment: AugmentConfig::default(),
         }
     }
@@ -369,6 +379,7 @@ impl Default for TrainConfig {
             finetune_lr_factor: 0.1,
             precompute_frozen: false,
             amp: false,
+            precision: PrecisionChoice::Auto,
         }
     }
 }

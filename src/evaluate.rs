@@ -259,6 +259,7 @@ pub fn evaluate(
         predictor.card.temperature,
         "eval",
         predictor.ood.as_ref(),
+        predictor.precision,
     )?;
     let classes = predictor.card.classes.clone();
     let k = classes.len();

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use crate::config::DeviceChoice;
+use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::data::augment::{prepare, Normalize};
 use crate::data::loader::{stream_batches, ImageSet, InputSpec};
 use crate::error::{Error, TorchResultExt};
 use crate::models::{build, Classifier, ModelSpec};
 use crate::ood::OodDetector;
+use crate::precision::{to_f32, Precision};
 use crate::progress;
 use crate::run::ModelCard;
 
@@ -70,6 +71,43 @@ pub fn cuda_available() -> bool {
     })
 }
 
+/// Total memory of CUDA device 0 in bytes, read from the driver (`cuDeviceTotalMem_v2` in
+/// `libcuda.so.1`, which [`cuda_available`] has loaded); `None` without a driver or a device.
+pub fn cuda_total_memory() -> Option<u64> {
+    if !cuda_available() {
+        return None;
+    }
+    type Init = unsafe extern "C" fn(u32) -> i32;
+    type DeviceGet = unsafe extern "C" fn(*mut i32, i32) -> i32;
+    type TotalMem = unsafe extern "C" fn(*mut usize, i32) -> i32;
+    // SAFETY: the driver library is already loaded (RTLD_NOLOAD only finds it); the symbols
+    // have the driver API's documented signatures, and every out-pointer is a local.
+    unsafe {
+        let lib = libc::dlopen(
+            c"libcuda.so.1".as_ptr(),
+            libc::RTLD_LAZY | libc::RTLD_NOLOAD,
+        );
+        if lib.is_null() {
+            return None;
+        }
+        let init = libc::dlsym(lib, c"cuInit".as_ptr());
+        let get = libc::dlsym(lib, c"cuDeviceGet".as_ptr());
+        let total = libc::dlsym(lib, c"cuDeviceTotalMem_v2".as_ptr());
+        if init.is_null() || get.is_null() || total.is_null() {
+            return None;
+        }
+        let (init, get, total): (Init, DeviceGet, TotalMem) = (
+            std::mem::transmute::<*mut libc::c_void, Init>(init),
+            std::mem::transmute::<*mut libc::c_void, DeviceGet>(get),
+            std::mem::transmute::<*mut libc::c_void, TotalMem>(total),
+        );
+        let mut device = 0i32;
+        let mut bytes = 0usize;
+        (init(0) == 0 && get(&mut device, 0) == 0 && total(&mut bytes, device) == 0)
+            .then_some(bytes as u64)
+    }
+}
+
 /// A trained model loaded from its run folder.
 pub struct Predictor {
     /// The run folder.
@@ -82,6 +120,8 @@ pub struct Predictor {
     vs: nn::VarStore,
     /// The out-of-distribution guard, when the run has one.
     pub ood: Option<OodDetector>,
+    /// The arithmetic of its forward passes (float32 unless [`Predictor::set_precision`]).
+    pub precision: Precision,
 }
 
 /// Probabilities and out-of-distribution scores of a batch of images.
@@ -119,6 +159,7 @@ impl Predictor {
             model,
             vs,
             ood: None,
+            precision: Precision::FP32,
         })
     }
 
@@ -143,7 +184,17 @@ impl Predictor {
             model,
             vs,
             ood,
+            precision: Precision::FP32,
         })
+    }
+
+    /// Runs the forward passes of prediction and evaluation in `choice` on this device (heatmaps
+    /// stay float32); returns what it resolved to.
+    pub fn set_precision(&mut self, choice: PrecisionChoice) -> Result<Precision> {
+        let precision = Precision::resolve(choice, self.device, false);
+        precision.prepare_weights(&self.vs)?;
+        self.precision = precision;
+        Ok(precision)
     }
 
     /// The input recipe stored in model.json.
@@ -205,14 +256,17 @@ impl Predictor {
         let mut ood = self.ood.as_ref().map(|_| Vec::with_capacity(pixels.len()));
         for chunk in pixels.chunks(batch_size.max(1)) {
             let chunk: Vec<&[u8]> = chunk.iter().map(|p| p.as_slice()).collect();
-            let xs = self.input_tensor(&chunk);
+            let xs = self.precision.input(self.input_tensor(&chunk));
+            let (device, precision) = (self.device, self.precision);
             // One pass through the stages: the head and the guard read the same features.
-            let feats = tch::no_grad(|| self.model.features(&xs, false));
+            let feats =
+                tch::no_grad(|| precision.run(device, || to_f32(self.model.features(&xs, false))));
             if let (Some(scores), Some(detector)) = (ood.as_mut(), self.ood.as_ref()) {
                 scores.extend(detector.score_maps(&feats));
             }
             if !tta {
-                let logits = tch::no_grad(|| self.model.head(&feats, false));
+                let logits =
+                    tch::no_grad(|| precision.run(device, || self.model.head(&feats, false)));
                 out.extend(probabilities(&logits, self.card.temperature));
                 continue;
             }
@@ -222,8 +276,9 @@ impl Predictor {
                 let probs: Vec<Tensor> = views
                     .iter()
                     .map(|v| {
-                        (self.model.forward_t(v, false).to_kind(Kind::Double) / t)
-                            .softmax(-1, Kind::Double)
+                        let v = precision.input(v.shallow_clone());
+                        let logits = precision.run(device, || self.model.forward_t(&v, false));
+                        (logits.to_kind(Kind::Double) / t).softmax(-1, Kind::Double)
                     })
                     .collect();
                 Tensor::stack(&probs, 0).mean_dim(&[0i64][..], false, Kind::Double)
@@ -275,8 +330,9 @@ pub struct SetScores {
     pub ood: Option<Vec<f64>>,
 }
 
-/// Runs `model` over every image of `set` (no augmentation, no gradient), scoring each with
-/// the out-of-distribution guard `ood` when given (from the same features).
+/// Runs `model` over every image of `set` (no augmentation, no gradient) in `precision`,
+/// scoring each with the out-of-distribution guard `ood` when given (from the same features).
+#[allow(clippy::too_many_arguments)]
 pub fn score_set(
     model: &dyn Classifier,
     set: Arc<ImageSet>,
@@ -285,6 +341,7 @@ pub fn score_set(
     temperature: f64,
     what: &str,
     ood: Option<&OodDetector>,
+    precision: Precision,
 ) -> Result<SetScores> {
     let n = set.len();
     let spec = set.spec().clone();
@@ -296,10 +353,15 @@ pub fn score_set(
     let order: Vec<usize> = (0..n).collect();
     for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
         let batch = batch?;
-        let xs = batch.images_tensor(&spec, device);
+        let xs = precision.input(batch.images_tensor(&spec, device));
         let ys = batch.labels_tensor(device);
-        let feats = tch::no_grad(|| model.features(&xs, false));
-        let logits = tch::no_grad(|| model.head(&feats, false));
+        let (feats, logits) = tch::no_grad(|| {
+            precision.run(device, || {
+                let feats = model.features(&xs, false);
+                let logits = model.head(&feats, false);
+                (to_f32(feats), to_f32(logits))
+            })
+        });
         if let (Some(out), Some(detector)) = (ood_scores.as_mut(), ood) {
             let scores = detector.score_maps(&feats);
             for (&i, s) in batch.indices.iter().zip(scores) {

@@ -20,11 +20,13 @@ pub mod infer;
 pub mod metrics;
 pub mod models;
 pub mod ood;
+pub mod precision;
 pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod run;
 pub mod serve;
+pub mod torch_ext;
 pub mod train;
 pub mod tune;
 

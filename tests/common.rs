@@ -59,6 +59,15 @@ pub fn split_dataset(data: &Path, out: &Path) {
         .success();
 }
 
+/// `per_class` synth images per class at `size` px in DIR/synth, split into DIR/split; returns
+/// both folders.
+pub fn synth_split(dir: &Path, per_class: usize, size: u32) -> (PathBuf, PathBuf) {
+    let data = synth_dataset(dir, per_class, size);
+    let split = dir.join("split");
+    split_dataset(&data, &split);
+    (data, split)
+}
+
 /// `xray train --config configs/smoke.toml --set data.split=SPLIT`, ready for more arguments.
 pub fn smoke_train(split: &Path) -> Command {
     let mut cmd = xray();

@@ -14,6 +14,7 @@ mod metrics;
 mod models;
 mod ood;
 mod pipeline;
+mod precision;
 mod resume;
 mod serve;
 mod split;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::common::{read_json, repo, smoke_train, split_dataset, synth_dataset, xray};
+use crate::common::{read_json, repo, smoke_train, synth_split, xray};
 
 fn metrics_rows(path: &std::path::Path) -> Vec<Vec<f64>> {
     let mut reader = csv::Reader::from_path(path).unwrap();
@@ -22,9 +22,7 @@ fn metrics_rows(path: &std::path::Path) -> Vec<Vec<f64>> {
 #[test]
 fn killed_run_resumes_and_matches_the_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synth_dataset(dir.path(), 150, 64);
-    let split = dir.path().join("split");
-    split_dataset(&data, &split);
+    let (_, split) = synth_split(dir.path(), 150, 64);
     let settings = ["train.epochs=6", "data.image_size=48"];
     let with_settings = |cmd: &mut assert_cmd::Command| {
         for s in settings {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::config::DeviceChoice;
+use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::evaluate::{evaluate, labelled_images, CiBy};
 use crate::infer::{resolve_device, Predictor};
 use crate::report::{report_table, write_eval_report, ClassOrder};
@@ -25,6 +25,10 @@ pub struct EvalArgs {
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (bf16 where the CPU
+    /// computes it in hardware: AVX512-BF16 or AMX; else fp32).
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch_size: usize,
@@ -40,7 +44,8 @@ pub struct EvalArgs {
 impl EvalArgs {
     /// Runs the command.
     pub fn execute(self) -> Result<()> {
-        let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        predictor.set_precision(self.precision)?;
         let labelled = labelled_images(&predictor, &self.split)?;
         let (report, scored) = evaluate(
             &predictor,

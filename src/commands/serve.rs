@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use crate::config::DeviceChoice;
+use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::infer::{resolve_device, Predictor};
 use crate::serve::{serve, Listen, ServeOptions};
 
@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
+    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (bf16 where the CPU
+    /// computes it in hardware: AVX512-BF16 or AMX; else fp32).
+    #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
+    pub precision: PrecisionChoice,
     /// Largest accepted request in MiB (all its files together).
     #[arg(long, default_value_t = 32)]
     pub max_upload_mb: usize,
@@ -99,7 +103,8 @@ impl ServeArgs {
     pub fn execute(self) -> Result<()> {
         init_logs(self.log_format);
         let started = std::time::Instant::now();
-        let predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        predictor.set_precision(self.precision)?;
         let model_load_seconds = started.elapsed().as_secs_f64();
         let options = ServeOptions {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,

@@ -103,6 +103,20 @@ choice! {
 }
 
 choice! {
+    /// The arithmetic of the network: float32, bfloat16 autocast, or the machine's best.
+    PrecisionChoice, "train.precision" {
+        /// bfloat16 where the CPU computes it in hardware (AVX512-BF16 or AMX); on CUDA,
+        /// float16 when `train.amp` is set, else float32.
+        Auto = "auto",
+        /// float32 throughout.
+        Fp32 = "fp32",
+        /// bfloat16 autocast: convolutions and matrix products in bfloat16, reductions, losses
+        /// and the weights and optimizer state in float32; tensors channels-last.
+        Bf16 = "bf16",
+    }
+}
+
+choice! {
     /// How training images are drawn each epoch.
     Sampler, "data.sampler" {
         /// A uniform shuffle.

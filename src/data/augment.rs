@@ -127,7 +127,7 @@ fn apply(
 }
 
 /// One draw of every random transform.
-struct Transform {
+pub(crate) struct Transform {
     hflip: bool,
     vflip: bool,
     /// Rotation (sin, cos).
@@ -143,7 +143,7 @@ struct Transform {
 }
 
 impl Transform {
-    fn sample<R: Rng>(cfg: &AugmentConfig, rng: &mut R, side: f32) -> Self {
+    pub(crate) fn sample<R: Rng>(cfg: &AugmentConfig, rng: &mut R, side: f32) -> Self {
         let hflip = rng.gen::<f32>() < cfg.hflip;
         let vflip = rng.gen::<f32>() < cfg.vflip;
         let angle = symmetric(rng, cfg.rotation_degrees).to_radians();
@@ -181,6 +181,34 @@ impl Transform {
             contrast: 1.0 + symmetric(rng, cfg.contrast),
             saturation: 1.0 + symmetric(rng, cfg.saturation),
         }
+    }
+
+    /// The geometry as the 2x3 matrix of `affine_grid`/`grid_sample` (normalised coordinates,
+    /// `align_corners = false`), row-major: the output position (x, y) in [-1, 1] samples the
+    /// input at `theta * (x, y, 1)`. It is [`Transform::source`] in those coordinates: an
+    /// output pixel's offset from the centre is u = x * side / 2, and a source pixel
+    /// coordinate s becomes (2 s + 1) / side - 1.
+    pub(crate) fn theta(&self, side: f32) -> [f32; 6] {
+        let (sin, cos) = self.rotation;
+        let (cw, ch) = self.crop;
+        let z = self.zoom;
+        let (shx, shy) = self.shift;
+        let fx = if self.hflip { -1.0 } else { 1.0 };
+        let fy = if self.vflip { -1.0 } else { 1.0 };
+        let k = 2.0 / side;
+        [
+            fx * cw * cos / z,
+            fx * cw * sin / z,
+            fx * k * (self.crop_centre.0 - cw * (cos * shx + sin * shy) / z),
+            -fy * ch * sin / z,
+            fy * ch * cos / z,
+            fy * k * (self.crop_centre.1 - ch * (-sin * shx + cos * shy) / z),
+        ]
+    }
+
+    /// Brightness, contrast and saturation factors.
+    pub(crate) fn colour(&self) -> [f32; 3] {
+        [self.brightness, self.contrast, self.saturation]
     }
 
     /// The source position (pixel coordinates) of the output offset (u, v) from the centre.

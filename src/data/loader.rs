@@ -131,7 +131,7 @@ impl Batch {
 /// a copy from ordinary memory makes the host wait until the GPU has finished all the work
 /// queued before it, once per batch (torch's DataLoader pins for the same reason). libtorch's
 /// pinned-memory allocator keeps the staging buffer until the copy is done.
-fn to_device_async(t: Tensor, device: Device) -> Tensor {
+pub(crate) fn to_device_async(t: Tensor, device: Device) -> Tensor {
     if device.is_cuda() {
         t.pin_memory(device)
             .to_device_(device, t.kind(), true, false)
@@ -159,9 +159,7 @@ pub fn build_batch(
             let pixels = set.pixels(i)?;
             match augment {
                 Some(cfg) => {
-                    let mut rng = ChaCha8Rng::seed_from_u64(
-                        seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos as u64,
-                    );
+                    let mut rng = augment_rng(seed, i, pos);
                     prepare_into(&pixels, size, ch, &spec.norm, Some((cfg, &mut rng)), slot)
                 }
                 None => prepare_into::<ChaCha8Rng>(&pixels, size, ch, &spec.norm, None, slot),
@@ -173,6 +171,17 @@ pub fn build_batch(
         labels: indices.iter().map(|&i| set.labels[i] as i64).collect(),
         indices: indices.to_vec(),
     })
+}
+
+/// The augmentation RNG of image `i` at position `pos` of the batch seeded `seed` (the device
+/// pipeline draws the same transforms from it).
+pub(crate) fn augment_rng(seed: u64, i: usize, pos: usize) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ pos as u64)
+}
+
+/// The seed of batch `b` of an epoch seeded `seed`.
+pub(crate) fn batch_seed(seed: u64, b: usize) -> u64 {
+    seed.wrapping_add((b as u64) << 32)
 }
 
 /// Iterates over prefetched batches built on a background thread.
@@ -200,12 +209,7 @@ pub fn stream_batches(
     let (tx, rx) = sync_channel(prefetch.max(1));
     std::thread::spawn(move || {
         for (b, chunk) in order.chunks(batch_size.max(1)).enumerate() {
-            let batch = build_batch(
-                &set,
-                chunk,
-                augment.as_ref(),
-                seed.wrapping_add((b as u64) << 32),
-            );
+            let batch = build_batch(&set, chunk, augment.as_ref(), batch_seed(seed, b));
             let failed = batch.is_err();
             if tx.send(batch).is_err() || failed {
                 return;

@@ -4,6 +4,7 @@
 pub mod archive;
 pub mod augment;
 pub mod decode;
+pub mod device;
 pub mod loader;
 pub mod near_dup;
 pub mod scan;

@@ -56,6 +56,9 @@ pub struct ModelCard {
     /// invocation's). Absent in older run folders.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_seconds: Option<f64>,
+    /// The arithmetic training ran in: "fp32", "bf16" or "fp16" (absent in older run folders).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_precision: Option<String>,
 }
 
 /// Operating points of a two-class model, chosen on the validation split (after temperature

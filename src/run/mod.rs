@@ -92,9 +92,16 @@ pub fn settle_pending(run_dir: &Path, committed: usize) -> Result<()> {
 
 /// Saves the variables of `vs` to `path` (safetensors) atomically.
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<()> {
-    // The temporary name keeps the .safetensors extension: tch picks the format from it.
+    // Channels-last weights (bf16 runs) are written in the standard layout: safetensors holds
+    // contiguous tensors only.
+    let mut named: Vec<(String, tch::Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.contiguous()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
     write_with(path, |tmp| {
-        vs.save(tmp)
+        tch::Tensor::write_safetensors(&named, tmp)
             .torch()
             .with_context(|| format!("cannot save weights to {}", tmp.display()))
     })

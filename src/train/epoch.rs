@@ -11,7 +11,7 @@ use super::phases::Inputs;
 use super::schedule::Schedule;
 use super::trainer::Trainer;
 use crate::config::Sampler;
-use crate::data::loader::{epoch_order, stream_batches, InputSpec};
+use crate::data::loader::{batch_seed, epoch_order, stream_batches, InputSpec};
 use crate::infer::{score_set, SetScores};
 use crate::models::Classifier;
 use crate::progress;
@@ -141,16 +141,13 @@ impl Trainer<'_> {
             let batch = batch?;
             self.opt
                 .set_lr(schedule.lr_at(first_step + step) * self.state.lr_scale);
-            let logits = tch::autocast(self.amp, || {
-                forward_from(
-                    self.model.as_ref(),
-                    &batch.xs,
-                    batch.level,
-                    trainable_from,
-                    true,
-                )
-            })
-            .to_kind(Kind::Float);
+            let xs = self.precision.input(batch.xs);
+            let logits = self
+                .precision
+                .run(self.device, || {
+                    forward_from(self.model.as_ref(), &xs, batch.level, trainable_from, true)
+                })
+                .to_kind(Kind::Float);
             let loss = training_loss(&logits, &batch.ys, self.class_weights.as_ref(), tc)?;
             // The running sums stay on the device between reads, so the GPU is not made to wait
             // for the host every step; on the CPU every step is read, and a diverged step is
@@ -168,7 +165,7 @@ impl Trainer<'_> {
                     totals.correct as f64 / totals.seen as f64
                 ));
             }
-            if self.amp {
+            if self.precision.needs_loss_scale() {
                 self.opt
                     .backward_step_scaled(&loss, tc.grad_clip, &mut self.scaler);
             } else {
@@ -201,6 +198,7 @@ impl Trainer<'_> {
                 1.0,
                 "val",
                 None,
+                self.precision,
             ),
             Inputs::Cached { labels, .. } => {
                 let n = labels.len();
@@ -213,8 +211,13 @@ impl Trainer<'_> {
                     epoch_batches(inputs, order, batch_size, 0, 1, &self.spec, self.device);
                 for batch in batches {
                     let batch = batch?;
-                    let logits =
-                        tch::no_grad(|| forward_from(model, &batch.xs, batch.level, 0, false));
+                    let xs = self.precision.input(batch.xs);
+                    let logits = tch::no_grad(|| {
+                        self.precision.run(self.device, || {
+                            forward_from(model, &xs, batch.level, 0, false)
+                        })
+                    })
+                    .to_kind(Kind::Float);
                     loss_sum += logits.cross_entropy_for_logits(&batch.ys).double_value(&[])
                         * batch.labels.len() as f64;
                     let raw = logits.to_kind(Kind::Double).to_device(Device::Cpu);
@@ -271,6 +274,15 @@ fn forward_from(
     model.head(&h, train)
 }
 
+/// `order` cut into batches of `batch_size` (the last one shorter).
+fn batches_of(order: Vec<usize>, batch_size: usize) -> impl Iterator<Item = Vec<usize>> {
+    let chunks: Vec<Vec<usize>> = order
+        .chunks(batch_size.max(1))
+        .map(<[usize]>::to_vec)
+        .collect();
+    chunks.into_iter()
+}
+
 /// Iterates over the batches of one epoch of `inputs` in `order`.
 fn epoch_batches<'a>(
     inputs: &'a Inputs,
@@ -282,7 +294,28 @@ fn epoch_batches<'a>(
     device: Device,
 ) -> Box<dyn Iterator<Item = Result<DeviceBatch>> + 'a> {
     match inputs {
-        Inputs::Images { set, augment } => Box::new(
+        Inputs::Images {
+            on_device: Some(images),
+            augment,
+            ..
+        } => Box::new(
+            batches_of(order, batch_size)
+                .enumerate()
+                .map(move |(b, chunk)| {
+                    let (xs, ys) = images.batch(&chunk, augment.as_ref(), batch_seed(seed, b));
+                    Ok(DeviceBatch {
+                        xs,
+                        ys,
+                        labels: chunk.iter().map(|&i| images.label(i)).collect(),
+                        level: 0,
+                    })
+                }),
+        ),
+        Inputs::Images {
+            set,
+            augment,
+            on_device: None,
+        } => Box::new(
             stream_batches(
                 set.clone(),
                 order,
@@ -305,22 +338,16 @@ fn epoch_batches<'a>(
             reps,
             labels,
             level,
-        } => {
-            let chunks: Vec<Vec<usize>> = order
-                .chunks(batch_size.max(1))
-                .map(<[usize]>::to_vec)
-                .collect();
-            Box::new(chunks.into_iter().map(move |chunk| {
-                let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
-                let idx = Tensor::from_slice(&idx);
-                let labels: Vec<i64> = chunk.iter().map(|&i| labels[i] as i64).collect();
-                Ok(DeviceBatch {
-                    xs: reps.index_select(0, &idx).to_device(device),
-                    ys: Tensor::from_slice(&labels).to_device(device),
-                    labels,
-                    level: *level,
-                })
-            }))
-        }
+        } => Box::new(batches_of(order, batch_size).map(move |chunk| {
+            let idx: Vec<i64> = chunk.iter().map(|&i| i as i64).collect();
+            let idx = Tensor::from_slice(&idx);
+            let labels: Vec<i64> = chunk.iter().map(|&i| labels[i] as i64).collect();
+            Ok(DeviceBatch {
+                xs: reps.index_select(0, &idx).to_device(device),
+                ys: Tensor::from_slice(&labels).to_device(device),
+                labels,
+                level: *level,
+            })
+        })),
     }
 }

@@ -77,6 +77,7 @@ impl Trainer<'_> {
                 1.0,
                 "calibrate",
                 None,
+                self.precision,
             )?,
         };
         let cal = calibrate(&val, self.classes.len(), config.eval.target_sensitivity);
@@ -113,6 +114,7 @@ impl Trainer<'_> {
             operating_points: cal.operating_points,
             ood,
             train_seconds: Some(self.started.elapsed().as_secs_f64()),
+            train_precision: Some(self.precision.label().to_string()),
         };
         card.write(&self.run_dir)?;
         self.state.finished = true;

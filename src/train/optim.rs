@@ -1,6 +1,12 @@
 //! Optimizers whose state can be saved and restored, so an interrupted run resumes exactly:
 //! AdamW, Adam (L2 weight decay), SGD (momentum, Nesterov) and RMSprop, with the update rules of
 //! `torch.optim`. tch's own optimizers live in C++ and do not expose their state.
+//!
+//! AdamW, Adam and SGD update every parameter in libtorch's fused kernels (`_fused_adamw_`,
+//! `_fused_adam_`, `_fused_sgd_`, reached through [`crate::torch_ext`]): one kernel per step on
+//! CUDA instead of about ten per parameter, with no read of the device. RMSprop, which has no
+//! fused kernel, runs torch.optim's single-tensor rule op by op. Gradient clipping is
+//! multi-tensor too, and reads nothing back.
 
 use std::path::Path;
 
@@ -52,6 +58,10 @@ pub struct Optimizer {
     /// Second moments (Adam), squared averages (RMSprop), per parameter.
     second: Vec<Tensor>,
     step: i64,
+    /// The step count as the fused kernels read it (a float32 scalar on the parameters' device).
+    step_tensor: Tensor,
+    /// Whether AdamW/Adam/SGD use the fused kernels (always, but for tests of the equivalence).
+    fused: bool,
 }
 
 /// Dynamic loss scale for float16 training (torch.cuda.amp.GradScaler's defaults).
@@ -137,6 +147,7 @@ impl Optimizer {
         let zeros = |p: &Tensor| p.zeros_like().detach();
         let first = params.iter().map(|(_, p)| zeros(p)).collect();
         let second = params.iter().map(|(_, p)| zeros(p)).collect();
+        let device = params.first().map_or(tch::Device::Cpu, |(_, p)| p.device());
         Optimizer {
             rule,
             lr,
@@ -146,7 +157,16 @@ impl Optimizer {
             first,
             second,
             step: 0,
+            step_tensor: Tensor::zeros([], (Kind::Float, device)),
+            fused: true,
         }
+    }
+
+    /// Turns the fused kernels off (the op-by-op rule instead), to compare the two.
+    #[cfg(test)]
+    fn unfused(mut self) -> Self {
+        self.fused = false;
+        self
     }
 
     /// Sets the learning rate for the next steps.
@@ -173,19 +193,14 @@ impl Optimizer {
             .collect()
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`.
+    /// Scales gradients so their global L2 norm is at most `max_norm` (on the device, without
+    /// reading it back).
     pub fn clip_grad_norm(&mut self, max_norm: f64) {
         let grads = self.gradients();
-        let total: f64 = grads
-            .iter()
-            .map(|g| g.square().sum(Kind::Double).double_value(&[]))
-            .sum::<f64>()
-            .sqrt();
-        if total > max_norm {
-            let scale = max_norm / (total + 1e-6);
-            for mut g in grads {
-                let _ = g.g_mul_scalar_(scale);
-            }
+        let refs: Vec<&Tensor> = grads.iter().collect();
+        if !refs.is_empty() {
+            let _ = crate::torch_ext::clip_grad_norm(&refs, max_norm)
+                .expect("clipping float gradients of one device");
         }
     }
 
@@ -226,6 +241,10 @@ impl Optimizer {
     /// One update of every parameter that has a gradient.
     pub fn step(&mut self) {
         self.step += 1;
+        if self.fused && self.rule != Rule::RmsProp {
+            self.fused_step();
+            return;
+        }
         let t = self.step as f64;
         let (lr, wd, mom) = (self.lr, self.weight_decay, self.momentum);
         tch::no_grad(|| {
@@ -293,12 +312,64 @@ impl Optimizer {
         });
     }
 
+    /// [`Optimizer::step`] for AdamW, Adam and SGD in libtorch's fused kernels, over the
+    /// parameters that have a gradient.
+    fn fused_step(&mut self) {
+        let (mut p, mut g, mut m, mut v) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for ((_, param), (first, second)) in self
+            .params
+            .iter()
+            .zip(self.first.iter().zip(self.second.iter()))
+        {
+            let grad = param.grad();
+            if grad.defined() {
+                p.push(param);
+                g.push(grad);
+                m.push(first);
+                v.push(second);
+            }
+        }
+        let g: Vec<&Tensor> = g.iter().collect();
+        let result = tch::no_grad(|| match self.rule {
+            Rule::AdamW | Rule::Adam => {
+                let _ = self.step_tensor.fill_(self.step as f64);
+                let steps = vec![&self.step_tensor; p.len()];
+                crate::torch_ext::fused_adam(
+                    &p,
+                    &g,
+                    &m,
+                    &v,
+                    &steps,
+                    self.lr,
+                    (BETA1, BETA2),
+                    self.weight_decay,
+                    EPS,
+                    self.rule == Rule::AdamW,
+                )
+            }
+            Rule::Sgd { nesterov } => crate::torch_ext::fused_sgd(
+                &p,
+                &g,
+                &m,
+                self.lr,
+                self.weight_decay,
+                self.momentum,
+                nesterov,
+                self.step == 1,
+            ),
+            Rule::RmsProp => unreachable!("RMSprop has no fused kernel"),
+        });
+        // The lists are built from this optimizer's own float parameters on one device, which
+        // is all the kernels ask.
+        result.expect("fused optimizer step");
+    }
+
     /// Saves the optimizer state (moments, step count, the epoch it belongs to) as safetensors.
     pub fn save(&self, path: &Path, epoch: usize) -> Result<()> {
         let mut named: Vec<(String, Tensor)> = Vec::new();
         for ((name, _), (m, v)) in self.params.iter().zip(self.first.iter().zip(&self.second)) {
-            named.push((format!("first.{name}"), m.shallow_clone()));
-            named.push((format!("second.{name}"), v.shallow_clone()));
+            named.push((format!("first.{name}"), m.contiguous()));
+            named.push((format!("second.{name}"), v.contiguous()));
         }
         named.push(("step".into(), Tensor::from_slice(&[self.step])));
         named.push(("epoch".into(), Tensor::from_slice(&[epoch as i64])));
@@ -388,6 +459,62 @@ mod tests {
         let loss = w.square().sum(Kind::Float);
         assert!(opt.backward_step_scaled(&loss, 0.0, &mut scaler));
         assert!((w.double_value(&[0]) - 0.8).abs() < 1e-6);
+    }
+
+    /// The fused kernels follow the op-by-op rules: four steps on a small quadratic with a
+    /// frozen parameter, weight decay, momentum and clipping agree within float rounding.
+    #[test]
+    fn fused_steps_match_the_single_tensor_rules() {
+        let rules = [
+            (Rule::AdamW, 0.01, 0.0),
+            (Rule::Adam, 0.01, 0.0),
+            (Rule::Sgd { nesterov: false }, 0.01, 0.9),
+            (Rule::Sgd { nesterov: true }, 0.0, 0.9),
+            (Rule::Sgd { nesterov: false }, 0.0, 0.0),
+        ];
+        for (rule, wd, mom) in rules {
+            let run = |fused: bool| {
+                tch::manual_seed(3);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let w = vs.root().var(
+                    "w",
+                    &[4, 3],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                );
+                let b = vs.root().var(
+                    "b",
+                    &[3],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                );
+                let frozen = vs.root().var("frozen", &[2], nn::Init::Const(1.0));
+                let mut opt = Optimizer::new(&vs, rule, 0.05, wd, mom);
+                if !fused {
+                    opt = opt.unfused();
+                }
+                let x = Tensor::from_slice(&[1.0f32, -2.0, 0.5, 3.0]).view([1, 4]);
+                for _ in 0..4 {
+                    let loss = (x.matmul(&w) + &b).square().sum(Kind::Float);
+                    opt.backward_step(&loss, 5.0);
+                }
+                let all = Tensor::cat(&[w.view([-1]), b, frozen], 0);
+                Vec::<f32>::try_from(&all).unwrap()
+            };
+            let (fused, plain) = (run(true), run(false));
+            for (a, b) in fused.iter().zip(&plain) {
+                assert!((a - b).abs() < 1e-5, "{rule:?}: {fused:?} vs {plain:?}");
+            }
+            assert_eq!(
+                &fused[15..],
+                &[1.0, 1.0],
+                "{rule:?} moved a parameter without gradient"
+            );
+        }
     }
 
     #[test]

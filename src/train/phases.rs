@@ -1,6 +1,7 @@
 //! Training phases (a frozen-backbone phase, then fine-tuning) and the inputs each trains on:
 //! images, or the frozen stages' activations computed once and kept in memory.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -8,6 +9,7 @@ use anyhow::Result;
 use tch::{nn, Device, Tensor};
 
 use crate::config::{AugmentConfig, TrainConfig};
+use crate::data::device::DeviceImages;
 use crate::data::loader::{stream_batches, ImageSet};
 use crate::models::Classifier;
 use crate::progress;
@@ -77,6 +79,9 @@ pub enum Inputs {
         set: Arc<ImageSet>,
         /// Augmentation, for training images only.
         augment: Option<AugmentConfig>,
+        /// The same images decoded on the training device (`data.on_device`): batches are
+        /// then gathered and augmented there instead of by the CPU loader.
+        on_device: Option<Rc<DeviceImages>>,
     },
     /// Activations entering at stage `level`, kept on the CPU, one row per image.
     Cached {

@@ -3,6 +3,7 @@
 //! and activation cache in `phases.rs`, the end of the run in `finish.rs`.
 
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,6 +18,7 @@ use super::stopping;
 use super::{Hooks, TrainOutcome};
 use crate::config::Config;
 use crate::data::augment::Normalize;
+use crate::data::device::{use_device_pipeline, DeviceImages};
 use crate::data::loader::{ImageSet, InputSpec};
 use crate::data::split::SplitSet;
 use crate::error::{Error, TorchResultExt};
@@ -24,6 +26,7 @@ use crate::infer::{resolve_device, SetScores};
 use crate::metrics::{accuracy, decide, summary_auc};
 use crate::models::pretrained::load_pretrained;
 use crate::models::{build, Classifier, ModelSpec};
+use crate::precision::Precision;
 use crate::progress;
 use crate::run::{
     pending_path, save_weights, settle_pending, write_metrics_csv, EpochMetrics, RunState,
@@ -50,8 +53,9 @@ pub(super) struct Trainer<'c> {
     pub(super) model: Box<dyn Classifier>,
     pub(super) opt: Optimizer,
     pub(super) scaler: LossScaler,
-    /// float16 autocast with loss scaling (CUDA only).
-    pub(super) amp: bool,
+    /// The arithmetic of the forward passes (float16 on CUDA with a loss scale, bfloat16, or
+    /// float32).
+    pub(super) precision: Precision,
     pub(super) class_weights: Option<Tensor>,
     pub(super) classes: Vec<String>,
     pub(super) spec: InputSpec,
@@ -64,6 +68,37 @@ pub(super) struct Trainer<'c> {
     pub(super) best_val: Option<SetScores>,
     /// When this training command started (for model.json's `train_seconds`).
     pub(super) started: Instant,
+    /// Whether the training images go on the device (`data.on_device` or its default).
+    on_device: bool,
+    /// The training images on the device, once decoded.
+    device_images: Option<Rc<DeviceImages>>,
+}
+
+/// One line on the arithmetic chosen, and why when `auto` chose it.
+fn precision_note(
+    precision: &Precision,
+    choice: crate::config::PrecisionChoice,
+    device: Device,
+) -> String {
+    let why = match (choice, precision.label(), device.is_cuda()) {
+        (crate::config::PrecisionChoice::Auto, "fp32", false) => {
+            " (auto: this CPU has no bfloat16 instructions)"
+        }
+        (crate::config::PrecisionChoice::Auto, "bf16", false) => {
+            " (auto: this CPU computes bfloat16 in hardware)"
+        }
+        (crate::config::PrecisionChoice::Bf16, _, false) if !crate::torch_ext::cpu_has_bf16() => {
+            " (this CPU has no bfloat16 instructions: expect it to be several times slower than \
+             fp32)"
+        }
+        _ => "",
+    };
+    let layout = if precision.channels_last {
+        ", channels-last"
+    } else {
+        ""
+    };
+    format!("precision {}{layout}{why}", precision.label())
 }
 
 /// The split's classes and its train and val images, ready to load.
@@ -146,6 +181,10 @@ impl<'c> Trainer<'c> {
             ));
         }
         let tc = &config.train;
+        let precision = Precision::resolve(tc.precision, device, tc.amp);
+        // Before the optimizer: its moments take the weights' layout.
+        precision.prepare_weights(&vs)?;
+        progress::note(&precision_note(&precision, tc.precision, device));
         let mut opt = Optimizer::new(
             &vs,
             Rule::from_config(tc),
@@ -153,6 +192,15 @@ impl<'c> Trainer<'c> {
             tc.weight_decay,
             tc.momentum,
         );
+        let (on_device, why) = use_device_pipeline(
+            config.data.on_device,
+            device,
+            DeviceImages::bytes_needed(data.train.len(), &data.spec),
+            crate::infer::cuda_total_memory().filter(|_| device.is_cuda()),
+        );
+        if !why.is_empty() {
+            progress::note(&why);
+        }
         let counts = data.train.class_counts(n_classes);
         let class_weights = class_weights(&tc.class_weights, &counts)?.map(|w| {
             Tensor::from_slice(&w)
@@ -174,7 +222,7 @@ impl<'c> Trainer<'c> {
             model,
             opt,
             scaler: LossScaler::default(),
-            amp: tc.amp && device.is_cuda(),
+            precision,
             class_weights,
             classes: data.classes,
             spec: data.spec,
@@ -184,6 +232,8 @@ impl<'c> Trainer<'c> {
             history,
             best_val: None,
             started: Instant::now(),
+            on_device,
+            device_images: None,
         })
     }
 
@@ -216,6 +266,19 @@ impl<'c> Trainer<'c> {
         self.finish(ending, hooks.update_latest)
     }
 
+    /// The training images on the device when `data.on_device` (or its default) says so,
+    /// decoded on first use and kept for the rest of the run.
+    fn train_on_device(&mut self) -> Result<Option<Rc<DeviceImages>>> {
+        if !self.on_device {
+            return Ok(None);
+        }
+        if self.device_images.is_none() {
+            let images = DeviceImages::load(&self.train_set, self.device)?;
+            self.device_images = Some(Rc::new(images));
+        }
+        Ok(self.device_images.clone())
+    }
+
     /// Runs epochs `done_here..` of `phase`, whose first epoch is `first_epoch + 1`.
     fn run_phase(
         &mut self,
@@ -241,10 +304,12 @@ impl<'c> Trainer<'c> {
                 Inputs::Images {
                     set: self.train_set.clone(),
                     augment: Some(self.config.data.augment.clone()),
+                    on_device: self.train_on_device()?,
                 },
                 Inputs::Images {
                     set: self.val_set.clone(),
                     augment: None,
+                    on_device: None,
                 },
             )
         };

@@ -1,0 +1,141 @@
+//! How a network computes: float32, bfloat16 autocast, or float16 autocast on CUDA, and
+//! whether its tensors are channels-last. [`Precision::resolve`] turns the configured choice
+//! into one of these for a device; training, evaluation and prediction run their forward
+//! passes through [`Precision::run`].
+//!
+//! bfloat16 pays only where the hardware computes it: on a CPU without AVX512-BF16 or AMX
+//! libtorch emulates it, and a ResNet18 training step ran 12x slower than float32 (PyTorch 2.11,
+//! AMD EPYC with AVX2 only; BENCHMARKS.md), so `auto` keeps float32 there.
+
+use anyhow::Result;
+use tch::{nn::VarStore, Device, Kind, Tensor};
+
+use crate::config::PrecisionChoice;
+use crate::torch_ext::{self, Autocast};
+
+/// The arithmetic a run uses on its device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Precision {
+    /// The autocast region's lower precision, or `None` for float32 throughout.
+    pub autocast: Option<Autocast>,
+    /// Weights and inputs channels-last (what oneDNN and cuDNN convolve fastest in reduced
+    /// precision).
+    pub channels_last: bool,
+}
+
+impl Precision {
+    /// float32, the tensors as they are.
+    pub const FP32: Precision = Precision {
+        autocast: None,
+        channels_last: false,
+    };
+
+    /// The precision `choice` means on `device`; `amp` is `train.amp` (float16 on CUDA).
+    /// `auto` is bfloat16 on a CPU with bfloat16 instructions, float16 on CUDA with `amp`, and
+    /// float32 otherwise. bf16 and float16 run channels-last.
+    pub fn resolve(choice: PrecisionChoice, device: Device, amp: bool) -> Precision {
+        let reduced = |autocast| Precision {
+            autocast: Some(autocast),
+            channels_last: true,
+        };
+        match choice {
+            PrecisionChoice::Fp32 if device.is_cuda() && amp => reduced(Autocast::Float16),
+            PrecisionChoice::Fp32 => Precision::FP32,
+            PrecisionChoice::Bf16 => reduced(Autocast::BFloat16),
+            PrecisionChoice::Auto if device.is_cuda() && amp => reduced(Autocast::Float16),
+            PrecisionChoice::Auto if !device.is_cuda() && torch_ext::cpu_has_bf16() => {
+                reduced(Autocast::BFloat16)
+            }
+            PrecisionChoice::Auto => Precision::FP32,
+        }
+    }
+
+    /// The word model.json, logs and reports use: "fp32", "bf16" or "fp16".
+    pub fn label(&self) -> &'static str {
+        match self.autocast {
+            None => "fp32",
+            Some(Autocast::BFloat16) => "bf16",
+            Some(Autocast::Float16) => "fp16",
+        }
+    }
+
+    /// Whether float16 gradients need a loss scale.
+    pub fn needs_loss_scale(&self) -> bool {
+        self.autocast == Some(Autocast::Float16)
+    }
+
+    /// Runs `f` (a forward pass) in this precision on `device`. Panics only if libtorch refuses
+    /// to enter autocast, which it does not for the CPU or CUDA.
+    pub fn run<T>(&self, device: Device, f: impl FnOnce() -> T) -> T {
+        torch_ext::autocast(device, self.autocast, f).expect("entering autocast")
+    }
+
+    /// The network's input in this precision's layout.
+    pub fn input(&self, xs: Tensor) -> Tensor {
+        if self.channels_last {
+            torch_ext::channels_last(&xs).unwrap_or(xs)
+        } else {
+            xs
+        }
+    }
+
+    /// Lays the 4-d weights of `vs` out channels-last when this precision asks (values are
+    /// unchanged; saved weights are made contiguous again by [`crate::run::save_weights`]).
+    pub fn prepare_weights(&self, vs: &VarStore) -> Result<()> {
+        if self.channels_last {
+            tch::no_grad(|| -> Result<()> {
+                for (_, v) in vs.variables() {
+                    torch_ext::make_channels_last(&v)?;
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Float32 version of a forward pass's output (autocast leaves some outputs in bfloat16).
+pub fn to_f32(t: Tensor) -> Tensor {
+    if t.kind() == Kind::Float {
+        t
+    } else {
+        t.to_kind(Kind::Float)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn choices_resolve_per_device() {
+        let cpu = Device::Cpu;
+        assert_eq!(
+            Precision::resolve(PrecisionChoice::Fp32, cpu, true),
+            Precision::FP32
+        );
+        let bf16 = Precision::resolve(PrecisionChoice::Bf16, cpu, false);
+        assert_eq!((bf16.label(), bf16.channels_last), ("bf16", true));
+        let auto = Precision::resolve(PrecisionChoice::Auto, cpu, false);
+        let expect = if torch_ext::cpu_has_bf16() {
+            "bf16"
+        } else {
+            "fp32"
+        };
+        assert_eq!(auto.label(), expect);
+        let cuda = Device::Cuda(0);
+        assert_eq!(
+            Precision::resolve(PrecisionChoice::Auto, cuda, true).label(),
+            "fp16"
+        );
+        assert_eq!(
+            Precision::resolve(PrecisionChoice::Auto, cuda, false).label(),
+            "fp32"
+        );
+        assert!(Precision::resolve(PrecisionChoice::Fp32, cuda, true).needs_loss_scale());
+        assert_eq!(
+            Precision::resolve(PrecisionChoice::Bf16, cuda, true).label(),
+            "bf16"
+        );
+    }
+}
