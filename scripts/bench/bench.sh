@@ -11,12 +11,18 @@
 #     xray's CPU batch of 8 (PREDICT_BATCH; the script's own default is 32);
 #   - peak memory of each (scripts/bench/measure.py: resident set of the process, or the
 #     proportional set size summed over it and its workers, whichever is larger);
-#   - the compute ceiling: measured GEMM GFLOP/s against the FLOPs of a training step
-#     (scripts/bench/ceiling.py).
+#   - the compute ceiling: measured GEMM GFLOP/s (float32 and bfloat16) against the FLOPs of
+#     a training step (scripts/bench/ceiling.py);
+#   - the precision rows: xray `train.precision = "bf16"` against PyTorch's best CPU recipe
+#     (bfloat16 autocast, channels-last; BENCH_PRECISION=bf16 train_torch.py), and xray with
+#     `data.on_device = true` (the device pipeline, here on the CPU) against PyTorch float32.
 #
 #   scripts/bench/bench.sh [ROUNDS=3]
 # Environment: BENCH_TRAIN_IMAGES (160), BENCH_EPOCHS (2: the last epoch is timed, the first
-# carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5).
+# carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5). On a CPU without
+# bfloat16 instructions (AVX512-BF16 or AMX) bf16 runs about 10x slower on both sides, so its
+# rows then train on BENCH_BF16_IMAGES (32) for BENCH_BF16_ROUNDS (1) round; with them, the
+# fp32 settings.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 rounds=${1:-3}
@@ -46,17 +52,30 @@ field() { sed -n "s/.*$1=\([^ ]*\).*/\1/p"; }
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 calc() { awk "BEGIN {printf \"$1\", $2}"; }
 
-# --- data: n_train training images (half per class), plus a few for xray's validation and
-# test splits (not timed: an epoch's img/s counts its training steps only).
-for class in NORMAL PNEUMONIA; do
-  mkdir -p "$work/data/$class"
-  find "$data/$class" -name '*.jpeg' | sort | awk -v k=$((n_train / 2 + 16)) 'NR % 3 == 0 && ++c <= k' |
-    while read -r f; do ln -s "$(realpath "$f")" "$work/data/$class/"; done
-done
-"$xray" split "$work/data" --out "$work/split" --group-regex '^(.*)$' \
-  --ratios "$(awk -v n="$n_train" 'BEGIN {t = n + 32; a = sprintf("%.4f", n / t); b = sprintf("%.4f", 16 / t); printf "%s,%s,%.4f", a, b, 1 - a - b}')" >/dev/null
-awk -F, 'NR > 1 && $4 == "train" {print "'"$work"'/data/" $1 "\t" ($2 == "PNEUMONIA")}' \
-  "$work/split/split.csv" > "$work/train.tsv"
+# --- data: N training images (half per class), plus a few for xray's validation and test
+# splits (not timed: an epoch's img/s counts its training steps only), as NAME/ (the split)
+# and NAME.tsv (the PyTorch side's file list).
+make_split() {
+  local n=$1 name=$2
+  for class in NORMAL PNEUMONIA; do
+    mkdir -p "$work/data-$name/$class"
+    find "$data/$class" -name '*.jpeg' | sort | awk -v k=$((n / 2 + 16)) 'NR % 3 == 0 && ++c <= k' |
+      while read -r f; do ln -s "$(realpath "$f")" "$work/data-$name/$class/"; done
+  done
+  "$xray" split "$work/data-$name" --out "$work/$name" --group-regex '^(.*)$' \
+    --ratios "$(awk -v n="$n" 'BEGIN {t = n + 32; a = sprintf("%.4f", n / t); b = sprintf("%.4f", 16 / t); printf "%s,%s,%.4f", a, b, 1 - a - b}')" >/dev/null
+  awk -F, 'NR > 1 && $4 == "train" {print "'"$work/data-$name"'/" $1 "\t" ($2 == "PNEUMONIA")}' \
+    "$work/$name/split.csv" > "$work/$name.tsv"
+}
+make_split "$n_train" split
+bf16_hw=$("$py" -c "import torch; c = torch._C._cpu._get_cpu_capability(); print(int(bool(c.get('avx512_bf16') or c.get('amx_bf16'))))")
+if [ "$bf16_hw" = 1 ]; then
+  n_bf16=$n_train bf16_rounds=$rounds
+  cp "$work/split.tsv" "$work/split-bf16.tsv"; cp -r "$work/split" "$work/split-bf16"
+else
+  n_bf16=${BENCH_BF16_IMAGES:-32} bf16_rounds=${BENCH_BF16_ROUNDS:-1}
+  make_split "$n_bf16" split-bf16
+fi
 mkdir -p "$work/folder"
 find "$data" -name '*.jpeg' | sort | awk -v n="$n_folder" 'NR % 11 == 0 && ++k <= n' |
   while read -r f; do ln -s "$(realpath "$f")" "$work/folder/$(basename "$f")"; done
@@ -65,28 +84,44 @@ one=$(find "$data/PNEUMONIA" -name '*.jpeg' | sort | awk 'NR == 1')
 
 for arch in $archs; do
   scripts/bench/train_config.sh "$work/split" "$arch" "$epochs" 32 > "$work/$arch.toml"
+  scripts/bench/train_config.sh "$work/split-bf16" "$arch" "$epochs" 32 > "$work/$arch-bf16.toml"
 done
 
 # --- the compute ceiling
 say "GEMM and training-step FLOPs"
 "$py" scripts/bench/ceiling.py $archs > "$work/ceiling.txt"
 gemm=$(field gemm_gflops < "$work/ceiling.txt")
+gemm_bf16=$(field gemm_bf16_gflops < "$work/ceiling.txt")
 
-# --- training, alternating xray / PyTorch per architecture and round
+# --- training, alternating xray / PyTorch per architecture and round. Keys: ARCH (float32),
+# ARCH/dev (xray with the device pipeline), ARCH/bf16 (both sides in bfloat16).
 declare -A train_x train_t mem_x mem_t
+xray_train() { # KEY CONFIG SETTING...
+  local key=$1 config=$2; shift 2
+  say "training round $r: $key, xray $*"
+  rm -rf "$work/run-${key%%/*}"
+  m=$(measure --log "$work/log" "$xray" train --config "$config" --out "$work/run-${key%%/*}" "$@")
+  [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
+  train_x[$key]+=" $(sed -n 's/.* \([0-9.]*\) img\/s .*/\1/p' "$work/log" | tail -1)"
+  mem_x[$key]+=" $(field peak_mib <<<"$m")"
+}
+torch_train() { # KEY FILE_LIST ARCH [ENV...]
+  local key=$1 list=$2 arch=$3; shift 3
+  say "training round $r: $key, PyTorch $*"
+  m=$(env "$@" "$py" scripts/bench/measure.py --log "$work/log" "$py" scripts/bench/train_torch.py "$list" "$arch" "$epochs")
+  [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
+  train_t[$key]+=" $(sed -n 's/.*=//p' "$work/log" | tail -1)"
+  mem_t[$key]+=" $(field peak_mib <<<"$m")"
+}
 for ((r = 1; r <= rounds; r++)); do
   for arch in $archs; do
-    say "training round $r/$rounds: $arch, xray"
-    rm -rf "$work/run-$arch"
-    m=$(measure --log "$work/log" "$xray" train --config "$work/$arch.toml" --out "$work/run-$arch")
-    [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
-    train_x[$arch]+=" $(sed -n 's/.* \([0-9.]*\) img\/s .*/\1/p' "$work/log" | tail -1)"
-    mem_x[$arch]+=" $(field peak_mib <<<"$m")"
-    say "training round $r/$rounds: $arch, PyTorch"
-    m=$(measure --log "$work/log" "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs")
-    [ "$(field rc <<<"$m")" = 0 ] || { cat "$work/log" >&2; exit 1; }
-    train_t[$arch]+=" $(sed -n 's/.*=//p' "$work/log" | tail -1)"
-    mem_t[$arch]+=" $(field peak_mib <<<"$m")"
+    xray_train "$arch" "$work/$arch.toml" --set train.precision=fp32
+    torch_train "$arch" "$work/split.tsv" "$arch"
+    xray_train "$arch/dev" "$work/$arch.toml" --set train.precision=fp32 --set data.on_device=true
+    if ((r <= bf16_rounds)); then
+      xray_train "$arch/bf16" "$work/$arch-bf16.toml" --set train.precision=bf16
+      torch_train "$arch/bf16" "$work/split-bf16.tsv" "$arch" BENCH_PRECISION=bf16
+    fi
   done
 done
 
@@ -111,12 +146,18 @@ done
 {
   echo "| benchmark | xray | PyTorch | ratio | rounds (xray; PyTorch) |"
   echo "|---|---:|---:|---:|---|"
-  for arch in $archs; do
+  row() { # LABEL XRAY_KEY TORCH_KEY
     # shellcheck disable=SC2086
-    a=$(median ${train_x[$arch]}); b=$(median ${train_t[$arch]})
-    am=$(median ${mem_x[$arch]}); bm=$(median ${mem_t[$arch]})
-    echo "| train $arch, img/s | $a | $b | **$(calc %.2fx "$a / $b")** |${train_x[$arch]};${train_t[$arch]} |"
-    echo "| train $arch, peak memory | $(calc %.0f "$am") MiB | $(calc %.0f "$bm") MiB | $(calc %.2fx "$am / $bm") |${mem_x[$arch]};${mem_t[$arch]} |"
+    a=$(median ${train_x[$2]}); b=$(median ${train_t[$3]})
+    # shellcheck disable=SC2086
+    am=$(median ${mem_x[$2]}); bm=$(median ${mem_t[$3]})
+    echo "| train $1, img/s | $a | $b | **$(calc %.2fx "$a / $b")** |${train_x[$2]};${train_t[$3]} |"
+    echo "| train $1, peak memory | $(calc %.0f "$am") MiB | $(calc %.0f "$bm") MiB | $(calc %.2fx "$am / $bm") |${mem_x[$2]};${mem_t[$3]} |"
+  }
+  for arch in $archs; do
+    row "$arch fp32" "$arch" "$arch"
+    row "$arch fp32, xray data.on_device" "$arch/dev" "$arch"
+    row "$arch bf16 (PyTorch: autocast + channels-last; $n_bf16 images, $bf16_rounds round(s))" "$arch/bf16" "$arch/bf16"
   done
   a=$(median "${xc[@]}"); b=$(median "${pc[@]}")
   echo "| cold predict, one image | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | ${xc[*]}; ${pc[*]} |"
@@ -129,9 +170,9 @@ done
   echo
   echo "Ratios: speed as xray / PyTorch (above 1: xray faster); memory as xray / PyTorch (below 1: xray leaner)."
   echo
-  echo "Compute ceiling: float32 GEMM (2048x2048, torch.mm on libtorch 2.11, $(nproc) threads) runs at $gemm GFLOP/s."
+  echo "Compute ceiling: float32 GEMM (2048x2048, torch.mm on libtorch 2.11, $(nproc) threads) runs at $gemm GFLOP/s; bfloat16 GEMM (1024x1024) at $gemm_bf16 GFLOP/s (this CPU $([ "$bf16_hw" = 1 ] && echo has || echo "has no") AVX512-BF16/AMX)."
   echo
-  echo "| model | GFLOP per training image | ceiling img/s | step alone img/s | xray end to end, % of ceiling |"
+  echo "| model | GFLOP per training image | float32 ceiling img/s | float32 step alone img/s | xray float32 end to end, % of ceiling |"
   echo "|---|---:|---:|---:|---:|"
   for arch in $archs; do
     line=$(grep "^$arch " "$work/ceiling.txt")
@@ -144,5 +185,5 @@ done
   echo "Machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores, $(free -g | awk '/^Mem:/ {print $2}') GiB;" \
        "$(. /etc/os-release && echo "$PRETTY_NAME"); torch $("$py" -c 'import torch, torchvision; print(torch.__version__, "+ torchvision", torchvision.__version__)');" \
        "xray $(git rev-parse --short HEAD); $(date -u +%Y-%m-%d)."
-  echo "Command: \`scripts/bench/bench.sh $rounds\` (training: $(wc -l < "$work/train.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
+  echo "Command: \`scripts/bench/bench.sh $rounds\` (training: $(wc -l < "$work/split.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
 } | tee "$out_dir/results.md"

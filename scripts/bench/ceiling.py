@@ -6,7 +6,8 @@ and overcounts MobileNetV2's depthwise convolutions twentyfold), and the step al
 tensors (no decoding, no augmentation) in images per second.
 
     python ceiling.py ARCH...
-Prints `gemm_gflops=N` then, per ARCH, `ARCH gflop_per_img=N ceiling_img_s=N step_img_s=N`.
+Prints `gemm_gflops=N gemm_bf16_gflops=N` (the bfloat16 GEMM: fast only where the CPU has
+AVX512-BF16 or AMX) then, per ARCH, `ARCH gflop_per_img=N ceiling_img_s=N step_img_s=N`.
 """
 import os
 import sys
@@ -22,8 +23,8 @@ def median(xs):
     return xs[len(xs) // 2]
 
 
-def gemm_gflops(n=2048, reps=10):
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def gemm_gflops(n=2048, reps=10, dtype=torch.float32):
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     times = []
     for _ in range(reps):
@@ -43,7 +44,8 @@ def main():
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
     gflops = gemm_gflops()
-    print(f"gemm_gflops={gflops:.1f}", flush=True)
+    bf16 = gemm_gflops(n=1024, reps=3, dtype=torch.bfloat16)
+    print(f"gemm_gflops={gflops:.1f} gemm_bf16_gflops={bf16:.1f}", flush=True)
     batch = 32
     for arch in sys.argv[1:]:
         model = getattr(torchvision.models, arch)(num_classes=2).train()

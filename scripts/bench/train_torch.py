@@ -8,6 +8,9 @@ from scratch.
 FILE_LIST: `path<TAB>label` lines. Prints `torch_train_img_per_s=N` per epoch (decode, augment,
 forward, backward, step: the whole epoch's wall time).
 
+BENCH_PRECISION=bf16: PyTorch's best CPU recipe, bfloat16 autocast with the model and inputs
+channels-last (as xray's `train.precision = "bf16"`).
+
 On a GPU (scripts/experiments/gpu_check.sh): BENCH_DEVICE=cuda, BENCH_AMP=1 (float16 autocast with a
 GradScaler, as `train.amp`), BENCH_BATCH=N (default 32); the loader then pins memory.
 """
@@ -27,10 +30,12 @@ def main():
     arch, epochs = sys.argv[2], int(sys.argv[3])
     device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
     amp = os.environ.get("BENCH_AMP") == "1" and device.type == "cuda"
+    bf16 = os.environ.get("BENCH_PRECISION") == "bf16"
+    layout = torch.channels_last if bf16 else torch.contiguous_format
     batch = int(os.environ.get("BENCH_BATCH", "32"))
     transform = train_transform()
     torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=2).to(device)
+    model = getattr(torchvision.models, arch)(num_classes=2).to(device, memory_format=layout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -42,10 +47,11 @@ def main():
         start = time.perf_counter()
         n = 0
         for xs, ys in loader:
-            xs = xs.to(device, non_blocking=True)
+            xs = xs.to(device, non_blocking=True, memory_format=layout)
             ys = ys.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+            with torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float16,
+                                enabled=amp or bf16):
                 loss = loss_fn(model(xs), ys)
             scaler.scale(loss).backward()
             scaler.step(opt)

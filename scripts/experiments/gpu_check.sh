@@ -9,8 +9,11 @@
 #    eval, the Grad-CAM check against the known boxes, predict on CUDA against the CPU;
 # 2. a run killed with SIGKILL mid-training resumes on CUDA;
 # 3. training throughput from JPEGs, ResNet18 and MobileNetV2 from scratch, 224 px, batch 64,
-#    AMP: `xray train` against scripts/bench/train_torch.py on the same GPU, alternating
-#    (the second epoch's img/s); ResNet18 without AMP too;
+#    AMP (ResNet18 also float32 and bfloat16): `xray train` with its device pipeline (the
+#    default on CUDA) and with the CPU loader (`data.on_device = false`), against
+#    scripts/bench/train_torch.py (a DataLoader) and scripts/bench/train_torch_gpu_aug.py
+#    (PyTorch with the same augmentation on the GPU), alternating (the last epoch's img/s);
+#    and the GPU's GEMM ceiling in float32 and bfloat16;
 # 4. inference over the test images on CUDA: xray predict against scripts/bench/predict_torch.py.
 # XRAY_BASE_BIN=OTHER_BINARY adds a column: the same training runs with another build (an A/B
 # of a change on the same machine, in the same call).
@@ -53,7 +56,7 @@ xr split "$work/synth" --out "$work/synth-split" >/dev/null
 xr train --config configs/smoke.toml --set "data.split=$work/synth-split" --set device=$dev \
   --set train.amp=true --set train.epochs=8 --out "$work/synth-run" >"$work/synth-train.log"
 rc=$?
-row "- synth train, CUDA + AMP, 8 epochs: exit $rc; last epoch: $(grep -i 'epoch' "$work/synth-train.log" | tail -1)"
+row "- synth train, CUDA + AMP, 8 epochs: exit $rc; $(grep -E '^(precision|data.on_device)' "$work/synth-train.log" | tr '\n' ';') last epoch: $(grep -i 'epoch' "$work/synth-train.log" | tail -1)"
 xr eval --checkpoint "$work/synth-run" --device $dev >"$work/eval.log"
 row "- eval on CUDA: exit $?; $(grep -i -E 'auc' "$work/eval.log" | head -2 | tr '\n' ' ')"
 xr gradcam --checkpoint "$work/synth-run" --check "$work/synth" --limit 60 --method gradcam --device $dev >"$work/cam.log"
@@ -94,35 +97,61 @@ say "Kermany split for throughput"
 awk -F, 'NR > 1 && $4 == "train" {print "'"$(realpath "$data")"'/" $1 "\t" ($2 == "PNEUMONIA")}' \
   "$work/k-split/split.csv" >"$work/train.tsv"
 row "- Kermany subset: $(wc -l <"$work/train.tsv") training images, $epochs epochs a run (the last is timed), batch 64"
+row "- GEMM ceiling on $dev: $("$py" - "$dev" <<'PY'
+import sys, time, torch
+dev = torch.device(sys.argv[1])
+torch.backends.cuda.matmul.allow_tf32 = False
+out = []
+for name, dtype, n in [("float32", torch.float32, 8192 if dev.type == "cuda" else 1024),
+                       ("bfloat16", torch.bfloat16, 8192 if dev.type == "cuda" else 512)]:
+    a = torch.randn(n, n, device=dev, dtype=dtype)
+    torch.mm(a, a)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.mm(a, a)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+    out.append(f"{name} {5 * 2 * n**3 / (time.perf_counter() - start) / 1e12:.1f} TFLOP/s")
+print(", ".join(out))
+PY
+)"
 row ""
 base=${XRAY_BASE_BIN:+$(realpath "$XRAY_BASE_BIN")}
-if [ -n "$base" ]; then
-  row "| training, img/s | xray | PyTorch | ratio | xray, base build |"
-  row "|---|---:|---:|---:|---:|"
-else
-  row "| training, img/s | xray | PyTorch | ratio |"
-  row "|---|---:|---:|---:|"
-fi
-for job in resnet18:true mobilenet_v2:true resnet18:false; do
-  arch=${job%%:*} amp=${job##*:}
+row "| training, img/s | xray, device pipeline | xray, CPU loader | PyTorch, DataLoader | PyTorch, same augmentation on the GPU | xray / DataLoader | xray / GPU augmentation |${base:+ xray, base build |}"
+row "|---|---:|---:|---:|---:|---:|---:|${base:+---:|}"
+ratio() { awk -v a="${1:-0}" -v b="${2:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}'; }
+for job in resnet18:amp mobilenet_v2:amp resnet18:fp32 resnet18:bf16; do
+  arch=${job%%:*} precision=${job##*:}
+  amp=$([ "$precision" = amp ] && echo true || echo false)
   scripts/bench/train_config.sh "$work/k-split" "$arch" "$epochs" 64 "$dev" "$amp" >"$work/$arch.toml"
-  say "train $arch amp=$amp: xray"
+  set_precision=(--set "train.precision=$([ "$precision" = bf16 ] && echo bf16 || echo fp32)")
+  torch_env=(BENCH_DEVICE=$dev BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0) BENCH_BATCH=64
+    BENCH_PRECISION=$([ "$precision" = bf16 ] && echo bf16 || echo fp32))
+  say "train $arch $precision: xray, device pipeline"
   rm -rf "$work/run-$arch"
-  xr train --config "$work/$arch.toml" --out "$work/run-$arch" >"$work/x.log"
+  xr train --config "$work/$arch.toml" "${set_precision[@]}" --set data.on_device=true --out "$work/run-$arch" >"$work/x.log"
   xs=$(img_s "$work/x.log")
-  say "train $arch amp=$amp: PyTorch"
-  ts=$(BENCH_DEVICE=$dev BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0) BENCH_BATCH=64 \
-    "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs" 2>>"$log" | tee -a "$log" |
-    sed -n 's/.*=//p' | tail -1)
+  say "train $arch $precision: xray, CPU loader"
+  rm -rf "$work/run-loader"
+  xr train --config "$work/$arch.toml" "${set_precision[@]}" --set data.on_device=false --out "$work/run-loader" >"$work/l.log"
+  ls=$(img_s "$work/l.log")
+  say "train $arch $precision: PyTorch, DataLoader"
+  ts=$(env "${torch_env[@]}" "$py" scripts/bench/train_torch.py "$work/train.tsv" "$arch" "$epochs" 2>>"$log" |
+    tee -a "$log" | sed -n 's/.*=//p' | tail -1)
+  say "train $arch $precision: PyTorch, augmentation on the GPU"
+  gs=$(env "${torch_env[@]}" "$py" scripts/bench/train_torch_gpu_aug.py "$work/train.tsv" "$arch" "$epochs" 2>>"$log" |
+    tee -a "$log" | sed -n 's/.*=//p' | tail -1)
   bs=
   if [ -n "$base" ]; then
-    say "train $arch amp=$amp: xray, base build"
+    say "train $arch $precision: xray, base build"
     rm -rf "$work/run-base"
     "$base" train --config "$work/$arch.toml" --out "$work/run-base" >"$work/b.log" 2>&1
     cat "$work/b.log" >>"$log"
     bs=" $(img_s "$work/b.log") |"
   fi
-  row "| $arch, AMP $amp | ${xs:-failed} | ${ts:-failed} | $(awk -v a="${xs:-0}" -v b="${ts:-0}" 'BEGIN {if (b > 0) printf "%.2fx", a / b; else print "-"}') |$bs"
+  row "| $arch, $precision | ${xs:-failed} | ${ls:-failed} | ${ts:-failed} | ${gs:-failed} | $(ratio "$xs" "$ts") | $(ratio "$xs" "$gs") |$bs"
 done
 
 # --- 4. inference over the test images on CUDA (the MobileNetV2 run just trained)

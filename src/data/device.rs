@@ -40,6 +40,9 @@ pub struct DeviceImages {
     /// `[1, c, 1, 1]` normalisation on the device.
     mean: Tensor,
     std: Tensor,
+    /// `[1, 3, 1, 1]` luma weights of the saturation change, on the device (made once: a copy
+    /// from ordinary host memory would make the host wait for the GPU every batch).
+    grey: Tensor,
 }
 
 impl DeviceImages {
@@ -81,6 +84,9 @@ impl DeviceImages {
             host_labels: labels,
             mean: per_channel(&spec.norm.mean),
             std: per_channel(&spec.norm.std),
+            grey: Tensor::from_slice(&[0.299f32, 0.587, 0.114])
+                .view([1, 3, 1, 1])
+                .to_device(device),
             spec,
             device,
         })
@@ -142,10 +148,7 @@ impl DeviceImages {
         let x = x.grid_sampler(&grid, 0, 0, false) * factor(0);
         let mean_level = x.mean_dim(&[1i64, 2, 3][..], true, Kind::Float);
         let x = if self.spec.channels == 3 {
-            let weights = Tensor::from_slice(&[0.299f32, 0.587, 0.114])
-                .view([1, 3, 1, 1])
-                .to_device(self.device);
-            let grey = (&x * weights).sum_dim_intlist(1, true, Kind::Float);
+            let grey = (&x * &self.grey).sum_dim_intlist(1, true, Kind::Float);
             &grey + (x - &grey) * factor(2)
         } else {
             x

@@ -345,7 +345,8 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
         .unwrap_or_else(|| search.resolved.name.clone());
     let worker = opts.worker.clone().unwrap_or_else(default_worker);
     // Workers join the search whose config matches theirs, except for what only says how this
-    // machine runs a trial (its device, threads, decoding cache and prefetch) and the budget.
+    // machine runs a trial (its device, threads, decoding cache, prefetch and whether images
+    // are augmented on the device: the same draws either way) and the budget.
     let mut comparable = search.resolved.clone();
     comparable.tune.trials = 0;
     comparable.tune.time_budget_minutes = 0.0;
@@ -354,6 +355,7 @@ fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutc
     comparable.threads = defaults.threads;
     comparable.data.cache = defaults.data.cache;
     comparable.data.prefetch = defaults.data.prefetch;
+    comparable.data.on_device = defaults.data.on_device;
     let mut db = storage::SharedSearch::open(
         url,
         &name,
