@@ -189,12 +189,10 @@ impl Predictor {
     }
 
     /// Runs the forward passes of prediction and evaluation in `choice` on this device (heatmaps
-    /// stay float32); returns what it resolved to.
-    pub fn set_precision(&mut self, choice: PrecisionChoice) -> Result<Precision> {
-        let precision = Precision::resolve(choice, self.device, false);
-        precision.prepare_weights(&self.vs)?;
-        self.precision = precision;
-        Ok(precision)
+    /// stay float32); the result is in [`Predictor::precision`].
+    pub fn set_precision(&mut self, choice: PrecisionChoice) -> Result<()> {
+        self.precision = Precision::resolve(choice, self.device, false);
+        self.precision.prepare_weights(&self.vs)
     }
 
     /// The input recipe stored in model.json.

@@ -16,50 +16,27 @@ GradScaler, as `train.amp`), BENCH_BATCH=N (default 32); the loader then pins me
 """
 import os
 import sys
-import time
 
-import torch
-import torchvision
 from torch.utils.data import DataLoader
 
-from common import Files, train_transform
+from common import Files, Recipe, file_rows, train_transform
 
 
 def main():
-    rows = [(p, int(l)) for p, l in (line.rstrip("\n").split("\t") for line in open(sys.argv[1]))]
+    rows = file_rows(sys.argv[1])
     arch, epochs = sys.argv[2], int(sys.argv[3])
-    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
-    amp = os.environ.get("BENCH_AMP") == "1" and device.type == "cuda"
-    bf16 = os.environ.get("BENCH_PRECISION") == "bf16"
-    layout = torch.channels_last if bf16 else torch.contiguous_format
-    batch = int(os.environ.get("BENCH_BATCH", "32"))
-    transform = train_transform()
-    torch.manual_seed(0)
-    model = getattr(torchvision.models, arch)(num_classes=2).to(device, memory_format=layout)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(enabled=amp)
-    loader = DataLoader(Files(rows, transform), batch_size=batch, shuffle=True,
+    recipe = Recipe(arch)
+    device, layout = recipe.device, recipe.layout
+    loader = DataLoader(Files(rows, train_transform()), batch_size=recipe.batch, shuffle=True,
                         num_workers=os.cpu_count() or 1, persistent_workers=True,
                         pin_memory=device.type == "cuda")
-    for _ in range(epochs):
-        start = time.perf_counter()
-        n = 0
+
+    def batches():
         for xs, ys in loader:
-            xs = xs.to(device, non_blocking=True, memory_format=layout)
-            ys = ys.to(device, non_blocking=True)
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float16,
-                                enabled=amp or bf16):
-                loss = loss_fn(model(xs), ys)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n += xs.shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        print(f"torch_train_img_per_s={n / (time.perf_counter() - start):.2f}", flush=True)
+            yield (xs.to(device, non_blocking=True, memory_format=layout),
+                   ys.to(device, non_blocking=True))
+
+    recipe.train(epochs, batches, "torch_train_img_per_s")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 (PIL, resized to 224 as xray resizes before augmenting) into one uint8 tensor on the device,
 then every batch gathered and augmented there with batched tensor ops: random resized crop
 (scale 0.8-1, ratio 3/4-4/3), horizontal flip, rotation 10 as one affine grid + grid_sample,
-brightness/contrast 0.2, ImageNet normalisation. Model, batch, AdamW and loss as
-train_torch.py; the GPU row "PyTorch, same augmentation on the GPU" of the benchmarks.
+brightness/contrast 0.2, ImageNet normalisation. Model, batch, AdamW, loss and precision are
+train_torch.py's (common.Recipe); the GPU row "PyTorch, same augmentation on the GPU" of the
+benchmarks.
 
     python train_torch_gpu_aug.py FILE_LIST ARCH EPOCHS
 
@@ -12,15 +13,14 @@ BENCH_PRECISION=bf16, BENCH_BATCH (32). Prints `torch_gpu_aug_img_per_s=N` per e
 augment, forward, backward, step; the decoding before the first epoch is not counted).
 """
 import math
-import os
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from PIL import Image
+
+from common import Recipe, file_rows
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -59,42 +59,22 @@ def augment(x, gen):
 
 
 def main():
-    rows = [(p, int(l)) for p, l in (line.rstrip("\n").split("\t") for line in open(sys.argv[1]))]
+    rows = file_rows(sys.argv[1])
     arch, epochs = sys.argv[2], int(sys.argv[3])
-    device = torch.device(os.environ.get("BENCH_DEVICE", "cpu"))
-    amp = os.environ.get("BENCH_AMP") == "1" and device.type == "cuda"
-    bf16 = os.environ.get("BENCH_PRECISION") == "bf16"
-    layout = torch.channels_last if (bf16 or amp) else torch.contiguous_format
-    batch = int(os.environ.get("BENCH_BATCH", "32"))
-    torch.manual_seed(0)
+    recipe = Recipe(arch)
+    device = recipe.device
     gen = torch.Generator(device=device).manual_seed(0)
     pixels = decode(rows, device)
     labels = torch.tensor([l for _, l in rows], device=device)
     mean, std = MEAN.to(device), STD.to(device)
-    model = getattr(torchvision.models, arch)(num_classes=2).to(device, memory_format=layout)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
-    loss_fn = torch.nn.CrossEntropyLoss()
-    scaler = torch.amp.GradScaler(enabled=amp)
-    for _ in range(epochs):
-        start = time.perf_counter()
-        n = 0
+
+    def batches():
         order = torch.randperm(len(rows), device=device, generator=gen)
-        for idx in order.split(batch):
+        for idx in order.split(recipe.batch):
             xs = augment(pixels[idx].float() / 255, gen)
-            xs = ((xs - mean) / std).contiguous(memory_format=layout)
-            ys = labels[idx]
-            opt.zero_grad(set_to_none=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16 if bf16 else torch.float16,
-                                enabled=amp or bf16):
-                loss = loss_fn(model(xs), ys)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            n += xs.shape[0]
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        print(f"torch_gpu_aug_img_per_s={n / (time.perf_counter() - start):.2f}", flush=True)
+            yield ((xs - mean) / std).contiguous(memory_format=recipe.layout), labels[idx]
+
+    recipe.train(epochs, batches, "torch_gpu_aug_img_per_s")
 
 
 if __name__ == "__main__":

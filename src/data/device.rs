@@ -92,19 +92,9 @@ impl DeviceImages {
         })
     }
 
-    /// Images held.
-    pub fn len(&self) -> usize {
-        self.pixels.size()[0] as usize
-    }
-
     /// The label of image `i`.
     pub fn label(&self, i: usize) -> i64 {
         self.host_labels[i]
-    }
-
-    /// Whether no image is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The images `indices` as a normalised float `[b, c, s, s]` batch and their int64 labels,

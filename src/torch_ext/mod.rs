@@ -80,10 +80,11 @@ fn handles(ts: &[&Tensor]) -> Vec<CTensor> {
 }
 
 /// Whether this CPU runs bfloat16 arithmetic in hardware (AVX512-BF16 or AMX-BF16, as
-/// libtorch's cpuinfo reads them); AMX is enabled for the process when present.
+/// libtorch's cpuinfo reads them); AMX is enabled for the process when present. Read once.
 pub fn cpu_has_bf16() -> bool {
+    static HAS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: no arguments; the shim catches every exception.
-    unsafe { xray_cpu_has_bf16() }
+    *HAS.get_or_init(|| unsafe { xray_cpu_has_bf16() })
 }
 
 /// The lower precision of an autocast region.

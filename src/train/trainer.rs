@@ -16,7 +16,7 @@ use super::phases::{self, ActivationCache, Inputs, Phase};
 use super::schedule::Schedule;
 use super::stopping;
 use super::{Hooks, TrainOutcome};
-use crate::config::Config;
+use crate::config::{Config, PrecisionChoice};
 use crate::data::augment::Normalize;
 use crate::data::device::{use_device_pipeline, DeviceImages};
 use crate::data::loader::{ImageSet, InputSpec};
@@ -31,6 +31,7 @@ use crate::progress;
 use crate::run::{
     pending_path, save_weights, settle_pending, write_metrics_csv, EpochMetrics, RunState,
 };
+use crate::torch_ext::Autocast;
 
 /// Why the loop over epochs ended before the last one was planned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,20 +75,14 @@ pub(super) struct Trainer<'c> {
     device_images: Option<Rc<DeviceImages>>,
 }
 
-/// One line on the arithmetic chosen, and why when `auto` chose it.
-fn precision_note(
-    precision: &Precision,
-    choice: crate::config::PrecisionChoice,
-    device: Device,
-) -> String {
-    let why = match (choice, precision.label(), device.is_cuda()) {
-        (crate::config::PrecisionChoice::Auto, "fp32", false) => {
-            " (auto: this CPU has no bfloat16 instructions)"
-        }
-        (crate::config::PrecisionChoice::Auto, "bf16", false) => {
-            " (auto: this CPU computes bfloat16 in hardware)"
-        }
-        (crate::config::PrecisionChoice::Bf16, _, false) if !crate::torch_ext::cpu_has_bf16() => {
+/// One line on the arithmetic chosen, and why when `auto` chose it on the CPU.
+fn precision_note(precision: &Precision, choice: PrecisionChoice, device: Device) -> String {
+    let bf16 = precision.autocast == Some(Autocast::BFloat16);
+    let why = match choice {
+        _ if device.is_cuda() => "",
+        PrecisionChoice::Auto if bf16 => " (auto: this CPU computes bfloat16 in hardware)",
+        PrecisionChoice::Auto => " (auto: this CPU has no bfloat16 instructions)",
+        PrecisionChoice::Bf16 if !crate::torch_ext::cpu_has_bf16() => {
             " (this CPU has no bfloat16 instructions: expect it to be several times slower than \
              fp32)"
         }
