@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, PrecisionChoice};
-use crate::data::augment::{prepare, Normalize};
+use crate::data::augment::Normalize;
 use crate::data::loader::{stream_batches, ImageSet, InputSpec};
 use crate::error::{Error, TorchResultExt};
 use crate::models::{build, Classifier, ModelSpec};
@@ -143,6 +143,7 @@ impl Predictor {
             dropout: card.dropout,
             shape: card.shape.clone(),
             image_size: card.image_size,
+            inference: true,
         }
     }
 
@@ -191,7 +192,7 @@ impl Predictor {
     /// Runs the forward passes of prediction and evaluation in `choice` on this device (heatmaps
     /// stay float32); the result is in [`Predictor::precision`].
     pub fn set_precision(&mut self, choice: PrecisionChoice) -> Result<()> {
-        self.precision = Precision::resolve(choice, self.device, false);
+        self.precision = Precision::for_inference(choice, self.device);
         self.precision.prepare_weights(&self.vs)
     }
 
@@ -228,17 +229,16 @@ impl Predictor {
     }
 
     /// The normalised input batch `[n, c, s, s]` on the model's device for HWC pixel buffers
-    /// already at the model's input size.
+    /// already at the model's input size: the bytes go to the device as they are and are
+    /// normalised there as the training loader does (`(x / 255 - mean) / std`), channels-last in
+    /// memory when [`Predictor::precision`] is, contiguous otherwise.
     pub fn input_tensor(&self, pixels: &[&[u8]]) -> Tensor {
-        let spec = self.input_spec();
-        let (s, c) = (spec.size as usize, spec.channels as usize);
-        let floats: Vec<f32> = pixels
-            .iter()
-            .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
-            .collect();
-        Tensor::from_slice(&floats)
-            .view([pixels.len() as i64, c as i64, s as i64, s as i64])
-            .to_device(self.device)
+        pixels_to_input(
+            pixels,
+            &self.input_spec(),
+            self.device,
+            self.precision.channels_last,
+        )
     }
 
     /// Class probabilities (temperature applied) and, with a guard, out-of-distribution scores
@@ -284,6 +284,31 @@ impl Predictor {
             out.extend(rows(&mean));
         }
         PixelScores { probs: out, ood }
+    }
+}
+
+/// HWC pixel buffers at `spec`'s size as the normalised batch `[n, c, s, s]` on `device`,
+/// channels-last in memory when `channels_last`: the bytes are moved as they are and normalised
+/// there as the training loader's [`crate::data::augment::prepare`] does.
+pub fn pixels_to_input(
+    pixels: &[&[u8]],
+    spec: &InputSpec,
+    device: Device,
+    channels_last: bool,
+) -> Tensor {
+    let (n, s, c) = (pixels.len() as i64, spec.size as i64, spec.channels as i64);
+    let per_channel = |v: &[f32]| Tensor::from_slice(v).view([1, c, 1, 1]).to_device(device);
+    // [n, s, s, c] bytes viewed as [n, c, s, s]: channels-last in memory.
+    let x = Tensor::from_slice(&pixels.concat())
+        .view([n, s, s, c])
+        .to_device(device)
+        .permute([0, 3, 1, 2]);
+    let x = (x.to_kind(Kind::Float) / 255.0 - per_channel(&spec.norm.mean))
+        / per_channel(&spec.norm.std);
+    if channels_last {
+        x
+    } else {
+        x.contiguous()
     }
 }
 
@@ -389,4 +414,49 @@ pub fn score_set(
         logits: logits_out,
         ood: ood_scores,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::augment::prepare;
+
+    /// The predictor's input equals the training loader's normalisation of the same bytes,
+    /// in either layout.
+    #[test]
+    fn pixels_become_the_loaders_normalised_input() {
+        let (s, c) = (5usize, 3usize);
+        let images: Vec<Vec<u8>> = (0..2u32)
+            .map(|k| {
+                (0..s * s * c)
+                    .map(|i| ((i as u32 * 37 + k * 101) % 256) as u8)
+                    .collect()
+            })
+            .collect();
+        let spec = InputSpec {
+            size: s as u32,
+            channels: c as u32,
+            norm: Normalize {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+        };
+        let expect: Vec<f32> = images
+            .iter()
+            .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
+            .collect();
+        let pixels: Vec<&[u8]> = images.iter().map(|p| p.as_slice()).collect();
+        for channels_last in [false, true] {
+            let x = pixels_to_input(&pixels, &spec, Device::Cpu, channels_last);
+            assert_eq!(x.size(), vec![2, c as i64, s as i64, s as i64]);
+            assert_eq!(crate::torch_ext::is_channels_last(&x), channels_last);
+            let got = Vec::<f32>::try_from(x.contiguous().view([-1])).unwrap();
+            let worst = expect
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "largest difference {worst}");
+        }
+    }
 }

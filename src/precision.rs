@@ -50,6 +50,18 @@ impl Precision {
         }
     }
 
+    /// The precision `choice` means for inference (prediction, evaluation, serving) on `device`:
+    /// [`Precision::resolve`] without `train.amp`, and float32 on the CPU channels-last too,
+    /// where oneDNN convolves without reordering (with batch norm folded, MobileNetV2 inference
+    /// ran about twice as fast as in NCHW; BENCHMARKS.md).
+    pub fn for_inference(choice: PrecisionChoice, device: Device) -> Precision {
+        let p = Precision::resolve(choice, device, false);
+        Precision {
+            channels_last: p.channels_last || !device.is_cuda(),
+            ..p
+        }
+    }
+
     /// The word model.json, logs and reports use: "fp32", "bf16" or "fp16".
     pub fn label(&self) -> &'static str {
         match self.autocast {
@@ -136,6 +148,18 @@ mod tests {
         assert_eq!(
             Precision::resolve(PrecisionChoice::Bf16, cuda, true).label(),
             "bf16"
+        );
+        // Inference: float32 on the CPU is channels-last; CUDA inference has no loss scale to
+        // keep, so `train.amp` plays no part.
+        let cpu_infer = Precision::for_inference(PrecisionChoice::Fp32, cpu);
+        assert_eq!((cpu_infer.label(), cpu_infer.channels_last), ("fp32", true));
+        assert_eq!(
+            Precision::for_inference(PrecisionChoice::Fp32, cuda),
+            Precision::FP32
+        );
+        assert_eq!(
+            Precision::for_inference(PrecisionChoice::Bf16, cpu),
+            Precision::resolve(PrecisionChoice::Bf16, cpu, false)
         );
     }
 }

@@ -62,6 +62,89 @@ fn every_architecture_trains_a_step_and_round_trips() {
     }
 }
 
+/// A model built for inference folds each batch norm into its convolution: the same weights
+/// give the training build's evaluation outputs (float rounding apart), training passes are
+/// untouched, and the folded weights are made once (a later change of the norm's statistics
+/// does not reach them, which is why only never-trained predictors are built so).
+#[test]
+fn inference_build_folds_batch_norm_into_the_convolutions() {
+    tch::manual_seed(3);
+    let dir = tempfile::tempdir().unwrap();
+    let xs = Tensor::randn([3, 3, 64, 64], (Kind::Float, Device::Cpu));
+    for &arch in Arch::ALL {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = build(&vs.root(), &spec(arch, 3, 3)).unwrap();
+        // Statistics and affine parameters far from their initial 0 and 1.
+        tch::no_grad(|| {
+            for (name, mut v) in vs.variables() {
+                let r = v.rand_like();
+                if name.ends_with("running_var") {
+                    v.copy_(&(r * 1.5 + 0.25));
+                } else if v.dim() == 1 {
+                    // Running means, the norms' scales and shifts, biases.
+                    v.copy_(&(r - 0.5));
+                }
+            }
+        });
+        let path = dir.path().join(format!("{arch}.safetensors"));
+        vs.save(&path).unwrap();
+        let mut inference = spec(arch, 3, 3);
+        inference.inference = true;
+        let mut folded_vs = nn::VarStore::new(Device::Cpu);
+        let folded = build(&folded_vs.root(), &inference).unwrap();
+        folded_vs.load(&path).unwrap();
+
+        let expect = tch::no_grad(|| model.forward_t(&xs, false));
+        let got = tch::no_grad(|| folded.forward_t(&xs, false));
+        let scale = expect.abs().max().double_value(&[]).max(1.0);
+        let diff = max_abs_diff(&expect, &got);
+        assert!(
+            diff < 1e-4 * scale,
+            "{arch}: folded differs by {diff} (scale {scale})"
+        );
+        let f_expect = tch::no_grad(|| model.features(&xs, false));
+        let f_got = tch::no_grad(|| folded.features(&xs, false));
+        let f_scale = f_expect.abs().max().double_value(&[]).max(1.0);
+        assert!(
+            max_abs_diff(&f_expect, &f_got) < 1e-4 * f_scale,
+            "{arch}: features"
+        );
+
+        // The folded weights were made at the first pass: doubling every running variance
+        // now changes the training build's evaluation but not the folded one's.
+        tch::no_grad(|| {
+            for (name, mut v) in folded_vs.variables() {
+                if name.ends_with("running_var") {
+                    let _ = v.g_mul_scalar_(2.0);
+                }
+            }
+        });
+        let again = tch::no_grad(|| folded.forward_t(&xs, false));
+        assert_eq!(
+            max_abs_diff(&got, &again),
+            0.0,
+            "{arch}: folded weights remade"
+        );
+
+        // Training passes run convolution then norm, in both builds.
+        let fresh_vs = nn::VarStore::new(Device::Cpu);
+        let mut train_inference = spec(arch, 3, 3);
+        train_inference.inference = true;
+        train_inference.dropout = 0.0;
+        let a = build(&fresh_vs.root(), &train_inference).unwrap();
+        let mut plain_spec = spec(arch, 3, 3);
+        plain_spec.dropout = 0.0;
+        let mut plain_vs = nn::VarStore::new(Device::Cpu);
+        let b = build(&plain_vs.root(), &plain_spec).unwrap();
+        plain_vs.copy(&fresh_vs).unwrap();
+        let (ta, tb) = (a.forward_t(&xs, true), b.forward_t(&xs, true));
+        assert!(
+            max_abs_diff(&ta, &tb) < 1e-5,
+            "{arch}: training pass differs"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs ../shared (Kermany images, ImageNet weights); make test runs it where ../shared is present"]
 fn mobilenet_v2_matches_tch_reference_on_imagenet_weights() {

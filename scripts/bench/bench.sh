@@ -22,7 +22,9 @@
 # carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5). On a CPU without
 # bfloat16 instructions (AVX512-BF16 or AMX) bf16 runs about 10x slower on both sides, so its
 # rows then train on BENCH_BF16_IMAGES (32) for BENCH_BF16_ROUNDS (1) round; with them, the
-# fp32 settings.
+# fp32 settings. BENCH_XRAY_BASELINE=PATH (an xray binary of an earlier commit, named by
+# BENCH_XRAY_BASELINE_REV) adds it to the prediction rounds, alternating, and rows of this
+# build's speed against it.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 rounds=${1:-3}
@@ -130,16 +132,24 @@ run="$work/run-mobilenet_v2"
 diff <("$xray" predict --checkpoint "$run" "$one" | cut -f2) \
      <("$py" scripts/bench/predict_torch.py "$run" "$one" | cut -f2) >/dev/null ||
   { echo "bench: xray and PyTorch disagree on $one" >&2; exit 1; }
-declare -a xc xcm pc pcm xf xfm pf pfm
+declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm
+base=${BENCH_XRAY_BASELINE:-}
+base_rev=${BENCH_XRAY_BASELINE_REV:-baseline}
 say "cold predict, $cold_rounds rounds"
 for ((r = 0; r < cold_rounds; r++)); do
   m=$(measure "$xray" predict --checkpoint "$run" "$one"); xc+=("$(field wall_s <<<"$m")"); xcm+=("$(field peak_mib <<<"$m")")
   m=$(measure "$py" scripts/bench/predict_torch.py "$run" "$one"); pc+=("$(field wall_s <<<"$m")"); pcm+=("$(field peak_mib <<<"$m")")
+  if [ -n "$base" ]; then
+    m=$(measure "$base" predict --checkpoint "$run" "$one"); bc+=("$(field wall_s <<<"$m")"); bcm+=("$(field peak_mib <<<"$m")")
+  fi
 done
 say "folder of $n_folder images, $rounds rounds"
 for ((r = 0; r < rounds; r++)); do
   m=$(measure "$xray" predict --checkpoint "$run" "$work/folder"); xf+=("$(field wall_s <<<"$m")"); xfm+=("$(field peak_mib <<<"$m")")
   m=$(PREDICT_BATCH=8 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
+  if [ -n "$base" ]; then
+    m=$(measure "$base" predict --checkpoint "$run" "$work/folder"); bf+=("$(field wall_s <<<"$m")"); bfm+=("$(field peak_mib <<<"$m")")
+  fi
 done
 
 # --- the table
@@ -159,16 +169,28 @@ done
     row "$arch fp32, xray data.on_device" "$arch/dev" "$arch"
     row "$arch bf16 (PyTorch: autocast + channels-last; $n_bf16 images, $bf16_rounds round(s))" "$arch/bf16" "$arch/bf16"
   done
-  a=$(median "${xc[@]}"); b=$(median "${pc[@]}")
-  echo "| cold predict, one image | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | ${xc[*]}; ${pc[*]} |"
-  a=$(median "${xcm[@]}"); b=$(median "${pcm[@]}")
-  echo "| cold predict, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | ${xcm[*]}; ${pcm[*]} |"
-  a=$(median "${xf[@]}"); b=$(median "${pf[@]}")
-  echo "| predict a folder of $n_folder images, img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | ${xf[*]}; ${pf[*]} (s) |"
-  a=$(median "${xfm[@]}"); b=$(median "${pfm[@]}")
-  echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | ${xfm[*]}; ${pfm[*]} |"
+  # predict_rows COLD_S COLD_MIB FOLDER_S FOLDER_MIB: each "xray rounds;other rounds", space-separated.
+  # shellcheck disable=SC2086
+  predict_rows() {
+    local a b
+    a=$(median ${1%;*}); b=$(median ${1#*;})
+    echo "| cold predict, one image | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | $1 |"
+    a=$(median ${2%;*}); b=$(median ${2#*;})
+    echo "| cold predict, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $2 |"
+    a=$(median ${3%;*}); b=$(median ${3#*;})
+    echo "| predict a folder of $n_folder images, img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | $3 (s) |"
+    a=$(median ${4%;*}); b=$(median ${4#*;})
+    echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $4 |"
+  }
+  predict_rows "${xc[*]}; ${pc[*]}" "${xcm[*]}; ${pcm[*]}" "${xf[*]}; ${pf[*]}" "${xfm[*]}; ${pfm[*]}"
+  if [ -n "$base" ]; then
+    echo
+    echo "| this build against xray $base_rev | this build | xray $base_rev | ratio | rounds (this build; $base_rev) |"
+    echo "|---|---:|---:|---:|---|"
+    predict_rows "${xc[*]}; ${bc[*]}" "${xcm[*]}; ${bcm[*]}" "${xf[*]}; ${bf[*]}" "${xfm[*]}; ${bfm[*]}"
+  fi
   echo
-  echo "Ratios: speed as xray / PyTorch (above 1: xray faster); memory as xray / PyTorch (below 1: xray leaner)."
+  echo "Ratios: speed as xray / PyTorch (above 1: xray faster); memory as xray / PyTorch (below 1: xray leaner)$([ -n "$base" ] && echo "; against xray $base_rev, the same with this build in place of xray and $base_rev in place of PyTorch")."
   echo
   echo "Compute ceiling: float32 GEMM (2048x2048, torch.mm on libtorch 2.11, $(nproc) threads) runs at $gemm GFLOP/s; bfloat16 GEMM (1024x1024) at $gemm_bf16 GFLOP/s (this CPU $([ "$bf16_hw" = 1 ] && echo has || echo "has no") AVX512-BF16/AMX)."
   echo

@@ -2,6 +2,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::conv_bn::{ConvBn, Norm};
 use super::shape::Resolved;
 use super::StagedClassifier;
 
@@ -9,22 +10,26 @@ use super::StagedClassifier;
 /// dropout when the block has any.
 #[derive(Debug)]
 struct ConvBlock {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    conv: ConvBn,
     pool: bool,
     dropout: f64,
 }
 
 impl ConvBlock {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64, pool: bool, dropout: f64) -> Self {
+    fn new(
+        p: &nn::Path,
+        [c_in, c_out, kernel]: [i64; 3],
+        pool: bool,
+        dropout: f64,
+        norm: Norm,
+    ) -> Self {
         let cfg = nn::ConvConfig {
             padding: kernel / 2,
             bias: false,
             ..Default::default()
         };
         ConvBlock {
-            conv: nn::conv2d(p / "conv", c_in, c_out, kernel, cfg),
-            bn: nn::batch_norm2d(p / "bn", c_out, Default::default()),
+            conv: ConvBn::new(p / "conv", p / "bn", c_in, c_out, kernel, cfg, norm),
             pool,
             dropout,
         }
@@ -33,7 +38,7 @@ impl ConvBlock {
 
 impl ModuleT for ConvBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = xs.apply(&self.conv).apply_t(&self.bn, train).relu();
+        let ys = xs.apply_t(&self.conv, train).relu();
         let ys = if self.pool {
             ys.max_pool2d_default(2)
         } else {
@@ -57,6 +62,7 @@ pub fn simple_cnn(
     num_classes: i64,
     dropout: f64,
     shape: &Resolved,
+    norm: Norm,
 ) -> StagedClassifier {
     let f = p / "features";
     let n = shape.widths.len();
@@ -66,11 +72,10 @@ pub fn simple_cnn(
             let c_out = shape.widths[i];
             let block = ConvBlock::new(
                 &(&f / i),
-                c_in,
-                c_out,
-                shape.kernel_size,
+                [c_in, c_out, shape.kernel_size],
                 i + 1 < n,
                 shape.block_dropout[i],
+                norm,
             );
             c_in = c_out;
             (

@@ -5,44 +5,46 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::conv_bn::{ConvBn, Norm};
 use super::StagedClassifier;
 
-fn bn(p: nn::Path, c: i64) -> nn::BatchNorm {
-    nn::batch_norm2d(
-        p,
-        c,
-        nn::BatchNormConfig {
-            eps: 1e-3,
-            ..Default::default()
-        },
-    )
-}
-
-/// A bias-free convolution with TensorFlow's "same" padding: the output is ceil(input/stride),
-/// padding asymmetrically (the extra pixel right and bottom) where needed.
+/// A bias-free convolution with TensorFlow's "same" padding (the output is ceil(input/stride),
+/// padding asymmetrically, the extra pixel right and bottom, where needed), then batch norm
+/// with eps 1e-3.
 #[derive(Debug)]
-struct SameConv {
-    conv: nn::Conv2D,
+struct SameConvBn {
+    conv: ConvBn,
     kernel: i64,
     stride: i64,
 }
 
-impl SameConv {
-    fn new(p: nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, groups: i64) -> Self {
+impl SameConvBn {
+    /// The convolution named `conv`, the norm named `bn`; `[c_in, c_out, kernel]`.
+    fn new(
+        conv: nn::Path,
+        bn: nn::Path,
+        [c_in, c_out, kernel]: [i64; 3],
+        stride: i64,
+        groups: i64,
+        norm: Norm,
+    ) -> Self {
         let cfg = nn::ConvConfig {
             stride,
             groups,
             bias: false,
             ..Default::default()
         };
-        SameConv {
-            conv: nn::conv2d(p, c_in, c_out, kernel, cfg),
+        let norm = Norm { eps: 1e-3, ..norm };
+        SameConvBn {
+            conv: ConvBn::new(conv, bn, c_in, c_out, kernel, cfg, norm),
             kernel,
             stride,
         }
     }
+}
 
-    fn forward(&self, xs: &Tensor) -> Tensor {
+impl ModuleT for SameConvBn {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let pad = |size: i64| {
             let out = (size + self.stride - 1) / self.stride;
             let total = ((out - 1) * self.stride + self.kernel - size).max(0);
@@ -52,10 +54,10 @@ impl SameConv {
         let (top, bottom) = pad(size[2]);
         let (left, right) = pad(size[3]);
         if top + bottom + left + right == 0 {
-            xs.apply(&self.conv)
+            xs.apply_t(&self.conv, train)
         } else {
             xs.constant_pad_nd([left, right, top, bottom])
-                .apply(&self.conv)
+                .apply_t(&self.conv, train)
         }
     }
 }
@@ -63,48 +65,60 @@ impl SameConv {
 /// Convolution, batch norm, ReLU6 (the stem and the head convolution).
 #[derive(Debug)]
 struct ConvBnRelu6 {
-    conv: SameConv,
-    bn: nn::BatchNorm,
+    conv: SameConvBn,
 }
 
 impl ModuleT for ConvBnRelu6 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        super::relu6_inplace(self.conv.forward(xs).apply_t(&self.bn, train))
+        super::relu6_inplace(xs.apply_t(&self.conv, train))
     }
 }
 
 /// A mobile inverted bottleneck block without squeeze-excitation (`_blocks.N.*`).
 #[derive(Debug)]
 struct MbConv {
-    expand: Option<(SameConv, nn::BatchNorm)>,
-    depthwise: SameConv,
-    bn1: nn::BatchNorm,
-    project: SameConv,
-    bn2: nn::BatchNorm,
+    expand: Option<SameConvBn>,
+    depthwise: SameConvBn,
+    project: SameConvBn,
     residual: bool,
 }
 
 impl MbConv {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64, stride: i64, expand: i64) -> Self {
+    fn new(
+        p: &nn::Path,
+        [c_in, c_out, kernel]: [i64; 3],
+        stride: i64,
+        expand: i64,
+        norm: Norm,
+    ) -> Self {
         let hidden = c_in * expand;
         MbConv {
             expand: (expand != 1).then(|| {
-                (
-                    SameConv::new(p / "_expand_conv", c_in, hidden, 1, 1, 1),
-                    bn(p / "_bn0", hidden),
+                SameConvBn::new(
+                    p / "_expand_conv",
+                    p / "_bn0",
+                    [c_in, hidden, 1],
+                    1,
+                    1,
+                    norm,
                 )
             }),
-            depthwise: SameConv::new(
+            depthwise: SameConvBn::new(
                 p / "_depthwise_conv",
-                hidden,
-                hidden,
-                kernel,
+                p / "_bn1",
+                [hidden, hidden, kernel],
                 stride,
                 hidden,
+                norm,
             ),
-            bn1: bn(p / "_bn1", hidden),
-            project: SameConv::new(p / "_project_conv", hidden, c_out, 1, 1, 1),
-            bn2: bn(p / "_bn2", c_out),
+            project: SameConvBn::new(
+                p / "_project_conv",
+                p / "_bn2",
+                [hidden, c_out, 1],
+                1,
+                1,
+                norm,
+            ),
             residual: stride == 1 && c_in == c_out,
         }
     }
@@ -113,11 +127,11 @@ impl MbConv {
 impl ModuleT for MbConv {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
         let h = match &self.expand {
-            Some((conv, bn0)) => super::relu6_inplace(conv.forward(xs).apply_t(bn0, train)),
+            Some(expand) => super::relu6_inplace(xs.apply_t(expand, train)),
             None => xs.shallow_clone(),
         };
-        let h = super::relu6_inplace(self.depthwise.forward(&h).apply_t(&self.bn1, train));
-        let h = self.project.forward(&h).apply_t(&self.bn2, train);
+        let h = super::relu6_inplace(h.apply_t(&self.depthwise, train));
+        let h = h.apply_t(&self.project, train);
         if self.residual {
             h + xs
         } else {
@@ -145,10 +159,17 @@ pub fn efficientnet_lite0(
     in_channels: i64,
     num_classes: i64,
     dropout: f64,
+    norm: Norm,
 ) -> StagedClassifier {
     let stem = ConvBnRelu6 {
-        conv: SameConv::new(p / "_conv_stem", in_channels, 32, 3, 2, 1),
-        bn: bn(p / "_bn0", 32),
+        conv: SameConvBn::new(
+            p / "_conv_stem",
+            p / "_bn0",
+            [in_channels, 32, 3],
+            2,
+            1,
+            norm,
+        ),
     };
     let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
         vec![(Box::new(stem), vec!["_conv_stem.".into(), "_bn0.".into()])];
@@ -156,14 +177,19 @@ pub fn efficientnet_lite0(
     for &(repeats, kernel, stride, expand, c_in, c_out) in &BLOCKS {
         for r in 0..repeats {
             let (s, i) = if r == 0 { (stride, c_in) } else { (1, c_out) };
-            let block = MbConv::new(&(p / "_blocks" / index), i, c_out, kernel, s, expand);
+            let block = MbConv::new(
+                &(p / "_blocks" / index),
+                [i, c_out, kernel],
+                s,
+                expand,
+                norm,
+            );
             stages.push((Box::new(block), vec![format!("_blocks.{index}.")]));
             index += 1;
         }
     }
     let head = ConvBnRelu6 {
-        conv: SameConv::new(p / "_conv_head", 320, 1280, 1, 1, 1),
-        bn: bn(p / "_bn1", 1280),
+        conv: SameConvBn::new(p / "_conv_head", p / "_bn1", [320, 1280, 1], 1, 1, norm),
     };
     stages.push((Box::new(head), vec!["_conv_head.".into(), "_bn1.".into()]));
     let fc = nn::linear(p / "_fc", 1280, num_classes, Default::default());

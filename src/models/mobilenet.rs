@@ -3,16 +3,17 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::conv_bn::{ConvBn, Norm};
 use super::StagedClassifier;
 
 /// Conv2d + BatchNorm2d + ReLU6, named `p.0` and `p.1` as torchvision's `Conv2dNormActivation`.
 fn conv_bn_relu6(
     p: &nn::Path,
-    c_in: i64,
-    c_out: i64,
+    [c_in, c_out]: [i64; 2],
     k: i64,
     stride: i64,
     groups: i64,
+    norm: Norm,
 ) -> nn::SequentialT {
     let cfg = nn::ConvConfig {
         stride,
@@ -22,8 +23,7 @@ fn conv_bn_relu6(
         ..Default::default()
     };
     nn::seq_t()
-        .add(nn::conv2d(p / 0, c_in, c_out, k, cfg))
-        .add(nn::batch_norm2d(p / 1, c_out, Default::default()))
+        .add(ConvBn::new(p / 0, p / 1, c_in, c_out, k, cfg, norm))
         .add_fn(|xs| super::relu6_inplace(xs.shallow_clone()))
 }
 
@@ -35,19 +35,33 @@ struct InvertedResidual {
 }
 
 impl InvertedResidual {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, expand: i64) -> Self {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, expand: i64, norm: Norm) -> Self {
         let p = p / "conv";
         let hidden = expand * c_in;
         let mut conv = nn::seq_t();
         let mut id = 0;
         if expand != 1 {
-            conv = conv.add(conv_bn_relu6(&(&p / id), c_in, hidden, 1, 1, 1));
+            conv = conv.add(conv_bn_relu6(&(&p / id), [c_in, hidden], 1, 1, 1, norm));
             id += 1;
         }
         conv = conv
-            .add(conv_bn_relu6(&(&p / id), hidden, hidden, 3, stride, hidden))
-            .add(nn::conv2d(&p / (id + 1), hidden, c_out, 1, nn::no_bias()))
-            .add(nn::batch_norm2d(&p / (id + 2), c_out, Default::default()));
+            .add(conv_bn_relu6(
+                &(&p / id),
+                [hidden, hidden],
+                3,
+                stride,
+                hidden,
+                norm,
+            ))
+            .add(ConvBn::new(
+                &p / (id + 1),
+                &p / (id + 2),
+                hidden,
+                c_out,
+                1,
+                nn::no_bias(),
+                norm,
+            ));
         InvertedResidual {
             conv,
             residual: stride == 1 && c_in == c_out,
@@ -84,10 +98,18 @@ pub fn mobilenet_v2(
     in_channels: i64,
     num_classes: i64,
     dropout: f64,
+    norm: Norm,
 ) -> StagedClassifier {
     let f = p / "features";
     let mut stages: Vec<Box<dyn ModuleT>> = Vec::new();
-    stages.push(Box::new(conv_bn_relu6(&(&f / 0), in_channels, 32, 3, 2, 1)));
+    stages.push(Box::new(conv_bn_relu6(
+        &(&f / 0),
+        [in_channels, 32],
+        3,
+        2,
+        1,
+        norm,
+    )));
     let mut c_in = 32;
     for &(expand, c_out, repeats, stride) in &SETTINGS {
         for i in 0..repeats {
@@ -99,12 +121,20 @@ pub fn mobilenet_v2(
                 c_out,
                 s,
                 expand,
+                norm,
             )));
             c_in = c_out;
         }
     }
     let id = stages.len();
-    stages.push(Box::new(conv_bn_relu6(&(&f / id), c_in, 1280, 1, 1, 1)));
+    stages.push(Box::new(conv_bn_relu6(
+        &(&f / id),
+        [c_in, 1280],
+        1,
+        1,
+        1,
+        norm,
+    )));
     let stages = stages
         .into_iter()
         .enumerate()

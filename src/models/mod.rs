@@ -6,6 +6,7 @@
 //! so ImageNet weights converted from torchvision load as they are.
 
 pub mod cnn;
+pub mod conv_bn;
 pub mod efficientnet;
 pub mod import;
 pub mod mobilenet;
@@ -86,6 +87,9 @@ pub struct ModelSpec {
     pub shape: shape::CnnShape,
     /// Side of the square input (checked against the blocks' halvings).
     pub image_size: u32,
+    /// Built for inference only: the weights are loaded once and never trained, so evaluation
+    /// passes fold each batch norm into the convolution before it (see `conv_bn`).
+    pub inference: bool,
 }
 
 impl ModelSpec {
@@ -98,6 +102,7 @@ impl ModelSpec {
             dropout,
             shape: shape::CnnShape::default(),
             image_size: 224,
+            inference: false,
         }
     }
 }
@@ -121,12 +126,13 @@ pub(crate) fn relu6_inplace(mut xs: Tensor) -> Tensor {
 pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
     let (c, k, d) = (spec.in_channels, spec.num_classes, spec.dropout);
     let shape = spec.shape.resolve(spec.arch, spec.image_size)?;
+    let norm = conv_bn::Norm::new(spec.inference);
     Ok(match spec.arch {
-        Arch::SimpleCnn => Box::new(cnn::simple_cnn(root, c, k, d, &shape)),
-        Arch::SepresCnn => Box::new(sepres::sepres_cnn(root, c, k, d, &shape)),
-        Arch::MobileNetV2 => Box::new(mobilenet::mobilenet_v2(root, c, k, d)),
-        Arch::EfficientNetLite0 => Box::new(efficientnet::efficientnet_lite0(root, c, k, d)),
-        Arch::ResNet18 => Box::new(resnet::resnet18(root, c, k, d)),
+        Arch::SimpleCnn => Box::new(cnn::simple_cnn(root, c, k, d, &shape, norm)),
+        Arch::SepresCnn => Box::new(sepres::sepres_cnn(root, c, k, d, &shape, norm)),
+        Arch::MobileNetV2 => Box::new(mobilenet::mobilenet_v2(root, c, k, d, norm)),
+        Arch::EfficientNetLite0 => Box::new(efficientnet::efficientnet_lite0(root, c, k, d, norm)),
+        Arch::ResNet18 => Box::new(resnet::resnet18(root, c, k, d, norm)),
     })
 }
 

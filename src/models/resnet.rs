@@ -3,42 +3,43 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::conv_bn::{ConvBn, Norm};
 use super::StagedClassifier;
 
-fn conv(p: nn::Path, c_in: i64, c_out: i64, k: i64, padding: i64, stride: i64) -> nn::Conv2D {
+/// A bias-free k x k convolution (named `conv`) and its batch norm (named `bn`).
+fn conv_bn(
+    conv: nn::Path,
+    bn: nn::Path,
+    [c_in, c_out, k]: [i64; 3],
+    stride: i64,
+    norm: Norm,
+) -> ConvBn {
     let cfg = nn::ConvConfig {
         stride,
-        padding,
+        padding: k / 2,
         bias: false,
         ..Default::default()
     };
-    nn::conv2d(p, c_in, c_out, k, cfg)
+    ConvBn::new(conv, bn, c_in, c_out, k, cfg, norm)
 }
 
 /// Two 3x3 convolutions with a shortcut (`layerN.M.*`).
 #[derive(Debug)]
 struct BasicBlock {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
-    conv2: nn::Conv2D,
-    bn2: nn::BatchNorm,
-    downsample: Option<(nn::Conv2D, nn::BatchNorm)>,
+    conv1: ConvBn,
+    conv2: ConvBn,
+    downsample: Option<ConvBn>,
 }
 
 impl BasicBlock {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64) -> Self {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, stride: i64, norm: Norm) -> Self {
         let downsample = (stride != 1 || c_in != c_out).then(|| {
             let d = p / "downsample";
-            (
-                conv(&d / 0, c_in, c_out, 1, 0, stride),
-                nn::batch_norm2d(&d / 1, c_out, Default::default()),
-            )
+            conv_bn(&d / 0, &d / 1, [c_in, c_out, 1], stride, norm)
         });
         BasicBlock {
-            conv1: conv(p / "conv1", c_in, c_out, 3, 1, stride),
-            bn1: nn::batch_norm2d(p / "bn1", c_out, Default::default()),
-            conv2: conv(p / "conv2", c_out, c_out, 3, 1, 1),
-            bn2: nn::batch_norm2d(p / "bn2", c_out, Default::default()),
+            conv1: conv_bn(p / "conv1", p / "bn1", [c_in, c_out, 3], stride, norm),
+            conv2: conv_bn(p / "conv2", p / "bn2", [c_out, c_out, 3], 1, norm),
             downsample,
         }
     }
@@ -46,11 +47,9 @@ impl BasicBlock {
 
 impl ModuleT for BasicBlock {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        let ys = super::relu_inplace(xs.apply(&self.conv1).apply_t(&self.bn1, train))
-            .apply(&self.conv2)
-            .apply_t(&self.bn2, train);
+        let ys = super::relu_inplace(xs.apply_t(&self.conv1, train)).apply_t(&self.conv2, train);
         let shortcut = match &self.downsample {
-            Some((c, bn)) => xs.apply(c).apply_t(bn, train),
+            Some(d) => xs.apply_t(d, train),
             None => xs.shallow_clone(),
         };
         super::relu_inplace(shortcut + ys)
@@ -60,13 +59,12 @@ impl ModuleT for BasicBlock {
 /// The stem: 7x7 stride-2 convolution, batch norm, ReLU, 3x3 stride-2 max pooling.
 #[derive(Debug)]
 struct Stem {
-    conv1: nn::Conv2D,
-    bn1: nn::BatchNorm,
+    conv1: ConvBn,
 }
 
 impl ModuleT for Stem {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        super::relu_inplace(xs.apply(&self.conv1).apply_t(&self.bn1, train)).max_pool2d(
+        super::relu_inplace(xs.apply_t(&self.conv1, train)).max_pool2d(
             [3, 3],
             [2, 2],
             [1, 1],
@@ -83,10 +81,10 @@ pub fn resnet18(
     in_channels: i64,
     num_classes: i64,
     dropout: f64,
+    norm: Norm,
 ) -> StagedClassifier {
     let stem = Stem {
-        conv1: conv(p / "conv1", in_channels, 64, 7, 3, 2),
-        bn1: nn::batch_norm2d(p / "bn1", 64, Default::default()),
+        conv1: conv_bn(p / "conv1", p / "bn1", [in_channels, 64, 7], 2, norm),
     };
     let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
         vec![(Box::new(stem), vec!["conv1.".into(), "bn1.".into()])];
@@ -96,8 +94,8 @@ pub fn resnet18(
         let l = p / name.as_str();
         let stride = if i == 0 { 1 } else { 2 };
         let layer = nn::seq_t()
-            .add(BasicBlock::new(&(&l / 0), c_in, c_out, stride))
-            .add(BasicBlock::new(&(&l / 1), c_out, c_out, 1));
+            .add(BasicBlock::new(&(&l / 0), c_in, c_out, stride, norm))
+            .add(BasicBlock::new(&(&l / 1), c_out, c_out, 1, norm));
         stages.push((Box::new(layer), vec![format!("{name}.")]));
         c_in = c_out;
     }

@@ -3,6 +3,7 @@
 
 use tch::{nn, nn::ModuleT, Tensor};
 
+use super::conv_bn::{ConvBn, Norm};
 use super::shape::Resolved;
 use super::StagedClassifier;
 
@@ -10,12 +11,11 @@ use super::StagedClassifier;
 #[derive(Debug)]
 struct SeparableConv {
     depthwise: nn::Conv2D,
-    pointwise: nn::Conv2D,
-    bn: nn::BatchNorm,
+    pointwise: ConvBn,
 }
 
 impl SeparableConv {
-    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64) -> Self {
+    fn new(p: &nn::Path, c_in: i64, c_out: i64, kernel: i64, norm: Norm) -> Self {
         let dw = nn::ConvConfig {
             padding: kernel / 2,
             groups: c_in,
@@ -24,15 +24,12 @@ impl SeparableConv {
         };
         SeparableConv {
             depthwise: nn::conv2d(p / "dw", c_in, c_in, kernel, dw),
-            pointwise: nn::conv2d(p / "pw", c_in, c_out, 1, nn::no_bias()),
-            bn: nn::batch_norm2d(p / "bn", c_out, Default::default()),
+            pointwise: ConvBn::new(p / "pw", p / "bn", c_in, c_out, 1, nn::no_bias(), norm),
         }
     }
 
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.depthwise)
-            .apply(&self.pointwise)
-            .apply_t(&self.bn, train)
+        xs.apply(&self.depthwise).apply_t(&self.pointwise, train)
     }
 }
 
@@ -42,8 +39,7 @@ impl SeparableConv {
 struct ResidualBlock {
     sep1: SeparableConv,
     sep2: SeparableConv,
-    shortcut: nn::Conv2D,
-    shortcut_bn: nn::BatchNorm,
+    shortcut: ConvBn,
     dropout: f64,
 }
 
@@ -53,7 +49,7 @@ impl ModuleT for ResidualBlock {
             .sep2
             .forward_t(&self.sep1.forward_t(xs, train).relu(), train)
             .max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false);
-        let skip = xs.apply(&self.shortcut).apply_t(&self.shortcut_bn, train);
+        let skip = xs.apply_t(&self.shortcut, train);
         let ys = (ys + skip).relu();
         if self.dropout > 0.0 {
             ys.dropout(self.dropout, train)
@@ -66,13 +62,12 @@ impl ModuleT for ResidualBlock {
 /// The stem: 3x3 stride-2 convolution, batch norm, ReLU.
 #[derive(Debug)]
 struct Stem {
-    conv: nn::Conv2D,
-    bn: nn::BatchNorm,
+    conv: ConvBn,
 }
 
 impl ModuleT for Stem {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply(&self.conv).apply_t(&self.bn, train).relu()
+        xs.apply_t(&self.conv, train).relu()
     }
 }
 
@@ -86,6 +81,7 @@ pub fn sepres_cnn(
     num_classes: i64,
     dropout: f64,
     shape: &Resolved,
+    norm: Norm,
 ) -> StagedClassifier {
     let stem_cfg = nn::ConvConfig {
         stride: 2,
@@ -93,9 +89,9 @@ pub fn sepres_cnn(
         bias: false,
         ..Default::default()
     };
+    let s = p / "stem";
     let stem = Stem {
-        conv: nn::conv2d(p / "stem" / "conv", in_channels, 32, 3, stem_cfg),
-        bn: nn::batch_norm2d(p / "stem" / "bn", 32, Default::default()),
+        conv: ConvBn::new(&s / "conv", &s / "bn", in_channels, 32, 3, stem_cfg, norm),
     };
     let mut stages: Vec<(Box<dyn ModuleT>, Vec<String>)> =
         vec![(Box::new(stem), vec!["stem.".into()])];
@@ -108,10 +104,17 @@ pub fn sepres_cnn(
             ..Default::default()
         };
         let block = ResidualBlock {
-            sep1: SeparableConv::new(&(&b / "sep1"), c_in, c_out, shape.kernel_size),
-            sep2: SeparableConv::new(&(&b / "sep2"), c_out, c_out, shape.kernel_size),
-            shortcut: nn::conv2d(&b / "shortcut", c_in, c_out, 1, shortcut_cfg),
-            shortcut_bn: nn::batch_norm2d(&b / "shortcut_bn", c_out, Default::default()),
+            sep1: SeparableConv::new(&(&b / "sep1"), c_in, c_out, shape.kernel_size, norm),
+            sep2: SeparableConv::new(&(&b / "sep2"), c_out, c_out, shape.kernel_size, norm),
+            shortcut: ConvBn::new(
+                &b / "shortcut",
+                &b / "shortcut_bn",
+                c_in,
+                c_out,
+                1,
+                shortcut_cfg,
+                norm,
+            ),
             dropout: shape.block_dropout[i],
         };
         stages.push((Box::new(block), vec![format!("blocks.{i}.")]));

@@ -18,6 +18,7 @@ extern "C" {
     fn xray_cpu_has_bf16() -> bool;
     fn xray_autocast_enter(cuda: i32, bf16: bool, was: *mut bool) -> *mut c_char;
     fn xray_autocast_exit(cuda: i32, was: bool) -> *mut c_char;
+    fn xray_autocast_enabled(cuda: i32) -> bool;
     fn xray_fused_adam(
         params: *const CTensor,
         grads: *const CTensor,
@@ -120,6 +121,12 @@ pub fn autocast<T>(
     }
     let _exit = Exit(cuda, was);
     Ok(f())
+}
+
+/// Whether an [`autocast`] region for `device`'s kind (CPU or CUDA) is open on this thread.
+pub fn autocast_enabled(device: Device) -> bool {
+    // SAFETY: a plain value in, a bool out; the shim catches every exception.
+    unsafe { xray_autocast_enabled(i32::from(device.is_cuda())) }
 }
 
 /// One fused AdamW (`decoupled`) or Adam (L2 decay) update of every parameter, its first and
@@ -244,7 +251,12 @@ mod tests {
     #[test]
     fn cpu_autocast_runs_matmul_in_bf16_and_restores() {
         let a = Tensor::randn([8, 8], (Kind::Float, Device::Cpu));
-        let inside = autocast(Device::Cpu, Some(Autocast::BFloat16), || a.matmul(&a)).unwrap();
+        assert!(!autocast_enabled(Device::Cpu));
+        let (inside, on) = autocast(Device::Cpu, Some(Autocast::BFloat16), || {
+            (a.matmul(&a), autocast_enabled(Device::Cpu))
+        })
+        .unwrap();
+        assert!(on && !autocast_enabled(Device::Cpu));
         assert_eq!(inside.kind(), Kind::BFloat16);
         // Reductions stay float32 under autocast; outside it matmul is float32 again.
         assert_eq!(a.matmul(&a).kind(), Kind::Float);

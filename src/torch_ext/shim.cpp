@@ -88,6 +88,15 @@ char *xray_autocast_exit(int cuda, bool was) {
   });
 }
 
+// Whether autocast is on for the CPU (cuda = 0) or CUDA (cuda = 1) on this thread.
+bool xray_autocast_enabled(int cuda) {
+  try {
+    return at::autocast::is_autocast_enabled(device_type(cuda));
+  } catch (...) {
+    return false;
+  }
+}
+
 // One AdamW (decoupled = true) or Adam (L2 weight decay) step over n parameters in libtorch's
 // fused kernel. `steps` are float32 scalars on the parameters' device, already incremented.
 char *xray_fused_adam(at::Tensor **params, at::Tensor **grads, at::Tensor **exp_avgs,

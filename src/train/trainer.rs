@@ -160,6 +160,7 @@ impl<'c> Trainer<'c> {
                 dropout: config.model.dropout,
                 shape: config.model.shape(),
                 image_size: config.data.image_size,
+                inference: false,
             },
         )?;
         let pretrained = match resumed {
