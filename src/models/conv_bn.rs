@@ -23,6 +23,7 @@ pub struct ConvBn {
     bn: nn::BatchNorm,
     stride: i64,
     padding: i64,
+    dilation: i64,
     groups: i64,
     eps: f64,
     /// The folded weights and bias; `None` when the model is not built for inference.
@@ -57,7 +58,8 @@ impl ConvBn {
         cfg: nn::ConvConfig,
         norm: Norm,
     ) -> ConvBn {
-        let (stride, padding, groups) = (cfg.stride, cfg.padding, cfg.groups);
+        let (stride, padding, dilation, groups) =
+            (cfg.stride, cfg.padding, cfg.dilation, cfg.groups);
         let bn_cfg = nn::BatchNormConfig {
             eps: norm.eps,
             ..Default::default()
@@ -67,6 +69,7 @@ impl ConvBn {
             bn: nn::batch_norm2d(bn, c_out, bn_cfg),
             stride,
             padding,
+            dilation,
             groups,
             eps: norm.eps,
             folded: norm.fold.then(OnceLock::new),
@@ -106,7 +109,7 @@ impl ModuleT for ConvBn {
                     Some(bias),
                     [self.stride, self.stride],
                     [self.padding, self.padding],
-                    [1, 1],
+                    [self.dilation, self.dilation],
                     self.groups,
                 )
             }
