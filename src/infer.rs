@@ -9,6 +9,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::data::augment::Normalize;
+use crate::data::device::{norm_tensors, unit_images};
 use crate::data::loader::{stream_batches, ImageSet, InputSpec};
 use crate::error::{Error, TorchResultExt};
 use crate::models::{build, Classifier, ModelSpec};
@@ -297,14 +298,11 @@ pub fn pixels_to_input(
     channels_last: bool,
 ) -> Tensor {
     let (n, s, c) = (pixels.len() as i64, spec.size as i64, spec.channels as i64);
-    let per_channel = |v: &[f32]| Tensor::from_slice(v).view([1, c, 1, 1]).to_device(device);
-    // [n, s, s, c] bytes viewed as [n, c, s, s]: channels-last in memory.
-    let x = Tensor::from_slice(&pixels.concat())
+    let bytes = Tensor::from_slice(&pixels.concat())
         .view([n, s, s, c])
-        .to_device(device)
-        .permute([0, 3, 1, 2]);
-    let x = (x.to_kind(Kind::Float) / 255.0 - per_channel(&spec.norm.mean))
-        / per_channel(&spec.norm.std);
+        .to_device(device);
+    let (mean, std) = norm_tensors(&spec.norm, device);
+    let x = (unit_images(&bytes) - mean) / std;
     if channels_last {
         x
     } else {

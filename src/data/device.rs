@@ -17,7 +17,7 @@ use rayon::prelude::*;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::AugmentConfig;
-use crate::data::augment::Transform;
+use crate::data::augment::{Normalize, Transform};
 use crate::data::loader::{augment_rng, to_device_async, ImageSet, InputSpec};
 use crate::progress;
 
@@ -26,6 +26,23 @@ const FILL_CHUNK: usize = 512;
 
 /// Share of the device's memory the decoded set may take for `data.on_device` to default on.
 pub const DEFAULT_MEMORY_SHARE: f64 = 0.25;
+
+/// uint8 images `[n, s, s, c]` as float `[n, c, s, s]` in 0..1, channels-last in memory (the
+/// bytes viewed, then converted): the tensor form of the loader's first step, shared by this
+/// pipeline and the predictor's input ([`crate::infer::pixels_to_input`]).
+pub fn unit_images(bytes: &Tensor) -> Tensor {
+    bytes.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
+}
+
+/// `norm`'s mean and std as `[1, c, 1, 1]` tensors on `device`, for `(x - mean) / std`.
+pub fn norm_tensors(norm: &Normalize, device: Device) -> (Tensor, Tensor) {
+    let per_channel = |v: &[f32]| {
+        Tensor::from_slice(v)
+            .view([1, v.len() as i64, 1, 1])
+            .to_device(device)
+    };
+    (per_channel(&norm.mean), per_channel(&norm.std))
+}
 
 /// A labelled image set decoded into device memory.
 pub struct DeviceImages {
@@ -77,13 +94,13 @@ impl DeviceImages {
         }
         bar.finish_and_clear();
         let labels: Vec<i64> = set.labels.iter().map(|&l| l as i64).collect();
-        let per_channel = |v: &[f32]| Tensor::from_slice(v).view([1, c, 1, 1]).to_device(device);
+        let (mean, std) = norm_tensors(&spec.norm, device);
         Ok(DeviceImages {
             pixels,
             labels: Tensor::from_slice(&labels).to_device(device),
             host_labels: labels,
-            mean: per_channel(&spec.norm.mean),
-            std: per_channel(&spec.norm.std),
+            mean,
+            std,
             grey: Tensor::from_slice(&[0.299f32, 0.587, 0.114])
                 .view([1, 3, 1, 1])
                 .to_device(device),
@@ -109,9 +126,7 @@ impl DeviceImages {
         let idx: Vec<i64> = indices.iter().map(|&i| i as i64).collect();
         let idx = to_device_async(Tensor::from_slice(&idx), self.device);
         let ys = self.labels.index_select(0, &idx);
-        // [b, s, s, c] bytes viewed as [b, c, s, s]: channels-last in memory.
-        let x = self.pixels.index_select(0, &idx).permute([0, 3, 1, 2]);
-        let x = x.to_kind(Kind::Float) / 255.0;
+        let x = unit_images(&self.pixels.index_select(0, &idx));
         let x = match augment {
             Some(cfg) => self.augment(x, indices, cfg, seed),
             None => x,
