@@ -718,6 +718,7 @@ fn metrics_count_a_known_sequence_and_logs_are_json() {
             "cpu",
             "--log-format",
             "json",
+            "--metrics-labels",
         ])
         .stderr(std::fs::File::create(&log).unwrap());
     let server = Server::spawn(cmd, ureq::Agent::new());
@@ -818,7 +819,7 @@ fn metrics_count_a_known_sequence_and_logs_are_json() {
     }
     assert_eq!(value(&scrape, "xray_predictions_total", &[]), 2.0);
     assert_eq!(value(&scrape, "xray_inference_queue_depth", &[]), 0.0);
-    assert_eq!(value(&scrape, "xray_inference_queue_capacity", &[]), 32.0);
+    assert_eq!(value(&scrape, "xray_inference_queue_capacity", &[]), 16.0);
     assert!(value(&scrape, "xray_model_load_seconds", &[]) > 0.0);
     assert_eq!(
         value(&scrape, "xray_model_info", &[("arch", "simple_cnn")]),

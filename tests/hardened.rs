@@ -28,25 +28,33 @@ fn sha256(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// A token file with one valid and one expired token.
-fn token_file(dir: &Path) -> PathBuf {
+/// Makes `path` readable by its owner only (as serve wants its secrets).
+pub(crate) fn private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A token file with one valid and one expired token (mode 0600).
+pub(crate) fn token_file(dir: &Path) -> PathBuf {
     let p = dir.join("tokens.txt");
     std::fs::write(
         &p,
         format!("# xray serve tokens\n{TOKEN}\n{EXPIRED} 2001-01-31\n"),
     )
     .unwrap();
+    private(&p);
     p
 }
 
 /// A self-signed certificate for 127.0.0.1 and localhost (cert.pem, key.pem) and a client
 /// that trusts it.
-fn tls(dir: &Path) -> (PathBuf, PathBuf, ureq::Agent) {
+pub(crate) fn tls(dir: &Path) -> (PathBuf, PathBuf, ureq::Agent) {
     let rcgen::CertifiedKey { cert, signing_key } =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     let (cert_pem, key_pem) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_pem, cert.pem()).unwrap();
     std::fs::write(&key_pem, signing_key.serialize_pem()).unwrap();
+    private(&key_pem);
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert.der().clone()).unwrap();
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
@@ -110,7 +118,17 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
         server.base
     );
     server.healthy();
+    // /healthz says nothing about the model; /api/model does, with a token.
     let (_, health) = server.get("/healthz");
+    assert_eq!(
+        serde_json::from_str::<Value>(&health).unwrap(),
+        json!({"status": "ok"})
+    );
+    assert_eq!(server.get("/api/model").0, 401);
+    server.token = Some(TOKEN.into());
+    let (code, health) = server.get("/api/model");
+    assert_eq!(code, 200, "{health}");
+    server.token = None;
     let health: Value = serde_json::from_str(&health).unwrap();
     let weights = sha256(&std::fs::read(t.run.join("model.safetensors")).unwrap());
     assert_eq!(health["weights_sha256"], json!(weights));
@@ -162,10 +180,16 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
     assert_eq!(code, 200, "{many}");
     let results = many["results"].as_array().expect("results");
     assert_eq!(results.len(), parts.len(), "{many}");
-    let text = many.to_string();
+    // No patient field in any text of the answer: names, messages, errors (the heatmaps'
+    // base64 is image data, where any string of letters may turn up by chance).
+    let mut texts = many.clone();
+    for r in texts["results"].as_array_mut().unwrap() {
+        r.as_object_mut().unwrap().remove("gradcam");
+    }
+    let text = texts.to_string();
     assert!(
         !text.contains("DOE") && !text.contains("MRN-0042"),
-        "patient data echoed"
+        "patient data echoed: {text}"
     );
     for (i, name) in ["opacity.png", "scan.dcm", "noise.png"].iter().enumerate() {
         let r = &results[[0, 1, 3][i]];
@@ -228,7 +252,9 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 3 + 1 + parts.len() + 1, "{log}");
+    // The /api/model refusal, three 401s, the single request, the parts, the lone DICOM.
+    assert_eq!(lines.len(), 1 + 3 + 1 + parts.len() + 1, "{log}");
+    let lines = &lines[1..];
     assert!(lines[..3].iter().all(|l| l["status"] == 401));
     assert_eq!(lines[0]["error"], "no token");
     assert_eq!(lines[1]["error"], "unknown token");
@@ -274,7 +300,7 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
 }
 
 /// `xray serve` with extra arguments that must fail before listening: exit 2 and one line.
-fn refused(run: &Path, args: &[&str], words: &str) {
+pub(crate) fn refused(run: &Path, args: &[&str], words: &str) {
     let out = xray()
         .arg("serve")
         .arg("--checkpoint")
@@ -298,6 +324,7 @@ fn a_network_address_needs_tokens_and_bad_security_files_are_usage_errors() {
     std::fs::write(&short, "secret\n").unwrap();
     let garbage = dir.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
+    private(&garbage);
     let tokens = token_file(dir.path());
     let t_arg = tokens.to_str().unwrap();
     refused(

@@ -8,6 +8,7 @@ mod export;
 mod formats;
 mod gradcam;
 mod hardened;
+mod hostile;
 mod import_weights;
 mod many_classes;
 mod metrics;

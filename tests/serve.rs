@@ -10,9 +10,28 @@ use std::time::{Duration, Instant};
 use crate::common::trained;
 use crate::webdriver::{screenshot_path, session_or_skip};
 
+/// A multipart/form-data body of `parts` (each a field `image`): its content type and bytes.
+pub(crate) fn multipart_body(parts: &Parts<'_>) -> (String, Vec<u8>) {
+    let boundary = "xray-test-boundary-7d1f";
+    let mut body = Vec::new();
+    for (name, bytes) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
+                 filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
 /// A running `xray serve` on a free loopback port.
 pub(crate) struct Server {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) base: String,
     stdout: BufReader<std::process::ChildStdout>,
     agent: ureq::Agent,
@@ -67,8 +86,13 @@ impl Server {
         }
     }
 
+    /// GETs `path` (with the token when set): the status and the body.
     pub(crate) fn get(&self, path: &str) -> (u16, String) {
-        match self.agent.get(&format!("{}{path}", self.base)).call() {
+        let mut request = self.agent.get(&format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.call() {
             Ok(r) => (r.status(), r.into_string().unwrap()),
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
             Err(e) => panic!("GET {path}: {e}"),
@@ -82,25 +106,9 @@ impl Server {
         parts: &Parts<'_>,
         query: &str,
     ) -> Result<(u16, serde_json::Value, Headers), String> {
-        let boundary = "xray-test-boundary-7d1f";
-        let mut body = Vec::new();
-        for (name, bytes) in parts {
-            body.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; \
-                     filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
-            );
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let (content_type, body) = multipart_body(parts);
         let url = format!("{}/api/predict{query}", self.base);
-        let mut request = self.agent.post(&url).set(
-            "Content-Type",
-            &format!("multipart/form-data; boundary={boundary}"),
-        );
+        let mut request = self.agent.post(&url).set("Content-Type", &content_type);
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }

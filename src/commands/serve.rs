@@ -2,13 +2,16 @@
 //! [--audit-log FILE] [--tls-cert F --tls-key F]`
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
 use crate::config::{DeviceChoice, PrecisionChoice};
+use crate::error::Error;
 use crate::infer::{resolve_device, Predictor};
-use crate::serve::{serve, Listen, ServeOptions};
+use crate::serve::options::{default_decode_threads, default_max_connections};
+use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
 /// Arguments of `xray serve`.
 #[derive(Debug, Args)]
@@ -33,9 +36,27 @@ pub struct ServeArgs {
     /// Largest accepted image in megapixels.
     #[arg(long, default_value_t = 50.0)]
     pub max_megapixels: f64,
-    /// Requests that may wait for the model; beyond that the answer is 503.
-    #[arg(long, default_value_t = 32)]
+    /// Requests admitted at once (being read, decoded, waiting for or in the model); beyond
+    /// that the answer is 503, before the body is read.
+    #[arg(long, default_value_t = 16)]
     pub queue: usize,
+    /// Images decoded at once, across all requests (default: 2, or 1 on one core).
+    #[arg(long)]
+    pub decode_threads: Option<usize>,
+    /// Connections held at once; more are closed when accepted (default: 1024, or half the
+    /// process's open-file limit when lower).
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds for a request's headers to arrive; also how long an idle keep-alive connection
+    /// stays open.
+    #[arg(long, default_value_t = 10.0)]
+    pub header_timeout: f64,
+    /// Seconds for a request's whole body to arrive (else 408).
+    #[arg(long, default_value_t = 30.0)]
+    pub body_timeout: f64,
+    /// Seconds a body may pause between two pieces before the request is cut.
+    #[arg(long, default_value_t = 10.0)]
+    pub body_idle_timeout: f64,
     /// Most files in one request to /api/predict.
     #[arg(long, default_value_t = 16)]
     pub max_files: usize,
@@ -43,9 +64,16 @@ pub struct ServeArgs {
     /// (YYYY-MM-DD or RFC 3339); read again when the file changes.
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
-    /// Append one JSON line per answered image and per refused request (no images, no names).
+    /// Append one JSON line per answered image and per refused request (no images, no names);
+    /// reopened on SIGHUP (logrotate).
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log past this many MiB (FILE.1 is the newest rotated file).
+    #[arg(long, value_name = "MIB", requires = "audit_log")]
+    pub audit_max_mb: Option<u64>,
+    /// Rotated audit files kept.
+    #[arg(long, default_value_t = 5)]
+    pub audit_keep: usize,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -58,6 +86,10 @@ pub struct ServeArgs {
     /// Listen on a network address without tokens: anyone who reaches it may use the model.
     #[arg(long)]
     pub insecure_public: bool,
+    /// Tokens on a network address without --tls-cert: tokens and images cross the network in
+    /// clear text (only behind a TLS proxy on the same host).
+    #[arg(long)]
+    pub insecure_http: bool,
     /// Log lines as plain text (warnings and refusals only) or as JSON objects, one per line,
     /// with a line per request (request id, route, status, latency, client) for a log
     /// collector.
@@ -66,6 +98,10 @@ pub struct ServeArgs {
     /// No GET /metrics and no per-request counting or access log.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Count answers by predicted label in /metrics (off by default: whoever reads the
+    /// metrics could follow which label each scan got).
+    #[arg(long)]
+    pub metrics_labels: bool,
 }
 
 /// How `serve` writes its log on stderr.
@@ -102,25 +138,56 @@ impl ServeArgs {
     /// Runs the server until SIGTERM or Ctrl-C.
     pub fn execute(self) -> Result<()> {
         init_logs(self.log_format);
-        let started = std::time::Instant::now();
-        let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
-        predictor.set_precision(self.precision)?;
-        let model_load_seconds = started.elapsed().as_secs_f64();
+        let seconds = |flag: &str, s: f64| {
+            if s.is_finite() && s > 0.0 {
+                Ok(Duration::from_secs_f64(s))
+            } else {
+                Err(Error::usage(format!(
+                    "--{flag} {s}: give a number of seconds above 0"
+                )))
+            }
+        };
+        let timeouts = Timeouts {
+            header: seconds("header-timeout", self.header_timeout)?,
+            body: seconds("body-timeout", self.body_timeout)?,
+            body_idle: seconds("body-idle-timeout", self.body_idle_timeout)?,
+            ..Timeouts::default()
+        };
         let options = ServeOptions {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
-            queue: self.queue,
+            queue: self.queue.max(1),
+            decode_threads: self
+                .decode_threads
+                .unwrap_or_else(default_decode_threads)
+                .max(1),
             max_files: self.max_files.max(1),
             rate_per_minute: self.rate_limit,
             token_file: self.token_file,
             audit_log: self.audit_log,
-            model_load_seconds,
+            audit_max_bytes: self.audit_max_mb.map(|mb| mb.max(1) << 20),
+            audit_keep: self.audit_keep.max(1),
+            model_load_seconds: 0.0,
             metrics: !self.no_metrics,
+            metrics_labels: self.metrics_labels,
+            timeouts,
+            max_connections: self
+                .max_connections
+                .unwrap_or_else(default_max_connections)
+                .max(1),
         };
         let listen = Listen {
             addr: self.addr,
             tls: self.tls_cert.zip(self.tls_key),
             insecure_public: self.insecure_public,
+            insecure_http: self.insecure_http,
+        };
+        let started = std::time::Instant::now();
+        let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
+        predictor.set_precision(self.precision)?;
+        let options = ServeOptions {
+            model_load_seconds: started.elapsed().as_secs_f64(),
+            ..options
         };
         serve(&self.checkpoint, predictor, &listen, options)
     }

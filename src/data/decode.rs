@@ -45,7 +45,8 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
     let mut head = [0u8; 132];
     let n = read_head(path, &mut head).map_err(|e| Error::image(path, io_reason(&e)))?;
     if is_dicom(&head[..n]) {
-        return decode_dicom(path);
+        let bytes = std::fs::read(path).map_err(|e| Error::image(path, io_reason(&e)))?;
+        return decode_dicom_bytes(&bytes, path, MAX_DICOM_PIXELS);
     }
     let format = guess_format(path, &head[..n])?;
     // The whole file, once: checked for truncation, then decoded from memory.
@@ -71,21 +72,7 @@ pub fn decode_image_bytes(
         return Err(Error::image(name, "empty file (0 bytes)"));
     }
     if is_dicom(bytes) {
-        // dicom-rs reads files; an upload goes through a private temporary one.
-        let tmp = std::env::temp_dir().join(format!(
-            "xray-upload-{}-{:x}.dcm",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::write(&tmp, bytes).map_err(|e| Error::image(name, io_reason(&e)))?;
-        let decoded = decode_dicom(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        // The reason only: the temporary file's name means nothing to the sender.
-        let img = decoded.map_err(|e| match e {
-            Error::Image { reason, .. } => Error::image(name, reason),
-            other => Error::image(name, other.to_string()),
-        })?;
-        return check_pixels(img, name, max_pixels);
+        return decode_dicom_bytes(bytes, name, max_pixels);
     }
     let format = guess_format(name, bytes)?;
     if let Some(reason) = truncation(bytes) {
@@ -118,14 +105,6 @@ fn too_many_pixels(name: &Path, w: u32, h: u32, max_pixels: u64) -> Error {
     )
 }
 
-fn check_pixels(img: DynamicImage, name: &Path, max_pixels: u64) -> Result<DynamicImage, Error> {
-    let (w, h) = (img.width(), img.height());
-    if w as u64 * h as u64 > max_pixels {
-        return Err(too_many_pixels(name, w, h, max_pixels));
-    }
-    Ok(img)
-}
-
 /// DICOM Part 10: a 128-byte preamble, then "DICM".
 fn is_dicom(head: &[u8]) -> bool {
     head.len() >= 132 && &head[128..132] == b"DICM"
@@ -154,75 +133,218 @@ fn read_head(path: &Path, buf: &mut [u8]) -> std::io::Result<usize> {
     Ok(filled)
 }
 
-/// Decodes a DICOM file (dicom-rs): rescale slope/intercept, the file's VOI window (or min-max
-/// normalisation), MONOCHROME1 inverted so that bone is bright, 8 to 16 bits kept.
-fn decode_dicom(path: &Path) -> Result<DynamicImage, Error> {
+/// Largest DICOM image read from a data set folder, in pixels (all frames): the side limit
+/// squared. Uploads to `serve` have their own, smaller limit.
+pub const MAX_DICOM_PIXELS: u64 = MAX_IMAGE_SIDE_PX as u64 * MAX_IMAGE_SIDE_PX as u64;
+
+/// The deflated transfer syntax: the data set after the file meta group is raw deflate.
+const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
+/// What a deflated data set is, once inflated.
+const EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1";
+/// What an inflated data set may hold beyond its pixels (header elements, overlays, icons).
+const INFLATE_SLACK_BYTES: u64 = 16 << 20;
+
+/// An image's size as its DICOM header declares it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct DicomSize {
+    rows: u32,
+    columns: u32,
+    frames: u32,
+    samples: u32,
+    bytes_per_sample: u32,
+}
+
+impl DicomSize {
+    /// Reads Rows, Columns, NumberOfFrames, SamplesPerPixel and BitsAllocated; `None` without
+    /// Rows or Columns.
+    fn of(obj: &dicom_object::InMemDicomObject) -> Option<DicomSize> {
+        use dicom_dictionary_std::tags;
+        let int = |tag| obj.element(tag).ok().and_then(|e| e.to_int::<u32>().ok());
+        Some(DicomSize {
+            rows: int(tags::ROWS)?,
+            columns: int(tags::COLUMNS)?,
+            frames: int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1),
+            samples: int(tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1),
+            bytes_per_sample: int(tags::BITS_ALLOCATED).unwrap_or(8).max(1).div_ceil(8),
+        })
+    }
+
+    fn pixels(&self) -> u64 {
+        self.rows as u64 * self.columns as u64 * self.frames as u64
+    }
+
+    /// Bytes of the decoded pixel data: rows x columns x samples x frames x bytes a sample.
+    fn bytes(&self) -> u64 {
+        self.pixels() * self.samples as u64 * self.bytes_per_sample as u64
+    }
+
+    /// Refuses, as too large, what would decode to more than `max_pixels` pixels or
+    /// [`MAX_DECODE_BYTES`] bytes, or a side over [`MAX_IMAGE_SIDE_PX`].
+    fn check(&self, name: &Path, max_pixels: u64) -> Result<(), Error> {
+        let (c, r) = (self.columns, self.rows);
+        let frames = if self.frames > 1 {
+            format!(" x {} frames", self.frames)
+        } else {
+            String::new()
+        };
+        let why = if r > MAX_IMAGE_SIDE_PX || c > MAX_IMAGE_SIDE_PX {
+            format!("limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels")
+        } else if self.pixels() > max_pixels {
+            format!("limit {:.1} megapixels", max_pixels as f64 / 1e6)
+        } else if self.bytes() > MAX_DECODE_BYTES {
+            format!(
+                "{} MiB of pixel data; limit {} MiB",
+                self.bytes() >> 20,
+                MAX_DECODE_BYTES >> 20
+            )
+        } else {
+            return Ok(());
+        };
+        Err(Error::image(
+            name,
+            format!(
+                "image too large ({c}x{r}{frames} = {:.1} megapixels; {why}), judged from the DICOM header before decoding",
+                self.pixels() as f64 / 1e6
+            ),
+        ))
+    }
+}
+
+/// The first line of a dicom-rs error, after `what`.
+fn dicom_reason(what: &str, e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    format!("{what}: {}", text.lines().next().unwrap_or(&text))
+}
+
+/// Decodes a DICOM Part 10 file held in memory (`name` stands for it in messages), never
+/// writing it anywhere: the header is read first, up to the pixel data, and an image that would
+/// decode to more than `max_pixels` pixels (rows x columns x frames) or more than
+/// [`MAX_DECODE_BYTES`] bytes is refused as too large before any pixel is decoded. A deflated
+/// data set is inflated with a cap derived from that header, so a deflate bomb stops at the
+/// cap. Then rescale slope/intercept, the file's VOI window (or min-max normalisation),
+/// MONOCHROME1 inverted so that bone is bright, 8 to 16 bits kept.
+fn decode_dicom_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<DynamicImage, Error> {
     use dicom_dictionary_std::tags;
+    use dicom_object::file::ReadPreamble;
+    use dicom_object::OpenFileOptions;
     use dicom_pixeldata::{ConvertOptions, PixelDecoder};
-    let reason = |what: &str, e: &dyn std::fmt::Display| {
-        let text = e.to_string();
-        format!("{what}: {}", text.lines().next().unwrap_or(&text))
+    let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
+        .map_err(|e| Error::image(name, dicom_reason("unreadable DICOM file meta header", &e)))?;
+    check_transfer_syntax(meta.transfer_syntax(), name)?;
+    let open = || OpenFileOptions::new().read_preamble(ReadPreamble::Never);
+    // Every element before the pixel data (a deflated set is inflated only that far).
+    let header = open()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(&bytes[128..])
+        .map_err(|e| Error::image(name, dicom_reason("unreadable DICOM", &e)))?;
+    let size = DicomSize::of(&header);
+    if let Some(size) = size {
+        size.check(name, max_pixels)?;
+    }
+    drop(header);
+    let inflated;
+    let whole: &[u8] = if meta.transfer_syntax() == DEFLATED_EXPLICIT_VR_LE {
+        let cap = size.map_or(0, |s| s.bytes()) + INFLATE_SLACK_BYTES;
+        inflated = inflate_data_set(bytes, meta, cap, name)?;
+        &inflated
+    } else {
+        bytes
     };
-    check_transfer_syntax(path)?;
-    let obj = dicom_object::open_file(path)
-        .map_err(|e| Error::image(path, reason("unreadable DICOM", &e)))?;
+    let obj = open()
+        .from_reader(&whole[128..])
+        .map_err(|e| Error::image(name, dicom_reason("unreadable DICOM", &e)))?;
     if obj.element(tags::PIXEL_DATA).is_err() {
         return Err(Error::image(
-            path,
+            name,
             "DICOM without pixel data (no PixelData element)",
         ));
     }
-    let frames = obj
-        .element(tags::NUMBER_OF_FRAMES)
-        .ok()
-        .and_then(|e| e.to_int::<u32>().ok())
-        .unwrap_or(1);
-    if frames > 1 {
+    let Some(size) = DicomSize::of(&obj) else {
         return Err(Error::image(
-            path,
-            format!("multi-frame DICOM ({frames} frames): xray reads single images; send one frame per file"),
+            name,
+            "DICOM without image size (Rows/Columns)",
         ));
-    }
-    let dim = |tag| {
-        obj.element(tag)
-            .ok()
-            .and_then(|e| e.to_int::<u32>().ok())
-            .ok_or_else(|| Error::image(path, "DICOM without image size (Rows/Columns)"))
     };
-    let (rows, cols) = (dim(tags::ROWS)?, dim(tags::COLUMNS)?);
-    if rows > MAX_IMAGE_SIDE_PX || cols > MAX_IMAGE_SIDE_PX {
+    // The full read must agree with the header that was judged.
+    size.check(name, max_pixels)?;
+    if size.frames > 1 {
         return Err(Error::image(
-            path,
-            format!("image too large ({cols}x{rows}; limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels)"),
+            name,
+            format!(
+                "multi-frame DICOM ({} frames): xray reads single images; send one frame per file",
+                size.frames
+            ),
         ));
     }
     let pixels = obj
         .decode_pixel_data()
-        .map_err(|e| Error::image(path, reason("DICOM pixel data", &e)))?;
+        .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))?;
     pixels
         .to_dynamic_image_with_options(0, &ConvertOptions::new())
-        .map_err(|e| Error::image(path, reason("DICOM pixel data", &e)))
+        .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))
+}
+
+/// The file with its deflated data set inflated (at most `cap` bytes, else refused as too
+/// large) and its transfer syntax set to explicit VR little endian, for dicom-rs to read.
+fn inflate_data_set(
+    bytes: &[u8],
+    mut meta: dicom_object::meta::FileMetaTable,
+    cap: u64,
+    name: &Path,
+) -> Result<Vec<u8>, Error> {
+    use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
+    use std::io::Read;
+    // Preamble, "DICM", the group length element (12 bytes), then the rest of group 2.
+    let start = 128 + 4 + 12 + meta.information_group_length as usize;
+    let deflated = bytes.get(start..).ok_or_else(|| {
+        Error::image(
+            name,
+            "unreadable DICOM: the file meta group runs past the end",
+        )
+    })?;
+    let mut data = Vec::new();
+    flate2::read::DeflateDecoder::new(deflated)
+        .take(cap + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| Error::image(name, format!("corrupt deflated DICOM data set: {e}")))?;
+    if data.len() as u64 > cap {
+        return Err(Error::image(
+            name,
+            format!(
+                "image too large: the deflated DICOM data set inflates past {} MiB, more than its header's image size allows",
+                cap >> 20
+            ),
+        ));
+    }
+    let explicit = TransferSyntaxRegistry
+        .get(EXPLICIT_VR_LE)
+        .ok_or_else(|| Error::image(name, "explicit VR little endian is not registered"))?;
+    meta.set_transfer_syntax(explicit);
+    let mut out = Vec::with_capacity(start + data.len() + 64);
+    out.extend_from_slice(&[0u8; 128]);
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).map_err(|e| {
+        Error::image(
+            name,
+            dicom_reason("rewriting the DICOM file meta group", &e),
+        )
+    })?;
+    out.extend_from_slice(&data);
+    Ok(out)
 }
 
 /// Refuses, by name, a DICOM whose transfer syntax this build cannot decode (JPEG 2000, JPEG-LS,
 /// JPEG XL, HTJ2K: dicom-rs decodes them only with C libraries xray does not link).
-fn check_transfer_syntax(path: &Path) -> Result<(), Error> {
+fn check_transfer_syntax(uid: &str, name: &Path) -> Result<(), Error> {
     use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
-    use std::io::{Read, Seek, SeekFrom};
-    let mut file = std::fs::File::open(path).map_err(|e| Error::image(path, io_reason(&e)))?;
-    file.seek(SeekFrom::Start(128))
-        .map_err(|e| Error::image(path, io_reason(&e)))?;
-    let meta = dicom_object::meta::FileMetaTable::from_reader(file.by_ref())
-        .map_err(|e| Error::image(path, format!("unreadable DICOM file meta header: {e}")))?;
-    let uid = meta.transfer_syntax();
     let advice = "send it uncompressed (for example `gdcmconv --raw` or `dcmdjpeg`)";
     match TransferSyntaxRegistry.get(uid) {
         None => Err(Error::image(
-            path,
+            name,
             format!("DICOM transfer syntax {uid} is unknown to xray; {advice}"),
         )),
         Some(ts) if !ts.can_decode_all() => Err(Error::image(
-            path,
+            name,
             format!(
                 "DICOM transfer syntax {} ({uid}) is compressed in a way xray cannot decode; {advice}",
                 ts.name()

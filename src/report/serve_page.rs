@@ -1,4 +1,4 @@
-//! The single page of `xray serve` (its HTML is `templates/serve.html`): upload an image, see the label, a bar per class and the
+//! The single page of `xray serve` (`templates/serve.html`, with `serve.js` and `serve.css`): upload an image, see the label, a bar per class and the
 //! Grad-CAM overlay. No outside resources: it works on a hospital network with no internet.
 
 use serde_json::Value;
@@ -50,3 +50,10 @@ pub fn render(info: &Value, max_upload_bytes: usize) -> String {
 
 /// The page, with `{{MODEL}}`, `{{AUTH}}` and `{{MAX_MB}}` to fill in.
 const PAGE: &str = include_str!("templates/serve.html");
+
+/// The page's script, served as a file (the page's Content-Security-Policy allows no inline
+/// script).
+pub const SCRIPT: &str = include_str!("templates/serve.js");
+
+/// The page's style, served as a file (no inline style either).
+pub const STYLE: &str = include_str!("templates/serve.css");

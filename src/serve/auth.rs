@@ -59,6 +59,7 @@ impl TokenFile {
     /// line, never the token.
     pub fn load(path: &Path) -> Result<TokenFile, Error> {
         let tokens = read_tokens(path)?;
+        super::tls::check_private(path, "--token-file")?;
         Ok(TokenFile {
             path: path.to_path_buf(),
             loaded: Mutex::new(Loaded {

@@ -6,7 +6,8 @@
 //! - `xray_inference_queue_depth` / `xray_inference_queue_capacity`: requests waiting for or
 //!   in the model, and how many may
 //! - `xray_model_load_seconds`: how long loading the model took at start
-//! - `xray_predictions_total{label,out_of_distribution}`: images answered, by predicted class
+//! - `xray_predictions_total{out_of_distribution}`: images answered; with `--metrics-labels`
+//!   also by predicted class (`label`)
 //! - `xray_model_info{model,arch,weights_sha256}`: always 1, naming the model being served
 //!
 //! Each server has its own registry, so several servers in one process (the tests) do not mix
@@ -24,6 +25,8 @@ pub struct Metrics {
     requests: IntCounterVec,
     latency: HistogramVec,
     predictions: IntCounterVec,
+    /// Whether `predictions` has a `label` dimension.
+    by_label: bool,
     /// Requests waiting for or in the model (shared with the inference thread, as every
     /// metric is: clones count into the same value).
     queue_depth: IntGauge,
@@ -37,6 +40,7 @@ impl Metrics {
         weights_sha256: &str,
         queue_capacity: usize,
         load_seconds: f64,
+        by_label: bool,
     ) -> prometheus::Result<Metrics> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
@@ -53,13 +57,22 @@ impl Metrics {
             ]),
             &["route"],
         )?;
-        let predictions = IntCounterVec::new(
-            Opts::new(
-                "xray_predictions_total",
-                "Images answered, by predicted class",
-            ),
-            &["label", "out_of_distribution"],
-        )?;
+        // By label only when asked: whoever may read the metrics could otherwise follow which
+        // label each scan got.
+        let predictions = if by_label {
+            IntCounterVec::new(
+                Opts::new(
+                    "xray_predictions_total",
+                    "Images answered, by predicted class",
+                ),
+                &["label", "out_of_distribution"],
+            )?
+        } else {
+            IntCounterVec::new(
+                Opts::new("xray_predictions_total", "Images answered"),
+                &["out_of_distribution"],
+            )?
+        };
         let queue_depth = IntGauge::new(
             "xray_inference_queue_depth",
             "Requests waiting for or in the model",
@@ -92,6 +105,7 @@ impl Metrics {
             requests,
             latency,
             predictions,
+            by_label,
             queue_depth,
         })
     }
@@ -111,20 +125,24 @@ impl Metrics {
             Some(false) => "false",
             None => "unknown",
         };
-        self.predictions.with_label_values(&[label, ood]).inc();
+        if self.by_label {
+            self.predictions.with_label_values(&[label, ood]).inc();
+        } else {
+            self.predictions.with_label_values(&[ood]).inc();
+        }
     }
 
-    /// A job entered the queue.
+    /// A request was admitted.
     pub fn enqueued(&self) {
         self.queue_depth.inc();
     }
 
-    /// A job left the model (each [`Metrics::enqueued`] has one).
+    /// An admitted request was answered (each [`Metrics::enqueued`] has one).
     pub fn dequeued(&self) {
         self.queue_depth.dec();
     }
 
-    /// Requests waiting for or in the model now.
+    /// Requests admitted now.
     pub fn depth(&self) -> usize {
         self.queue_depth.get().max(0) as usize
     }

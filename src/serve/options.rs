@@ -1,0 +1,212 @@
+//! The server's settings: limits, timeouts, where it listens, and the worst-case memory they
+//! allow.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of the server.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// Largest accepted request body in bytes (all its files together).
+    pub max_upload_bytes: usize,
+    /// Largest accepted image in pixels (width x height; rows x columns x frames for DICOM).
+    pub max_pixels: u64,
+    /// Requests admitted at once (reading, decoding, waiting for or in the model); more get
+    /// 503 before their body is read.
+    pub queue: usize,
+    /// Images decoded at once, across all requests.
+    pub decode_threads: usize,
+    /// Most files in one request.
+    pub max_files: usize,
+    /// API requests a minute per client address; 0 for no limit.
+    pub rate_per_minute: u32,
+    /// Bearer tokens, one per line; `None`: the API is open (loopback only, see [`Listen`]).
+    pub token_file: Option<PathBuf>,
+    /// Append-only JSON-lines record of every answer and every refusal.
+    pub audit_log: Option<PathBuf>,
+    /// Rotate the audit log when it grows past this many bytes (`None`: never).
+    pub audit_max_bytes: Option<u64>,
+    /// Rotated audit files kept (`audit.jsonl.1` ... `.N`).
+    pub audit_keep: usize,
+    /// Seconds the caller took to load the model (reported by /metrics).
+    pub model_load_seconds: f64,
+    /// Serve `GET /metrics` and count every request for it (and log requests at info level).
+    pub metrics: bool,
+    /// Count answers by predicted label in /metrics (off: anyone allowed to read the metrics
+    /// could follow which label each scan got).
+    pub metrics_labels: bool,
+    /// Time limits of each connection.
+    pub timeouts: Timeouts,
+    /// Connections held at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+}
+
+/// Time limits of every connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// A request's headers must arrive within this. It also closes an idle keep-alive
+    /// connection: hyper starts this clock when it waits for the next request.
+    pub header: Duration,
+    /// A request's whole body must arrive within this (so at least `max_upload / body` bytes
+    /// a second for the largest upload); else 408.
+    pub body: Duration,
+    /// Most time between two pieces of a body (a stalled upload is cut sooner than `body`).
+    pub body_idle: Duration,
+    /// TLS handshake.
+    pub handshake: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            header: Duration::from_secs(10),
+            body: Duration::from_secs(30),
+            body_idle: Duration::from_secs(10),
+            handshake: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            max_upload_bytes: 32 << 20,
+            max_pixels: 50_000_000,
+            queue: 16,
+            decode_threads: default_decode_threads(),
+            max_files: 16,
+            rate_per_minute: 0,
+            token_file: None,
+            audit_log: None,
+            audit_max_bytes: None,
+            audit_keep: 5,
+            model_load_seconds: 0.0,
+            metrics: true,
+            metrics_labels: false,
+            timeouts: Timeouts::default(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// Images decoded at once by default: two, or one on a one-core machine.
+pub fn default_decode_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
+}
+
+/// Connections held at once by default: 1,024, or fewer where the process may open fewer
+/// files (half of `RLIMIT_NOFILE`, leaving the rest for the model, logs and the audit file).
+pub fn default_max_connections() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct it is given and reads nothing else.
+    let files = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur as usize
+    } else {
+        1024
+    };
+    (files / 2).clamp(16, 1024)
+}
+
+/// Bytes of the read buffer of one connection (hyper's `max_buf_size`): the longest request
+/// head accepted.
+pub const CONNECTION_BUFFER_BYTES: usize = 64 << 10;
+
+/// The parts of the worst-case resident memory of `serve`, beyond the loaded model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryBound {
+    /// `max_connections x 2 x CONNECTION_BUFFER_BYTES`: request heads and answers in flight.
+    pub connections: u64,
+    /// `queue x max_upload_bytes`: the bodies of the admitted requests.
+    pub bodies: u64,
+    /// `decode_threads x max_pixels x 16 bytes`: the largest image being decoded by each
+    /// decoder, with its copies (measured at 49 megapixels: 16-bit grey PNG 3.8 bytes a pixel,
+    /// RGB JPEG 4.8, 16-bit RGBA PNG 9.8, 16-bit grey DICOM 10.5, 8-bit RGB DICOM 12.0).
+    pub decoding: u64,
+    /// `queue x max_files x 2.2 MB`: the decoded images of admitted requests, kept at model
+    /// size and, for the heatmap, at most 768 pixels a side.
+    pub decoded: u64,
+}
+
+impl MemoryBound {
+    /// Bytes a decoder holds per pixel at most (see [`MemoryBound::decoding`]): the worst
+    /// measured, 12.0, with a third more.
+    pub const DECODE_BYTES_PER_PIXEL: u64 = 16;
+    /// Bytes kept per admitted image at most: 768 x 768 RGB plus a 512 x 512 RGB model input.
+    pub const KEPT_BYTES_PER_IMAGE: u64 = 768 * 768 * 3 + 512 * 512 * 3;
+
+    /// The bound for `options`.
+    pub fn of(options: &ServeOptions) -> MemoryBound {
+        let queue = options.queue.max(1) as u64;
+        MemoryBound {
+            connections: options.max_connections as u64 * 2 * CONNECTION_BUFFER_BYTES as u64,
+            bodies: queue * options.max_upload_bytes as u64,
+            decoding: options.decode_threads.max(1) as u64
+                * options.max_pixels
+                * Self::DECODE_BYTES_PER_PIXEL,
+            decoded: queue * options.max_files as u64 * Self::KEPT_BYTES_PER_IMAGE,
+        }
+    }
+
+    /// All parts together, in bytes.
+    pub fn total(&self) -> u64 {
+        self.connections + self.bodies + self.decoding + self.decoded
+    }
+
+    /// One line for the operator: the total and its parts, in MiB.
+    pub fn describe(&self) -> String {
+        let mib = |b: u64| b >> 20;
+        format!(
+            "at most {} MiB beyond the model: request bodies {} MiB (--queue x --max-upload-mb), \
+             decoding {} MiB (--decode-threads x --max-megapixels x {} B), decoded images {} MiB \
+             (--queue x --max-files), connections {} MiB (--max-connections)",
+            mib(self.total()),
+            mib(self.bodies),
+            mib(self.decoding),
+            Self::DECODE_BYTES_PER_PIXEL,
+            mib(self.decoded),
+            mib(self.connections)
+        )
+    }
+}
+
+/// Where and how the server listens.
+#[derive(Debug, Clone)]
+pub struct Listen {
+    /// `host:port`; port 0 picks a free one.
+    pub addr: String,
+    /// PEM certificate chain and private key: serve HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Allow a non-loopback address without tokens.
+    pub insecure_public: bool,
+    /// Allow tokens on a non-loopback address without TLS (they cross the network in clear
+    /// text).
+    pub insecure_http: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_bound_adds_its_parts() {
+        let options = ServeOptions {
+            max_upload_bytes: 32 << 20,
+            max_pixels: 50_000_000,
+            queue: 16,
+            decode_threads: 2,
+            max_files: 16,
+            max_connections: 1024,
+            ..ServeOptions::default()
+        };
+        let m = MemoryBound::of(&options);
+        assert_eq!(m.connections, 1024 * 2 * 65536);
+        assert_eq!(m.bodies, 16 * 32 * 1048576);
+        assert_eq!(m.decoding, 2 * 50_000_000 * 16);
+        assert_eq!(m.decoded, 16 * 16 * (768 * 768 * 3 + 512 * 512 * 3));
+        assert_eq!(m.total(), m.connections + m.bodies + m.decoding + m.decoded);
+        assert!((16..=1024).contains(&default_max_connections()));
+    }
+}

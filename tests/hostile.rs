@@ -1,0 +1,844 @@
+//! `xray serve` on a hostile network, each attack against a real server on 127.0.0.1 with
+//! bounded loops and time: slow unauthenticated uploads (answered 401 from the headers, memory
+//! flat), half-sent headers (closed by the header timeout), the connection cap, decompression
+//! bombs in PNG and DICOM (refused from their headers) and a request of sixteen 49-megapixel
+//! 16-bit PNGs (memory below the bound of `MemoryBound`), refusals audited once with the
+//! server's request id, /metrics behind the token, and the security headers.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dicom_core::value::{PixelFragmentSequence, PrimitiveValue, Value as DicomValue};
+use dicom_core::{DataElement, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use serde_json::{json, Value};
+use xray::serve::{MemoryBound, ServeOptions};
+
+use crate::common::trained;
+use crate::hardened::token_file;
+use crate::serve::Server;
+
+const TOKEN: &str = "clinic-a-7f3c9e1d2b4a6f80";
+const EXPIRED: &str = "old-token-5e8d2c7a9b1f3e46";
+const MIB: u64 = 1 << 20;
+
+/// Resident memory of process `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024
+}
+
+/// Samples a process's resident memory every 10 ms until stopped; the peak.
+struct Peak {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Peak {
+    fn watch(pid: u32) -> Peak {
+        let stop = Arc::new(AtomicBool::new(false));
+        let peak = Arc::new(AtomicU64::new(rss(pid)));
+        let thread = std::thread::spawn({
+            let (stop, peak) = (stop.clone(), peak.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss(pid), Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+        });
+        Peak { stop, peak, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// `host:port` of a server's `http://` base.
+fn authority(server: &Server) -> String {
+    server.base.trim_start_matches("http://").to_string()
+}
+
+/// The status code of an HTTP/1.1 response head in `bytes`, once its first line is complete.
+fn status_of(bytes: &[u8]) -> Option<u16> {
+    let text = String::from_utf8_lossy(bytes);
+    let line = text
+        .split("\r\n")
+        .next()
+        .filter(|_| text.contains("\r\n"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[test]
+fn slow_unauthenticated_uploads_are_refused_from_their_headers() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let mut server = Server::start(&t.run, &["--token-file", tokens.to_str().unwrap()]);
+    server.healthy();
+    let pid = server.child.id();
+    let before = rss(pid);
+    let peak = Peak::watch(pid);
+    let addr = authority(&server);
+    let png = std::fs::read(t.data.join("normal/normal_00003.png")).unwrap();
+    let (answers, good) = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..50)
+            .map(|_| {
+                let addr = addr.clone();
+                s.spawn(move || {
+                    let mut c = TcpStream::connect(&addr).unwrap();
+                    c.write_all(
+                        b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                          Content-Type: multipart/form-data; boundary=b\r\n\
+                          Content-Length: 33554432\r\n\r\n",
+                    )
+                    .unwrap();
+                    let started = Instant::now();
+                    c.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+                    let chunk = vec![b'x'; 8192];
+                    let mut got = Vec::new();
+                    // The body, slowly (8 KiB every 50 ms), until an answer comes: at most 10 s.
+                    while started.elapsed() < Duration::from_secs(10) {
+                        let _ = c.write_all(&chunk);
+                        let mut buf = [0u8; 4096];
+                        match c.read(&mut buf) {
+                            Ok(0) => break,
+                            Ok(n) => {
+                                got.extend_from_slice(&buf[..n]);
+                                if let Some(code) = status_of(&got) {
+                                    return (Some(code), started.elapsed().as_secs_f64());
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {}
+                            Err(_) => break,
+                        }
+                    }
+                    (status_of(&got), started.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        // Meanwhile a client with a token is answered.
+        std::thread::sleep(Duration::from_millis(300));
+        server.token = Some(TOKEN.into());
+        let good = server.predict("n.png", &png, "");
+        let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+        (answers, good)
+    });
+    let peak = peak.stop();
+    assert_eq!(good.0, 200, "{}", good.1);
+    let slowest = answers.iter().map(|a| a.1).fold(0.0, f64::max);
+    eprintln!(
+        "50 slow unauthenticated 32 MiB uploads: resident memory {} -> peak {} MiB; \
+         slowest 401 after {slowest:.2} s",
+        before / MIB,
+        peak / MIB
+    );
+    for (code, secs) in &answers {
+        assert_eq!(*code, Some(401), "after {secs:.2} s");
+        assert!(*secs < 2.0, "the 401 took {secs:.2} s");
+    }
+    assert!(
+        peak.saturating_sub(before) < 64 * MIB,
+        "resident memory grew by {} MiB",
+        (peak - before) / MIB
+    );
+    server.healthy();
+}
+
+#[test]
+fn half_sent_headers_and_idle_connections_are_closed_by_the_header_timeout() {
+    let t = trained();
+    let server = Server::start(
+        &t.run,
+        &["--header-timeout", "3", "--max-connections", "600"],
+    );
+    let addr = authority(&server);
+    let started = Instant::now();
+    let mut open: Vec<TcpStream> = (0..500)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+                .unwrap();
+            c.set_nonblocking(true).unwrap();
+            c
+        })
+        .collect();
+    // One keep-alive connection that asks once, then idles.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut first = [0u8; 1024];
+    let n = idle.read(&mut first).unwrap();
+    assert_eq!(status_of(&first[..n]), Some(200));
+    idle.set_nonblocking(true).unwrap();
+    open.push(idle);
+
+    let deadline = Duration::from_secs(3 + 5);
+    let mut last_closed = 0.0;
+    let mut checks = 0;
+    while !open.is_empty() && started.elapsed() < deadline {
+        open.retain_mut(|c| {
+            let mut buf = [0u8; 1024];
+            match c.read(&mut buf) {
+                Ok(0) => false,
+                Ok(_) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => true,
+                Err(_) => false,
+            }
+        });
+        if open.is_empty() {
+            last_closed = started.elapsed().as_secs_f64();
+        }
+        // The server answers throughout.
+        server.healthy();
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    eprintln!(
+        "500 half-sent headers and 1 idle keep-alive connection, header timeout 3 s: \
+         all closed after {last_closed:.1} s ({checks} health checks answered meanwhile)"
+    );
+    assert!(
+        open.is_empty(),
+        "{} connections still open after {deadline:?}",
+        open.len()
+    );
+    assert!(
+        last_closed >= 2.5,
+        "closed before the timeout: {last_closed}"
+    );
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_at_once() {
+    let t = trained();
+    let server = Server::start(&t.run, &["--max-connections", "8"]);
+    let addr = authority(&server);
+    let held: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut c = TcpStream::connect(&addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut ninth = TcpStream::connect(&addr).unwrap();
+    ninth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let started = Instant::now();
+    let _ = ninth.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = [0u8; 256];
+    let closed = match ninth.read(&mut buf) {
+        Ok(0) | Err(_) => true,
+        Ok(n) => panic!(
+            "answered past the cap: {}",
+            String::from_utf8_lossy(&buf[..n])
+        ),
+    };
+    assert!(closed && started.elapsed() < Duration::from_secs(2));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(200));
+    server.healthy();
+}
+
+/// An 8-bit DICOM of `rows` x `columns` x `samples` whose data set is deflated (transfer
+/// syntax 1.2.840.10008.1.2.1.99) or not: the header elements, then `pixels` (when `Some`) or
+/// `zeros` zero bytes as PixelData, streamed through the encoder (an 805 MB set of zeros
+/// deflates to under 1 MB without being held in memory).
+fn dicom_8bit(
+    rows: u16,
+    columns: u16,
+    samples: u16,
+    pixels: Option<&[u8]>,
+    zeros: u64,
+    deflated: bool,
+) -> Vec<u8> {
+    dicom_raw(rows, columns, samples, 8, pixels, zeros, deflated)
+}
+
+/// [`dicom_8bit`] with `bits` (8 or 16) a sample.
+fn dicom_raw(
+    rows: u16,
+    columns: u16,
+    samples: u16,
+    bits: u16,
+    pixels: Option<&[u8]>,
+    zeros: u64,
+    deflated: bool,
+) -> Vec<u8> {
+    let rgb = samples == 3;
+    let mut header = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.42"),
+        DataElement::new(tags::MODALITY, VR::CS, "DX"),
+        DataElement::new(
+            tags::SAMPLES_PER_PIXEL,
+            VR::US,
+            PrimitiveValue::from(samples),
+        ),
+        DataElement::new(
+            tags::PHOTOMETRIC_INTERPRETATION,
+            VR::CS,
+            if rgb { "RGB" } else { "MONOCHROME2" },
+        ),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(rows)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(columns)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(bits)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(bits)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(bits - 1)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+    ]);
+    if rgb {
+        header.put(DataElement::new(
+            tags::PLANAR_CONFIGURATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ));
+    }
+    let explicit = dicom_transfer_syntax_registry::TransferSyntaxRegistry
+        .get(uids::EXPLICIT_VR_LITTLE_ENDIAN)
+        .unwrap();
+    use dicom_transfer_syntax_registry::TransferSyntaxIndex;
+    let mut data_set = Vec::new();
+    header
+        .write_dataset_with_ts(&mut data_set, explicit)
+        .unwrap();
+    let ts = if deflated {
+        "1.2.840.10008.1.2.1.99"
+    } else {
+        uids::EXPLICIT_VR_LITTLE_ENDIAN
+    };
+    let meta = FileMetaTableBuilder::new()
+        .transfer_syntax(ts)
+        .media_storage_sop_class_uid(uids::SECONDARY_CAPTURE_IMAGE_STORAGE)
+        .media_storage_sop_instance_uid("2.25.42")
+        .build()
+        .unwrap();
+    let mut out = vec![0u8; 128];
+    out.extend_from_slice(b"DICM");
+    meta.write(&mut out).unwrap();
+    let length = pixels.map_or(zeros, |p| p.len() as u64);
+    let mut body: Box<dyn Write> = if deflated {
+        Box::new(flate2::write::DeflateEncoder::new(
+            &mut out,
+            flate2::Compression::best(),
+        ))
+    } else {
+        Box::new(&mut out)
+    };
+    body.write_all(&data_set).unwrap();
+    let vr = if bits > 8 { b'W' } else { b'B' };
+    body.write_all(&[0xE0, 0x7F, 0x10, 0x00, b'O', vr, 0, 0])
+        .unwrap();
+    body.write_all(&(length as u32).to_le_bytes()).unwrap();
+    match pixels {
+        Some(p) => body.write_all(p).unwrap(),
+        None => {
+            let block = vec![0u8; 1 << 20];
+            let mut left = zeros;
+            while left > 0 {
+                let n = left.min(block.len() as u64) as usize;
+                body.write_all(&block[..n]).unwrap();
+                left -= n as u64;
+            }
+        }
+    }
+    body.flush().unwrap();
+    drop(body);
+    out
+}
+
+/// An encapsulated JPEG baseline DICOM declaring `side` x `side` RGB, its one fragment a
+/// small real JPEG.
+fn jpeg_dicom(side: u16) -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    image::RgbImage::new(16, 16)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
+        .unwrap();
+    let obj = InMemDicomObject::from_element_iter([
+        DataElement::new(
+            tags::SOP_CLASS_UID,
+            VR::UI,
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+        ),
+        DataElement::new(tags::SOP_INSTANCE_UID, VR::UI, "2.25.43"),
+        DataElement::new(tags::SAMPLES_PER_PIXEL, VR::US, PrimitiveValue::from(3u16)),
+        DataElement::new(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "YBR_FULL_422"),
+        DataElement::new(tags::ROWS, VR::US, PrimitiveValue::from(side)),
+        DataElement::new(tags::COLUMNS, VR::US, PrimitiveValue::from(side)),
+        DataElement::new(tags::BITS_ALLOCATED, VR::US, PrimitiveValue::from(8u16)),
+        DataElement::new(tags::BITS_STORED, VR::US, PrimitiveValue::from(8u16)),
+        DataElement::new(tags::HIGH_BIT, VR::US, PrimitiveValue::from(7u16)),
+        DataElement::new(
+            tags::PIXEL_REPRESENTATION,
+            VR::US,
+            PrimitiveValue::from(0u16),
+        ),
+        DataElement::new(
+            tags::PIXEL_DATA,
+            VR::OB,
+            DicomValue::PixelSequence(PixelFragmentSequence::new(vec![], vec![jpeg])),
+        ),
+    ]);
+    let mut out = Vec::new();
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::JPEG_BASELINE8_BIT))
+        .unwrap()
+        .write_all(&mut out)
+        .unwrap();
+    out
+}
+
+/// A 16-bit grey PNG of `side` x `side` zeros (49 megapixels at 7,000: about 100 KB).
+fn big_png16(side: u32) -> Vec<u8> {
+    let img = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::new(side, side);
+    let mut png = Vec::new();
+    image::DynamicImage::ImageLuma16(img)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    png
+}
+
+#[test]
+fn deflated_dicom_reads_like_the_uncompressed_one_from_a_file_and_an_upload() {
+    let t = trained();
+    let grey = image::open(t.data.join("opacity/opacity_00003.png"))
+        .unwrap()
+        .to_luma8();
+    let (w, h) = grey.dimensions();
+    let dir = tempfile::tempdir().unwrap();
+    let mut decoded = Vec::new();
+    for deflated in [false, true] {
+        let bytes = dicom_8bit(h as u16, w as u16, 1, Some(grey.as_raw()), 0, deflated);
+        let path = dir.path().join(format!("scan-{deflated}.dcm"));
+        std::fs::write(&path, &bytes).unwrap();
+        decoded.push(xray::data::decode::decode_image(&path).unwrap().to_luma8());
+    }
+    assert_eq!(decoded[0], decoded[1], "inflating changed the pixels");
+    assert_eq!(decoded[0].dimensions(), (w, h));
+}
+
+#[test]
+fn bombs_are_refused_from_their_headers_and_memory_stays_under_the_bound() {
+    let t = trained();
+    let server = Server::start(&t.run, &["--queue", "2", "--decode-threads", "2"]);
+    server.healthy();
+    let pid = server.child.id();
+    let before = rss(pid);
+    let peak = Peak::watch(pid);
+
+    // A 1 KB PNG declaring 60000 x 60000.
+    let png_bomb = crate::formats::huge_png_header(60_000);
+    let (code, j) = server.predict("bomb.png", &png_bomb, "");
+    assert_eq!(code, 413, "{j}");
+    assert!(j["error"].as_str().unwrap().contains("too large"), "{j}");
+
+    // A deflated DICOM of 16384 x 16384 x 3 zeros (805 MB inflated).
+    let started = Instant::now();
+    let deflate_bomb = dicom_8bit(16384, 16384, 3, None, 16384 * 16384 * 3, true);
+    eprintln!(
+        "deflate bomb: {} KB on the wire (built in {:.1} s)",
+        deflate_bomb.len() / 1024,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(deflate_bomb.len() < 2 << 20);
+    let (code, j) = server.predict("bomb.dcm", &deflate_bomb, "");
+    assert_eq!(code, 413, "{j}");
+    let msg = j["error"].as_str().unwrap();
+    assert!(msg.contains("judged from the DICOM header"), "{msg}");
+
+    // A deflated DICOM whose header says 64 x 64 but whose pixel data inflates to 805 MB.
+    let liar = dicom_8bit(64, 64, 1, None, 16384 * 16384 * 3, true);
+    let (code, j) = server.predict("liar.dcm", &liar, "");
+    assert_eq!(code, 413, "{j}");
+    assert!(
+        j["error"].as_str().unwrap().contains("inflates past"),
+        "{j}"
+    );
+
+    // A JPEG-in-DICOM declaring the same size.
+    let (code, j) = server.predict("jpeg.dcm", &jpeg_dicom(16384), "");
+    assert_eq!(code, 413, "{j}");
+    assert!(
+        j["error"]
+            .as_str()
+            .unwrap()
+            .contains("judged from the DICOM header"),
+        "{j}"
+    );
+    let bombs_peak = peak.stop();
+
+    // The largest image of each kind the limit lets in, one at a time: what one decoder holds.
+    let side = 7000u32;
+    let pixels = (side * side) as u64;
+    let rgba16 = {
+        let img = image::ImageBuffer::<image::Rgba<u16>, Vec<u16>>::new(side, side);
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgba16(img)
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        png
+    };
+    let jpeg = {
+        let mut jpeg = Vec::new();
+        image::RgbImage::new(side, side)
+            .write_to(
+                &mut std::io::Cursor::new(&mut jpeg),
+                image::ImageFormat::Jpeg,
+            )
+            .unwrap();
+        jpeg
+    };
+    let s16 = side as u16;
+    let kinds: Vec<(&str, Vec<u8>)> = vec![
+        ("16-bit grey PNG", big_png16(side)),
+        ("16-bit RGBA PNG", rgba16),
+        ("RGB JPEG", jpeg),
+        (
+            "16-bit grey DICOM (deflated)",
+            dicom_raw(s16, s16, 1, 16, None, pixels * 2, true),
+        ),
+        (
+            "8-bit RGB DICOM (deflated)",
+            dicom_raw(s16, s16, 3, 8, None, pixels * 3, true),
+        ),
+    ];
+    let mut worst = 0.0f64;
+    for (kind, bytes) in &kinds {
+        let start = rss(pid);
+        let peak = Peak::watch(pid);
+        let (code, j) = server.predict("big", bytes, "?heatmap=true");
+        let top = peak.stop();
+        assert_eq!(code, 200, "{kind}: {j}");
+        let per_pixel = top.saturating_sub(start) as f64 / pixels as f64;
+        worst = worst.max(per_pixel);
+        eprintln!(
+            "{kind}, {side}x{side} ({} KB): resident memory {} -> peak {} MiB, {per_pixel:.1} bytes a pixel",
+            bytes.len() / 1024,
+            start / MIB,
+            top / MIB
+        );
+    }
+    assert!(
+        worst < MemoryBound::DECODE_BYTES_PER_PIXEL as f64,
+        "a decoder held {worst:.1} bytes a pixel"
+    );
+
+    // Two requests at once (the queue's limit), each of 16 PNGs of 49 megapixels, 16-bit.
+    let big = big_png16(7000);
+    let peak = Peak::watch(pid);
+    let parts: Vec<(&str, &[u8])> = (0..16).map(|_| ("big.png", big.as_slice())).collect();
+    let started = Instant::now();
+    let answers: Vec<_> = std::thread::scope(|s| {
+        let requests: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| server.try_post(&parts, "?heatmap=true").unwrap()))
+            .collect();
+        requests.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let big_peak = peak.stop();
+    for (code, j, _) in &answers {
+        assert_eq!(*code, 200, "{j}");
+        assert_eq!(j["results"].as_array().unwrap().len(), 16);
+    }
+    let options = ServeOptions {
+        queue: 2,
+        decode_threads: 2,
+        max_connections: xray::serve::options::default_max_connections(),
+        ..ServeOptions::default()
+    };
+    let bound = MemoryBound::of(&options);
+    eprintln!(
+        "bombs: resident memory {} -> peak {} MiB; 2 x 16 PNGs of 49 MP 16-bit ({} KB each) \
+         in {:.1} s: peak {} MiB, {} MiB over the start; bound for these flags {} MiB over \
+         the model (decoding {} MiB, bodies {} MiB, decoded {} MiB, connections {} MiB)",
+        before / MIB,
+        bombs_peak / MIB,
+        big.len() / 1024,
+        started.elapsed().as_secs_f64(),
+        big_peak / MIB,
+        big_peak.saturating_sub(before) / MIB,
+        bound.total() / MIB,
+        bound.decoding / MIB,
+        bound.bodies / MIB,
+        bound.decoded / MIB,
+        bound.connections / MIB,
+    );
+    assert!(
+        bombs_peak.saturating_sub(before) < 64 * MIB,
+        "the bombs raised resident memory by {} MiB",
+        bombs_peak.saturating_sub(before) / MIB
+    );
+    assert!(
+        big_peak.saturating_sub(before) < bound.total(),
+        "{} MiB over the start, bound {} MiB",
+        big_peak.saturating_sub(before) / MIB,
+        bound.total() / MIB
+    );
+    server.healthy();
+}
+
+/// A multipart body of `n` copies of `bytes`.
+fn multipart(n: usize, bytes: &[u8]) -> (String, Vec<u8>) {
+    let parts: Vec<(&str, &[u8])> = (0..n).map(|_| ("f.png", bytes)).collect();
+    crate::serve::multipart_body(&parts)
+}
+
+/// Sends `request` (with `X-Request-Id: theirs`): the status, the server's request id and the
+/// headers.
+fn send(
+    request: ureq::Request,
+    theirs: &str,
+    body: Option<(&str, &[u8])>,
+) -> (u16, String, ureq::Response) {
+    let request = request.set("X-Request-Id", theirs);
+    let result = match body {
+        Some((content_type, bytes)) => request.set("Content-Type", content_type).send_bytes(bytes),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{theirs}: {e}"),
+    };
+    let id = response.header("x-request-id").unwrap_or("").to_string();
+    (response.status(), id, response)
+}
+
+#[test]
+fn refusals_are_audited_once_with_the_servers_request_id_and_metrics_need_the_token() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let audit = dir.path().join("audit.jsonl");
+    let server = Server::start(
+        &t.run,
+        &[
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    server.healthy();
+    let png = std::fs::read(t.data.join("normal/normal_00003.png")).unwrap();
+    let url = |path: &str| format!("{}{path}", server.base);
+    let bearer = |token: &str| format!("Bearer {token}");
+    let (ct1, one) = multipart(1, &png);
+    let (ct17, seventeen) = multipart(17, &png);
+    let garbage = b"--xray-test-boundary-7d1f\r\nthis is not a part header\r\n\r\n".to_vec();
+
+    let mut expected: Vec<(&str, u16, &str)> = Vec::new();
+    let mut ids = Vec::new();
+    let mut check = |theirs: &'static str,
+                     want: u16,
+                     reason: &'static str,
+                     got: (u16, String, ureq::Response)| {
+        let (code, id, response) = got;
+        assert_eq!(code, want, "{theirs}");
+        // The server's id, not the client's.
+        assert!(
+            id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit()),
+            "{id}"
+        );
+        for (name, value) in [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+        ] {
+            assert_eq!(response.header(name), Some(value), "{theirs}: {name}");
+        }
+        let csp = response.header("content-security-policy").unwrap_or("");
+        assert!(
+            csp.contains("frame-ancestors 'none'") && csp.contains("script-src 'self'"),
+            "{csp}"
+        );
+        assert!(!csp.contains("unsafe-inline"), "{csp}");
+        expected.push((theirs, want, reason));
+        ids.push(id);
+    };
+    check(
+        "no-token",
+        401,
+        "no token",
+        send(
+            ureq::post(&url("/api/predict")),
+            "no-token",
+            Some((&ct1, &one)),
+        ),
+    );
+    check(
+        "bad-token",
+        401,
+        "unknown token",
+        send(
+            ureq::post(&url("/api/predict"))
+                .set("Authorization", &bearer("wrong-token-0000000000000000")),
+            "bad-token",
+            Some((&ct1, &one)),
+        ),
+    );
+    check(
+        "expired-token",
+        401,
+        "expired token",
+        send(
+            ureq::post(&url("/api/predict")).set("Authorization", &bearer(EXPIRED)),
+            "expired-token",
+            Some((&ct1, &one)),
+        ),
+    );
+    check(
+        "malformed",
+        400,
+        "malformed upload",
+        send(
+            ureq::post(&url("/api/predict")).set("Authorization", &bearer(TOKEN)),
+            "malformed",
+            Some((&ct1, &garbage)),
+        ),
+    );
+    check(
+        "seventeen",
+        413,
+        "too many files",
+        send(
+            ureq::post(&url("/api/predict")).set("Authorization", &bearer(TOKEN)),
+            "seventeen",
+            Some((&ct17, &seventeen)),
+        ),
+    );
+    check(
+        "metrics-no-token",
+        401,
+        "no token",
+        send(ureq::get(&url("/metrics")), "metrics-no-token", None),
+    );
+    // With the token: the metrics, without per-label counters.
+    let (code, _, response) = send(
+        ureq::get(&url("/metrics")).set("Authorization", &bearer(TOKEN)),
+        "metrics",
+        None,
+    );
+    assert_eq!(code, 200);
+    let text = response.into_string().unwrap();
+    assert!(text.contains("xray_predictions_total") || text.contains("xray_http_requests_total"));
+    assert!(!text.contains("label=\""), "{text}");
+
+    // Every refusal is in the log once, under the server's id, the client's id beside it.
+    let lines = || -> Vec<Value> {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let waited = Instant::now();
+    while lines().len() < expected.len() && waited.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lines = lines();
+    assert_eq!(lines.len(), expected.len(), "{lines:#?}");
+    for ((theirs, status, reason), id) in expected.iter().zip(&ids) {
+        let mine: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["request_id"] == json!(id))
+            .collect();
+        assert_eq!(mine.len(), 1, "{theirs}: {lines:#?}");
+        let line = mine[0];
+        assert_eq!(line["client_request_id"], json!(theirs), "{line}");
+        assert_eq!(line["status"], json!(status), "{line}");
+        assert!(
+            line["error"].as_str().unwrap().starts_with(reason),
+            "{theirs}: {line}"
+        );
+        assert_eq!(line["client"], "127.0.0.1");
+    }
+    let log = std::fs::read_to_string(&audit).unwrap();
+    assert!(!log.contains(TOKEN) && !log.contains(EXPIRED));
+}
+
+/// The security files and the exposure rules: usage errors naming the file and the fix.
+#[test]
+fn tokens_off_loopback_need_tls_and_secrets_must_be_private() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let (cert, key, _) = crate::hardened::tls(dir.path());
+    let open_tokens = dir.path().join("open-tokens.txt");
+    std::fs::copy(&tokens, &open_tokens).unwrap();
+    let open_key = dir.path().join("open-key.pem");
+    std::fs::copy(&key, &open_key).unwrap();
+    for p in [&open_tokens, &open_key] {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let refused = |args: &[&str], words: &str| crate::hardened::refused(&t.run, args, words);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    refused(
+        &["--addr", "0.0.0.0:0", "--token-file", &s(&tokens)],
+        "clear text; give --tls-cert and --tls-key",
+    );
+    refused(
+        &["--addr", "127.0.0.1:0", "--token-file", &s(&open_tokens)],
+        &format!(
+            "readable by other users (mode 644); run `chmod 600 {}`",
+            s(&open_tokens)
+        ),
+    );
+    refused(
+        &[
+            "--addr",
+            "127.0.0.1:0",
+            "--tls-cert",
+            &s(&cert),
+            "--tls-key",
+            &s(&open_key),
+        ],
+        &format!("--tls-key {}: readable by other users", s(&open_key)),
+    );
+    refused(
+        &["--header-timeout", "0"],
+        "--header-timeout 0: give a number of seconds above 0",
+    );
+    // Told so, tokens go over plain HTTP on a network address (behind a TLS proxy).
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xray"));
+    cmd.arg("serve")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args(["--device", "cpu", "--addr", "0.0.0.0:0", "--insecure-http"])
+        .args(["--token-file", &s(&tokens)])
+        .stderr(std::process::Stdio::null());
+    let server = Server::spawn(cmd, ureq::Agent::new());
+    assert!(
+        server.base.starts_with("http://0.0.0.0:"),
+        "{}",
+        server.base
+    );
+}
