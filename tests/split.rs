@@ -581,3 +581,142 @@ fn labels_csv_gives_classes_and_groups() {
     assert_eq!(out2.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out2.stderr).contains("path and label"));
 }
+
+/// A zip of `entries` (name, bytes written as `repeat` copies of `chunk`), deflated at the best
+/// level (zip64 for an entry over 4 GiB).
+fn zip_of(path: &std::path::Path, entries: &[(&str, &[u8], usize)]) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    for (name, chunk, repeat) in entries {
+        let opts = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated)
+            .compression_level(Some(9))
+            .large_file((chunk.len() * repeat) as u64 > u32::MAX as u64);
+        zip.start_file(*name, opts).unwrap();
+        for _ in 0..*repeat {
+            zip.write_all(chunk).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+}
+
+/// `xray split` on hostile input: a zip bomb (one entry of 10 GiB of zeros, about 10 MB
+/// deflated) is refused before any of it is written, and one that hides its size is stopped
+/// where its declared size ends; a link to `/` inside the dataset is reported and not followed (unless
+/// `--follow-external-links`); a `--labels` path that leaves the folder is refused.
+#[test]
+fn zip_bombs_and_links_out_of_the_dataset_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    let bomb = dir.path().join("bomb.zip");
+    let started = std::time::Instant::now();
+    zip_of(&bomb, &[("data/normal/scan.png", &zeros, 10 << 10)]);
+    let size = std::fs::metadata(&bomb).unwrap().len();
+    eprintln!(
+        "zip bomb: {} KB, 10 GiB inflated (built in {:.1} s)",
+        size >> 10,
+        started.elapsed().as_secs_f64()
+    );
+    assert!(size < 20 << 20, "{size}");
+    let out = dir.path().join("split-bomb");
+    let started = std::time::Instant::now();
+    let run = xray()
+        .arg("split")
+        .arg(&bomb)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .code(2);
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("refused as a zip bomb") && stderr.contains("data/normal/scan.png"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    eprintln!(
+        "refused in {:.2} s: {}",
+        started.elapsed().as_secs_f64(),
+        stderr.trim()
+    );
+    assert!(!out.join("data").exists() && !out.join("data.partial").exists());
+
+    // The same bomb, its declared sizes rewritten to 1,000 bytes: stopped while inflating.
+    let liar = dir.path().join("liar.zip");
+    zip_of(&liar, &[("data/normal/scan.png", &zeros, 300)]);
+    let mut bytes = std::fs::read(&liar).unwrap();
+    let find = |bytes: &[u8], sig: &[u8]| bytes.windows(4).position(|w| w == sig).unwrap();
+    let local = find(&bytes, b"PK\x03\x04");
+    let central = find(&bytes, b"PK\x01\x02");
+    for (at, what) in [(local + 22, "local"), (central + 24, "central")] {
+        // Zip64 keeps the real size in an extra field when the header says 0xFFFFFFFF.
+        assert_ne!(&bytes[at..at + 4], &[0xFF; 4], "{what} header is zip64");
+        bytes[at..at + 4].copy_from_slice(&1000u32.to_le_bytes());
+    }
+    std::fs::write(&liar, &bytes).unwrap();
+    let out = dir.path().join("split-liar");
+    let run = xray()
+        .arg("split")
+        .arg(&liar)
+        .arg("--out")
+        .arg(&out)
+        .assert();
+    let output = run.get_output();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // The zip reader stops at the declared size; the extraction stops with it, and what it
+    // had written is removed.
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("cannot extract data/normal/scan.png")
+            && stderr.contains("larger than its declared"),
+        "{stderr}"
+    );
+    assert!(!out.join("data").exists() && !out.join("data.partial").exists());
+
+    // A link to / inside a dataset.
+    let data = synth_dataset(&dir.path().join("linked"), 10, 32);
+    std::os::unix::fs::symlink("/", data.join("normal/root")).unwrap();
+    let out = dir.path().join("split-linked");
+    let run = xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+    assert!(
+        stderr.contains("normal/root links outside the dataset folder (to /); not followed"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("links outside").count(), 1, "{stderr}");
+    let report = read_json(&out.join("split_report.json"));
+    assert_eq!(report["layout"]["skipped"]["external_link"], 1, "{report}");
+    assert_eq!(split_rows(&out).len(), 20);
+
+    // A labels file whose paths leave the folder.
+    for (path, why) in [
+        ("/etc/hostname", "is absolute"),
+        ("../synth/normal/normal_00000.png", "goes up through .."),
+    ] {
+        let csv = dir.path().join("labels.csv");
+        std::fs::write(
+            &csv,
+            format!("path,label\nnormal/normal_00001.png,normal\n{path},opacity\n"),
+        )
+        .unwrap();
+        let run = xray()
+            .arg("split")
+            .arg(&data)
+            .arg("--labels")
+            .arg(&csv)
+            .arg("--out")
+            .arg(dir.path().join("split-labels"))
+            .assert()
+            .code(2);
+        let stderr = String::from_utf8_lossy(&run.get_output().stderr).into_owned();
+        assert!(
+            stderr.contains(&format!("line 3: {path} {why}")),
+            "{stderr}"
+        );
+    }
+}

@@ -276,3 +276,41 @@ fn bad_search_spaces_exit_2_naming_the_key() {
     let assert = xray().args(["tune", "--config"]).arg(&cfg).assert().code(2);
     assert!(String::from_utf8_lossy(&assert.get_output().stderr).contains("needs lists"));
 }
+
+/// A PostgreSQL URL's password, in the user part or as a `password=` parameter, appears
+/// nowhere in what `tune` prints when the server cannot be reached.
+#[test]
+fn storage_passwords_never_reach_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = small_split(dir.path());
+    let cfg = config(
+        dir.path(),
+        &split,
+        "[tune]\nstrategy = \"grid\"\n[tune.space]\n\"train.lr\" = [0.01]\n",
+    );
+    // Port 1 on the loopback: nothing listens there.
+    for url in [
+        "postgres://xray:s3cret-pw@127.0.0.1:1/tune",
+        "postgres://xray@127.0.0.1:1/tune?password=s3cret-pw&connect_timeout=5",
+        "postgresql://xray:s3cret-pw@127.0.0.1:1/tune?sslmode=disable&password=s3cret-pw",
+    ] {
+        let assert = xray()
+            .args(["tune", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(dir.path().join("never"))
+            .args(["--storage", url])
+            .timeout(Duration::from_secs(60))
+            .assert()
+            .code(2);
+        let out = assert.get_output();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("cannot connect"), "{url}: {text}");
+        assert!(!text.contains("s3cret"), "{url}: {text}");
+        assert!(text.contains("***"), "{url}: {text}");
+    }
+}

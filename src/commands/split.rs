@@ -44,6 +44,9 @@ pub struct SplitArgs {
     /// paths relative to DATA_DIR, instead of class folders.
     #[arg(long, value_name = "FILE.csv")]
     pub labels: Option<PathBuf>,
+    /// Follow links that lead out of DATA_DIR (by default each is reported and left out).
+    #[arg(long)]
+    pub follow_external_links: bool,
     /// Near-duplicates (the same scan re-encoded, resized, brightened) are kept in one split:
     /// candidates have perceptual hashes at most this many bits (of 64) apart...
     #[arg(long, value_name = "BITS", default_value_t = crate::data::near_dup::DEFAULT_MAX_DISTANCE)]
@@ -75,6 +78,7 @@ impl SplitArgs {
             keep_test_duplicates: self.keep_test_duplicates,
             exclude: self.exclude,
             labels: self.labels,
+            follow_external_links: self.follow_external_links,
             near_duplicate_distance: self.near_duplicate_distance,
             near_duplicate_correlation: self.near_duplicate_correlation,
         };

@@ -3,12 +3,22 @@
 //! that `train` and `eval` find every image from SPLIT_DIR alone and read plain files (random
 //! access into a deflated archive would cost every epoch a decompression).
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
 use crate::error::Error;
 use crate::progress;
+
+/// Most entries extracted from one archive.
+pub const MAX_ENTRIES: usize = 1_000_000;
+/// Most an entry may inflate, as a multiple of its compressed size (images, already
+/// compressed, inflate about 1x; uncompressed DICOM or TIFF a few times; a zip bomb
+/// thousands of times)...
+pub const MAX_RATIO: u64 = 100;
+/// ...beyond this much, which any entry may reach (a small text file).
+pub const RATIO_SLACK_BYTES: u64 = 1 << 20;
 
 /// Whether `path` is a zip archive (by its name; the content is checked on opening).
 pub fn is_zip(path: &Path) -> bool {
@@ -21,6 +31,12 @@ pub fn is_zip(path: &Path) -> bool {
 /// Extracts `archive` into `dest` (through `dest.partial`, renamed when complete) and returns
 /// `dest`. An existing complete extraction of the same archive (same size) is reused. Entries
 /// under `__MACOSX/` are not extracted; entries whose names would leave `dest` are refused.
+///
+/// Zip bombs are refused (usage, exit 2) with the partial extraction removed: more than
+/// [`MAX_ENTRIES`] entries; an entry whose declared size is over [`MAX_RATIO`] times its
+/// compressed size (plus [`RATIO_SLACK_BYTES`]), refused before anything of it is written; an
+/// entry whose data inflates past that, whatever it declared, stopped there; and more in all
+/// than [`MAX_RATIO`] times the archive's size (entries that share compressed data).
 pub fn extract_zip(archive: &Path, dest: &Path) -> Result<PathBuf> {
     let size = std::fs::metadata(archive)
         .with_context(|| format!("cannot read {}", archive.display()))?
@@ -38,6 +54,21 @@ pub fn extract_zip(archive: &Path, dest: &Path) -> Result<PathBuf> {
             archive.display()
         ))
     })?;
+    let bomb = |why: String| -> anyhow::Error {
+        Error::usage(format!(
+            "{}: {why}; refused as a zip bomb (extract it yourself if you trust it, then split the folder)",
+            archive.display()
+        ))
+        .into()
+    };
+    if zip.len() > MAX_ENTRIES {
+        return Err(bomb(format!(
+            "{} entries, more than {MAX_ENTRIES}",
+            zip.len()
+        )));
+    }
+    let total_cap = MAX_RATIO * size + RATIO_SLACK_BYTES;
+    let mut total = 0u64;
     let partial = dest.with_extension("partial");
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)
@@ -71,10 +102,51 @@ pub fn extract_zip(archive: &Path, dest: &Path) -> Result<PathBuf> {
         if let Some(parent) = target.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        let compressed = entry.compressed_size();
+        let cap = MAX_RATIO * compressed + RATIO_SLACK_BYTES;
+        let too_much = |bytes: u64| {
+            format!(
+                "entry {} inflates to {} MiB or more from {} KiB, over {MAX_RATIO} times",
+                name.display(),
+                bytes >> 20,
+                compressed >> 10
+            )
+        };
+        if entry.size() > cap {
+            let why = too_much(entry.size());
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(bomb(why));
+        }
         let mut out = std::fs::File::create(&target)
             .with_context(|| format!("cannot write {}", target.display()))?;
-        std::io::copy(&mut entry, &mut out)
-            .with_context(|| format!("{}: cannot extract {}", archive.display(), name.display()))?;
+        let left = cap.min(total_cap.saturating_sub(total));
+        let written = match std::io::copy(&mut (&mut entry).take(left + 1), &mut out) {
+            Ok(n) => n,
+            Err(e) => {
+                drop(out);
+                let _ = std::fs::remove_dir_all(&partial);
+                return Err(Error::usage(format!(
+                    "{}: cannot extract {}: {e}",
+                    archive.display(),
+                    name.display()
+                ))
+                .into());
+            }
+        };
+        total += written;
+        if written > left {
+            let why = if written > cap {
+                too_much(written)
+            } else {
+                format!(
+                    "its entries inflate past {} MiB, {MAX_RATIO} times the archive",
+                    total_cap >> 20
+                )
+            };
+            drop(out);
+            let _ = std::fs::remove_dir_all(&partial);
+            return Err(bomb(why));
+        }
     }
     bar.finish_and_clear();
     std::fs::write(partial.join(".xray-archive"), expected)?;

@@ -56,7 +56,7 @@ pub struct Layout {
     /// Wrapping folders descended into (a single folder holding the dataset).
     pub descended: Vec<String>,
     /// Files and folders left out, by reason: junk, mask, non_image, excluded, nested_copy,
-    /// link_loop.
+    /// link_loop, external_link.
     pub skipped: BTreeMap<String, usize>,
     /// Folders left out whole (nested copies, link loops), relative to the dataset folder.
     pub skipped_folders: Vec<String>,
@@ -71,6 +71,9 @@ pub struct ScanOptions {
     /// A CSV file (`path,label[,group]`, with that header; paths relative to the dataset
     /// folder) that gives the labels, and the groups, instead of the folders.
     pub labels: Option<PathBuf>,
+    /// Follow links that lead out of the dataset folder (by default they are reported once
+    /// and left out: a link to `/` would pull the system's images in).
+    pub follow_external_links: bool,
 }
 
 /// The split names a folder level may carry: index 0 train, 1 val, 2 test.
@@ -115,7 +118,7 @@ pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDatas
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", root.display()))?;
     if let Some(labels) = &opts.labels {
-        return scan_labels_csv(&top, labels);
+        return scan_labels_csv(&top, labels, opts.follow_external_links);
     }
     let mut walker = Walker::new(&top, opts)?;
     let root = walker.descend_wrappers(&top)?;
@@ -186,7 +189,11 @@ pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDatas
 }
 
 /// The images a labels CSV lists (`path,label[,group]`), classes sorted from its labels.
-fn scan_labels_csv(root: &Path, csv_path: &Path) -> Result<ScannedDataset> {
+fn scan_labels_csv(
+    root: &Path,
+    csv_path: &Path,
+    follow_external_links: bool,
+) -> Result<ScannedDataset> {
     let bad = |why: String| -> anyhow::Error {
         Error::usage(format!("--labels {}: {why}", csv_path.display())).into()
     };
@@ -212,6 +219,13 @@ fn scan_labels_csv(root: &Path, csv_path: &Path) -> Result<ScannedDataset> {
         let (path, label) = (cell(path_col), cell(label_col));
         if path.is_empty() || label.is_empty() {
             return Err(bad(format!("line {}: empty path or label", line + 2)));
+        }
+        if let Some(why) = leaves_root(root, Path::new(&path), follow_external_links) {
+            return Err(bad(format!(
+                "line {}: {path} {why}; paths must stay inside {}",
+                line + 2,
+                root.display()
+            )));
         }
         rows.push((path, label, group_col.map(cell).filter(|g| !g.is_empty())));
     }
@@ -239,6 +253,26 @@ fn scan_labels_csv(root: &Path, csv_path: &Path) -> Result<ScannedDataset> {
             ..Layout::default()
         },
     })
+}
+
+/// Why `rel` (a path the labels CSV gives, relative to `root`) leads out of `root`, if it does:
+/// absolute, through `..`, or (unless `follow_links`) through a link that resolves outside.
+fn leaves_root(root: &Path, rel: &Path, follow_links: bool) -> Option<&'static str> {
+    use std::path::Component;
+    if rel.is_absolute() || rel.has_root() {
+        return Some("is absolute");
+    }
+    if rel.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Some("goes up through ..");
+    }
+    if !follow_links {
+        if let Ok(real) = root.join(rel).canonicalize() {
+            if !real.starts_with(root) {
+                return Some("is a link that leads outside the dataset folder");
+            }
+        }
+    }
+    None
 }
 
 fn layout_error(root: &Path, what: &str) -> anyhow::Error {
@@ -277,6 +311,10 @@ struct Walker {
     layout: Layout,
     /// Canonical folders on the current path from the root, to detect link loops.
     visiting: HashSet<PathBuf>,
+    /// The dataset folder as given, resolved: links that lead outside it are not followed...
+    boundary: PathBuf,
+    /// ...unless this is set.
+    follow_external_links: bool,
 }
 
 impl Walker {
@@ -294,7 +332,34 @@ impl Walker {
                 .map_err(|e| Error::usage(format!("--exclude: {e}")))?,
             layout: Layout::default(),
             visiting: HashSet::new(),
+            boundary: root.to_path_buf(),
+            follow_external_links: opts.follow_external_links,
         })
+    }
+
+    /// Whether `path` is a link that leads out of the dataset folder (and such links are not
+    /// followed): then it is counted, reported once and left out.
+    fn external_link(&mut self, path: &Path) -> bool {
+        if self.follow_external_links
+            || !std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+        {
+            return false;
+        }
+        let Ok(target) = path.canonicalize() else {
+            return false;
+        };
+        if target.starts_with(&self.boundary) {
+            return false;
+        }
+        self.skip("external_link");
+        let rel = self.rel(path);
+        eprintln!(
+            "warning: {rel} links outside the dataset folder (to {}); not followed \
+             (--follow-external-links follows such links)",
+            target.display()
+        );
+        self.layout.skipped_folders.push(rel);
+        true
     }
 
     fn skip(&mut self, reason: &str) {
@@ -310,6 +375,9 @@ impl Walker {
 
     /// Whether the entry at `path` (named `name`) is left out, counting why.
     fn left_out(&mut self, path: &Path, name: &str, is_dir: bool) -> bool {
+        if self.external_link(path) {
+            return true;
+        }
         if is_junk(name) {
             self.skip("junk");
         } else if is_dir && is_mask_folder(name) {

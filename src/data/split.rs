@@ -52,6 +52,8 @@ pub struct SplitOptions {
     pub exclude: Vec<String>,
     /// `--labels FILE.csv`: labels (and groups) from a metadata file instead of folders.
     pub labels: Option<PathBuf>,
+    /// Follow links that lead out of the dataset folder.
+    pub follow_external_links: bool,
     /// Images whose perceptual hashes differ by at most this many bits (of 64)...
     pub near_duplicate_distance: u32,
     /// ...and whose 32x32 thumbnails correlate at least this much.
@@ -68,6 +70,7 @@ impl Default for SplitOptions {
             keep_test_duplicates: false,
             exclude: Vec::new(),
             labels: None,
+            follow_external_links: false,
             near_duplicate_distance: near_dup::DEFAULT_MAX_DISTANCE,
             near_duplicate_correlation: near_dup::DEFAULT_MIN_CORRELATION,
         }
@@ -182,6 +185,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         &ScanOptions {
             exclude: opts.exclude.clone(),
             labels: opts.labels.clone(),
+            follow_external_links: opts.follow_external_links,
         },
     )?;
     // The dataset's own test folder stays the test split unless asked otherwise.

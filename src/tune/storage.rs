@@ -59,17 +59,27 @@ CREATE TABLE IF NOT EXISTS xray_epoch (
 );
 ";
 
-/// A `postgres://` URL with its password replaced by `***`, for messages.
+/// A `postgres://` URL with every password replaced by `***`, for messages: the one in the
+/// user part (`user:PASSWORD@`) and any `password=` parameter (`?password=…`, `&password=…`,
+/// or a `key=value` connection string).
 pub fn redact(url: &str) -> String {
+    static PARAM: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let param = PARAM.get_or_init(|| {
+        regex::Regex::new(r"(?i)(^|[?&\s])(password\s*=\s*)('[^']*'|[^&\s]*)")
+            .expect("a valid pattern")
+    });
+    let url = param.replace_all(url, "${1}${2}***").into_owned();
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+        return url;
     };
-    match rest.split_once('@') {
-        Some((user, host)) => match user.split_once(':') {
-            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
-            None => url.to_string(),
+    // The user part ends at the last `@` before the path (a password may hold `@`).
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => match rest[..at].split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***{}", &rest[at..]),
+            None => url.clone(),
         },
-        None => url.to_string(),
+        None => url.clone(),
     }
 }
 
@@ -457,5 +467,30 @@ mod tests {
         );
         assert_eq!(redact("postgres://xray@db/tune"), "postgres://xray@db/tune");
         assert_eq!(redact("not a url"), "not a url");
+        for (url, want) in [
+            (
+                "postgres://u@db/tune?password=secret",
+                "postgres://u@db/tune?password=***",
+            ),
+            (
+                "postgres://u@db/tune?sslmode=require&PASSWORD=secret&x=1",
+                "postgres://u@db/tune?sslmode=require&PASSWORD=***&x=1",
+            ),
+            (
+                "postgres://u:se@cr:et@db:5432/tune",
+                "postgres://u:***@db:5432/tune",
+            ),
+            (
+                "host=db user=u password='secret word' dbname=t",
+                "host=db user=u password=*** dbname=t",
+            ),
+        ] {
+            let shown = redact(url);
+            assert_eq!(shown, want);
+            assert!(
+                !shown.contains("secret") && !shown.contains("cr:et"),
+                "{shown}"
+            );
+        }
     }
 }
