@@ -32,6 +32,11 @@ impl Postgres {
     /// Starts one. A missing PostgreSQL is a failure, never a silent pass: the tests that need
     /// it are `#[ignore]`d with that reason, and `make test` installs it and runs them.
     fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// [`Postgres::start`], with TLS on when given a certificate and key (PEM) for it.
+    fn start_with(tls: Option<(&str, &str)>) -> Postgres {
         let Some(bin) = postgres_bin() else {
             panic!("PostgreSQL is not installed (scripts/setup/postgres.sh installs it)");
         };
@@ -66,10 +71,28 @@ impl Postgres {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let options = format!(
+        let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             pg.dir.path().display()
         );
+        if let Some((cert, key)) = tls {
+            use std::os::unix::fs::PermissionsExt;
+            for (name, pem) in [("server.crt", cert), ("server.key", key)] {
+                let path = data.join(name);
+                std::fs::write(&path, pem).unwrap();
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+                if pg.as_postgres {
+                    // The key must belong to the server's user.
+                    let name = std::ffi::CString::new("postgres").unwrap();
+                    // SAFETY: getpwnam reads a C string and returns a pointer into static data.
+                    let user = unsafe { libc::getpwnam(name.as_ptr()) };
+                    assert!(!user.is_null(), "no postgres user");
+                    let (uid, gid) = unsafe { ((*user).pw_uid, (*user).pw_gid) };
+                    std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+                }
+            }
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let out = pg
             .command("pg_ctl")
             .arg("-D")
@@ -142,6 +165,60 @@ fn postgres_bin() -> Option<PathBuf> {
 
 fn client(url: &str) -> postgres::Client {
     postgres::Client::connect(url, postgres::NoTls).unwrap()
+}
+
+/// The storage's connection speaks TLS as libpq does: `disable` plain, `prefer` (the default)
+/// and `require` encrypted, `verify-ca` against `sslrootcert`, `verify-full` also checking the
+/// host name; a wrong root or a missing one is refused.
+#[test]
+#[ignore = "needs PostgreSQL (scripts/setup/postgres.sh); make test runs it"]
+fn tune_storage_speaks_tls_as_libpq_does() {
+    // The server's certificate names db.example, not 127.0.0.1.
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["db.example".into()]).unwrap();
+    let stranger = rcgen::generate_simple_self_signed(vec!["db.example".into()]).unwrap();
+    let pg = Postgres::start_with(Some((&cert.pem(), &signing_key.serialize_pem())));
+    let base = pg.database("tls");
+    let dir = tempfile::tempdir().unwrap();
+    let (root, wrong) = (dir.path().join("root.pem"), dir.path().join("wrong.pem"));
+    std::fs::write(&root, cert.pem()).unwrap();
+    std::fs::write(&wrong, stranger.cert.pem()).unwrap();
+    let encrypted = |query: &str| -> anyhow::Result<bool> {
+        let mut c = xray::tune::storage::connect(&format!("{base}?{query}"))?;
+        Ok(c.query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )?
+        .get(0))
+    };
+    let root_arg = format!("sslrootcert={}", root.display());
+    assert!(!encrypted("sslmode=disable").unwrap());
+    assert!(
+        encrypted("connect_timeout=10").unwrap(),
+        "prefer, the default"
+    );
+    assert!(encrypted("sslmode=require").unwrap());
+    assert!(encrypted(&format!("sslmode=verify-ca&{root_arg}")).unwrap());
+    for (query, words) in [
+        (
+            format!("sslmode=verify-full&{root_arg}"),
+            "not valid for name",
+        ),
+        (
+            format!("sslmode=verify-ca&sslrootcert={}", wrong.display()),
+            "cannot connect",
+        ),
+        (
+            format!(
+                "sslmode=verify-full&sslrootcert={}",
+                dir.path().join("none.pem").display()
+            ),
+            "sslrootcert",
+        ),
+    ] {
+        let err = format!("{:#}", encrypted(&query).unwrap_err());
+        assert!(err.contains(words), "{query}: {err}");
+    }
 }
 
 /// `xray tune` as a worker of the shared search at `url`.
@@ -812,7 +889,7 @@ fn metrics_count_a_known_sequence_and_logs_are_json() {
     }
     assert_eq!(value(&scrape, "xray_predictions_total", &[]), 2.0);
     assert_eq!(value(&scrape, "xray_inference_queue_depth", &[]), 0.0);
-    assert_eq!(value(&scrape, "xray_inference_queue_capacity", &[]), 16.0);
+    assert_eq!(value(&scrape, "xray_inference_queue_capacity", &[]), 8.0);
     assert!(value(&scrape, "xray_model_load_seconds", &[]) > 0.0);
     assert_eq!(
         value(&scrape, "xray_model_info", &[("arch", "simple_cnn")]),

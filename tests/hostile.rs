@@ -784,6 +784,92 @@ fn refusals_are_audited_once_with_the_servers_request_id_and_metrics_need_the_to
     assert!(!log.contains(TOKEN) && !log.contains(EXPIRED));
 }
 
+/// `--metrics-addr`: /metrics moves to an internal address of its own, without a token; the
+/// main address no longer serves it; a public address is refused.
+#[test]
+fn metrics_on_an_internal_address_of_their_own() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let mut server = Server::start(
+        &t.run,
+        &[
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let memory = server.next_line();
+    assert!(memory.starts_with("memory: at most "), "{memory}");
+    let line = server.next_line();
+    let at = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_string();
+    let scrape = ureq::get(&at).call().unwrap();
+    assert_eq!(scrape.status(), 200);
+    assert_eq!(scrape.header("x-content-type-options"), Some("nosniff"));
+    assert!(scrape.into_string().unwrap().contains("xray_model_info"));
+    server.token = Some(TOKEN.into());
+    assert_eq!(server.get("/metrics").0, 404);
+    crate::hardened::refused(
+        &t.run,
+        &["--addr", "127.0.0.1:0", "--metrics-addr", "8.8.8.8:9100"],
+        "--metrics-addr 8.8.8.8:9100: the metrics there need no token",
+    );
+}
+
+/// The certificate is read again on SIGHUP, without a restart: a client that trusts only the
+/// new certificate is refused before and served after.
+#[test]
+fn a_new_certificate_is_served_after_sighup() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let (cert, key, agent) = crate::hardened::tls(dir.path());
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let mut server = Server::start_with(
+        &t.run,
+        &[
+            "--token-file",
+            &s(&tokens),
+            "--tls-cert",
+            &s(&cert),
+            "--tls-key",
+            &s(&key),
+        ],
+        agent,
+    );
+    server.healthy();
+    let renewed = dir.path().join("renewed");
+    std::fs::create_dir(&renewed).unwrap();
+    let (new_cert, new_key, new_agent) = crate::hardened::tls(&renewed);
+    let url = format!("{}/healthz", server.base);
+    assert!(
+        new_agent.get(&url).call().is_err(),
+        "the new certificate before the reload"
+    );
+    std::fs::copy(&new_cert, &cert).unwrap();
+    std::fs::copy(&new_key, &key).unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    let started = Instant::now();
+    while new_agent.get(&url).call().is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the new certificate is not served 10 s after SIGHUP"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "new certificate served {:.2} s after SIGHUP",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(server.child.try_wait().unwrap().is_none(), "no restart");
+}
+
 /// The security files and the exposure rules: usage errors naming the file and the fix.
 #[test]
 fn tokens_off_loopback_need_tls_and_secrets_must_be_private() {

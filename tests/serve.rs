@@ -153,6 +153,14 @@ impl Server {
             .unwrap_or_else(|e| panic!("POST {name}: {e}"))
     }
 
+    /// The next line the server prints on stdout (after the serving line: the memory bound,
+    /// then the metrics address when it has one).
+    pub(crate) fn next_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("a line from serve");
+        line
+    }
+
     pub(crate) fn healthy(&self) {
         let (code, body) = self.get("/healthz");
         assert_eq!(code, 200, "{body}");

@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::error::Error;
 use crate::infer::{resolve_device, Predictor};
-use crate::serve::options::{default_decode_threads, default_max_connections};
+use crate::serve::options::default_max_connections;
 use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
 /// Arguments of `xray serve`.
@@ -38,11 +38,12 @@ pub struct ServeArgs {
     pub max_megapixels: f64,
     /// Requests admitted at once (being read, decoded, waiting for or in the model); beyond
     /// that the answer is 503, before the body is read.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 8)]
     pub queue: usize,
-    /// Images decoded at once, across all requests (default: 2, or 1 on one core).
-    #[arg(long)]
-    pub decode_threads: Option<usize>,
+    /// Images decoded at once, across all requests (each may hold --max-megapixels x 16 bytes
+    /// while it decodes).
+    #[arg(long, default_value_t = 1)]
+    pub decode_threads: usize,
     /// Connections held at once; more are closed when accepted (default: 1024, or half the
     /// process's open-file limit when lower).
     #[arg(long)]
@@ -98,6 +99,10 @@ pub struct ServeArgs {
     /// No GET /metrics and no per-request counting or access log.
     #[arg(long)]
     pub no_metrics: bool,
+    /// Serve GET /metrics on this loopback or private address instead (plain HTTP, no token),
+    /// for a scraper inside the cluster.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<String>,
     /// Count answers by predicted label in /metrics (off by default: whoever reads the
     /// metrics could follow which label each scan got).
     #[arg(long)]
@@ -115,21 +120,39 @@ pub enum LogFormat {
 
 /// Installs the process's log subscriber for `format`.
 fn init_logs(format: LogFormat) {
+    use tracing::Level;
+    use tracing_subscriber::filter::Targets;
     use tracing_subscriber::fmt;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // xray's own events at the format's level; the libraries' only when they are errors (the
+    // DICOM decoder warns about every file without a VOI window, once per upload).
     let _ = match format {
         LogFormat::Text => fmt()
             .with_writer(std::io::stderr)
-            .with_max_level(tracing::Level::WARN)
+            .with_max_level(Level::WARN)
             .without_time()
             .with_target(false)
             .with_level(false)
             .with_ansi(false)
+            .finish()
+            .with(
+                Targets::new()
+                    .with_target("xray", Level::WARN)
+                    .with_default(Level::ERROR),
+            )
             .try_init(),
         LogFormat::Json => fmt()
             .json()
             .with_writer(std::io::stderr)
-            .with_max_level(tracing::Level::INFO)
+            .with_max_level(Level::INFO)
             .with_current_span(false)
+            .finish()
+            .with(
+                Targets::new()
+                    .with_target("xray", Level::INFO)
+                    .with_default(Level::WARN),
+            )
             .try_init(),
     };
 }
@@ -157,10 +180,7 @@ impl ServeArgs {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
             queue: self.queue.max(1),
-            decode_threads: self
-                .decode_threads
-                .unwrap_or_else(default_decode_threads)
-                .max(1),
+            decode_threads: self.decode_threads.max(1),
             max_files: self.max_files.max(1),
             rate_per_minute: self.rate_limit,
             token_file: self.token_file,
@@ -181,6 +201,7 @@ impl ServeArgs {
             tls: self.tls_cert.zip(self.tls_key),
             insecure_public: self.insecure_public,
             insecure_http: self.insecure_http,
+            metrics_addr: self.metrics_addr,
         };
         let started = std::time::Instant::now();
         let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;

@@ -148,15 +148,17 @@ fn security_headers(router: Router<Arc<AppState>>, tls: bool) -> Router<Arc<AppS
     })
 }
 
-/// The routes over a loaded model. Fails (usage, exit 2) on a bad token file or an audit log
-/// that cannot be opened. `tls` adds HSTS; `loopback_only` (no tokens, a loopback address)
-/// adds the Host and Origin checks.
+/// The routes over a loaded model, and `GET /metrics` alone when it has an address of its own
+/// (`separate_metrics`). Fails (usage, exit 2) on a bad token file or an audit log that cannot
+/// be opened. `tls` adds HSTS; `loopback_only` (no tokens, a loopback address) adds the Host
+/// and Origin checks.
 pub fn router(
     predictor: Predictor,
     options: ServeOptions,
     tls: bool,
     loopback_only: bool,
-) -> Result<Router> {
+    separate_metrics: bool,
+) -> Result<(Router, Option<Router>)> {
     let tokens = options
         .token_file
         .as_deref()
@@ -216,9 +218,16 @@ pub fn router(
     let mut authenticated = Router::new()
         .route("/api/model", get(handlers::model))
         .merge(upload);
-    if options.metrics {
+    if options.metrics && !separate_metrics {
         authenticated = authenticated.route("/metrics", get(handlers::metrics_text));
     }
+    let metrics_only = (options.metrics && separate_metrics).then(|| {
+        security_headers(
+            Router::new().route("/metrics", get(handlers::metrics_text)),
+            false,
+        )
+        .with_state(state.clone())
+    });
     let authenticated = authenticated.route_layer(middleware::from_fn_with_state(
         state.clone(),
         admission::authenticate,
@@ -244,7 +253,30 @@ pub fn router(
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
         .with_state(state.clone());
     spawn_hangup(state);
-    Ok(app)
+    Ok((app, metrics_only))
+}
+
+/// `--metrics-addr`: the address, refused (usage) unless loopback or private (RFC 1918, unique
+/// local): the endpoint there has no token.
+fn metrics_listener(addr: &str) -> Result<std::net::TcpListener> {
+    let bad = |why: &str| Error::usage(format!("--metrics-addr {addr}: {why}"));
+    let socket = addr
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| bad("not a host:port address"))?;
+    let internal = match socket.ip() {
+        std::net::IpAddr::V4(ip) => ip.is_loopback() || ip.is_private(),
+        std::net::IpAddr::V6(ip) => ip.is_loopback() || (ip.segments()[0] & 0xfe00) == 0xfc00,
+    };
+    if !internal {
+        return Err(bad(
+            "the metrics there need no token, so the address must be loopback or private \
+             (10/8, 172.16/12, 192.168/16, fc00::/7)",
+        )
+        .into());
+    }
+    std::net::TcpListener::bind(socket).map_err(|e| bad(&format!("cannot listen: {e}")).into())
 }
 
 /// On SIGHUP the audit log is reopened (logrotate); the TLS certificate has its own watcher.
@@ -314,7 +346,11 @@ pub fn serve(
             "serve: warning: --insecure-http: tokens and images cross the network in clear text"
         );
     }
-    let routes = if options.metrics {
+    let metrics_tcp = match (&listen.metrics_addr, options.metrics) {
+        (Some(a), true) => Some(metrics_listener(a)?),
+        _ => None,
+    };
+    let routes = if options.metrics && metrics_tcp.is_none() {
         "GET /, POST /api/predict, GET /api/model, GET /healthz, GET /readyz, GET /metrics"
     } else {
         "GET /, POST /api/predict, GET /api/model, GET /healthz, GET /readyz"
@@ -337,7 +373,23 @@ pub fn serve(
             }
             None => None,
         };
-        let app = router(predictor, options, tls.is_some(), loopback_only)?;
+        let (app, metrics_app) = router(
+            predictor,
+            options,
+            tls.is_some(),
+            loopback_only,
+            metrics_tcp.is_some(),
+        )?;
+        let mut metrics_at = None;
+        if let (Some(tcp), Some(metrics_app)) = (metrics_tcp, metrics_app) {
+            metrics_at = Some(tcp.local_addr()?);
+            let server = axum_server::from_tcp(tcp)?.http1_only();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve(metrics_app.into_make_service()).await {
+                    tracing::error!("serve: --metrics-addr: {e}");
+                }
+            });
+        }
         // The idle timeout between two pieces of a body, outside the router so that it wraps
         // the body the handlers read.
         let service = tower::Layer::layer(&RequestBodyTimeoutLayer::new(timeouts.body_idle), app);
@@ -348,6 +400,9 @@ pub fn serve(
             run_name(run_dir)
         );
         println!("memory: {}", memory.describe());
+        if let Some(at) = metrics_at {
+            println!("metrics on http://{at}/metrics (no token: keep this address internal)");
+        }
         tracing::info!(model = %run_name(run_dir), addr = %local, scheme, "listening");
         use std::io::Write;
         std::io::stdout().flush()?;

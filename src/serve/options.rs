@@ -72,8 +72,8 @@ impl Default for ServeOptions {
         ServeOptions {
             max_upload_bytes: 32 << 20,
             max_pixels: 50_000_000,
-            queue: 16,
-            decode_threads: default_decode_threads(),
+            queue: 8,
+            decode_threads: 1,
             max_files: 16,
             rate_per_minute: 0,
             token_file: None,
@@ -87,11 +87,6 @@ impl Default for ServeOptions {
             max_connections: default_max_connections(),
         }
     }
-}
-
-/// Images decoded at once by default: two, or one on a one-core machine.
-pub fn default_decode_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().min(2))
 }
 
 /// Connections held at once by default: 1,024, or fewer where the process may open fewer
@@ -184,6 +179,9 @@ pub struct Listen {
     /// Allow tokens on a non-loopback address without TLS (they cross the network in clear
     /// text).
     pub insecure_http: bool,
+    /// Serve `GET /metrics` here instead (plain HTTP, no token), on a loopback or private
+    /// address only.
+    pub metrics_addr: Option<String>,
 }
 
 #[cfg(test)]

@@ -13,18 +13,24 @@ use crate::error::Error;
 /// How often the certificate and key files are checked for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Refuses (usage, exit 2) a secret file that its group or other users may read or write,
-/// naming the file and the `chmod` that mends it.
+/// Refuses (usage, exit 2) a secret file that other users may read, naming the file and the
+/// `chmod` that mends it. PostgreSQL's rule for its key: mode 0600 or less, or 0640 or less
+/// when root owns the file (a Kubernetes Secret mounted with `defaultMode: 0440` and an
+/// `fsGroup`).
 pub fn check_private(path: &Path, flag: &str) -> Result<(), Error> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let Ok(meta) = std::fs::metadata(path) else {
         // A missing file is reported by whoever reads it, with its own words.
         return Ok(());
     };
     let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
+    let others = mode & 0o007 != 0;
+    let group = mode & 0o070 != 0;
+    let group_ok = meta.uid() == 0 && mode & 0o030 == 0;
+    if others || (group && !group_ok) {
         return Err(Error::usage(format!(
-            "{flag} {}: readable by other users (mode {mode:03o}); run `chmod 600 {}`",
+            "{flag} {}: readable by other users (mode {mode:03o}); run `chmod 600 {}` \
+             (or 640 with the file owned by root)",
             path.display(),
             path.display()
         )));

@@ -13,6 +13,7 @@
 //! number of workers on any number of machines run it together: each claims the next trial
 //! atomically, and a dead worker's trial is taken over by another.
 
+pub mod pgtls;
 pub mod prune;
 pub mod space;
 pub mod storage;

@@ -85,7 +85,8 @@ pub fn redact(url: &str) -> String {
 
 /// Opens a connection to `url`; a bad URL or an unreachable server is a usage error (exit 2)
 /// naming the URL without its password. Waits at most 10 s unless the URL says
-/// `connect_timeout`. Without a password in the URL, `PGPASSWORD` gives it.
+/// `connect_timeout`. Without a password in the URL, `PGPASSWORD` gives it. `sslmode` and
+/// `sslrootcert` work as in libpq ([`super::pgtls`]).
 pub fn connect(url: &str) -> Result<Client> {
     let shown = redact(url);
     if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -94,7 +95,8 @@ pub fn connect(url: &str) -> Result<Client> {
         ))
         .into());
     }
-    let mut config = postgres::Config::from_str(url)
+    let (url, tls) = super::pgtls::split_url(url, &shown)?;
+    let mut config = postgres::Config::from_str(&url)
         .map_err(|e| Error::usage(format!("--storage {shown}: {e}")))?;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(Duration::from_secs(10));
@@ -106,7 +108,11 @@ pub fn connect(url: &str) -> Result<Client> {
             config.password(password);
         }
     }
-    config.connect(NoTls).map_err(|e| {
+    let connected = match super::pgtls::connector(&tls, &shown)? {
+        None => config.connect(NoTls),
+        Some(rustls) => config.connect(rustls),
+    };
+    connected.map_err(|e| {
         let why = std::error::Error::source(&e).map_or(e.to_string(), |s| format!("{e}: {s}"));
         Error::usage(format!("--storage {shown}: cannot connect: {why}")).into()
     })
