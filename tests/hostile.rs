@@ -160,6 +160,124 @@ fn slow_unauthenticated_uploads_are_refused_from_their_headers() {
     server.healthy();
 }
 
+/// Sends `head` (a request head, with its blank line) and then `body` in pieces of `piece`
+/// bytes every `every`, stopping early when an answer comes; the answer's status and when it
+/// came.
+fn trickle(
+    addr: &str,
+    head: &str,
+    body: &[u8],
+    piece: usize,
+    every: Duration,
+) -> (Option<u16>, f64) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.write_all(head.as_bytes()).unwrap();
+    c.set_read_timeout(Some(every.max(Duration::from_millis(10))))
+        .unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut sent = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        if sent < body.len() {
+            let end = (sent + piece).min(body.len());
+            if c.write_all(&body[sent..end]).is_err() {
+                break;
+            }
+            sent = end;
+        }
+        let mut buf = [0u8; 4096];
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if let Some(code) = status_of(&got) {
+                    return (Some(code), started.elapsed().as_secs_f64());
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+    (status_of(&got), started.elapsed().as_secs_f64())
+}
+
+/// With a valid token, a body is still bounded while it streams: a chunked one (no declared
+/// size) is cut at `--max-upload-mb` (413), one that trickles in slower than `--body-timeout`
+/// allows gets 408, and one that stops coming is cut after `--body-idle-timeout` (408).
+#[test]
+fn bodies_are_bounded_while_they_stream() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let server = Server::start(
+        &t.run,
+        &[
+            "--token-file",
+            tokens.to_str().unwrap(),
+            "--max-upload-mb",
+            "1",
+            "--body-timeout",
+            "3",
+            "--body-idle-timeout",
+            "1",
+        ],
+    );
+    let addr = authority(&server);
+    let part = "--b\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n\r\n";
+    let head = |framing: &str| {
+        format!(
+            "POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\
+             Content-Type: multipart/form-data; boundary=b\r\n{framing}\r\n"
+        )
+    };
+    // 2 MiB in 64 KiB chunks, no Content-Length.
+    let mut chunked = Vec::new();
+    let mut payload = part.as_bytes().to_vec();
+    payload.resize(2 << 20, b'x');
+    for piece in payload.chunks(64 << 10) {
+        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
+        chunked.extend_from_slice(piece);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    let (code, secs) = trickle(
+        &addr,
+        &head("Transfer-Encoding: chunked\r\n"),
+        &chunked,
+        64 << 10,
+        Duration::from_millis(1),
+    );
+    assert_eq!(code, Some(413), "chunked past the limit ({secs:.1} s)");
+    // 100 KB declared, sent 2 KB every 200 ms: 10 s at that pace, cut at 3.
+    let mut slow = part.as_bytes().to_vec();
+    slow.resize(100_000, b'x');
+    let declared = format!("Content-Length: {}\r\n", slow.len());
+    let (code, secs) = trickle(
+        &addr,
+        &head(&declared),
+        &slow,
+        2000,
+        Duration::from_millis(200),
+    );
+    assert_eq!(code, Some(408), "a trickle ({secs:.1} s)");
+    assert!((2.5..6.0).contains(&secs), "408 after {secs:.1} s");
+    // The part's head, then nothing.
+    let (code, secs) = trickle(
+        &addr,
+        &head(&declared),
+        part.as_bytes(),
+        part.len(),
+        Duration::from_millis(100),
+    );
+    assert_eq!(code, Some(408), "a stalled body ({secs:.1} s)");
+    assert!(secs < 2.5, "cut after {secs:.1} s, the idle timeout is 1 s");
+    eprintln!("chunked 2 MiB: 413; a 2 KB/200 ms trickle: 408 at the 3 s body timeout; a stall: 408 after {secs:.1} s (idle timeout 1 s)");
+    server.healthy();
+}
+
 #[test]
 fn half_sent_headers_and_idle_connections_are_closed_by_the_header_timeout() {
     let t = trained();

@@ -46,13 +46,7 @@ async fn read_parts(multipart: &mut Multipart, max_files: usize) -> Result<Vec<P
         let field = match multipart.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => {
-                return Err(Refusal(
-                    e.status(),
-                    format!("bad upload: {}", e.body_text()),
-                    "malformed upload".into(),
-                ))
-            }
+            Err(e) => return Err(upload_error(&e, "bad upload")),
         };
         if parts.len() == max_files {
             return Err(Refusal(
@@ -68,18 +62,7 @@ async fn read_parts(multipart: &mut Multipart, max_files: usize) -> Result<Vec<P
             .to_string();
         let bytes = match field.bytes().await {
             Ok(b) => b,
-            Err(e) => {
-                let reason = if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    "upload too large"
-                } else {
-                    "malformed upload"
-                };
-                return Err(Refusal(
-                    e.status(),
-                    format!("{name}: {}", e.body_text()),
-                    reason.into(),
-                ));
-            }
+            Err(e) => return Err(upload_error(&e, &name)),
         };
         parts.push(Part { name, bytes });
     }
@@ -91,6 +74,32 @@ async fn read_parts(multipart: &mut Multipart, max_files: usize) -> Result<Vec<P
         ));
     }
     Ok(parts)
+}
+
+/// Why reading the body failed: past the size limit (413), a body that stopped coming
+/// (`--body-idle-timeout`: tower-http cuts it, which axum reports as a server error; 408), or
+/// a malformed multipart body (400). `context` leads the message (a part's name).
+fn upload_error(e: &axum::extract::multipart::MultipartError, context: &str) -> Refusal {
+    let status = e.status();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        Refusal(
+            status,
+            format!("{context}: {}", e.body_text()),
+            "upload too large".into(),
+        )
+    } else if status.is_server_error() {
+        Refusal(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("{context}: the upload stalled (nothing arrived for too long) or was cut off"),
+            "body stalled".into(),
+        )
+    } else {
+        Refusal(
+            status,
+            format!("{context}: {}", e.body_text()),
+            "malformed upload".into(),
+        )
+    }
 }
 
 /// The status of an upload that could not be decoded: too large (413), a format or DICOM

@@ -338,6 +338,7 @@ pub fn serve(
         .and_then(|mut a| a.next())
         .ok_or_else(|| Error::usage(format!("--addr {}: not a host:port address", listen.addr)))?;
     check_exposure(&addr, listen, &options)?;
+    sweep_old_uploads(&std::env::temp_dir());
     let tcp = std::net::TcpListener::bind(addr)
         .map_err(|e| Error::usage(format!("cannot listen on {}: {e}", listen.addr)))?;
     let local = tcp.local_addr()?;
@@ -438,6 +439,32 @@ pub fn serve(
     })
 }
 
+/// Removes the DICOM uploads that versions of xray before this one wrote to the temporary
+/// folder (`xray-upload-PID-N.dcm`, whole files with their patient data) and left behind when
+/// they died; this version decodes uploads in memory and writes none. Returns how many.
+pub fn sweep_old_uploads(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let ours = name.starts_with("xray-upload-") && name.ends_with(".dcm");
+        let plain = entry.file_type().is_ok_and(|t| t.is_file());
+        if ours && plain && std::fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::warn!(
+            "serve: removed {removed} DICOM upload(s) an earlier xray left in {}",
+            dir.display()
+        );
+    }
+    removed
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -454,5 +481,34 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = term => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sweep_removes_only_old_dicom_uploads() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "xray-upload-4242-1f.dcm",
+            "xray-upload-7-abc.dcm",
+            "scan.dcm",
+            "xray-upload-1.txt",
+        ] {
+            std::fs::write(dir.path().join(name), b"DICM").unwrap();
+        }
+        std::fs::create_dir(dir.path().join("xray-upload-dir.dcm")).unwrap();
+        assert_eq!(sweep_old_uploads(dir.path()), 2);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            ["scan.dcm", "xray-upload-1.txt", "xray-upload-dir.dcm"]
+        );
     }
 }
