@@ -118,7 +118,8 @@ pub struct MemoryBound {
     pub bodies: u64,
     /// `decode_threads x max_pixels x 16 bytes`: the largest image being decoded by each
     /// decoder, with its copies (measured at 49 megapixels: 16-bit grey PNG 3.8 bytes a pixel,
-    /// RGB JPEG 4.8, 16-bit RGBA PNG 9.8, 16-bit grey DICOM 10.5, 8-bit RGB DICOM 12.0).
+    /// RGB JPEG 4.8, 16-bit RGBA PNG 9.8, 16-bit grey DICOM 10.2 to 10.5, 8-bit RGB DICOM 11.9 to
+    /// 12.0, over two runs).
     pub decoding: u64,
     /// `queue x max_files x 2.2 MB`: the decoded images of admitted requests, kept at model
     /// size and, for the heatmap, at most 768 pixels a side.
