@@ -987,7 +987,57 @@ fn a_new_certificate_is_served_after_sighup() {
         "new certificate served {:.2} s after SIGHUP",
         started.elapsed().as_secs_f64()
     );
+    let answer = new_agent.get(&url).call().unwrap();
+    assert_eq!(
+        answer.header("strict-transport-security"),
+        Some("max-age=31536000"),
+        "HSTS under TLS"
+    );
     assert!(server.child.try_wait().unwrap().is_none(), "no restart");
+}
+
+/// Without tokens, on loopback: a request naming another host (DNS rebinding) gets 421 and a
+/// POST from another origin 403, with the security headers; the loopback names are answered.
+#[test]
+fn the_tokenless_loopback_mode_refuses_other_hosts_and_origins() {
+    let t = trained();
+    let server = Server::start(&t.run, &[]);
+    let addr = authority(&server);
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let png = std::fs::read(t.data.join("normal/normal_00003.png")).unwrap();
+    let (content_type, body) = crate::serve::multipart_body(&[("n.png", &png)]);
+    let get = |host: &str| -> (u16, ureq::Response) {
+        match ureq::get(&format!("{}/healthz", server.base))
+            .set("Host", host)
+            .call()
+        {
+            Ok(r) => (r.status(), r),
+            Err(ureq::Error::Status(code, r)) => (code, r),
+            Err(e) => panic!("{host}: {e}"),
+        }
+    };
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+    ] {
+        assert_eq!(get(&host).0, 200, "{host}");
+    }
+    let (code, response) = get(&format!("attacker.example:{port}"));
+    assert_eq!(code, 421);
+    assert_eq!(response.header("x-content-type-options"), Some("nosniff"));
+    let post = |origin: &str| -> u16 {
+        let request = ureq::post(&format!("{}/api/predict", server.base))
+            .set("Content-Type", &content_type)
+            .set("Origin", origin);
+        match request.send_bytes(&body) {
+            Ok(r) => r.status(),
+            Err(ureq::Error::Status(code, _)) => code,
+            Err(e) => panic!("{origin}: {e}"),
+        }
+    };
+    assert_eq!(post("http://attacker.example"), 403);
+    assert_eq!(post(&server.base), 200);
 }
 
 /// The security files and the exposure rules: usage errors naming the file and the fix.

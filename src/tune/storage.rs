@@ -228,24 +228,21 @@ impl SharedSearch {
                 claims: row.get(2),
             });
         }
-        let trials = read_trials(&mut tx, self.search, space)?;
-        let running = tx.query(
-            "SELECT trial, params FROM xray_trial WHERE search = $1 AND status = 'running'",
-            &[&self.search],
-        )?;
+        // Finished and running trials from one statement, so one snapshot: read apart, a trial
+        // finishing between the two reads was in neither, and its id was claimed again (a
+        // duplicate key, seen once in three runs of the TPE workers' test).
+        let (trials, running) = read_trials_and_running(&mut tx, self.search, space)?;
         let spent: f64 = trials.iter().map(|t| t.seconds).sum();
         if budget_seconds > 0.0 && spent >= budget_seconds {
             tx.commit()?;
             return Ok(Claim::Done { out_of_time: true });
         }
         let mut claimed: Vec<usize> = trials.iter().map(|t| t.id).collect();
-        claimed.extend(running.iter().map(|r| r.get::<_, i32>(0) as usize));
+        claimed.extend(running.iter().map(|r| r.0));
         claimed.sort_unstable();
         let Some(id) = (0..planned).find(|i| claimed.binary_search(i).is_err()) else {
             tx.commit()?;
-            let waiting = running
-                .iter()
-                .any(|r| (r.get::<_, i32>(0) as usize) < planned);
+            let waiting = running.iter().any(|r| r.0 < planned);
             return Ok(if waiting {
                 Claim::Wait
             } else {
@@ -253,7 +250,7 @@ impl SharedSearch {
             });
         };
         let mut taken: Vec<Vec<String>> = trials.iter().map(|t| t.values.clone()).collect();
-        taken.extend(running.iter().map(|r| r.get::<_, Vec<String>>(1)));
+        taken.extend(running.into_iter().map(|r| r.1));
         let params = propose(id, &trials, &taken);
         tx.execute(
             "INSERT INTO xray_trial (search, trial, status, worker, params)
@@ -423,11 +420,30 @@ fn read_trials(
     search: i64,
     space: &Space,
 ) -> Result<Vec<Trial>> {
-    let rows = tx.query(
+    read_trials_and_running(tx, search, space).map(|(trials, _)| trials)
+}
+
+/// A running trial: its number and rendered values.
+type Running = (usize, Vec<String>);
+
+/// The search's finished trials, and the running ones, read in one statement.
+fn read_trials_and_running(
+    tx: &mut postgres::Transaction<'_>,
+    search: i64,
+    space: &Space,
+) -> Result<(Vec<Trial>, Vec<Running>)> {
+    let all = tx.query(
         "SELECT trial, status, value, best_epoch, epochs, seconds, params FROM xray_trial
-         WHERE search = $1 AND status <> 'running' ORDER BY trial",
+         WHERE search = $1 ORDER BY trial",
         &[&search],
     )?;
+    let (running, rows): (Vec<_>, Vec<_>) = all
+        .into_iter()
+        .partition(|r| r.get::<_, String>(1) == "running");
+    let running = running
+        .iter()
+        .map(|r| (r.get::<_, i32>(0) as usize, r.get::<_, Vec<String>>(6)))
+        .collect();
     let epochs = tx.query(
         "SELECT trial, score FROM xray_epoch WHERE search = $1 ORDER BY trial, epoch",
         &[&search],
@@ -458,7 +474,7 @@ fn read_trials(
             curve: curves.remove(&id).unwrap_or_default(),
         });
     }
-    Ok(trials)
+    Ok((trials, running))
 }
 
 #[cfg(test)]
