@@ -139,13 +139,13 @@ async fn decode_parts(state: &Arc<AppState>, parts: Vec<Part>, heatmap: bool) ->
     let spec = state.input_spec;
     let max_pixels = state.options.max_pixels;
     let hashing = state.audit.is_some();
+    let sizes: Vec<usize> = parts.iter().map(|p| p.bytes.len()).collect();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, part) in parts.into_iter().enumerate() {
         let decoders = state.decoders.clone();
         tasks.spawn(async move {
-            let size = part.bytes.len();
             let Ok(_place) = decoders.acquire_owned().await else {
-                return (i, None, size);
+                return (i, None);
             };
             let decoded =
                 tokio::task::spawn_blocking(move || {
@@ -157,29 +157,29 @@ async fn decode_parts(state: &Arc<AppState>, parts: Vec<Part>, heatmap: bool) ->
                             name: part.name,
                         });
                     Decoded {
-                        size,
+                        size: part.bytes.len(),
                         sha256,
                         image,
                     }
                 })
                 .await
                 .ok();
-            (i, decoded, size)
+            (i, decoded)
         });
     }
     let mut out: Vec<Option<Decoded>> = Vec::new();
-    out.resize_with(tasks.len(), || None);
-    while let Some(Ok((i, decoded, size))) = tasks.join_next().await {
-        out[i] = Some(decoded.unwrap_or(Decoded {
-            size,
-            sha256: None,
-            image: Err(Error::image(Path::new("upload"), "decoding failed")),
-        }));
+    out.resize_with(sizes.len(), || None);
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, decoded)) = joined {
+            out[i] = decoded;
+        }
     }
+    // A part whose decoder could not run (a panic, a closed semaphore) is refused, not lost.
     out.into_iter()
-        .map(|d| {
-            d.unwrap_or(Decoded {
-                size: 0,
+        .zip(sizes)
+        .map(|(d, size)| {
+            d.unwrap_or_else(|| Decoded {
+                size,
                 sha256: None,
                 image: Err(Error::image(Path::new("upload"), "decoding failed")),
             })

@@ -142,11 +142,6 @@ impl Metrics {
         self.queue_depth.dec();
     }
 
-    /// Requests admitted now.
-    pub fn depth(&self) -> usize {
-        self.queue_depth.get().max(0) as usize
-    }
-
     /// Every metric in Prometheus' text format.
     pub fn render(&self) -> String {
         let mut out = Vec::new();
