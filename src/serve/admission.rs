@@ -91,10 +91,7 @@ pub const LINGER: Duration = Duration::from_secs(2);
 /// before reading, as most do, then sees the answer instead of a reset connection. Nothing of
 /// it is kept, and a client that asked `Expect: 100-continue` is sent no `100` and nothing is
 /// read.
-fn turn_away(request: Request, mut response: Response) -> Response {
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+fn turn_away(request: Request, response: Response) -> Response {
     let expects_continue = request
         .headers()
         .get(header::EXPECT)
@@ -116,7 +113,28 @@ fn turn_away(request: Request, mut response: Response) -> Response {
             }
         });
     }
+    close(response)
+}
+
+/// `response` with `Connection: close`: hyper closes the connection after it.
+fn close(mut response: Response) -> Response {
     response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
+/// Refuses a request before its body is read: audited with `status` and `reason` (and who
+/// asked), answered with `response`, the connection closed after it ([`turn_away`]).
+fn refuse_unread(
+    state: &AppState,
+    request: Request,
+    status: StatusCode,
+    reason: &str,
+    response: Response,
+) -> Response {
+    let fields = audit_fields(&request);
+    audited(state, fields, status, reason, turn_away(request, response))
 }
 
 /// Audits a refusal (`status` and `reason`, with `fields`) and returns `response`; when the
@@ -136,15 +154,10 @@ pub fn audited(
     match audit.submit(&[Value::Object(fields)]) {
         // A refusal does not wait for the disk: the writer syncs it with its batch.
         Ok(_) => response,
-        Err(busy) => {
-            let mut r = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("busy: {busy}; try again shortly"),
-            );
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
+        Err(busy) => close(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("busy: {busy}; try again shortly"),
+        )),
     }
 }
 
@@ -255,13 +268,12 @@ pub async fn authenticate(
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            let fields = audit_fields(&request);
-            return audited(
+            return refuse_unread(
                 &state,
-                fields,
+                request,
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate limit",
-                turn_away(request, r),
+                r,
             );
         }
     }
@@ -283,9 +295,10 @@ pub async fn authenticate(
                 };
                 let addr = ip.map_or("?".into(), |ip| ip.to_string());
                 tracing::warn!(client = %addr, reason = %why, "serve: 401 for {addr}: {why}");
-                let mut fields = audit_fields(&request);
-                if let Verdict::Expired(id) = &refused {
-                    fields.insert("token_id".into(), json!(id));
+                // An expired token is named in the audit line by its id.
+                if let Verdict::Expired(id) = refused {
+                    client.token = Some(id);
+                    request.extensions_mut().insert(client);
                 }
                 let mut r = error(
                     StatusCode::UNAUTHORIZED,
@@ -295,8 +308,7 @@ pub async fn authenticate(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"xray\""),
                 );
-                let r = turn_away(request, r);
-                return audited(&state, fields, StatusCode::UNAUTHORIZED, &why, r);
+                return refuse_unread(&state, request, StatusCode::UNAUTHORIZED, &why, r);
             }
         }
     }
@@ -373,28 +385,23 @@ pub async fn admit(
             declared.unwrap_or(0) >> 20,
             limit >> 20
         );
-        let fields = audit_fields(&request);
-        return audited(
+        return refuse_unread(
             &state,
-            fields,
+            request,
             StatusCode::PAYLOAD_TOO_LARGE,
             "upload too large",
-            turn_away(request, error(StatusCode::PAYLOAD_TOO_LARGE, message)),
+            error(StatusCode::PAYLOAD_TOO_LARGE, message),
         );
     }
     let Some(admitted) = state.admission.try_admit(&state.metrics) else {
-        let fields = audit_fields(&request);
-        return audited(
+        return refuse_unread(
             &state,
-            fields,
+            request,
             StatusCode::SERVICE_UNAVAILABLE,
             "queue full",
-            turn_away(
-                request,
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "busy: the inference queue is full, try again shortly",
-                ),
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy: the inference queue is full, try again shortly",
             ),
         );
     };
