@@ -774,13 +774,60 @@ fn refusals_are_audited_once_with_the_servers_request_id_and_metrics_need_the_to
     let (ct17, seventeen) = multipart(17, &png);
     let garbage = b"--xray-test-boundary-7d1f\r\nthis is not a part header\r\n\r\n".to_vec();
 
+    let post = |token: Option<&str>| match token {
+        Some(t) => ureq::post(&url("/api/predict")).set("Authorization", &bearer(t)),
+        None => ureq::post(&url("/api/predict")),
+    };
+    // (the client's X-Request-Id, the status, the audited reason, the request, its body)
+    type Case<'a> = (
+        &'static str,
+        u16,
+        &'static str,
+        ureq::Request,
+        Option<(&'a str, &'a [u8])>,
+    );
+    let cases: Vec<Case> = vec![
+        ("no-token", 401, "no token", post(None), Some((&ct1, &one))),
+        (
+            "bad-token",
+            401,
+            "unknown token",
+            post(Some("wrong-token-0000000000000000")),
+            Some((&ct1, &one)),
+        ),
+        (
+            "expired-token",
+            401,
+            "expired token",
+            post(Some(EXPIRED)),
+            Some((&ct1, &one)),
+        ),
+        (
+            "malformed",
+            400,
+            "malformed upload",
+            post(Some(TOKEN)),
+            Some((&ct1, &garbage)),
+        ),
+        (
+            "seventeen",
+            413,
+            "too many files",
+            post(Some(TOKEN)),
+            Some((&ct17, &seventeen)),
+        ),
+        (
+            "metrics-no-token",
+            401,
+            "no token",
+            ureq::get(&url("/metrics")),
+            None,
+        ),
+    ];
     let mut expected: Vec<(&str, u16, &str)> = Vec::new();
     let mut ids = Vec::new();
-    let mut check = |theirs: &'static str,
-                     want: u16,
-                     reason: &'static str,
-                     got: (u16, String, ureq::Response)| {
-        let (code, id, response) = got;
+    for (theirs, want, reason, request, body) in cases {
+        let (code, id, response) = send(request, theirs, body);
         assert_eq!(code, want, "{theirs}");
         // The server's id, not the client's.
         assert!(
@@ -802,64 +849,7 @@ fn refusals_are_audited_once_with_the_servers_request_id_and_metrics_need_the_to
         assert!(!csp.contains("unsafe-inline"), "{csp}");
         expected.push((theirs, want, reason));
         ids.push(id);
-    };
-    check(
-        "no-token",
-        401,
-        "no token",
-        send(
-            ureq::post(&url("/api/predict")),
-            "no-token",
-            Some((&ct1, &one)),
-        ),
-    );
-    check(
-        "bad-token",
-        401,
-        "unknown token",
-        send(
-            ureq::post(&url("/api/predict"))
-                .set("Authorization", &bearer("wrong-token-0000000000000000")),
-            "bad-token",
-            Some((&ct1, &one)),
-        ),
-    );
-    check(
-        "expired-token",
-        401,
-        "expired token",
-        send(
-            ureq::post(&url("/api/predict")).set("Authorization", &bearer(EXPIRED)),
-            "expired-token",
-            Some((&ct1, &one)),
-        ),
-    );
-    check(
-        "malformed",
-        400,
-        "malformed upload",
-        send(
-            ureq::post(&url("/api/predict")).set("Authorization", &bearer(TOKEN)),
-            "malformed",
-            Some((&ct1, &garbage)),
-        ),
-    );
-    check(
-        "seventeen",
-        413,
-        "too many files",
-        send(
-            ureq::post(&url("/api/predict")).set("Authorization", &bearer(TOKEN)),
-            "seventeen",
-            Some((&ct17, &seventeen)),
-        ),
-    );
-    check(
-        "metrics-no-token",
-        401,
-        "no token",
-        send(ureq::get(&url("/metrics")), "metrics-no-token", None),
-    );
+    }
     // With the token: the metrics, without per-label counters.
     let (code, _, response) = send(
         ureq::get(&url("/metrics")).set("Authorization", &bearer(TOKEN)),
