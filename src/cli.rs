@@ -159,3 +159,40 @@ fn install_panic_hook() {
         eprintln!("error: internal error{at}: {first} (please report this)");
     }));
 }
+
+/// Makes closed sets of names (declared by [`crate::choice::choice!`]) clap value enums, so each
+/// flag lists and checks the same words (and aliases) as the config.
+macro_rules! value_enums {
+    ($($ty:ty),+ $(,)?) => {
+        $(
+            impl clap::ValueEnum for $ty {
+                fn value_variants<'a>() -> &'a [Self] {
+                    <$ty as crate::choice::Choice>::all()
+                }
+
+                fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+                    use crate::choice::Choice;
+                    Some(clap::builder::PossibleValue::new(self.word()).aliases(self.aliases()))
+                }
+            }
+        )+
+    };
+}
+
+value_enums!(
+    crate::config::DeviceChoice,
+    crate::config::PrecisionChoice,
+    crate::config::Sampler,
+    crate::config::OptimizerKind,
+    crate::config::SchedulerKind,
+    crate::config::LossKind,
+    crate::config::Monitor,
+    crate::config::Strategy,
+    crate::config::Prune,
+    crate::config::ClassWeightKeyword,
+    crate::models::Arch,
+    crate::report::tables::ClassOrder,
+    crate::export::ExportFormat,
+    crate::evaluate::CiBy,
+    crate::explain::methods::MethodName,
+);

@@ -43,7 +43,10 @@ fn torchscript_export_matches_predict_in_pytorch_and_tch() {
         .iter()
         .map(|p| std::sync::Arc::new(xray::data::decode::load_model_pixels(p, 64, 1).unwrap()))
         .collect();
-    let expected = predictor.probabilities_of_pixels(&pixels, 8, false).probs;
+    let expected = predictor
+        .probabilities_of_pixels(&pixels, 8, false)
+        .unwrap()
+        .probs;
     let refs: Vec<&[u8]> = pixels.iter().map(|p| p.as_slice()).collect();
     let xs = predictor.input_tensor(&refs);
 

@@ -10,6 +10,7 @@ mod gradcam;
 mod hardened;
 mod hostile;
 mod import_weights;
+mod layers;
 mod many_classes;
 mod metrics;
 mod models;

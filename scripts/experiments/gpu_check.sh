@@ -21,7 +21,7 @@
 # the GPU's utilisation into OUT_DIR/gpu_util.csv.
 #
 # DESIGN.md, libtorch: the binary finds the machine's own torch through LD_LIBRARY_PATH, and
-# loads libtorch_cuda.so itself (infer::cuda_available).
+# loads libtorch_cuda.so itself (torch_ext::cuda::cuda_available).
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 data=${1:?usage: scripts/experiments/gpu_check.sh DATA_DIR [OUT_DIR]}

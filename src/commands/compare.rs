@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::compare::{check_comparable, summarize};
+use crate::compute::device::resolve_device;
 use crate::config::DeviceChoice;
-use crate::infer::resolve_device;
+use crate::evaluate::runs::{check_comparable, summarize};
 use crate::report::compare::{compare_text, write_compare};
 
 /// Arguments of `xray compare`.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Result;
 use clap::Args;
 
+use crate::compute::device::resolve_device;
 use crate::config::Config;
 use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
@@ -14,7 +15,7 @@ use crate::evaluate::{evaluate, CiBy, Labelled};
 use crate::explain::{
     check_table, explain_files, run_check, write_gallery, Method, MethodName, Target,
 };
-use crate::infer::{resolve_device, Predictor};
+use crate::infer::Predictor;
 use crate::predict::predict_files;
 use crate::report::{report_table, write_eval_report, ClassOrder};
 use crate::train::train;
@@ -94,7 +95,7 @@ impl DemoArgs {
         }
         let gradcam_dir = run_dir.join("gradcam");
         gradcam_step(&predictor, &picks, &data_dir, &gradcam_dir)?;
-        predict_step(&predictor, picks);
+        predict_step(&predictor, picks)?;
 
         println!(
             "\ndone in {:.0}s. Outputs:",
@@ -156,12 +157,12 @@ fn gradcam_step(
 }
 
 /// Step 6: one picked image per class through `predict`.
-fn predict_step(predictor: &Predictor, picks: Vec<PathBuf>) {
+fn predict_step(predictor: &Predictor, picks: Vec<PathBuf>) -> Result<()> {
     println!("[6/6] predict: one test image per class");
     let picks: Vec<PathBuf> = picks.into_iter().step_by(2).collect();
     for (path, result) in picks
         .iter()
-        .zip(predict_files(predictor, &picks, 32, false))
+        .zip(predict_files(predictor, &picks, 32, false)?)
     {
         match result {
             Ok(p) => println!(
@@ -173,6 +174,7 @@ fn predict_step(predictor: &Predictor, picks: Vec<PathBuf>) {
             Err(e) => eprintln!("error: {e}"),
         }
     }
+    Ok(())
 }
 
 /// A path as a TOML string literal, for `--set` overrides.

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::evaluate::{evaluate, labelled_images, CiBy};
-use crate::infer::{resolve_device, Predictor};
+use crate::infer::Predictor;
 use crate::report::{report_table, write_eval_report, ClassOrder};
 
 /// Arguments of `xray eval`.

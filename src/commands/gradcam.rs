@@ -6,11 +6,12 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
+use crate::compute::device::resolve_device;
 use crate::config::DeviceChoice;
 use crate::explain::{
     check_table, explain_files, run_check, write_gallery, Method, MethodName, Target,
 };
-use crate::infer::{resolve_device, Predictor};
+use crate::infer::Predictor;
 use crate::predict::collect_inputs;
 
 /// Arguments of `xray gradcam`.

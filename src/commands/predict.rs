@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
+use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::error::Error;
-use crate::infer::{resolve_device, Predictor};
+use crate::infer::Predictor;
 use crate::predict::output::{PredictionFile, RowFormat};
 use crate::predict::shard::Shard;
 use crate::predict::{collect_keyed_inputs, predict_files_with, Prediction};
@@ -140,7 +141,7 @@ impl PredictArgs {
         // Pieces of a few batches: memory stays flat over an archive, and a killed task loses
         // at most one piece.
         for piece in paths.chunks(batch_size * 8) {
-            let results = predict_files_with(&predictor, piece, batch_size, self.tta, &bar);
+            let results = predict_files_with(&predictor, piece, batch_size, self.tta, &bar)?;
             let mut text = Vec::new();
             let mut errors = 0;
             for (path, result) in piece.iter().zip(&results) {

@@ -7,9 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
+use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
 use crate::error::Error;
-use crate::infer::{resolve_device, Predictor};
+use crate::infer::Predictor;
 use crate::serve::options::default_max_connections;
 use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 

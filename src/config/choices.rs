@@ -3,92 +3,12 @@
 //! Each enum reads and writes the same words as before (`"adamw"`, `"val_auc"`, ...), and an
 //! unknown word is rejected when the config is deserialised, with the key and the valid words:
 //! `train.optimizer = "lion" is not one of: adamw, adam, sgd, rmsprop`. Where a choice is also a
-//! flag, it is a clap `ValueEnum`, so the command line lists and checks the same words.
+//! flag, [`crate::cli`] makes it a clap `ValueEnum` from the same words. The network
+//! architectures ([`crate::models::Arch`]) are the models' own.
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::run::EpochMetrics;
-
-/// Declares a closed set of names: the enum, its words, and serde, `FromStr`, `Display` and
-/// clap `ValueEnum` implementations that use them.
-macro_rules! choice {
-    (
-        $(#[$meta:meta])*
-        $name:ident, $key:literal {
-            $( $(#[$vmeta:meta])* $variant:ident = $word:literal $(| $alias:literal)* ),+ $(,)?
-        }
-    ) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum $name {
-            $( $(#[$vmeta])* $variant ),+
-        }
-
-        impl $name {
-            /// Every choice, in the order the documentation lists them.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-            /// The config key (or flag) that holds this choice, for messages.
-            pub const KEY: &'static str = $key;
-
-            /// The word configs, flags and files use.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $word),+
-                }
-            }
-
-            /// The valid words, comma-separated, for messages.
-            pub fn words() -> String {
-                Self::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = String;
-
-            fn from_str(s: &str) -> Result<Self, String> {
-                match s {
-                    $($word $(| $alias)* => Ok($name::$variant),)+
-                    _ => Err(format!("{} = \"{s}\" is not one of: {}", Self::KEY, Self::words())),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl ::serde::Serialize for $name {
-            fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.as_str())
-            }
-        }
-
-        impl<'de> ::serde::Deserialize<'de> for $name {
-            fn deserialize<D: ::serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let word = <String as ::serde::Deserialize>::deserialize(d)?;
-                word.parse().map_err(<D::Error as ::serde::de::Error>::custom)
-            }
-        }
-
-        impl ::clap::ValueEnum for $name {
-            fn value_variants<'a>() -> &'a [Self] {
-                Self::ALL
-            }
-
-            fn to_possible_value(&self) -> Option<::clap::builder::PossibleValue> {
-                Some(match self {
-                    $($name::$variant => ::clap::builder::PossibleValue::new($word) $(.alias($alias))*,)+
-                })
-            }
-        }
-    };
-}
-
-/// The macro, for the other closed sets of names (e.g. `--method` of `xray gradcam`).
-pub(crate) use choice;
+use crate::choice::choice;
 
 choice! {
     /// Where networks run: CUDA when available, the CPU, or CUDA required.
@@ -182,22 +102,6 @@ impl Monitor {
         self != Monitor::ValLoss
     }
 
-    /// The metric of epoch `m` as training reports it (the AUC falls back to the accuracy when
-    /// it is undefined, as on a validation set of one class).
-    pub fn value(self, m: &EpochMetrics) -> Option<f64> {
-        match self {
-            Monitor::ValLoss => Some(m.val_loss),
-            Monitor::ValAcc => Some(m.val_acc),
-            Monitor::ValAuc => m.val_auc.or(Some(m.val_acc)),
-        }
-    }
-
-    /// [`Monitor::value`] turned so that higher is always better (the loss negated): what
-    /// comparisons use.
-    pub fn score(self, m: &EpochMetrics) -> Option<f64> {
-        self.value(m).map(|v| self.to_score(v))
-    }
-
     /// A reported value turned so that higher is better.
     pub fn to_score(self, value: f64) -> f64 {
         if self.higher_is_better() {
@@ -227,22 +131,6 @@ choice! {
         Median = "median",
         /// Run every trial to the end.
         None = "none",
-    }
-}
-
-choice! {
-    /// The network architectures.
-    Arch, "model.arch" {
-        /// Three conv blocks 32→64→128 with batch norm, dropout and global average pooling.
-        SimpleCnn = "simple_cnn",
-        /// Separable-convolution blocks with residual links.
-        SepresCnn = "sepres_cnn",
-        /// MobileNetV2 (torchvision's names).
-        MobileNetV2 = "mobilenet_v2",
-        /// EfficientNet-Lite0 (efficientnet-pytorch's names).
-        EfficientNetLite0 = "efficientnet_lite0",
-        /// ResNet18 (torchvision's names).
-        ResNet18 = "resnet18",
     }
 }
 
@@ -307,8 +195,8 @@ mod tests {
         for &o in OptimizerKind::ALL {
             assert_eq!(o.as_str().parse::<OptimizerKind>().unwrap(), o);
         }
-        for &a in Arch::ALL {
-            assert_eq!(a.as_str().parse::<Arch>().unwrap(), a);
+        for &m in Monitor::ALL {
+            assert_eq!(m.as_str().parse::<Monitor>().unwrap(), m);
         }
     }
 
@@ -319,27 +207,5 @@ mod tests {
             err,
             "train.optimizer = \"lion\" is not one of: adamw, adam, sgd, rmsprop"
         );
-    }
-
-    #[test]
-    fn monitor_knows_its_direction() {
-        let m = EpochMetrics {
-            epoch: 1,
-            lr: 0.1,
-            train_loss: 1.0,
-            train_acc: 0.5,
-            val_loss: 0.7,
-            val_acc: 0.6,
-            val_auc: None,
-            seconds: 1.0,
-        };
-        assert_eq!(Monitor::ValLoss.value(&m), Some(0.7));
-        assert_eq!(Monitor::ValLoss.score(&m), Some(-0.7));
-        assert_eq!(
-            Monitor::ValAuc.value(&m),
-            Some(0.6),
-            "AUC falls back to accuracy"
-        );
-        assert!(Monitor::ValAuc.higher_is_better() && !Monitor::ValLoss.higher_is_better());
     }
 }

@@ -4,9 +4,9 @@
 pub mod archive;
 pub mod augment;
 pub mod decode;
-pub mod device;
 pub mod loader;
 pub mod near_dup;
+pub mod on_device;
 pub mod scan;
 pub mod split;
 pub mod synth;

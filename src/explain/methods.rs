@@ -9,7 +9,7 @@ use tch::{Device, Kind, Tensor};
 use crate::data::augment::Normalize;
 use crate::models::{Classifier, GridPlacement};
 
-crate::config::choice! {
+crate::choice::choice! {
     /// The names of the attribution methods, as `--method` takes them.
     MethodName, "--method" {
         /// Grad-CAM.

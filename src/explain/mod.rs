@@ -14,9 +14,10 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tch::Tensor;
 
+use crate::compute::scoring::probabilities;
 use crate::data::decode::{decode_image, to_model_pixels};
 use crate::error::Error;
-use crate::infer::{probabilities, Predictor};
+use crate::infer::Predictor;
 use crate::progress;
 use crate::report::gallery::{gallery_html, GalleryEntry};
 pub use methods::{upsample_to_input, Baseline, Explainer, Method, MethodName};
@@ -107,12 +108,12 @@ pub(crate) fn batch_maps(
     pixels: &[&[u8]],
     target: Target,
     methods: &[Method],
-) -> BatchMaps {
+) -> Result<BatchMaps> {
     let xs = predictor.input_tensor(pixels);
     let model = predictor.model();
     let features = tch::no_grad(|| model.features(&xs, false));
     let logits = tch::no_grad(|| model.head(&features, false));
-    let probs = probabilities(&logits, predictor.card.temperature);
+    let probs = probabilities(&logits, predictor.card.temperature)?;
     let targets: Vec<usize> = probs
         .iter()
         .map(|p| match target {
@@ -125,12 +126,12 @@ pub(crate) fn batch_maps(
         .map(|&m| explainer.heatmaps(&xs, Some(&features), &targets, m))
         .collect();
     let ood = predictor.ood.as_ref().map(|d| d.score_maps(&features));
-    BatchMaps {
+    Ok(BatchMaps {
         probs,
         targets,
         maps,
         ood,
-    }
+    })
 }
 
 fn decode_all(predictor: &Predictor, files: &[PathBuf]) -> Vec<Result<Decoded, Error>> {
@@ -185,8 +186,10 @@ pub fn explain_files(
         let decoded = decode_all(predictor, chunk);
         let ok: Vec<&Decoded> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
         let pixels: Vec<&[u8]> = ok.iter().map(|d| d.model_pixels.as_slice()).collect();
-        let maps =
-            (!ok.is_empty()).then(|| batch_maps(predictor, &explainer, &pixels, target, methods));
+        let maps = match ok.is_empty() {
+            true => None,
+            false => Some(batch_maps(predictor, &explainer, &pixels, target, methods)?),
+        };
         let mut next = 0;
         for d in decoded {
             let d = match d {
@@ -346,8 +349,8 @@ pub fn run_check(
             .collect::<Result<_, _>>()?;
         let pixels: Vec<&[u8]> = decoded.iter().map(|d| d.model_pixels.as_slice()).collect();
         let target = Target::Class(positive);
-        let trained = batch_maps(predictor, &trained_explainer, &pixels, target, methods);
-        let randomised = batch_maps(&random, &random_explainer, &pixels, target, methods);
+        let trained = batch_maps(predictor, &trained_explainer, &pixels, target, methods)?;
+        let randomised = batch_maps(&random, &random_explainer, &pixels, target, methods)?;
         for (m, (a, b)) in trained.maps.iter().zip(&randomised.maps).enumerate() {
             for (i, d) in decoded.iter().enumerate() {
                 let heat = Vec::<f32>::try_from(a.get(i as i64).flatten(0, -1))?;

@@ -18,7 +18,23 @@ pub mod shape;
 use anyhow::Result;
 use tch::{nn, Tensor};
 
-pub use crate::config::Arch;
+use crate::choice::choice;
+
+choice! {
+    /// The network architectures.
+    Arch, "model.arch" {
+        /// Three conv blocks 32→64→128 with batch norm, dropout and global average pooling.
+        SimpleCnn = "simple_cnn",
+        /// Separable-convolution blocks with residual links.
+        SepresCnn = "sepres_cnn",
+        /// MobileNetV2 (torchvision's names).
+        MobileNetV2 = "mobilenet_v2",
+        /// EfficientNet-Lite0 (efficientnet-pytorch's names).
+        EfficientNetLite0 = "efficientnet_lite0",
+        /// ResNet18 (torchvision's names).
+        ResNet18 = "resnet18",
+    }
+}
 
 /// An image classifier: a sequence of feature stages, then a head.
 pub trait Classifier: Send {

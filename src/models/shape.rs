@@ -5,8 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::Arch;
 use crate::error::Error;
+use crate::models::Arch;
 
 /// `model.filters`: a base width doubled at each block, or one width per block.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

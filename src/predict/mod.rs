@@ -165,7 +165,7 @@ pub fn predict_files(
     files: &[PathBuf],
     batch_size: usize,
     tta: bool,
-) -> Vec<Result<Prediction, Error>> {
+) -> anyhow::Result<Vec<Result<Prediction, Error>>> {
     let bar = progress::bar(files.len() as u64, "predict");
     let results = predict_files_with(predictor, files, batch_size, tta, &bar);
     bar.finish_and_clear();
@@ -180,7 +180,7 @@ pub fn predict_files_with(
     batch_size: usize,
     tta: bool,
     bar: &indicatif::ProgressBar,
-) -> Vec<Result<Prediction, Error>> {
+) -> anyhow::Result<Vec<Result<Prediction, Error>>> {
     let spec = predictor.input_spec();
     let decoded: Vec<Result<Arc<Vec<u8>>, Error>> = files
         .par_iter()
@@ -194,10 +194,10 @@ pub fn predict_files_with(
         .iter()
         .filter_map(|r| r.as_ref().ok().cloned())
         .collect();
-    let scores = predictor.probabilities_of_pixels(&good, batch_size, tta);
+    let scores = predictor.probabilities_of_pixels(&good, batch_size, tta)?;
     let mut probs = scores.probs.into_iter();
     let mut ood = scores.ood.map(|o| o.into_iter());
-    decoded
+    Ok(decoded
         .into_iter()
         .map(|r| {
             r.map(|_| {
@@ -206,5 +206,5 @@ pub fn predict_files_with(
                 Prediction::from_probabilities(p, &predictor.card).with_ood(score, &predictor.card)
             })
         })
-        .collect()
+        .collect())
 }

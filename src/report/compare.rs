@@ -13,7 +13,7 @@ use super::markdown::markdown_table;
 use super::plots::{epoch_chart, epoch_points, labelled_line, legend, render_png};
 use super::tables::Table;
 use super::Figure;
-use crate::compare::{summary_auc, RunSummary};
+use crate::evaluate::runs::{summary_auc, RunSummary};
 use crate::fsutil::write_atomic;
 
 /// The comparison table: one row per run.

@@ -3,7 +3,7 @@
 
 use crate::evaluate::EvalReport;
 
-crate::config::choice! {
+crate::choice::choice! {
     /// The order of the per-class rows of the eval report's tables.
     ClassOrder, "--sort-classes" {
         /// As in the data (the model's class list).
@@ -302,7 +302,7 @@ mod tests {
         let per = metrics_per_class(&cm);
         EvalReport {
             checkpoint: "run".into(),
-            arch: crate::config::Arch::SimpleCnn,
+            arch: crate::models::Arch::SimpleCnn,
             source: "test".into(),
             n: cm.iter().flatten().sum(),
             classes: classes.clone(),

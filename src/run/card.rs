@@ -6,9 +6,9 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::EpochMetrics;
-use crate::config::Arch;
 use crate::error::Error;
 use crate::fsutil::write_json_atomic;
+use crate::models::Arch;
 
 /// `model.json`: the architecture, classes and input recipe of a trained model, its decision
 /// threshold and temperature, and its validation metrics at the best epoch.

@@ -1,5 +1,6 @@
-//! The run folder, at the bottom of the house: what training writes and what inference, eval,
-//! gradcam, serve and tune read.
+//! The run folder: what training writes and what inference, eval, gradcam, serve and tune read.
+//! It stands on `config`, `models` and `ood` (whose records `model.json` holds) and below every
+//! stage that trains or reads a run.
 //!
 //! | file | type here |
 //! |---|---|
@@ -12,7 +13,7 @@
 //! Every write is atomic, through [`crate::fsutil::write_with`].
 
 mod card;
-mod metrics;
+mod history;
 mod state;
 
 use std::path::{Path, PathBuf};
@@ -24,7 +25,7 @@ use crate::error::TorchResultExt;
 use crate::fsutil::{temp_sibling, write_with};
 
 pub use card::{ModelCard, ValidationOperatingPoints};
-pub use metrics::{read_metrics_csv, write_metrics_csv, EpochMetrics};
+pub use history::{read_metrics_csv, write_metrics_csv, EpochMetrics};
 pub use state::RunState;
 
 /// Where a new run folder goes: `out`, else `checkpoints/<name>-<timestamp>`.

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::auth::{self, Verdict};
-use super::metrics::Metrics;
+use super::prometheus::Metrics;
 use super::AppState;
 
 /// The server's id of a request (always its own; sent back as `X-Request-Id`).

@@ -441,7 +441,7 @@ pub async fn model(State(state): State<Arc<AppState>>) -> Json<Value> {
 /// `GET /metrics`: Prometheus' text format.
 pub async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, super::metrics::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, super::prometheus::CONTENT_TYPE)],
         state.metrics.render(),
     )
         .into_response()

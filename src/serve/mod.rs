@@ -23,8 +23,8 @@ pub mod auth;
 mod connections;
 mod handlers;
 pub mod limit;
-pub mod metrics;
 pub mod options;
+pub mod prometheus;
 pub mod tls;
 mod worker;
 
@@ -52,8 +52,8 @@ use admission::Admission;
 use audit::{AuditLog, Rotation};
 use auth::TokenFile;
 use limit::RateLimit;
-use metrics::Metrics;
 pub use options::{Listen, MemoryBound, ServeOptions, Timeouts};
+use prometheus::Metrics;
 use worker::Job;
 
 /// Which model answers: the run's name and the sha256 of its weights file.

@@ -70,7 +70,7 @@ fn answer(
     let spec = predictor.input_spec();
     let refs: Vec<&[u8]> = job.items.iter().map(|p| p.pixels.as_slice()).collect();
     let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
-    let batch = batch_maps(predictor, explainer, &refs, Target::Predicted, methods);
+    let batch = batch_maps(predictor, explainer, &refs, Target::Predicted, methods)?;
     let classes = &predictor.card.classes;
     let mut out = Vec::with_capacity(job.items.len());
     for (i, (item, probs)) in job.items.iter().zip(batch.probs).enumerate() {

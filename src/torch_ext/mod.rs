@@ -5,6 +5,8 @@
 //!
 //! Each call returns libtorch's error as an [`anyhow::Error`] instead of aborting.
 
+pub mod cuda;
+
 use std::ffi::{c_char, CStr};
 
 use anyhow::{bail, Result};

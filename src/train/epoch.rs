@@ -10,9 +10,9 @@ use super::loss::training_loss;
 use super::phases::Inputs;
 use super::schedule::Schedule;
 use super::trainer::Trainer;
+use crate::compute::scoring::{probabilities, rows, score_set, SetScores};
 use crate::config::Sampler;
 use crate::data::loader::{batch_seed, epoch_order, stream_batches, InputSpec};
-use crate::infer::{score_set, SetScores};
 use crate::models::Classifier;
 use crate::progress;
 
@@ -220,14 +220,10 @@ impl Trainer<'_> {
                     .to_kind(Kind::Float);
                     loss_sum += logits.cross_entropy_for_logits(&batch.ys).double_value(&[])
                         * batch.labels.len() as f64;
-                    let raw = logits.to_kind(Kind::Double).to_device(Device::Cpu);
-                    for (row, p) in crate::infer::probabilities(&logits, 1.0)
-                        .into_iter()
-                        .enumerate()
-                    {
+                    let batch_probs = probabilities(&logits, 1.0)?;
+                    for (row, (p, l)) in batch_probs.into_iter().zip(rows(&logits)?).enumerate() {
                         probs[start + row] = p;
-                        logits_out[start + row] =
-                            Vec::<f64>::try_from(raw.get(row as i64)).unwrap_or_default();
+                        logits_out[start + row] = l;
                     }
                     start += batch.labels.len();
                 }

@@ -7,8 +7,8 @@ use anyhow::Result;
 
 use super::trainer::{Ending, Trainer};
 use super::TrainOutcome;
+use crate::compute::scoring::{score_set, SetScores};
 use crate::error::TorchResultExt;
-use crate::infer::{score_set, SetScores};
 use crate::metrics::calibration::{fit_temperature, softmax_at_temperature};
 use crate::metrics::operating;
 use crate::ood::{self, OodCard, OodDetector};

@@ -9,8 +9,8 @@ use anyhow::Result;
 use tch::{nn, Device, Tensor};
 
 use crate::config::{AugmentConfig, TrainConfig};
-use crate::data::device::DeviceImages;
 use crate::data::loader::{stream_batches, ImageSet};
+use crate::data::on_device::DeviceImages;
 use crate::models::Classifier;
 use crate::progress;
 

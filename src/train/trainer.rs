@@ -16,17 +16,18 @@ use super::phases::{self, ActivationCache, Inputs, Phase};
 use super::schedule::Schedule;
 use super::stopping;
 use super::{Hooks, TrainOutcome};
+use crate::compute::device::resolve_device;
+use crate::compute::precision::Precision;
+use crate::compute::scoring::SetScores;
 use crate::config::{Config, PrecisionChoice};
 use crate::data::augment::Normalize;
-use crate::data::device::{use_device_pipeline, DeviceImages};
 use crate::data::loader::{ImageSet, InputSpec};
+use crate::data::on_device::{use_device_pipeline, DeviceImages};
 use crate::data::split::SplitSet;
 use crate::error::{Error, TorchResultExt};
-use crate::infer::{resolve_device, SetScores};
 use crate::metrics::{accuracy, decide, summary_auc};
 use crate::models::pretrained::load_pretrained;
 use crate::models::{build, Classifier, ModelSpec};
-use crate::precision::Precision;
 use crate::progress;
 use crate::run::{
     pending_path, save_weights, settle_pending, write_metrics_csv, EpochMetrics, RunState,
@@ -192,7 +193,7 @@ impl<'c> Trainer<'c> {
             config.data.on_device,
             device,
             DeviceImages::bytes_needed(data.train.len(), &data.spec),
-            crate::infer::cuda_total_memory().filter(|_| device.is_cuda()),
+            crate::torch_ext::cuda::cuda_total_memory().filter(|_| device.is_cuda()),
         );
         if !why.is_empty() {
             progress::note(&why);
@@ -366,7 +367,7 @@ impl<'c> Trainer<'c> {
         let tc = &self.config.train;
         let (epoch, run_dir) = (metrics.epoch, &self.run_dir);
         self.history.push(metrics.clone());
-        let score = tc.monitor.score(&metrics);
+        let score = metrics.monitored_score(tc.monitor);
         let improved = stopping::is_improvement(&self.state, score, metrics.val_loss);
         save_weights(&self.vs, &pending_path(run_dir, "last.safetensors", epoch))?;
         let opt_path = pending_path(run_dir, "optimizer.safetensors", epoch);

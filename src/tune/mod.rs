@@ -671,7 +671,7 @@ fn run_trial(
             } else {
                 Status::Complete
             },
-            value: monitor.value(&o.best),
+            value: o.best.monitored(monitor),
             best_epoch: o.best.epoch,
             epochs: o.history.len(),
             seconds,
@@ -717,7 +717,7 @@ fn best_so_far(monitor: Monitor, history: &[EpochMetrics]) -> Vec<f64> {
     history
         .iter()
         .map(|m| {
-            best = best.max(monitor.score(m).unwrap_or(f64::NEG_INFINITY));
+            best = best.max(m.monitored_score(monitor).unwrap_or(f64::NEG_INFINITY));
             best
         })
         .collect()

@@ -17,7 +17,7 @@ use tch::{CModule, Device, Kind, Tensor};
 use crate::error::{Error, TorchResultExt};
 use crate::infer::Predictor;
 
-crate::config::choice! {
+crate::choice::choice! {
     /// Export formats.
     ExportFormat, "--format" {
         /// A traced TorchScript module (`torch.jit.load`, `torch::jit::load`).
@@ -33,7 +33,7 @@ pub struct Sidecar {
     /// The run it was exported from.
     pub run: String,
     /// Architecture.
-    pub arch: crate::config::Arch,
+    pub arch: crate::models::Arch,
     /// Class names, in output order.
     pub classes: Vec<String>,
     /// Input side in pixels (square).

@@ -9,13 +9,12 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::models::Arch;
 
 mod choices;
 
-pub(crate) use choices::choice;
-
 pub use choices::{
-    Arch, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
+    ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
     PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy,
 };
 

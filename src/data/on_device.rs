@@ -29,7 +29,7 @@ pub const DEFAULT_MEMORY_SHARE: f64 = 0.25;
 
 /// uint8 images `[n, s, s, c]` as float `[n, c, s, s]` in 0..1, channels-last in memory (the
 /// bytes viewed, then converted): the tensor form of the loader's first step, shared by this
-/// pipeline and the predictor's input ([`crate::infer::pixels_to_input`]).
+/// pipeline and the predictor's input ([`crate::compute::scoring::pixels_to_input`]).
 pub fn unit_images(bytes: &Tensor) -> Tensor {
     bytes.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0
 }

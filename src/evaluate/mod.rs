@@ -1,5 +1,7 @@
 //! `xray eval`: score a trained model on a split or a folder and write its report.
 
+pub mod runs;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,11 +9,12 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
+use crate::compute::scoring::{score_set, SetScores};
 use crate::data::loader::ImageSet;
 use crate::data::scan::scan_dataset;
 use crate::data::split::SplitSet;
 use crate::error::Error;
-use crate::infer::{score_set, Predictor, SetScores};
+use crate::infer::Predictor;
 use crate::metrics::calibration::{expected_calibration_error, softmax_at_temperature};
 use crate::metrics::operating::{at_threshold, cluster_bootstrap_ci95, OperatingPoint};
 use crate::metrics::{
@@ -26,7 +29,7 @@ pub struct EvalReport {
     /// The run folder evaluated.
     pub checkpoint: PathBuf,
     /// The model's architecture.
-    pub arch: crate::config::Arch,
+    pub arch: crate::models::Arch,
     /// What was evaluated: a split name or a folder.
     pub source: String,
     /// Number of images.
@@ -152,7 +155,7 @@ pub struct ScoredImage {
     pub ood_score: Option<f64>,
 }
 
-crate::config::choice! {
+crate::choice::choice! {
     /// What the bootstrap intervals resample.
     CiBy, "--ci-by" {
         /// Patients (groups) when the images carry them (a split's images do), else images.

@@ -1,5 +1,6 @@
-//! `xray compare`: several trained runs of one task side by side: each run's test metrics with
-//! their 95% intervals, its size and training time, its ROC curve and its training curves.
+//! Several trained runs of one task evaluated side by side (what `xray compare` computes;
+//! [`crate::report::compare`] draws it): each run's test metrics with their 95% intervals, its
+//! size and training time, its ROC curve and its training curves.
 //! Every run is evaluated afresh on its own split's test images, so that the figures are
 //! computed the same way whatever the runs' eval folders hold.
 

@@ -1,0 +1,188 @@
+//! Running a network over images without gradients: the predictor's input tensor, the
+//! test-time augmentation views, probabilities, and scoring a whole image set (validation in
+//! training, evaluation). Training, evaluation and the [`crate::infer::Predictor`] all use it.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use tch::{Device, Kind, Tensor};
+
+use crate::compute::precision::{to_f32, Precision};
+use crate::data::loader::{stream_batches, ImageSet, InputSpec};
+use crate::data::on_device::{norm_tensors, unit_images};
+use crate::error::TorchResultExt;
+use crate::models::Classifier;
+use crate::ood::OodDetector;
+use crate::progress;
+
+/// HWC pixel buffers at `spec`'s size as the normalised batch `[n, c, s, s]` on `device`,
+/// channels-last in memory when `channels_last`: the bytes are moved as they are and normalised
+/// there as the training loader's [`crate::data::augment::prepare`] does.
+pub fn pixels_to_input(
+    pixels: &[&[u8]],
+    spec: &InputSpec,
+    device: Device,
+    channels_last: bool,
+) -> Tensor {
+    let (n, s, c) = (pixels.len() as i64, spec.size as i64, spec.channels as i64);
+    let bytes = Tensor::from_slice(&pixels.concat())
+        .view([n, s, s, c])
+        .to_device(device);
+    let (mean, std) = norm_tensors(&spec.norm, device);
+    let x = (unit_images(&bytes) - mean) / std;
+    if channels_last {
+        x
+    } else {
+        x.contiguous()
+    }
+}
+
+/// Test-time augmentation views of a batch `[n, c, s, s]`: the images, their mirror images,
+/// and both zoomed in to the central 90% (resized back): four views whose probabilities are
+/// averaged.
+pub fn tta_views(xs: &Tensor) -> Vec<Tensor> {
+    let s = xs.size()[3];
+    let crop = ((s as f64) * 0.9).round() as i64;
+    let start = (s - crop) / 2;
+    let zoomed = xs
+        .narrow(2, start, crop)
+        .narrow(3, start, crop)
+        .upsample_bilinear2d([s, s], false, None, None);
+    vec![xs.shallow_clone(), xs.flip([3]), zoomed.flip([3]), zoomed]
+}
+
+/// Softmax of `logits / temperature` as rows of f64.
+pub fn probabilities(logits: &Tensor, temperature: f64) -> Result<Vec<Vec<f64>>> {
+    rows(&(logits.to_kind(Kind::Double) / temperature.max(1e-6)).softmax(-1, Kind::Double))
+}
+
+/// The rows of a `[n, k]` tensor as f64 vectors on the CPU; an error (never an empty row) when
+/// libtorch cannot convert one.
+pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
+    let t = t.to_kind(Kind::Double).to_device(Device::Cpu);
+    (0..t.size()[0])
+        .map(|i| {
+            Vec::<f64>::try_from(t.get(i))
+                .torch()
+                .context("cannot read a row of scores")
+        })
+        .collect()
+}
+
+/// Probabilities, labels and mean cross-entropy of `model` over a whole image set.
+pub struct SetScores {
+    /// Probabilities per image, in set order.
+    pub probs: Vec<Vec<f64>>,
+    /// True labels, in set order.
+    pub labels: Vec<usize>,
+    /// Mean cross-entropy of the (temperature-scaled) logits.
+    pub loss: f64,
+    /// Raw logits per image (before temperature), for calibration.
+    pub logits: Vec<Vec<f64>>,
+    /// Out-of-distribution scores per image, when a guard was given.
+    pub ood: Option<Vec<f64>>,
+}
+
+/// Runs `model` over every image of `set` (no augmentation, no gradient) in `precision`,
+/// scoring each with the out-of-distribution guard `ood` when given (from the same features).
+#[allow(clippy::too_many_arguments)]
+pub fn score_set(
+    model: &dyn Classifier,
+    set: Arc<ImageSet>,
+    batch_size: usize,
+    device: Device,
+    temperature: f64,
+    what: &str,
+    ood: Option<&OodDetector>,
+    precision: Precision,
+) -> Result<SetScores> {
+    let n = set.len();
+    let spec = set.spec().clone();
+    let bar = progress::bar(n as u64, what);
+    let mut probs = vec![Vec::new(); n];
+    let mut logits_out = vec![Vec::new(); n];
+    let mut loss_sum = 0.0;
+    let mut ood_scores = ood.map(|_| vec![f64::NAN; n]);
+    let order: Vec<usize> = (0..n).collect();
+    for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
+        let batch = batch?;
+        let xs = precision.input(batch.images_tensor(&spec, device));
+        let ys = batch.labels_tensor(device);
+        let (feats, logits) = tch::no_grad(|| {
+            precision.run(device, || {
+                let feats = model.features(&xs, false);
+                let logits = model.head(&feats, false);
+                (to_f32(feats), to_f32(logits))
+            })
+        });
+        if let (Some(out), Some(detector)) = (ood_scores.as_mut(), ood) {
+            let scores = detector.score_maps(&feats);
+            for (&i, s) in batch.indices.iter().zip(scores) {
+                out[i] = s;
+            }
+        }
+        let scaled = &logits / temperature.max(1e-6);
+        let loss = scaled.cross_entropy_for_logits(&ys).double_value(&[]);
+        loss_sum += loss * batch.indices.len() as f64;
+        let raw = logits.to_kind(Kind::Double);
+        let batch_probs = probabilities(&logits, temperature)?;
+        for ((&i, p), l) in batch.indices.iter().zip(batch_probs).zip(rows(&raw)?) {
+            probs[i] = p;
+            logits_out[i] = l;
+        }
+        bar.inc(batch.indices.len() as u64);
+    }
+    bar.finish_and_clear();
+    Ok(SetScores {
+        probs,
+        labels: set.labels.clone(),
+        loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
+        logits: logits_out,
+        ood: ood_scores,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::augment::{prepare, Normalize};
+
+    /// The predictor's input equals the training loader's normalisation of the same bytes,
+    /// in either layout.
+    #[test]
+    fn pixels_become_the_loaders_normalised_input() {
+        let (s, c) = (5usize, 3usize);
+        let images: Vec<Vec<u8>> = (0..2u32)
+            .map(|k| {
+                (0..s * s * c)
+                    .map(|i| ((i as u32 * 37 + k * 101) % 256) as u8)
+                    .collect()
+            })
+            .collect();
+        let spec = InputSpec {
+            size: s as u32,
+            channels: c as u32,
+            norm: Normalize {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+        };
+        let expect: Vec<f32> = images
+            .iter()
+            .flat_map(|p| prepare::<rand_chacha::ChaCha8Rng>(p, s, c, &spec.norm, None))
+            .collect();
+        let pixels: Vec<&[u8]> = images.iter().map(|p| p.as_slice()).collect();
+        for channels_last in [false, true] {
+            let x = pixels_to_input(&pixels, &spec, Device::Cpu, channels_last);
+            assert_eq!(x.size(), vec![2, c as i64, s as i64, s as i64]);
+            assert_eq!(crate::torch_ext::is_channels_last(&x), channels_last);
+            let got = Vec::<f32>::try_from(x.contiguous().view([-1])).unwrap();
+            let worst = expect
+                .iter()
+                .zip(&got)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst <= 1e-6, "largest difference {worst}");
+        }
+    }
+}
