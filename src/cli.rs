@@ -195,4 +195,5 @@ value_enums!(
     crate::export::ExportFormat,
     crate::evaluate::CiBy,
     crate::explain::methods::MethodName,
+    crate::predict::job::Format,
 );

@@ -66,7 +66,7 @@ impl DemoArgs {
         let run_name = format!("demo-{}", chrono::Local::now().format("%Y%m%d-%H%M%S"));
         let run_dir = self.workdir.join("checkpoints").join(run_name);
         let outcome = train(&config, Some(&run_dir))?;
-        crate::commands::train::print_summary(&outcome);
+        println!("{}", outcome.summary());
 
         println!("[4/6] eval: test split");
         let predictor =

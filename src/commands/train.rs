@@ -6,7 +6,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::Config;
-use crate::train::{resume, train, TrainOutcome};
+use crate::train::{resume, train};
 
 /// Arguments of `xray train`.
 #[derive(Debug, Args)]
@@ -35,28 +35,7 @@ impl TrainArgs {
             }
             (None, None) => unreachable!("clap requires --config unless --resume is given"),
         };
-        print_summary(&outcome);
+        println!("{}", outcome.summary());
         Ok(())
     }
-}
-
-/// Prints where the run went and its best epoch.
-pub fn print_summary(o: &TrainOutcome) {
-    let b = &o.best;
-    println!(
-        "best epoch {} of {}{}: val_acc {:.4}, val_auc {}, val_loss {:.4} ({:.1}s on {:?})",
-        b.epoch,
-        o.history.len(),
-        if o.stopped_early {
-            " (stopped early)"
-        } else {
-            ""
-        },
-        b.val_acc,
-        b.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
-        b.val_loss,
-        o.history.iter().map(|m| m.seconds).sum::<f64>(),
-        o.device
-    );
-    println!("run folder: {}", o.run_dir.display());
 }

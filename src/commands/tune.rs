@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::Args;
 
 use crate::config::{Config, Strategy};
-use crate::tune::{best_trial, tune, TuneOptions};
+use crate::tune::{tune, TuneOptions};
 
 /// Arguments of `xray tune`.
 #[derive(Debug, Args)]
@@ -82,86 +82,7 @@ impl TuneArgs {
                 report_only: self.report,
             },
         )?;
-        let monitor = outcome.monitor;
-        let mut ranked: Vec<_> = outcome
-            .trials
-            .iter()
-            .filter(|t| t.value.is_some())
-            .collect();
-        let lower_better = !monitor.higher_is_better();
-        ranked.sort_by(|a, b| {
-            let (x, y) = (a.score(monitor), b.score(monitor));
-            y.partial_cmp(&x).unwrap_or(std::cmp::Ordering::Equal)
-        });
-        println!(
-            "{} trial(s) of {} finished ({} run now){}; best first{}:",
-            outcome.trials.len(),
-            outcome.planned,
-            outcome.ran,
-            if outcome.out_of_time {
-                ", stopped by the time budget"
-            } else {
-                ""
-            },
-            if lower_better {
-                ", lower is better"
-            } else {
-                ""
-            }
-        );
-        let shown: Vec<_> = ranked.iter().take(10).collect();
-        let widths: Vec<usize> = outcome
-            .keys
-            .iter()
-            .enumerate()
-            .map(|(k, key)| {
-                shown
-                    .iter()
-                    .map(|t| t.values[k].len())
-                    .chain([key.len()])
-                    .max()
-                    .unwrap_or(0)
-            })
-            .collect();
-        let cells = |values: &[String]| -> String {
-            values
-                .iter()
-                .zip(&widths)
-                .map(|(v, w)| format!("{v:>w$}"))
-                .collect::<Vec<_>>()
-                .join("  ")
-        };
-        println!(
-            "{:>5}  {:>8}  {:>8}  {:>6}  {}",
-            "trial",
-            monitor.as_str(),
-            "status",
-            "epochs",
-            cells(&outcome.keys)
-        );
-        for t in shown {
-            println!(
-                "{:>5}  {:>8.4}  {:>8}  {:>6}  {}",
-                t.id,
-                t.value.unwrap_or(f64::NAN),
-                t.status.as_str(),
-                t.epochs,
-                cells(&t.values)
-            );
-        }
-        if let Some(best) = best_trial(&outcome.trials, monitor) {
-            println!(
-                "best: trial {} ({monitor} {:.4}); its config: {}",
-                best.id,
-                best.value.unwrap_or(f64::NAN),
-                outcome.out.join("best.toml").display()
-            );
-        }
-        println!(
-            "results: {} and {}",
-            outcome.out.join("trials.csv").display(),
-            outcome.out.join("trials.png").display()
-        );
+        println!("{}", outcome.summary(10));
         Ok(())
     }
 }

@@ -14,6 +14,7 @@ use crate::metrics::decide;
 use crate::progress;
 use crate::run::ModelCard;
 
+pub mod job;
 pub mod output;
 pub mod shard;
 

@@ -70,6 +70,30 @@ pub struct TrainOutcome {
     pub device: Device,
 }
 
+impl TrainOutcome {
+    /// Two lines: the best epoch with its validation metrics and the training time, and the
+    /// run folder.
+    pub fn summary(&self) -> String {
+        let b = &self.best;
+        format!(
+            "best epoch {} of {}{}: val_acc {:.4}, val_auc {}, val_loss {:.4} ({:.1}s on {:?})\nrun folder: {}",
+            b.epoch,
+            self.history.len(),
+            if self.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            },
+            b.val_acc,
+            b.val_auc.map_or("n/a".into(), |a| format!("{a:.4}")),
+            b.val_loss,
+            self.history.iter().map(|m| m.seconds).sum::<f64>(),
+            self.device,
+            self.run_dir.display()
+        )
+    }
+}
+
 /// Trains a model as `config` says and writes its run folder.
 pub fn train(config: &Config, out: Option<&Path>) -> Result<TrainOutcome> {
     train_with(config, out, Hooks::default())
