@@ -1,6 +1,6 @@
 # The two commands of the README, each doing its own set-up on a fresh machine:
 #   make demo   synth -> split -> train -> eval -> predict on the CPU
-#   make test   lint (rustfmt, clippy -D warnings), then the whole test suite
+#   make test   lint (rustfmt, clippy -D warnings, shellcheck), then the whole test suite
 # libtorch 2.11.0 comes from the PyPI torch wheel, installed once into
 # $XRAY_TORCH_HOME (default ~/.cache/xray/torch-2.11.0) by scripts/setup/libtorch.sh.
 
@@ -15,6 +15,9 @@ TORCH_ENV = LIBTORCH="$$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
 # tests that need it, by name.
 SHARED_TESTS := $(shell grep -h -A2 'ignore = "needs ../shared' tests/*.rs | sed -n 's/^fn \([a-z0-9_]*\).*/--skip \1/p')
 SKIP_SHARED = $(if $(wildcard ../shared/weights/mobilenet_v2_imagenet.safetensors),,$(SHARED_TESTS))
+
+# Every shell script, held to shellcheck's warnings like the code to clippy's.
+SHELL_SCRIPTS := $(shell find scripts deploy .ci -type f \( -name '*.sh' -o -name run \))
 
 .PHONY: demo test build lint libtorch weights clean-runs
 
@@ -32,6 +35,8 @@ build: libtorch
 lint: libtorch
 	$(CARGO) fmt --check
 	$(TORCH_ENV) $(CARGO) clippy --release --all-targets -- -D warnings
+	scripts/setup/shellcheck.sh
+	shellcheck -S warning $(SHELL_SCRIPTS)
 
 libtorch:
 	@scripts/setup/libtorch.sh >/dev/null

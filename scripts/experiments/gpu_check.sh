@@ -23,7 +23,7 @@
 # DESIGN.md, libtorch: the binary finds the machine's own torch through LD_LIBRARY_PATH, and
 # loads libtorch_cuda.so itself (torch_ext::cuda::cuda_available).
 set -uo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
+cd "$(dirname "${BASH_SOURCE[0]}")/../.." || exit 2
 data=${1:?usage: scripts/experiments/gpu_check.sh DATA_DIR [OUT_DIR]}
 out=${2:-${OUT:-/tmp/xray-gpu}}
 x=$(realpath "${XRAY_BIN:-target/release/xray}")
@@ -63,9 +63,10 @@ xr gradcam --checkpoint "$work/synth-run" --check "$work/synth" --limit 60 --met
 row "- gradcam --check on CUDA: exit $?"
 sed -n '/heatmap check/,/report:/p' "$work/cam.log" | sed 's/^/    /' | tee -a "$summary" >&2
 ls "$work/synth/opacity" | head -40 | sed "s|^|$work/synth/opacity/|" >"$work/some.txt"
-"$x" predict --checkpoint "$work/synth-run" --device $dev --format csv $(cat "$work/some.txt") >"$work/p-cuda.csv" 2>>"$log"
+mapfile -t some <"$work/some.txt"
+"$x" predict --checkpoint "$work/synth-run" --device "$dev" --format csv "${some[@]}" >"$work/p-cuda.csv" 2>>"$log"
 rc_c=$?
-"$x" predict --checkpoint "$work/synth-run" --device cpu --format csv $(cat "$work/some.txt") >"$work/p-cpu.csv" 2>>"$log"
+"$x" predict --checkpoint "$work/synth-run" --device cpu --format csv "${some[@]}" >"$work/p-cpu.csv" 2>>"$log"
 row "- predict 40 images, CUDA (exit $rc_c) against CPU: $("$py" - "$work/p-cuda.csv" "$work/p-cpu.csv" <<'PY'
 import csv, sys
 a, b = (list(csv.DictReader(open(f))) for f in sys.argv[1:3])
@@ -127,8 +128,8 @@ for job in resnet18:amp mobilenet_v2:amp resnet18:fp32 resnet18:bf16; do
   amp=$([ "$precision" = amp ] && echo true || echo false)
   scripts/bench/train_config.sh "$work/k-split" "$arch" "$epochs" 64 "$dev" "$amp" >"$work/$arch.toml"
   set_precision=(--set "train.precision=$([ "$precision" = bf16 ] && echo bf16 || echo fp32)")
-  torch_env=(BENCH_DEVICE=$dev BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0) BENCH_BATCH=64
-    BENCH_PRECISION=$([ "$precision" = bf16 ] && echo bf16 || echo fp32))
+  torch_env=("BENCH_DEVICE=$dev" "BENCH_AMP=$([ "$amp" = true ] && echo 1 || echo 0)" BENCH_BATCH=64
+    "BENCH_PRECISION=$([ "$precision" = bf16 ] && echo bf16 || echo fp32)")
   say "train $arch $precision: xray, device pipeline"
   rm -rf "$work/run-$arch"
   xr train --config "$work/$arch.toml" "${set_precision[@]}" --set data.on_device=true --out "$work/run-$arch" >"$work/x.log"

@@ -31,7 +31,7 @@ for v in fp32 "${variants[@]}"; do
     bf16) extra=(--set train.precision=bf16 --set data.on_device=false) ;;
     *) echo "unknown variant $v" >&2; exit 2 ;;
   esac
-  rm -rf "$out/$v"
+  rm -rf "${out:?}/${v:?}"
   echo "[accuracy] $v: training" >&2
   "$x" train --config "$config" "$@" "${extra[@]}" --out "$out/$v" 2> "$out/$v.log" || { tail "$out/$v.log" >&2; exit 1; }
   "$x" eval --checkpoint "$out/$v" --precision "$([ "$v" = bf16 ] && echo bf16 || echo fp32)" > "$out/$v-eval.log" 2>&1

@@ -13,7 +13,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 trials=${1:-24}
 seeds=${2:-"0 1 2"}
 shift $(($# < 2 ? $# : 2))
-export LIBTORCH="$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
+LIBTORCH="$(scripts/setup/libtorch.sh)"
+export LIBTORCH LIBTORCH_CXX11_ABI=1
 cargo build --release -q
 xray=target/release/xray
 work=$(mktemp -d)
