@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::common::{assert_clean_stderr, read_json, repo, synth_dataset, trained, xray};
+use crate::common::{
+    assert_clean_stderr, assert_ok, read_json, repo, synth_dataset, trained, xray, RunOk,
+};
 use crate::serve::Server;
 use crate::tune::{config, small_split};
 
@@ -59,18 +61,12 @@ impl Postgres {
             as_postgres,
         };
         let data = pg.dir.path().join("data");
-        let out = pg
-            .command("initdb")
+        pg.command("initdb")
             .arg("-D")
             .arg(&data)
             .args(["-A", "trust", "-U", "xray", "-E", "UTF8", "--no-sync"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "initdb: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .output_ok();
+
         let mut options = format!(
             "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
             pg.dir.path().display()
@@ -274,12 +270,7 @@ fn run_workers(cfg: &Path, url: &str, outs: &[PathBuf], extra: &[&str]) {
         })
         .collect();
     for child in children {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = assert_ok(child.wait_with_output().unwrap());
         assert_clean_stderr(&out.stderr);
     }
 }
@@ -364,13 +355,8 @@ fn three_workers_run_each_grid_trial_exactly_once() {
         "r",
         &["--report", "--set", "train.epochs=2"],
     )
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    .output_ok();
+
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.starts_with("9 trial(s) of 9 finished (0 run now)"),
@@ -427,8 +413,7 @@ fn a_killed_workers_trial_is_finished_by_another() {
     let rows = trial_rows(&url);
     assert_eq!((rows[0].1.as_str(), rows[0].2.as_str()), ("running", "a"));
 
-    let b = worker(&cfg, &url, &out, "b", &args).output().unwrap();
-    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let b = worker(&cfg, &url, &out, "b", &args).output_ok();
     let stderr = String::from_utf8_lossy(&b.stderr);
     assert!(
         stderr.contains(
@@ -557,13 +542,7 @@ fn four_shards_merge_into_the_unsharded_output() {
         c.arg("predict").arg("--checkpoint").arg(&t.run);
         c
     };
-    let whole = predict()
-        .args(["--format", "csv"])
-        .arg(&data)
-        .output()
-        .unwrap();
-    assert!(whole.status.success());
-    let whole = String::from_utf8(whole.stdout).unwrap();
+    let whole = predict().args(["--format", "csv"]).arg(&data).stdout_ok();
     assert_eq!(whole.lines().count(), 62, "a header and one row per file");
     assert!(whole.lines().next().unwrap().ends_with(",error"));
     let broken = whole.lines().find(|l| l.contains("broken.png")).unwrap();
@@ -602,12 +581,7 @@ fn four_shards_merge_into_the_unsharded_output() {
     ];
     let mut total = 0;
     for (i, (mut run, file)) in runs.into_iter().enumerate() {
-        let out = run.output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run.output_ok();
         assert_clean_stderr(&out.stderr);
         let manifest = read_json(&shards.join(format!("{file}.json")));
         assert_eq!(manifest["shard"], format!("{i}/4"));
@@ -623,13 +597,8 @@ fn four_shards_merge_into_the_unsharded_output() {
         .arg(&merged)
         .arg("--inputs")
         .arg(&data)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .output_ok();
+
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains(
@@ -707,12 +676,7 @@ fn a_shard_killed_and_rerun_neither_repeats_nor_loses_rows() {
     let before = std::fs::read_to_string(&partial).unwrap().lines().count();
     assert!(before < 200, "killed part way ({before} rows)");
 
-    let rerun = predict().output().unwrap();
-    assert!(
-        rerun.status.success(),
-        "{}",
-        String::from_utf8_lossy(&rerun.stderr)
-    );
+    let rerun = predict().output_ok();
     let stderr = String::from_utf8_lossy(&rerun.stderr);
     assert!(stderr.contains("done earlier"), "{stderr}");
     let text = std::fs::read_to_string(&out_file).unwrap();
@@ -729,8 +693,7 @@ fn a_shard_killed_and_rerun_neither_repeats_nor_loses_rows() {
     paths.dedup();
     assert_eq!(paths.len(), 200, "no row twice");
     // Run again when complete: nothing to do, nothing changes.
-    let again = predict().output().unwrap();
-    assert!(again.status.success());
+    predict().output_ok();
     assert_eq!(std::fs::read_to_string(&out_file).unwrap(), text);
 }
 

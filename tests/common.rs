@@ -148,3 +148,38 @@ pub fn assert_clean_stderr(stderr: &[u8]) {
         assert!(!text.contains(bad), "stderr contains {bad:?}:\n{text}");
     }
 }
+
+/// Running a command that must succeed: its output, after asserting exit 0 with its stderr
+/// shown otherwise. For `xray()` and any `std::process::Command` (initdb, pg_ctl, python).
+pub trait RunOk {
+    /// Runs the command to its end; panics with the exit status and stderr unless it exits 0.
+    fn output_ok(&mut self) -> std::process::Output;
+
+    /// [`RunOk::output_ok`]'s stdout as text.
+    fn stdout_ok(&mut self) -> String {
+        String::from_utf8(self.output_ok().stdout).expect("stdout is UTF-8")
+    }
+}
+
+/// Asserts that a finished command exited 0, showing its stderr otherwise.
+pub fn assert_ok(out: std::process::Output) -> std::process::Output {
+    assert!(
+        out.status.success(),
+        "exit {}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+impl RunOk for Command {
+    fn output_ok(&mut self) -> std::process::Output {
+        assert_ok(self.output().expect("the command starts"))
+    }
+}
+
+impl RunOk for std::process::Command {
+    fn output_ok(&mut self) -> std::process::Output {
+        assert_ok(self.output().expect("the command starts"))
+    }
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tch::{nn, Device, Kind, Tensor};
 use xray::models::{build, ModelSpec};
 
-use crate::common::{repo, xray};
+use crate::common::{repo, xray, RunOk};
 
 /// The Python of the libtorch cache (scripts/setup/libtorch.sh installs it; the tests need it built).
 fn torch_python() -> Option<PathBuf> {
@@ -93,16 +93,11 @@ fn imported_resnet18_reproduces_pytorch_logits() {
 fn weights_command_feeds_the_brain_tumor_config() {
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("weights");
-    let fetched = std::process::Command::new(repo().join("scripts/setup/weights.sh"))
+    std::process::Command::new(repo().join("scripts/setup/weights.sh"))
         .arg(assert_cmd::cargo::cargo_bin("xray"))
         .env("XRAY_WEIGHTS_DIR", &weights)
-        .output()
-        .unwrap();
-    assert!(
-        fetched.status.success(),
-        "{}",
-        String::from_utf8_lossy(&fetched.stderr)
-    );
+        .output_ok();
+
     assert!(weights
         .join("efficientnet_lite0_imagenet.safetensors")
         .is_file());
@@ -140,10 +135,9 @@ fn weights_command_feeds_the_brain_tumor_config() {
         .arg(format!("data.split={}", split.display()))
         .arg("--out")
         .arg(work.join("run"))
-        .output()
-        .unwrap();
+        .output_ok();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{err}");
+
     assert!(
         err.contains("efficientnet_lite0_imagenet.safetensors"),
         "{err}"

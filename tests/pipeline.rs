@@ -1,6 +1,6 @@
 //! synth → split → train → eval → predict through the real binary.
 
-use crate::common::{assert_clean_stderr, read_json, trained, xray};
+use crate::common::{assert_clean_stderr, read_json, trained, xray, RunOk};
 
 #[test]
 fn simple_cnn_learns_the_synth_task() {
@@ -160,15 +160,12 @@ fn eval_writes_report_with_metrics() {
 fn predict_text_json_and_csv() {
     let t = trained();
     let img = t.data.join("opacity/opacity_00003.png");
-    let out = xray()
+    let text = xray()
         .arg("predict")
         .arg("--checkpoint")
         .arg(&t.run)
         .arg(&img)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+        .stdout_ok();
     let fields: Vec<&str> = text.trim_end().split('\t').collect();
     assert_eq!(fields.len(), 3, "{text}");
     assert_eq!(fields[0], img.display().to_string());
@@ -181,9 +178,8 @@ fn predict_text_json_and_csv() {
         .arg(&t.run)
         .args(["--format", "json"])
         .arg(t.data.join("normal"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+        .output_ok();
+
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -238,11 +234,8 @@ fn predict_reports_unreadable_images_and_goes_on() {
         .arg("--checkpoint")
         .arg(&t.run)
         .args([&empty, &text, &truncated, &good])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "one readable image: exit 0");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    assert_eq!(stdout.lines().count(), 1);
+        .output_ok();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.lines().count(), 3, "{stderr}");
     for (path, why) in [
@@ -297,4 +290,54 @@ fn predict_with_tta_gives_probabilities() {
         assert!((probs.iter().sum::<f64>() - 1.0).abs() < 1e-9, "{j}");
         assert!(j["label"] == "opacity" || j["label"] == "normal", "{j}");
     }
+}
+
+/// TTA's probabilities are the mean of the four views' softmax (each view checked in
+/// `compute::scoring`'s tests), and differ from the plain image's: TTA does something.
+#[test]
+fn tta_averages_the_four_views() {
+    use xray::compute::scoring::tta_views;
+    let t = trained();
+    let predictor = xray::infer::Predictor::load(&t.run, tch::Device::Cpu).unwrap();
+    let pixels: Vec<std::sync::Arc<Vec<u8>>> = (0..4)
+        .flat_map(|i| ["normal", "opacity"].map(|c| t.data.join(c).join(format!("{c}_{i:05}.png"))))
+        .map(|p| {
+            let size = predictor.card.image_size;
+            std::sync::Arc::new(
+                xray::data::decode::load_model_pixels(&p, size, predictor.card.channels).unwrap(),
+            )
+        })
+        .collect();
+    let plain = predictor
+        .probabilities_of_pixels(&pixels, 8, false)
+        .unwrap()
+        .probs;
+    let tta = predictor
+        .probabilities_of_pixels(&pixels, 8, true)
+        .unwrap()
+        .probs;
+
+    let refs: Vec<&[u8]> = pixels.iter().map(|p| p.as_slice()).collect();
+    let xs = predictor.input_tensor(&refs);
+    let temperature = predictor.card.temperature.max(1e-6);
+    let views: Vec<tch::Tensor> = tta_views(&xs)
+        .iter()
+        .map(|v| {
+            let logits = tch::no_grad(|| predictor.model().forward_t(v, false));
+            (logits.to_kind(tch::Kind::Double) / temperature).softmax(-1, tch::Kind::Double)
+        })
+        .collect();
+    let mean = tch::Tensor::stack(&views, 0).mean_dim(&[0i64][..], false, tch::Kind::Double);
+    let (mut worst, mut moved) = (0f64, 0f64);
+    for (i, (a, b)) in tta.iter().zip(&plain).enumerate() {
+        for (k, (&p, &q)) in a.iter().zip(b).enumerate() {
+            worst = worst.max((p - mean.double_value(&[i as i64, k as i64])).abs());
+            moved = moved.max((p - q).abs());
+        }
+    }
+    assert!(worst < 1e-9, "TTA is not the mean of the views: {worst}");
+    assert!(
+        moved > 1e-4,
+        "TTA left every probability as it was (largest change {moved})"
+    );
 }

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use crate::common::{assert_clean_stderr, read_json, smoke_train, synth_split, trained, xray};
+use crate::common::{
+    assert_clean_stderr, read_json, smoke_train, synth_split, trained, xray, RunOk,
+};
 
 /// Per-epoch (train loss, val_auc) of a run's metrics.csv.
 fn curve(run: &Path) -> Vec<(f64, f64)> {
@@ -30,12 +32,7 @@ fn train(split: &Path, out: &Path, settings: &[&str]) -> std::process::Output {
     {
         cmd.args(["--set", s]);
     }
-    let output = cmd.arg("--out").arg(out).output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output = cmd.arg("--out").arg(out).output_ok();
     output
 }
 
@@ -122,13 +119,8 @@ fn bf16_prediction_agrees_with_fp32() {
             .arg("--checkpoint")
             .arg(&model)
             .arg(t.data.join("opacity"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+            .output_ok();
+
         String::from_utf8(out.stdout)
             .unwrap()
             .lines()

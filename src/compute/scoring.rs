@@ -185,4 +185,51 @@ mod tests {
             assert!(worst <= 1e-6, "largest difference {worst}");
         }
     }
+
+    /// The four views are what they claim: the image, its mirror image (columns reversed), the
+    /// central 90% zoomed back to full size, and that zoom mirrored.
+    #[test]
+    fn tta_views_are_the_image_its_mirror_and_the_central_zoom() {
+        let s = 20i64;
+        // A gradient across the columns (so that mirroring shows), inside a 1-pixel frame of
+        // 100 that the 90% crop (18 of 20 pixels) cuts off.
+        let mut v = vec![100f32; (s * s) as usize];
+        for y in 1..s - 1 {
+            for x in 1..s - 1 {
+                v[(y * s + x) as usize] = x as f32;
+            }
+        }
+        let xs = Tensor::from_slice(&v).view([1, 1, s, s]);
+        let views = tta_views(&xs);
+        assert_eq!(views.len(), 4);
+        let at = |t: &Tensor, y: i64, x: i64| t.double_value(&[0, 0, y, x]);
+        for y in 0..s {
+            for x in 0..s {
+                assert_eq!(at(&views[0], y, x), at(&xs, y, x));
+                assert_eq!(at(&views[1], y, x), at(&xs, y, s - 1 - x), "mirror");
+                assert_eq!(
+                    at(&views[2], y, x),
+                    at(&views[3], y, s - 1 - x),
+                    "mirrored zoom"
+                );
+            }
+        }
+        // The zoom holds only the inside: no frame value, and the gradient stretched over the
+        // whole width, increasing from the first column to the last.
+        let zoom = &views[3];
+        assert_eq!(zoom.size(), vec![1, 1, s, s]);
+        assert!(
+            zoom.max().double_value(&[]) < 100.0,
+            "the frame is cropped off"
+        );
+        for y in 0..s {
+            for x in 1..s {
+                assert!(
+                    at(zoom, y, x) >= at(zoom, y, x - 1),
+                    "row {y} not increasing at {x}"
+                );
+            }
+        }
+        assert!(at(zoom, s / 2, 0) <= 1.5 && at(zoom, s / 2, s - 1) >= s as f64 - 2.5);
+    }
 }
