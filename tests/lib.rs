@@ -7,6 +7,7 @@ mod common;
 mod export;
 mod formats;
 mod gradcam;
+mod guide;
 mod hardened;
 mod hostile;
 mod import_weights;

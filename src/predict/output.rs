@@ -81,6 +81,10 @@ impl PredictionFile {
     /// from an earlier complete one (a rerun with new inputs adds their rows).
     pub fn open(path: &Path, format: RowFormat, header: Option<&str>) -> Result<PredictionFile> {
         let partial = partial_path(path);
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         if !partial.exists() && path.exists() {
             std::fs::copy(path, &partial).with_context(|| {
                 format!("cannot copy {} to {}", path.display(), partial.display())
