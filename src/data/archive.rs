@@ -38,6 +38,8 @@ pub fn is_zip(path: &Path) -> bool {
 /// entry whose data inflates past that, whatever it declared, stopped there; and more in all
 /// than [`MAX_RATIO`] times the archive's size (entries that share compressed data).
 pub fn extract_zip(archive: &Path, dest: &Path) -> Result<PathBuf> {
+    // Long on purpose: each check of an entry (its name, declared and actual size, ratio, the
+    // running total, links) stands beside the write it guards.
     let size = std::fs::metadata(archive)
         .with_context(|| format!("cannot read {}", archive.display()))?
         .len();

@@ -107,6 +107,8 @@ pub fn scan_dataset(root: &Path) -> Result<ScannedDataset> {
 
 /// [`scan_dataset`] with `--exclude` patterns.
 pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDataset> {
+    // Long on purpose: the walk and its per-file verdicts (skipped, unreadable, labelled) kept
+    // together with the counts they report.
     if !root.is_dir() {
         return Err(Error::usage(format!(
             "dataset folder {} does not exist or is not a folder",

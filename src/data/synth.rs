@@ -134,6 +134,8 @@ fn soft_inside(d: f32, soft: f32) -> f32 {
 
 /// Renders one image of side `size`; `positive` adds an opacity. Deterministic in `seed`.
 pub fn render(size: u32, positive: bool, seed: u64) -> SynthImage {
+    // Long on purpose: the synthetic anatomy drawn layer by layer (lungs, ribs, spine, opacity,
+    // exposure, noise), each layer over the previous.
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let s = size as f32;
     // Anatomy, jittered per image.

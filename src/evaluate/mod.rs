@@ -245,6 +245,7 @@ pub fn evaluate(
     batch_size: usize,
     ci_by: CiBy,
 ) -> Result<(EvalReport, Vec<ScoredImage>)> {
+    // Long on purpose: the report's fields filled one after another from one scoring pass.
     if labelled.samples.is_empty() {
         return Err(Error::usage(format!("no images to evaluate in {source}")).into());
     }
@@ -283,30 +284,12 @@ pub fn evaluate(
     let mut ci95 = bootstrap_intervals(&scores.probs, labels, &predicted, k, &clusters);
     ci95.method = method.to_string();
     ci95.groups = (method == "group").then(|| clusters.iter().max().map_or(0, |m| m + 1));
-    let raw: Vec<Vec<f64>> = scores
-        .logits
-        .iter()
-        .map(|z| softmax_at_temperature(z, 1.0))
-        .collect();
-    let ece = Ece {
-        before: expected_calibration_error(&raw, labels, ECE_BINS),
-        after: expected_calibration_error(&scores.probs, labels, ECE_BINS),
-        temperature: predictor.card.temperature,
-    };
+    let ece = calibration(&scores, predictor.card.temperature);
     let chosen = predictor.card.operating_points.as_ref().filter(|_| binary);
     let here = |p: Option<OperatingPoint>| {
         p.and_then(|p| at_threshold(&pos_scores, &positive, p.threshold))
     };
-    let (roc_auc_binary, ovr, ovr_macro) = if k == 2 {
-        let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
-        let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
-        (roc_auc(&s, &pos), None, None)
-    } else {
-        let per_auc = roc_auc_ovr(&scores.probs, &scores.labels, k);
-        let macro_auc = mean_defined(&per_auc);
-        let map = classes.iter().cloned().zip(per_auc).collect();
-        (None, Some(map), macro_auc)
-    };
+    let (roc_auc_binary, ovr, ovr_macro) = roc_aucs(&classes, &scores);
     let report = EvalReport {
         checkpoint: predictor.run_dir.clone(),
         arch: predictor.card.arch,
@@ -337,6 +320,44 @@ pub fn evaluate(
     };
     let scored = scored_images(&set.paths, &scores, &predicted);
     Ok((report, scored))
+}
+
+/// Expected calibration error before (temperature 1) and after temperature scaling.
+fn calibration(scores: &SetScores, temperature: f64) -> Ece {
+    let raw: Vec<Vec<f64>> = scores
+        .logits
+        .iter()
+        .map(|z| softmax_at_temperature(z, 1.0))
+        .collect();
+    Ece {
+        before: expected_calibration_error(&raw, &scores.labels, ECE_BINS),
+        after: expected_calibration_error(&scores.probs, &scores.labels, ECE_BINS),
+        temperature,
+    }
+}
+
+/// ROC-AUC: of the positive (second) class for two classes; else each class against the rest
+/// (by name) and their macro mean.
+#[allow(clippy::type_complexity)]
+fn roc_aucs(
+    classes: &[String],
+    scores: &SetScores,
+) -> (
+    Option<f64>,
+    Option<BTreeMap<String, Option<f64>>>,
+    Option<f64>,
+) {
+    let k = classes.len();
+    if k == 2 {
+        let s: Vec<f64> = scores.probs.iter().map(|p| p[1]).collect();
+        let pos: Vec<bool> = scores.labels.iter().map(|&l| l == 1).collect();
+        (roc_auc(&s, &pos), None, None)
+    } else {
+        let per_auc = roc_auc_ovr(&scores.probs, &scores.labels, k);
+        let macro_auc = mean_defined(&per_auc);
+        let map = classes.iter().cloned().zip(per_auc).collect();
+        (None, Some(map), macro_auc)
+    }
 }
 
 /// Average precision: of the positive (second) class for two classes, else of each class

@@ -304,6 +304,8 @@ pub fn run_check(
     batch_size: usize,
     seed: i64,
 ) -> Result<(Vec<CheckScore>, String)> {
+    // Long on purpose: one pass over the batches accumulating three scores per method, for trained
+    // and randomised weights side by side.
     let boxes = check::read_boxes(data_dir)?;
     let positive = predictor
         .card

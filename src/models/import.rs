@@ -108,6 +108,8 @@ impl<'a> Reader<'a> {
 /// Long on purpose (about 180 lines): it is the pickle virtual machine, one `match` arm per
 /// opcode over one stack and memo; split up, each part would need the whole machine's state.
 fn unpickle(data: &[u8]) -> Result<Value> {
+    // Long on purpose: one arm per pickle opcode that PyTorch's files use, around one stack; split
+    // up, the interpreter's state would travel through every piece.
     let mut r = Reader { data, pos: 0 };
     let mut stack: Vec<Value> = Vec::new();
     let mut memo: HashMap<u32, Value> = HashMap::new();

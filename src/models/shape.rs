@@ -91,6 +91,7 @@ impl CnnShape {
     /// Fills in `arch`'s defaults and checks the result against the input side; a bad value
     /// is a usage error naming the key.
     pub fn resolve(&self, arch: Arch, image_size: u32) -> Result<Resolved, Error> {
+        // Long on purpose: one check per shape key, each with its own message.
         let (default_blocks, default_widths, halvings_before): (usize, Vec<i64>, u32) = match arch {
             Arch::SimpleCnn => (3, vec![32, 64, 128], 0),
             Arch::SepresCnn => (4, vec![64, 128, 256, 256], 1),

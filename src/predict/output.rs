@@ -322,19 +322,7 @@ pub fn merge(inputs: &[PathBuf], out: &Path, expected: Option<&[String]>) -> Res
     let mut shards: Vec<(usize, usize, PathBuf)> = Vec::new();
     let mut without_manifest = Vec::new();
     for file in &files {
-        if RowFormat::from_extension(file) != Some(format) {
-            bail!(
-                "{}: not the same format as {}",
-                file.display(),
-                files[0].display()
-            );
-        }
-        let text =
-            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-        if !text.is_empty() && !text.ends_with(b"\n") {
-            bail!("{}: its last line is cut short", file.display());
-        }
-        let read = read_rows(&text, format, file)?;
+        let (read, manifest) = read_prediction_file(file, format, &files[0])?;
         if let Some(h) = read.header {
             match &header {
                 Some(first) if *first != h => bail!(
@@ -346,86 +334,22 @@ pub fn merge(inputs: &[PathBuf], out: &Path, expected: Option<&[String]>) -> Res
                 None => header = Some(h),
             }
         }
-        match std::fs::read(manifest_path(file)) {
-            Ok(bytes) => {
-                let m: Manifest = serde_json::from_slice(&bytes).with_context(|| {
-                    format!("{}: not a manifest", manifest_path(file).display())
+        match manifest.map(|m| m.shard) {
+            Some(Some(s)) => {
+                // Written as `I/N` by `predict`: no scheduler variable is read back.
+                let shard = Shard::parse(&s, |_| None).map_err(|e| {
+                    anyhow::anyhow!("{}: bad shard ({e})", manifest_path(file).display())
                 })?;
-                if m.rows != read.rows.len() {
-                    bail!(
-                        "{}: {} rows, but its manifest says {}",
-                        file.display(),
-                        read.rows.len(),
-                        m.rows
-                    );
-                }
-                if let Some(s) = &m.shard {
-                    // Written as `I/N` by `predict`: no scheduler variable is read back.
-                    let shard = Shard::parse(s, |_| None).map_err(|e| {
-                        anyhow::anyhow!("{}: bad shard ({e})", manifest_path(file).display())
-                    })?;
-                    shards.push((shard.index, shard.count, file.clone()));
-                }
+                shards.push((shard.index, shard.count, file.clone()));
             }
-            Err(_) => without_manifest.push(file.clone()),
+            Some(None) => {}
+            None => without_manifest.push(file.clone()),
         }
         rows.extend(read.rows);
     }
     let count = check_shards(&shards, &without_manifest)?;
-
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    for r in &rows {
-        *seen.entry(r.path.as_str()).or_default() += 1;
-    }
-    let twice: Vec<&str> = seen
-        .iter()
-        .filter(|(_, &n)| n > 1)
-        .map(|(p, _)| *p)
-        .collect();
-    if !twice.is_empty() {
-        bail!(
-            "{} input(s) appear in more than one row, e.g. {}",
-            twice.len(),
-            examples(&twice)
-        );
-    }
-    let ordered: Vec<&Row> = match expected {
-        Some(expected) => {
-            let by_path: HashMap<&str, &Row> = rows.iter().map(|r| (r.path.as_str(), r)).collect();
-            let missing: Vec<&str> = expected
-                .iter()
-                .map(String::as_str)
-                .filter(|p| !by_path.contains_key(p))
-                .collect();
-            if !missing.is_empty() {
-                bail!(
-                    "{} of the {} inputs have no row, e.g. {}",
-                    missing.len(),
-                    expected.len(),
-                    examples(&missing)
-                );
-            }
-            let wanted: HashSet<&str> = expected.iter().map(String::as_str).collect();
-            let extra: Vec<&str> = by_path
-                .keys()
-                .copied()
-                .filter(|p| !wanted.contains(p))
-                .collect();
-            if !extra.is_empty() {
-                bail!(
-                    "{} row(s) are for files that are not among the inputs, e.g. {}",
-                    extra.len(),
-                    examples(&extra)
-                );
-            }
-            expected.iter().map(|p| by_path[p.as_str()]).collect()
-        }
-        None => {
-            let mut all: Vec<&Row> = rows.iter().collect();
-            all.sort_by(|a, b| a.path.cmp(&b.path));
-            all
-        }
-    };
+    no_input_twice(&rows)?;
+    let ordered = in_input_order(&rows, expected)?;
     let mut text = String::new();
     if let Some(h) = &header {
         text.push_str(h);
@@ -442,6 +366,100 @@ pub fn merge(inputs: &[PathBuf], out: &Path, expected: Option<&[String]>) -> Res
         errors: ordered.iter().filter(|r| r.error).count(),
         shards: count,
     })
+}
+
+/// One finished prediction file's rows, in `format` like `first`'s, and its manifest when it
+/// has one (whose row count must match).
+fn read_prediction_file(
+    file: &Path,
+    format: RowFormat,
+    first: &Path,
+) -> Result<(Rows, Option<Manifest>)> {
+    if RowFormat::from_extension(file) != Some(format) {
+        bail!(
+            "{}: not the same format as {}",
+            file.display(),
+            first.display()
+        );
+    }
+    let text = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        bail!("{}: its last line is cut short", file.display());
+    }
+    let read = read_rows(&text, format, file)?;
+    let Ok(bytes) = std::fs::read(manifest_path(file)) else {
+        return Ok((read, None));
+    };
+    let m: Manifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("{}: not a manifest", manifest_path(file).display()))?;
+    if m.rows != read.rows.len() {
+        bail!(
+            "{}: {} rows, but its manifest says {}",
+            file.display(),
+            read.rows.len(),
+            m.rows
+        );
+    }
+    Ok((read, Some(m)))
+}
+
+/// No input may have two rows (two shards that both took it).
+fn no_input_twice(rows: &[Row]) -> Result<()> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for r in rows {
+        *seen.entry(r.path.as_str()).or_default() += 1;
+    }
+    let twice: Vec<&str> = seen
+        .iter()
+        .filter(|(_, &n)| n > 1)
+        .map(|(p, _)| *p)
+        .collect();
+    if !twice.is_empty() {
+        bail!(
+            "{} input(s) appear in more than one row, e.g. {}",
+            twice.len(),
+            examples(&twice)
+        );
+    }
+    Ok(())
+}
+
+/// The rows in the order of `expected` (every expected input has one, and no row is for
+/// another file), or sorted by path without it.
+fn in_input_order<'a>(rows: &'a [Row], expected: Option<&[String]>) -> Result<Vec<&'a Row>> {
+    let Some(expected) = expected else {
+        let mut all: Vec<&Row> = rows.iter().collect();
+        all.sort_by(|a, b| a.path.cmp(&b.path));
+        return Ok(all);
+    };
+    let by_path: HashMap<&str, &Row> = rows.iter().map(|r| (r.path.as_str(), r)).collect();
+    let missing: Vec<&str> = expected
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !by_path.contains_key(p))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} of the {} inputs have no row, e.g. {}",
+            missing.len(),
+            expected.len(),
+            examples(&missing)
+        );
+    }
+    let wanted: HashSet<&str> = expected.iter().map(String::as_str).collect();
+    let extra: Vec<&str> = by_path
+        .keys()
+        .copied()
+        .filter(|p| !wanted.contains(p))
+        .collect();
+    if !extra.is_empty() {
+        bail!(
+            "{} row(s) are for files that are not among the inputs, e.g. {}",
+            extra.len(),
+            examples(&extra)
+        );
+    }
+    Ok(expected.iter().map(|p| by_path[p.as_str()]).collect())
 }
 
 /// The manifests' shards must agree on N and cover 0 to N-1 once each; the shard count.

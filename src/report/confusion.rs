@@ -79,6 +79,7 @@ const TITLES: [&str; 2] = [
 impl ConfusionLayout {
     /// Lays out a confusion matrix of `classes` with counts `cm` (rows = true).
     pub fn new(classes: &[String], cm: &[Vec<usize>]) -> ConfusionLayout {
+        // Long on purpose: the layout's measures, each derived from the ones before it.
         let k = classes.len().max(1);
         let lh = line_height(LABEL_PX) as i32;
         let support: Vec<usize> = (0..k)
@@ -188,6 +189,8 @@ impl ConfusionLayout {
         support: &[usize],
         origins: [(i32, i32); 2],
     ) -> Vec<Placed> {
+        // Long on purpose: drawing code: each label placed from the layout's measures, in drawing
+        // order.
         let lh = line_height(LABEL_PX) as i32;
         let k = self.row_lines.len() as i32;
         let mut texts = Vec::new();

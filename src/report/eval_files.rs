@@ -33,6 +33,20 @@ pub fn write_eval_report(
         &report.classes,
         &report.confusion_matrix,
     )?;
+    write_curve_pictures(out, report, scored)?;
+    write_error_gallery(&out.join("errors.png"), report, scored)?;
+    write_class_gallery(&out.join("gallery.png"), report, scored)?;
+    let figures = read_figures(out, report)?;
+    let exporters: [&dyn Exporter; 2] = [&Markdown, &Html];
+    for exporter in exporters {
+        let page = exporter.render(report, &figures, order);
+        write_atomic(&out.join(exporter.file_name()), page.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// `roc.png`, `pr.png` and `calibration.png`.
+fn write_curve_pictures(out: &Path, report: &EvalReport, scored: &[ScoredImage]) -> Result<()> {
     let k = report.classes.len();
     // Two classes: the positive (second) class's curve; more: one per class against the rest.
     let curve_classes: Vec<usize> = if k == 2 { vec![1] } else { (0..k).collect() };
@@ -78,10 +92,11 @@ pub fn write_eval_report(
         &reliability_bins(&scaled, &labels, ECE_BINS),
         (report.ece.before, report.ece.after),
         report.ece.temperature,
-    )?;
-    write_error_gallery(&out.join("errors.png"), report, scored)?;
-    write_class_gallery(&out.join("gallery.png"), report, scored)?;
+    )
+}
 
+/// The eval folder's pictures (and the run's training curves, when there) for the pages.
+fn read_figures(out: &Path, report: &EvalReport) -> Result<Vec<Figure>> {
     let mut figures = Vec::new();
     let curves = report.checkpoint.join("curves.png");
     let mut names: Vec<(PathBuf, String, &str)> = [
@@ -113,12 +128,7 @@ pub fn write_eval_report(
             wide,
         });
     }
-    let exporters: [&dyn Exporter; 2] = [&Markdown, &Html];
-    for exporter in exporters {
-        let page = exporter.render(report, &figures, order);
-        write_atomic(&out.join(exporter.file_name()), page.as_bytes())?;
-    }
-    Ok(())
+    Ok(figures)
 }
 
 /// `target` relative to `dir` when `dir` is its grandparent's child (the eval folder inside the

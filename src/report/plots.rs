@@ -72,6 +72,8 @@ pub fn calibration_png(
     ece: (Option<f64>, Option<f64>),
     temperature: f64,
 ) -> Result<()> {
+    // Long on purpose: drawing code: one plotters call per element of the picture, in drawing
+    // order.
     render_png(path, 640, 760, |root| {
         let (top, bottom) = root.split_vertically(560);
         let mut chart = ChartBuilder::on(&top)
@@ -216,6 +218,8 @@ pub fn gallery_grid_png(
     columns: usize,
     tile: u32,
 ) -> Result<()> {
+    // Long on purpose: drawing code: one plotters call per element of the picture, in drawing
+    // order.
     const PAD: u32 = 10;
     const HEADER: u32 = 40;
     const CAPTION_PX: u32 = 13;
@@ -406,6 +410,8 @@ pub fn trials_png(
     higher_is_better: bool,
     trials: &[TrialPoint],
 ) -> Result<()> {
+    // Long on purpose: drawing code: one plotters call per element of the picture, in drawing
+    // order.
     render_png(path, 900, 450, |root| {
         let n = trials.iter().map(|t| t.trial + 1).max().unwrap_or(1).max(2) as f64;
         let (lo, hi) = trials
@@ -545,6 +551,8 @@ pub fn classes_png(
     classes: &[String],
     counts: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
 ) -> Result<()> {
+    // Long on purpose: drawing code: one plotters call per element of the picture, in drawing
+    // order.
     const ROW: u32 = 30;
     const TOP: u32 = 70;
     const BAR_W: u32 = 560;

@@ -197,6 +197,9 @@ pub async fn predict(
     Query(query): Query<PredictQuery>,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Response {
+    // Long on purpose: the request's stages in the order they happen (the parts read under their
+    // limits, the job queued, its answer awaited, written and audited), each refusal audited where
+    // it is decided.
     let theirs = theirs.map(|Extension(t)| t);
     let audit_fields = || fields(&client, Some(&request_id), theirs.as_ref());
     let refuse = |Refusal(status, message, reason): Refusal| {

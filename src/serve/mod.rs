@@ -159,6 +159,7 @@ pub fn router(
     loopback_only: bool,
     separate_metrics: bool,
 ) -> Result<(Router, Option<Router>)> {
+    // Long on purpose: the route table: one entry per route and layer, read as one list.
     let tokens = options
         .token_file
         .as_deref()
@@ -331,6 +332,9 @@ pub fn serve(
     listen: &Listen,
     options: ServeOptions,
 ) -> Result<()> {
+    // Long on purpose: the start-up sequence in its order (address checked, old uploads swept,
+    // listeners bound, the memory bound, the runtime, TLS, the server and its shutdown), each
+    // step needing the ones before.
     let addr = listen
         .addr
         .to_socket_addrs()

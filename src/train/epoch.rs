@@ -108,6 +108,8 @@ impl Trainer<'_> {
         first_step: usize,
         trainable_from: usize,
     ) -> Result<EpochStats> {
+        // Long on purpose: the training step's loop in one place, so that its timing (data wait
+        // against compute) is measured around the whole step.
         let (config, tc) = (self.config, &self.config.train);
         // Dropout draws from libtorch's generator: seeded per epoch, so a resumed run draws what
         // the uninterrupted one would have.

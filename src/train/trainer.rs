@@ -144,6 +144,8 @@ impl<'c> Trainer<'c> {
         run_dir: PathBuf,
         resumed: Option<(RunState, Vec<EpochMetrics>)>,
     ) -> Result<Self> {
+        // Long on purpose: the set-up in dependency order (device, data, model, pretrained or
+        // resumed weights, precision, optimizer, class weights), each step using the ones before.
         let device = resolve_device(config.device)?;
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);

@@ -33,6 +33,8 @@ pub(super) fn default_worker() -> String {
 /// waiting while other workers' trials run (so that a dead worker's trial is taken over),
 /// then writes the search's files from the database into `OUT`.
 pub(super) fn tune_shared(search: Search, url: &str, opts: &TuneOptions) -> Result<TuneOutcome> {
+    // Long on purpose: the worker's loop (claim, wait or run, record) with its messages; running a
+    // claimed trial is run_claimed.
     let name = opts
         .search
         .clone()
