@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::common::repo;
+use super::common::{repo, xray, RunOk};
 
 /// The runnable blocks of one Markdown file, each with the line it starts on.
 fn runnable_blocks(path: &Path) -> Vec<(usize, String)> {
@@ -95,4 +95,34 @@ fn blocks_are_read_with_their_lines() {
         runnable_blocks(&md),
         vec![(5, "xray one\nxray two\n".to_string())]
     );
+}
+
+/// The README's first command, `make demo`, is `xray demo`: its six steps run (here on fewer
+/// images and epochs) and leave the outputs its last lines name.
+#[test]
+fn the_demo_runs_its_six_steps() {
+    let work = tempfile::tempdir().unwrap();
+    let stdout = xray()
+        .arg("demo")
+        .arg("--workdir")
+        .arg(work.path())
+        .args(["--per-class", "40", "--set", "train.epochs=2"])
+        .stdout_ok();
+    for step in 1..=6 {
+        assert!(stdout.contains(&format!("[{step}/6]")), "{stdout}");
+    }
+    let runs: Vec<PathBuf> = std::fs::read_dir(work.path().join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("demo-")
+        })
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].join("eval-test/report.html").is_file());
+    assert!(runs[0].join("gradcam/index.html").is_file());
+    assert!(work.path().join("datasets/synth-split/split.csv").is_file());
 }
