@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::compute::precision::{to_f32, Precision};
-use crate::compute::scoring::{pixels_to_input, probabilities, rows, tta_views};
+use crate::compute::scoring::{guard_scores, pixels_to_input, probabilities, rows, tta_views};
 use crate::config::PrecisionChoice;
 use crate::data::augment::Normalize;
 use crate::data::loader::InputSpec;
@@ -170,7 +170,13 @@ impl Predictor {
             let feats =
                 tch::no_grad(|| precision.run(device, || to_f32(self.model.features(&xs, false))));
             if let (Some(scores), Some(detector)) = (ood.as_mut(), self.ood.as_ref()) {
-                scores.extend(detector.score_maps(&feats));
+                scores.extend(guard_scores(
+                    self.model.as_ref(),
+                    detector,
+                    &xs,
+                    &feats,
+                    precision,
+                ));
             }
             if !tta {
                 let logits =

@@ -143,6 +143,66 @@ fn bf16_prediction_agrees_with_fp32() {
     assert!(auto == fp32 || auto == bf16);
 }
 
+/// The out-of-distribution guard gives every image the same verdict in bfloat16 as in float32
+/// (a score near the threshold is checked again from float32 features): the shared model's
+/// synth images, and noise and flat images that it flags.
+#[test]
+fn the_guard_gives_the_same_verdicts_in_both_precisions() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let odd = dir.path().join("odd");
+    std::fs::create_dir(&odd).unwrap();
+    let mut state = 12345u32;
+    for i in 0..20u32 {
+        let img = image::GrayImage::from_fn(64, 64, |x, y| {
+            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+            let noise = (state >> 24) as u8;
+            image::Luma([match i % 4 {
+                0 => noise,
+                1 => (i * 12) as u8,
+                2 => ((x + y) * 2) as u8,
+                _ => noise / 2 + ((x * 4) as u8) / 2,
+            }])
+        });
+        img.save(odd.join(format!("odd_{i:02}.png"))).unwrap();
+    }
+    let verdicts = |precision: &str| -> Vec<(String, String)> {
+        let text = xray()
+            .args(["predict", "--format", "csv", "--precision", precision])
+            .arg("--checkpoint")
+            .arg(&t.run)
+            .arg(&t.data)
+            .arg(&odd)
+            .stdout_ok();
+        let mut rows = csv::Reader::from_reader(text.as_bytes());
+        let header = rows.headers().unwrap().clone();
+        let col = header
+            .iter()
+            .position(|h| h == "out_of_distribution")
+            .unwrap();
+        rows.records()
+            .map(|r| {
+                let r = r.unwrap();
+                (r[0].to_string(), r[col].to_string())
+            })
+            .collect()
+    };
+    let (fp32, bf16) = (verdicts("fp32"), verdicts("bf16"));
+    assert_eq!(fp32.len(), bf16.len());
+    let flagged = fp32.iter().filter(|(_, v)| v == "true").count();
+    assert!(
+        flagged >= 10,
+        "only {flagged} image(s) flagged: the guard is not being tested"
+    );
+    let differ: Vec<&String> = fp32
+        .iter()
+        .zip(&bf16)
+        .filter(|(a, b)| a != b)
+        .map(|(a, _)| &a.0)
+        .collect();
+    assert!(differ.is_empty(), "verdicts differ in bf16: {differ:?}");
+}
+
 #[test]
 fn bad_precision_and_on_device_values_are_refused() {
     let t = trained();

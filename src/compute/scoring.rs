@@ -69,6 +69,47 @@ pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
         .collect()
 }
 
+/// How close to the guard's threshold, as a share of it, a score computed in reduced precision
+/// is checked again in float32. On the Kermany MobileNetV2 (585 images, a Sapphire Rapids CPU)
+/// bfloat16 moved scores by 3.9% (median) and at most 11.9% of the threshold against float32,
+/// and turned 4 verdicts; with this band none turned, and 9.4% of the images were scored twice.
+pub const GUARD_RECHECK_BAND: f64 = 0.25;
+
+/// The out-of-distribution guard's scores for the batch `xs` whose last-stage feature maps are
+/// `feats`. Under autocast, the images whose score lies within [`GUARD_RECHECK_BAND`] of the
+/// threshold are scored again from float32 features, so that a verdict does not depend on the
+/// precision the model runs in (the guard was fitted on float32 features); the few images near
+/// the threshold cost a second pass through the stages, the others none.
+pub fn guard_scores(
+    model: &dyn Classifier,
+    detector: &OodDetector,
+    xs: &Tensor,
+    feats: &Tensor,
+    precision: Precision,
+) -> Vec<f64> {
+    let mut scores = detector.score_maps(feats);
+    if precision.autocast.is_none() || !detector.threshold.is_finite() {
+        return scores;
+    }
+    let t = detector.threshold;
+    let near: Vec<i64> = scores
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.is_nan() || (*s - t).abs() <= GUARD_RECHECK_BAND * t.abs())
+        .map(|(i, _)| i as i64)
+        .collect();
+    if near.is_empty() {
+        return scores;
+    }
+    let index = Tensor::from_slice(&near).to_device(xs.device());
+    let sub = xs.index_select(0, &index).to_kind(Kind::Float);
+    let fp32 = tch::no_grad(|| model.features(&sub, false));
+    for (&i, s) in near.iter().zip(detector.score_maps(&fp32)) {
+        scores[i as usize] = s;
+    }
+    scores
+}
+
 /// Probabilities, labels and mean cross-entropy of `model` over a whole image set.
 pub struct SetScores {
     /// Probabilities per image, in set order.
@@ -116,7 +157,7 @@ pub fn score_set(
             })
         });
         if let (Some(out), Some(detector)) = (ood_scores.as_mut(), ood) {
-            let scores = detector.score_maps(&feats);
+            let scores = guard_scores(model, detector, &xs, &feats, precision);
             for (&i, s) in batch.indices.iter().zip(scores) {
                 out[i] = s;
             }
