@@ -47,6 +47,13 @@ pub struct OodCard {
     pub max_flag_rate: f64,
     /// The share it flags.
     pub val_flag_rate: f64,
+    /// The share of new in-distribution images it is expected to flag, `(above + 1) / (n + 1)`
+    /// ([`expected_flag_rate`]; absent in runs made before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_flag_rate: Option<f64>,
+    /// Its 90% interval over draws of the validation set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_flag_interval: Option<[f64; 2]>,
     /// Training images the class means and covariance were fitted on.
     pub fit_images: usize,
     /// Feature dimensions.
@@ -222,15 +229,128 @@ pub fn is_flagged(score: f64, threshold: f64) -> bool {
     score.is_nan() || score > threshold
 }
 
-/// The smallest threshold with at most `rate` of `scores` above it.
+/// The threshold set on in-distribution `scores` (validation) so that a new in-distribution
+/// image is flagged with probability at most `rate`: split conformal prediction. Leaving `a` of
+/// `n` scores above the threshold flags a new exchangeable score with probability
+/// `(a + 1) / (n + 1)`, so `a = floor(rate (n + 1)) - 1`. (The plain empirical quantile, which
+/// leaves `floor(rate n)` above, flags 6.6% of new images on 60 validation images at 5%.) With
+/// fewer than `1 / rate - 1` scores no threshold can promise `rate`; the largest score is used.
 pub fn threshold_for(scores: &[f64], rate: f64) -> f64 {
     let mut sorted: Vec<f64> = scores.iter().copied().filter(|s| s.is_finite()).collect();
     if sorted.is_empty() {
         return f64::INFINITY;
     }
     sorted.sort_by(f64::total_cmp);
-    let allowed = (rate.clamp(0.0, 1.0) * sorted.len() as f64).floor() as usize;
-    sorted[sorted.len() - 1 - allowed.min(sorted.len() - 1)]
+    let n = sorted.len();
+    let allowed = ((rate.clamp(0.0, 1.0) * (n + 1) as f64).floor() as usize).saturating_sub(1);
+    sorted[n - 1 - allowed.min(n - 1)]
+}
+
+/// The share of new in-distribution images a threshold flags when `above` of `n` validation
+/// scores lie above it: its expectation `(above + 1) / (n + 1)` and a 90% interval. Over draws
+/// of the validation set, the probability that a new score exceeds the threshold follows
+/// Beta(above + 1, n - above) (the order statistic's coverage); the interval is its 5% and 95%
+/// quantiles.
+pub fn expected_flag_rate(n: usize, above: usize) -> (f64, [f64; 2]) {
+    let (a, b) = ((above + 1) as f64, (n.saturating_sub(above)).max(1) as f64);
+    (
+        a / (a + b),
+        [beta_quantile(0.05, a, b), beta_quantile(0.95, a, b)],
+    )
+}
+
+/// The `p` quantile of Beta(a, b), by bisection on its distribution function.
+fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
+    let (mut lo, mut hi) = (0.0f64, 1.0f64);
+    for _ in 0..100 {
+        let mid = 0.5 * (lo + hi);
+        if regularized_beta(mid, a, b) < p {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    0.5 * (lo + hi)
+}
+
+/// The regularized incomplete beta function I_x(a, b) (Beta(a, b)'s distribution function),
+/// by Lentz's continued fraction (Numerical Recipes, `betai`/`betacf`).
+fn regularized_beta(x: f64, a: f64, b: f64) -> f64 {
+    if x <= 0.0 {
+        return 0.0;
+    }
+    if x >= 1.0 {
+        return 1.0;
+    }
+    let ln_front = ln_gamma(a + b) - ln_gamma(a) - ln_gamma(b) + a * x.ln() + b * (1.0 - x).ln();
+    let front = ln_front.exp();
+    if x < (a + 1.0) / (a + b + 2.0) {
+        front * beta_fraction(x, a, b) / a
+    } else {
+        1.0 - front * beta_fraction(1.0 - x, b, a) / b
+    }
+}
+
+fn beta_fraction(x: f64, a: f64, b: f64) -> f64 {
+    const TINY: f64 = 1e-300;
+    let (qab, qap, qam) = (a + b, a + 1.0, a - 1.0);
+    let mut c = 1.0;
+    let mut d = 1.0 - qab * x / qap;
+    if d.abs() < TINY {
+        d = TINY;
+    }
+    d = 1.0 / d;
+    let mut h = d;
+    for m in 1..300 {
+        let m = m as f64;
+        let m2 = 2.0 * m;
+        for aa in [
+            m * (b - m) * x / ((qam + m2) * (a + m2)),
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ] {
+            d = 1.0 + aa * d;
+            if d.abs() < TINY {
+                d = TINY;
+            }
+            c = 1.0 + aa / c;
+            if c.abs() < TINY {
+                c = TINY;
+            }
+            d = 1.0 / d;
+            h *= d * c;
+        }
+        if (d * c - 1.0).abs() < 1e-15 {
+            break;
+        }
+    }
+    h
+}
+
+/// ln Γ(x) for x > 0 (Lanczos, g = 7, n = 9), to about 1e-15 relative.
+fn ln_gamma(x: f64) -> f64 {
+    const G: [f64; 9] = [
+        0.999_999_999_999_809_9,
+        676.520_368_121_885_1,
+        -1_259.139_216_722_402_8,
+        771.323_428_777_653_1,
+        -176.615_029_162_140_6,
+        12.507_343_278_686_905,
+        -0.138_571_095_265_720_12,
+        9.984_369_578_019_572e-6,
+        1.505_632_735_149_311_6e-7,
+    ];
+    if x < 0.5 {
+        return std::f64::consts::PI.ln()
+            - (std::f64::consts::PI * x).sin().ln()
+            - ln_gamma(1.0 - x);
+    }
+    let x = x - 1.0;
+    let t = x + 7.5;
+    let sum: f64 = G[1..]
+        .iter()
+        .enumerate()
+        .fold(G[0], |acc, (i, g)| acc + g / (x + i as f64 + 1.0));
+    0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }
 
 /// The share of `scores` above `threshold`.
@@ -306,12 +426,37 @@ mod tests {
     #[test]
     fn thresholds_flag_at_most_the_rate() {
         let scores: Vec<f64> = (1..=100).map(f64::from).collect();
+        // floor(0.05 * 101) - 1 = 4 left above: a new score exceeds the 96th of 100 with
+        // probability 5/101 <= 5%.
         let t = threshold_for(&scores, 0.05);
-        assert_eq!(t, 95.0);
-        assert_eq!(flag_rate(&scores, t), 0.05);
+        assert_eq!(t, 96.0);
+        assert_eq!(flag_rate(&scores, t), 0.04);
+        let more: Vec<f64> = (1..=119).map(f64::from).collect();
+        assert_eq!(flag_rate(&more, threshold_for(&more, 0.05)), 5.0 / 119.0);
+        // Too few scores to promise 5%: the largest.
+        assert_eq!(threshold_for(&[3.0, 1.0, 2.0], 0.05), 3.0);
         assert_eq!(threshold_for(&scores, 0.0), 100.0);
         assert_eq!(flag_rate(&scores, threshold_for(&scores, 0.0)), 0.0);
         assert!(threshold_for(&[], 0.05).is_infinite());
+    }
+
+    /// The expected rate is (above + 1) / (n + 1); the interval holds Beta quantiles, checked
+    /// against closed forms: Beta(1, b) has F(x) = 1 - (1 - x)^b, Beta(2, 2) has 3x^2 - 2x^3.
+    #[test]
+    fn expected_flag_rates_and_their_intervals() {
+        let (mean, [lo, hi]) = expected_flag_rate(100, 4);
+        assert!((mean - 5.0 / 101.0).abs() < 1e-12);
+        assert!(lo < mean && mean < hi && lo > 0.0 && hi < 0.15, "{lo} {hi}");
+        for (p, b) in [(0.05, 20.0), (0.5, 3.0), (0.95, 60.0)] {
+            let exact = 1.0 - (1.0f64 - p).powf(1.0 / b);
+            assert!((beta_quantile(p, 1.0, b) - exact).abs() < 1e-9, "{p} {b}");
+        }
+        for p in [0.05, 0.3, 0.5, 0.95] {
+            let x = beta_quantile(p, 2.0, 2.0);
+            assert!((3.0 * x * x - 2.0 * x * x * x - p).abs() < 1e-9, "{p}");
+        }
+        assert!((ln_gamma(5.0) - 24f64.ln()).abs() < 1e-12);
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-12);
     }
 
     /// Shrinkage and covariance match scikit-learn 1.9's `ledoit_wolf(X,

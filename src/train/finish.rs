@@ -163,19 +163,27 @@ impl Trainer<'_> {
         let val_scores = detector.scores(&val_x);
         let val_flag_rate = detector.set_threshold(&val_scores, oc.max_flag_rate);
         detector.save(&self.run_dir.join(ood::FILE))?;
+        let above = (val_flag_rate * val_scores.len() as f64).round() as usize;
+        let (expected, interval) = ood::expected_flag_rate(val_scores.len(), above);
         progress::note(&format!(
             "out-of-distribution guard: Mahalanobis distance on {} features of {fit_images} \
-             training images (shrinkage {:.3}); threshold {:.1} flags {:.1}% of validation",
+             training images (shrinkage {:.3}); threshold {:.1} flags {:.1}% of validation, \
+             {:.1}% of new images expected (90%: {:.1}-{:.1}%)",
             detector.dims(),
             detector.shrinkage,
             detector.threshold,
-            100.0 * val_flag_rate
+            100.0 * val_flag_rate,
+            100.0 * expected,
+            100.0 * interval[0],
+            100.0 * interval[1]
         ));
         Ok(OodCard {
             method: "mahalanobis".into(),
             threshold: detector.threshold,
             max_flag_rate: oc.max_flag_rate,
             val_flag_rate,
+            expected_flag_rate: Some(expected),
+            expected_flag_interval: Some(interval),
             fit_images,
             dims: detector.dims(),
             shrinkage: detector.shrinkage,
