@@ -64,7 +64,8 @@ make_split() {
     find "$data/$class" -name '*.jpeg' | sort | awk -v k=$((n / 2 + 16)) 'NR % 3 == 0 && ++c <= k' |
       while read -r f; do ln -s "$(realpath "$f")" "$work/data-$name/$class/"; done
   done
-  "$xray" split "$work/data-$name" --out "$work/$name" --group-regex '^(.*)$' \
+  # The folder holds links to ../shared, made here on purpose: followed.
+  "$xray" split "$work/data-$name" --out "$work/$name" --group-regex '^(.*)$' --follow-external-links \
     --ratios "$(awk -v n="$n" 'BEGIN {t = n + 32; a = sprintf("%.4f", n / t); b = sprintf("%.4f", 16 / t); printf "%s,%s,%.4f", a, b, 1 - a - b}')" >/dev/null
   awk -F, 'NR > 1 && $4 == "train" {print "'"$work/data-$name"'/" $1 "\t" ($2 == "PNEUMONIA")}' \
     "$work/$name/split.csv" > "$work/$name.tsv"
@@ -127,9 +128,12 @@ for ((r = 1; r <= rounds; r++)); do
   done
 done
 
-# --- prediction with the MobileNetV2 run just trained (the two must agree before being timed)
+# --- prediction with the MobileNetV2 run just trained (the two must agree before being timed).
+# Both sides in float32: `auto` is bfloat16 on a CPU with AVX512-BF16 or AMX, whose answers
+# may differ from PyTorch's float32 ones on an image near the decision boundary.
 run="$work/run-mobilenet_v2"
-diff <("$xray" predict --checkpoint "$run" "$one" | cut -f2) \
+xprec=(--precision fp32)
+diff <("$xray" predict "${xprec[@]}" --checkpoint "$run" "$one" | cut -f2) \
      <("$py" scripts/bench/predict_torch.py "$run" "$one" | cut -f2) >/dev/null ||
   { echo "bench: xray and PyTorch disagree on $one" >&2; exit 1; }
 declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm
@@ -137,18 +141,18 @@ base=${BENCH_XRAY_BASELINE:-}
 base_rev=${BENCH_XRAY_BASELINE_REV:-baseline}
 say "cold predict, $cold_rounds rounds"
 for ((r = 0; r < cold_rounds; r++)); do
-  m=$(measure "$xray" predict --checkpoint "$run" "$one"); xc+=("$(field wall_s <<<"$m")"); xcm+=("$(field peak_mib <<<"$m")")
+  m=$(measure "$xray" predict "${xprec[@]}" --checkpoint "$run" "$one"); xc+=("$(field wall_s <<<"$m")"); xcm+=("$(field peak_mib <<<"$m")")
   m=$(measure "$py" scripts/bench/predict_torch.py "$run" "$one"); pc+=("$(field wall_s <<<"$m")"); pcm+=("$(field peak_mib <<<"$m")")
   if [ -n "$base" ]; then
-    m=$(measure "$base" predict --checkpoint "$run" "$one"); bc+=("$(field wall_s <<<"$m")"); bcm+=("$(field peak_mib <<<"$m")")
+    m=$(measure "$base" predict "${xprec[@]}" --checkpoint "$run" "$one"); bc+=("$(field wall_s <<<"$m")"); bcm+=("$(field peak_mib <<<"$m")")
   fi
 done
 say "folder of $n_folder images, $rounds rounds"
 for ((r = 0; r < rounds; r++)); do
-  m=$(measure "$xray" predict --checkpoint "$run" "$work/folder"); xf+=("$(field wall_s <<<"$m")"); xfm+=("$(field peak_mib <<<"$m")")
+  m=$(measure "$xray" predict "${xprec[@]}" --checkpoint "$run" "$work/folder"); xf+=("$(field wall_s <<<"$m")"); xfm+=("$(field peak_mib <<<"$m")")
   m=$(PREDICT_BATCH=8 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
   if [ -n "$base" ]; then
-    m=$(measure "$base" predict --checkpoint "$run" "$work/folder"); bf+=("$(field wall_s <<<"$m")"); bfm+=("$(field peak_mib <<<"$m")")
+    m=$(measure "$base" predict "${xprec[@]}" --checkpoint "$run" "$work/folder"); bf+=("$(field wall_s <<<"$m")"); bfm+=("$(field peak_mib <<<"$m")")
   fi
 done
 
@@ -174,11 +178,11 @@ done
   predict_rows() {
     local a b
     a=$(median ${1%;*}); b=$(median ${1#*;})
-    echo "| cold predict, one image | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | $1 |"
+    echo "| cold predict, one image, fp32 | $(calc %.3f "$a") s | $(calc %.3f "$b") s | **$(calc %.2fx "$b / $a")** | $1 |"
     a=$(median ${2%;*}); b=$(median ${2#*;})
     echo "| cold predict, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $2 |"
     a=$(median ${3%;*}); b=$(median ${3#*;})
-    echo "| predict a folder of $n_folder images, img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | $3 (s) |"
+    echo "| predict a folder of $n_folder images, fp32, img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | $3 (s) |"
     a=$(median ${4%;*}); b=$(median ${4#*;})
     echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $4 |"
   }
