@@ -1,7 +1,9 @@
 //! Bad input gets one clear line and the right exit code (2 for usage and config), never a
 //! panic or a libtorch backtrace.
 
-use crate::common::{assert_clean_stderr, repo, smoke_train, synth_dataset, trained, xray};
+use crate::common::{
+    assert_clean_stderr, files_with_extension, repo, smoke_train, synth_dataset, trained, xray,
+};
 
 fn stderr_of(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
@@ -184,13 +186,10 @@ fn predict_refuses_truncated_images() {
 #[test]
 fn shipped_configs_are_valid() {
     let mut n = 0;
-    for entry in std::fs::read_dir(repo().join("configs")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            xray::config::Config::load(&path, &[])
-                .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
-            n += 1;
-        }
+    for path in files_with_extension(&repo().join("configs"), "toml") {
+        xray::config::Config::load(&path, &[])
+            .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+        n += 1;
     }
     assert!(n >= 6, "only {n} configs");
 }

@@ -92,6 +92,34 @@ pub struct Trained {
     pub run: PathBuf,
 }
 
+impl Trained {
+    /// The first four images of each class (`normal_00000.png`, `opacity_00000.png`, ...),
+    /// decoded at `predictor`'s input size and channels: what it predicts from.
+    pub fn first_pixels(&self, predictor: &xray::infer::Predictor) -> Vec<std::sync::Arc<Vec<u8>>> {
+        (0..4)
+            .flat_map(|i| {
+                ["normal", "opacity"].map(|c| self.data.join(c).join(format!("{c}_{i:05}.png")))
+            })
+            .map(|p| {
+                let (size, channels) = (predictor.card.image_size, predictor.card.channels);
+                let pixels = xray::data::decode::load_model_pixels(&p, size, channels).unwrap();
+                std::sync::Arc::new(pixels)
+            })
+            .collect()
+    }
+}
+
+/// The files of `dir` (not below it) whose name ends in `.ext`, sorted.
+pub fn files_with_extension(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+}
+
 /// The shared trained model (trained on first use).
 pub fn trained() -> &'static Trained {
     static TRAINED: OnceLock<Trained> = OnceLock::new();

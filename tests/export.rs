@@ -36,13 +36,7 @@ fn torchscript_export_matches_predict_in_pytorch_and_tch() {
 
     // The same preprocessed tensors xray predicts from.
     let predictor = xray::infer::Predictor::load(&t.run, Device::Cpu).unwrap();
-    let images: Vec<PathBuf> = (0..4)
-        .flat_map(|i| ["normal", "opacity"].map(|c| t.data.join(c).join(format!("{c}_{i:05}.png"))))
-        .collect();
-    let pixels: Vec<std::sync::Arc<Vec<u8>>> = images
-        .iter()
-        .map(|p| std::sync::Arc::new(xray::data::decode::load_model_pixels(p, 64, 1).unwrap()))
-        .collect();
+    let pixels = t.first_pixels(&predictor);
     let expected = predictor
         .probabilities_of_pixels(&pixels, 8, false)
         .unwrap()

@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::common::{repo, xray, RunOk};
+use super::common::{files_with_extension, repo, xray, RunOk};
 
 /// The runnable blocks of one Markdown file, each with the line it starts on.
 fn runnable_blocks(path: &Path) -> Vec<(usize, String)> {
@@ -34,14 +34,8 @@ fn runnable_blocks(path: &Path) -> Vec<(usize, String)> {
 
 /// The files whose blocks run, in order.
 fn pages() -> Vec<PathBuf> {
-    let mut docs: Vec<PathBuf> = std::fs::read_dir(repo().join("docs"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "md"))
-        .collect();
-    docs.sort();
     let mut pages = vec![repo().join("README.md")];
-    pages.extend(docs);
+    pages.extend(files_with_extension(&repo().join("docs"), "md"));
     pages
 }
 

@@ -299,15 +299,7 @@ fn tta_averages_the_four_views() {
     use xray::compute::scoring::tta_views;
     let t = trained();
     let predictor = xray::infer::Predictor::load(&t.run, tch::Device::Cpu).unwrap();
-    let pixels: Vec<std::sync::Arc<Vec<u8>>> = (0..4)
-        .flat_map(|i| ["normal", "opacity"].map(|c| t.data.join(c).join(format!("{c}_{i:05}.png"))))
-        .map(|p| {
-            let size = predictor.card.image_size;
-            std::sync::Arc::new(
-                xray::data::decode::load_model_pixels(&p, size, predictor.card.channels).unwrap(),
-            )
-        })
-        .collect();
+    let pixels = t.first_pixels(&predictor);
     let plain = predictor
         .probabilities_of_pixels(&pixels, 8, false)
         .unwrap()

@@ -145,27 +145,13 @@ fn bf16_prediction_agrees_with_fp32() {
 
 /// The out-of-distribution guard gives every image the same verdict in bfloat16 as in float32
 /// (a score near the threshold is checked again from float32 features): the shared model's
-/// synth images, and noise and flat images that it flags.
+/// synth images, and noise images that it flags.
 #[test]
 fn the_guard_gives_the_same_verdicts_in_both_precisions() {
     let t = trained();
     let dir = tempfile::tempdir().unwrap();
     let odd = dir.path().join("odd");
-    std::fs::create_dir(&odd).unwrap();
-    let mut state = 12345u32;
-    for i in 0..20u32 {
-        let img = image::GrayImage::from_fn(64, 64, |x, y| {
-            state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-            let noise = (state >> 24) as u8;
-            image::Luma([match i % 4 {
-                0 => noise,
-                1 => (i * 12) as u8,
-                2 => ((x + y) * 2) as u8,
-                _ => noise / 2 + ((x * 4) as u8) / 2,
-            }])
-        });
-        img.save(odd.join(format!("odd_{i:02}.png"))).unwrap();
-    }
+    crate::ood::noise_images(&odd, 20);
     let verdicts = |precision: &str| -> Vec<(String, String)> {
         let text = xray()
             .args(["predict", "--format", "csv", "--precision", precision])

@@ -5,16 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::common::{read_json, repo, split_dataset, synth_dataset, trained, xray};
+use crate::common::{
+    files_with_extension, read_json, repo, split_dataset, synth_dataset, trained, xray,
+};
 
 fn study_configs() -> Vec<PathBuf> {
-    let mut configs: Vec<PathBuf> = std::fs::read_dir(repo().join("configs/studies"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
-    configs.sort();
-    configs
+    files_with_extension(&repo().join("configs/studies"), "toml")
 }
 
 /// The overrides that make a study config train in seconds on `split`: 64 px, one epoch, no

@@ -165,9 +165,8 @@ pub fn score_set(
         let scaled = &logits / temperature.max(1e-6);
         let loss = scaled.cross_entropy_for_logits(&ys).double_value(&[]);
         loss_sum += loss * batch.indices.len() as f64;
-        let raw = logits.to_kind(Kind::Double);
         let batch_probs = probabilities(&logits, temperature)?;
-        for ((&i, p), l) in batch.indices.iter().zip(batch_probs).zip(rows(&raw)?) {
+        for ((&i, p), l) in batch.indices.iter().zip(batch_probs).zip(rows(&logits)?) {
             probs[i] = p;
             logits_out[i] = l;
         }
