@@ -9,10 +9,10 @@ SHELL := bash
 CARGO ?= cargo
 # LIBTORCH for torch-sys; the build script sets an rpath, so the binary needs no LD_LIBRARY_PATH.
 TORCH_ENV = LIBTORCH="$$(scripts/setup/libtorch.sh)" LIBTORCH_CXX11_ABI=1
-# Tests that need Chromium, PostgreSQL or ../shared (Kermany images, ImageNet weights) are
-# #[ignore]d with that reason, so a plain `cargo test` says what it left out. `make test`
-# installs Chromium and PostgreSQL and runs them all; where ../shared is absent it skips the
-# tests that need it, by name.
+# Tests that need Chromium, PostgreSQL, the DICOM tools (DCMTK, dicom3tools, Orthanc) or
+# ../shared (Kermany images, ImageNet weights) are #[ignore]d with that reason, so a plain
+# `cargo test` says what it left out. `make test` installs Chromium, PostgreSQL and the DICOM
+# tools and runs them all; where ../shared is absent it skips the tests that need it, by name.
 SHARED_TESTS := $(shell grep -h -A2 'ignore = "needs ../shared' tests/*.rs | sed -n 's/^fn \([a-z0-9_]*\).*/--skip \1/p')
 SKIP_SHARED = $(if $(wildcard ../shared/weights/mobilenet_v2_imagenet.safetensors),,$(SHARED_TESTS))
 
@@ -27,6 +27,7 @@ demo: build
 test: lint
 	scripts/setup/chromium.sh
 	scripts/setup/postgres.sh
+	scripts/setup/dicom.sh
 	$(TORCH_ENV) $(CARGO) test --release -- --include-ignored $(SKIP_SHARED)
 
 build: libtorch

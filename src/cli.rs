@@ -32,7 +32,7 @@ pub enum Command {
     /// Join the prediction files of a sharded `predict` job, checking every input appears once.
     Merge(commands::merge::MergeArgs),
     /// Serve the upload page and a JSON API (POST /api/predict) over one model.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
     /// Search hyperparameters (grid, random or TPE) over the keys of a training config.
     Tune(commands::tune::TuneArgs),
     /// Write a synthetic chest-X-ray-like dataset with known opacity boxes.
@@ -45,6 +45,8 @@ pub enum Command {
     Compare(commands::compare::CompareArgs),
     /// Run synth, split, train, eval, gradcam and predict end to end on the CPU.
     Demo(commands::demo::DemoArgs),
+    /// Send DICOM files (what `predict --dicom-out` wrote) to a PACS with C-STORE.
+    DicomSend(commands::dicom_send::DicomSendArgs),
 }
 
 impl Command {
@@ -60,7 +62,7 @@ impl Command {
             | Command::Compare(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
-            Command::Merge(_) => false,
+            Command::Merge(_) | Command::DicomSend(_) => false,
             Command::Export(_) => false,
             Command::Serve(_) => true,
         }
@@ -82,6 +84,7 @@ impl Command {
             Command::Export(a) => a.execute(),
             Command::Compare(a) => a.execute(),
             Command::Demo(a) => a.execute(),
+            Command::DicomSend(a) => a.execute(),
         }
     }
 }

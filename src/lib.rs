@@ -19,9 +19,10 @@
 //! | 8 | [`evaluate`], [`export`], [`predict`] | evaluation and comparison of runs, TorchScript export, prediction files |
 //! | 9 | [`report`] | tables, plots and HTML pages |
 //! | 10 | [`explain`], [`train`] | heatmaps; training |
-//! | 11 | [`serve`], [`tune`] | the HTTP server; hyperparameter search |
-//! | 12 | [`commands`] | one module per subcommand |
-//! | 13 | [`cli`] | the command line |
+//! | 11 | [`dicom`], [`tune`] | results as DICOM objects and their delivery; hyperparameter search |
+//! | 12 | [`serve`] | the HTTP server and the DICOM node |
+//! | 13 | [`commands`] | one module per subcommand |
+//! | 14 | [`cli`] | the command line |
 
 pub mod alloc;
 pub mod choice;
@@ -30,6 +31,7 @@ pub mod commands;
 pub mod compute;
 pub mod config;
 pub mod data;
+pub mod dicom;
 pub mod error;
 pub mod evaluate;
 pub mod explain;

@@ -4,6 +4,7 @@ mod bad_input;
 mod browser;
 mod cluster;
 mod common;
+mod dicom;
 mod export;
 mod formats;
 mod gradcam;

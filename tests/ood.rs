@@ -30,7 +30,7 @@ pub(crate) fn noise_images(dir: &Path, n: usize) -> Vec<PathBuf> {
 }
 
 /// `n` colour pictures (gradients with a disc, like a photo's sky and sun) into `dir`.
-fn colour_pictures(dir: &Path, n: usize) -> Vec<PathBuf> {
+pub(crate) fn colour_pictures(dir: &Path, n: usize) -> Vec<PathBuf> {
     std::fs::create_dir_all(dir).unwrap();
     (0..n)
         .map(|i| {

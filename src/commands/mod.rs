@@ -2,6 +2,7 @@
 
 pub mod compare;
 pub mod demo;
+pub mod dicom_send;
 pub mod eval;
 pub mod export;
 pub mod gradcam;

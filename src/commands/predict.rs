@@ -16,9 +16,33 @@ use clap::Args;
 
 use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
+use crate::dicom::files;
+use crate::dicom::uid::UidRoot;
 use crate::infer::Predictor;
 use crate::predict::job::{self, output_format, Format, Job};
 use crate::predict::shard::Shard;
+
+/// `--dicom-out`: the result objects of the DICOM inputs, and a line saying where they went.
+fn write_dicom_results(
+    predictor: &Predictor,
+    inputs: &[PathBuf],
+    dir: &std::path::Path,
+    heatmap: bool,
+    uids: &UidRoot,
+) -> Result<()> {
+    let written = files::write_results(predictor, inputs, dir, heatmap, uids)?;
+    let captures = written.iter().filter(|w| w.capture.is_some()).count();
+    eprintln!(
+        "{}: {} structured report(s), {captures} overlay(s) for {} DICOM input(s)",
+        dir.display(),
+        written.len(),
+        written.len()
+    );
+    if written.is_empty() {
+        eprintln!("note: --dicom-out: none of the inputs is a DICOM file; nothing written");
+    }
+    Ok(())
+}
 
 #[derive(Debug, Args)]
 pub struct PredictArgs {
@@ -55,6 +79,16 @@ pub struct PredictArgs {
     /// they come, named FILE only when complete, and carried on when run again.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// For each DICOM input, also write a Structured Report (STEM.sr.dcm) into DIR: the
+    /// classes' probabilities, the decision and the guard's verdict, in the source's study.
+    #[arg(long, value_name = "DIR")]
+    pub dicom_out: Option<PathBuf>,
+    /// With --dicom-out: also write the Grad-CAM overlay as a Secondary Capture (STEM.sc.dcm).
+    #[arg(long, requires = "dicom_out")]
+    pub heatmap: bool,
+    /// Root of the UIDs of the DICOM results (default: UUID-derived 2.25 UIDs).
+    #[arg(long, value_name = "UID", requires = "dicom_out")]
+    pub uid_root: Option<String>,
 }
 
 impl PredictArgs {
@@ -76,6 +110,15 @@ impl PredictArgs {
                 crate::run::run_name(&predictor.run_dir)
             );
         }
+        let uids = match &self.uid_root {
+            Some(root) => UidRoot::parse(root)?,
+            None => UidRoot::default(),
+        };
+        let dicom_inputs = self
+            .dicom_out
+            .as_ref()
+            .map(|_| crate::predict::collect_inputs(&self.inputs))
+            .transpose()?;
         let job = Job {
             inputs: self.inputs,
             format,
@@ -95,6 +138,9 @@ impl PredictArgs {
                 m.rows,
                 m.errors
             );
+        }
+        if let (Some(dir), Some(inputs)) = (&self.dicom_out, &dicom_inputs) {
+            write_dicom_results(&predictor, inputs, dir, self.heatmap, &uids)?;
         }
         if outcome.readable == 0 && outcome.inputs > 0 {
             anyhow::bail!(

@@ -9,8 +9,11 @@ use clap::{Args, ValueEnum};
 
 use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
+use crate::dicom::scu::{check_ae_title, Node};
+use crate::dicom::uid::UidRoot;
 use crate::error::Error;
 use crate::infer::Predictor;
+use crate::serve::dicom_node::{default_queue_dir, Allowed, NodeOptions};
 use crate::serve::options::default_max_connections;
 use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
@@ -108,6 +111,36 @@ pub struct ServeArgs {
     /// metrics could follow which label each scan got).
     #[arg(long)]
     pub metrics_labels: bool,
+    /// Also be a DICOM node on this address (host:port; 0 picks a port): C-ECHO and C-STORE of
+    /// CR, DX, MR, Secondary Capture and VL photographs, each answered with a Structured Report
+    /// and a Grad-CAM Secondary Capture sent to --results-to.
+    #[arg(long, value_name = "ADDR", requires = "results_to")]
+    pub dicom_addr: Option<String>,
+    /// Our AE title: the called AE title associations must use, and the calling one when
+    /// sending results.
+    #[arg(long, value_name = "AE", default_value = "XRAY")]
+    pub ae_title: String,
+    /// Who may send to the DICOM node: a calling AE title and its host (AE@HOST, AE@* for any
+    /// host); repeatable. Without it, any AE title from the loopback only.
+    #[arg(long, value_name = "AE@HOST")]
+    pub dicom_allow: Vec<String>,
+    /// Where the DICOM results go (typically the PACS that sent the image): AE@HOST:PORT.
+    #[arg(long, value_name = "AE@HOST:PORT", requires = "dicom_addr")]
+    pub results_to: Option<String>,
+    /// Folder of the results waiting to be sent (kept across restarts; default
+    /// $XDG_STATE_HOME/xray/outbox-AE or ~/.local/state/xray/outbox-AE).
+    #[arg(long, value_name = "DIR", requires = "dicom_addr")]
+    pub results_queue: Option<PathBuf>,
+    /// Most MiB of results waiting; beyond it, new images are refused with "out of resources"
+    /// (0xA700), so the sender tries again later.
+    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    pub results_queue_mb: u64,
+    /// Associations held at once; more are rejected (transient, local limit exceeded).
+    #[arg(long, default_value_t = 8)]
+    pub dicom_max_associations: usize,
+    /// Root of the UIDs of the DICOM results (default: UUID-derived 2.25 UIDs).
+    #[arg(long, value_name = "UID")]
+    pub uid_root: Option<String>,
 }
 
 /// How `serve` writes its log on stderr.
@@ -204,6 +237,39 @@ impl ServeArgs {
             insecure_http: self.insecure_http,
             metrics_addr: self.metrics_addr,
         };
+        let dicom = match &self.dicom_addr {
+            Some(addr) => {
+                check_ae_title(&self.ae_title, "--ae-title")?;
+                let results_to = Node::parse(
+                    self.results_to.as_deref().unwrap_or_default(),
+                    "--results-to",
+                )?;
+                Some(NodeOptions {
+                    addr: addr.clone(),
+                    ae_title: self.ae_title.clone(),
+                    allow: self
+                        .dicom_allow
+                        .iter()
+                        .map(|a| Allowed::parse(a))
+                        .collect::<Result<_>>()?,
+                    queue_dir: self
+                        .results_queue
+                        .clone()
+                        .unwrap_or_else(|| default_queue_dir(&self.ae_title)),
+                    results_to,
+                    queue_bytes: self.results_queue_mb.max(1) << 20,
+                    uids: match &self.uid_root {
+                        Some(root) => UidRoot::parse(root)?,
+                        None => UidRoot::default(),
+                    },
+                    max_associations: self.dicom_max_associations.max(1),
+                    artim: timeouts.header,
+                    idle: timeouts.body_idle,
+                    send_timeout: Duration::from_secs(30),
+                })
+            }
+            None => None,
+        };
         let started = std::time::Instant::now();
         let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
         predictor.set_precision(self.precision)?;
@@ -211,6 +277,6 @@ impl ServeArgs {
             model_load_seconds: started.elapsed().as_secs_f64(),
             ..options
         };
-        serve(&self.checkpoint, predictor, &listen, options)
+        serve(&self.checkpoint, predictor, &listen, options, dicom)
     }
 }

@@ -92,12 +92,56 @@ pub(crate) struct BatchMaps {
 }
 
 /// The explainer of a loaded model.
-pub(crate) fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
+pub fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
     Explainer {
         model: predictor.model(),
         norm: predictor.input_spec().norm,
         batch_size,
     }
+}
+
+/// One image's decision and, when asked and the guard lets it through, its Grad-CAM overlay.
+pub struct Answered {
+    /// The decision (with the guard's verdict).
+    pub prediction: crate::predict::Prediction,
+    /// The heatmap blended over the image's preview.
+    pub overlay: Option<RgbImage>,
+}
+
+/// Decisions for HWC pixel buffers at the model's input size (one forward pass) and, for each
+/// image with a `preview` that the guard does not flag, the Grad-CAM overlay of its decided
+/// class on that preview. `serve` (HTTP and DICOM) and `predict --dicom-out` answer with it.
+pub fn answer_pixels(
+    predictor: &Predictor,
+    explainer: &Explainer<'_>,
+    pixels: &[&[u8]],
+    previews: &[Option<&RgbImage>],
+) -> Result<Vec<Answered>> {
+    let methods: &[Method] = if previews.iter().any(|p| p.is_some()) {
+        &[Method::GradCam]
+    } else {
+        &[]
+    };
+    let batch = batch_maps(predictor, explainer, pixels, Target::Predicted, methods)?;
+    let side = predictor.input_spec().size as usize;
+    let mut out = Vec::with_capacity(pixels.len());
+    for (i, probs) in batch.probs.into_iter().enumerate() {
+        let ood = batch.ood.as_ref().and_then(|s| s.get(i).copied());
+        let prediction = crate::predict::Prediction::from_probabilities(probs, &predictor.card)
+            .with_ood(ood, &predictor.card);
+        // An image the guard flags gets no heatmap, as it gets no class.
+        let overlay = match (batch.maps.first(), previews.get(i).copied().flatten()) {
+            (Some(maps), Some(preview)) if !prediction.out_of_distribution() => {
+                Some(overlay::overlay_on(preview, maps, i, side)?.1)
+            }
+            _ => None,
+        };
+        out.push(Answered {
+            prediction,
+            overlay,
+        });
+    }
+    Ok(out)
 }
 
 /// One forward pass for the probabilities, the targets they decide, and each method's maps

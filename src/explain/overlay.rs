@@ -99,6 +99,26 @@ pub fn write_heat_png16(path: &Path, heat: &[f32], width: u32, height: u32) -> R
         .map_err(|e| anyhow!("cannot write {}: {e}", path.display()))
 }
 
+/// Longest side of a heatmap overlay that `serve` sends back and the DICOM results carry (a
+/// viewer or a page does not need every pixel).
+pub const OVERLAY_SIDE_PX: u32 = 768;
+
+/// The image at most [`OVERLAY_SIDE_PX`] a side, in RGB, keeping its aspect ratio.
+pub fn preview(image: &image::DynamicImage) -> RgbImage {
+    let (w, h) = (image.width(), image.height());
+    let long = w.max(h);
+    if long <= OVERLAY_SIDE_PX {
+        return image.to_rgb8();
+    }
+    image
+        .resize(
+            (w * OVERLAY_SIDE_PX / long).max(1),
+            (h * OVERLAY_SIDE_PX / long).max(1),
+            image::imageops::FilterType::Triangle,
+        )
+        .to_rgb8()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

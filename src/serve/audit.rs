@@ -40,8 +40,8 @@ enum Message {
     Reopen,
 }
 
-/// An open audit log and its writer thread.
-#[derive(Debug)]
+/// An open audit log and its writer thread (a clone writes through the same thread).
+#[derive(Debug, Clone)]
 pub struct AuditLog {
     tx: SyncSender<Message>,
 }

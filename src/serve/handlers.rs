@@ -271,6 +271,7 @@ pub async fn predict(
         let job = Job {
             items,
             heatmap: query.heatmap,
+            data_uris: true,
             reply,
         };
         match state.jobs.try_send(job) {
@@ -291,7 +292,7 @@ pub async fn predict(
             }
         }
         let answers = match answer.await {
-            Ok(Ok(v)) => v,
+            Ok(Ok(v)) => v.into_iter().map(|a| a.json).collect::<Vec<_>>(),
             Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
             Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped"),
         };

@@ -21,6 +21,7 @@ mod admission;
 pub mod audit;
 pub mod auth;
 mod connections;
+pub mod dicom_node;
 mod handlers;
 pub mod limit;
 pub mod options;
@@ -158,7 +159,8 @@ pub fn router(
     tls: bool,
     loopback_only: bool,
     separate_metrics: bool,
-) -> Result<(Router, Option<Router>)> {
+    dicom: Option<dicom_node::NodeOptions>,
+) -> Result<(Router, Option<Router>, Option<dicom_node::Running>)> {
     // Long on purpose: the route table: one entry per route and layer, read as one list.
     let tokens = options
         .token_file
@@ -192,6 +194,11 @@ pub fn router(
         options.metrics_labels,
     )
     .context("registering the metrics")?;
+    let card = predictor.card.clone();
+    let producer = dicom
+        .as_ref()
+        .map(|_| crate::dicom::Producer::of(&predictor))
+        .transpose()?;
     let (jobs, worker) = worker::start(predictor, identity.model.clone(), options.queue)?;
     let state = Arc::new(AppState {
         jobs,
@@ -253,8 +260,26 @@ pub fn router(
     let app = security_headers(app, tls)
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
         .with_state(state.clone());
+    let node = match (dicom, producer) {
+        (Some(node), Some(producer)) => Some(dicom_node::start(
+            node,
+            dicom_node::Shared {
+                jobs: state.jobs.clone(),
+                audit: state.audit.clone(),
+                size: spec.size,
+                channels: spec.channels,
+                max_bytes: options.max_upload_bytes,
+                max_pixels: options.max_pixels,
+                decoders: state.decoders.clone(),
+                runtime: tokio::runtime::Handle::current(),
+                card,
+                producer,
+            },
+        )?),
+        _ => None,
+    };
     spawn_hangup(state);
-    Ok((app, metrics_only))
+    Ok((app, metrics_only, node))
 }
 
 /// `--metrics-addr`: the address, refused (usage) unless loopback or private (RFC 1918, unique
@@ -331,6 +356,7 @@ pub fn serve(
     predictor: Predictor,
     listen: &Listen,
     options: ServeOptions,
+    dicom: Option<dicom_node::NodeOptions>,
 ) -> Result<()> {
     // Long on purpose: the start-up sequence in its order (address checked, old uploads swept,
     // listeners bound, the memory bound, the runtime, TLS, the server and its shutdown), each
@@ -378,12 +404,21 @@ pub fn serve(
             }
             None => None,
         };
-        let (app, metrics_app) = router(
+        let dicom_summary = dicom.as_ref().map(|d| {
+            format!(
+                "{} (C-ECHO, C-STORE of CR, DX, MR, SC and VL photographs); results to {} through {}",
+                d.ae_title,
+                d.results_to,
+                d.queue_dir.display()
+            )
+        });
+        let (app, metrics_app, node) = router(
             predictor,
             options,
             tls.is_some(),
             loopback_only,
             metrics_tcp.is_some(),
+            dicom,
         )?;
         let mut metrics_at = None;
         if let (Some(tcp), Some(metrics_app)) = (metrics_tcp, metrics_app) {
@@ -407,6 +442,17 @@ pub fn serve(
         println!("memory: {}", memory.describe());
         if let Some(at) = metrics_at {
             println!("metrics on http://{at}/metrics (no token: keep this address internal)");
+        }
+        if let (Some(node), Some(summary)) = (&node, &dicom_summary) {
+            println!("DICOM node {summary} on {}", node.local);
+            let (pending, bytes) = node.outbox.pending();
+            if !pending.is_empty() {
+                println!(
+                    "results queue: {} object(s), {} KiB waiting from before",
+                    pending.len(),
+                    bytes >> 10
+                );
+            }
         }
         tracing::info!(model = %run_name(run_dir), addr = %local, scheme, "listening");
         use std::io::Write;
@@ -438,6 +484,9 @@ pub fn serve(
             None => server.acceptor(capped).serve(service).await,
         };
         served.context("server")?;
+        if let Some(node) = &node {
+            node.outbox.stop();
+        }
         println!("stopped: in-flight requests answered");
         Ok(())
     })

@@ -10,12 +10,10 @@ use image::RgbImage;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
-use crate::explain::{batch_maps, explainer, overlay, Explainer, Method, Target};
+pub use crate::explain::overlay::preview;
+use crate::explain::{answer_pixels, explainer, Explainer};
 use crate::infer::Predictor;
 use crate::predict::Prediction;
-
-/// Longest side of a heatmap overlay sent back (the page does not need every pixel).
-pub const OVERLAY_SIDE_PX: u32 = 768;
 
 /// One decoded upload, reduced to what answering it needs.
 pub struct Prepared {
@@ -23,7 +21,7 @@ pub struct Prepared {
     pub name: String,
     /// The model's input: HWC bytes at the model's size and channels.
     pub pixels: Vec<u8>,
-    /// The image at most [`OVERLAY_SIDE_PX`] a side, for the heatmap; `None` without one.
+    /// The image at most [`crate::explain::overlay::OVERLAY_SIDE_PX`] a side, for the heatmap; `None` without one.
     pub preview: Option<RgbImage>,
 }
 
@@ -31,10 +29,22 @@ pub struct Prepared {
 pub struct Job {
     /// Each image, in the request's order.
     pub items: Vec<Prepared>,
-    /// Also return the Grad-CAM overlays.
+    /// Also make the Grad-CAM overlays (of the items with a preview).
     pub heatmap: bool,
-    /// Where the answers go: one JSON object per item, or the reason none could be made.
-    pub reply: oneshot::Sender<Result<Vec<Value>, String>>,
+    /// Put the overlays into the JSON as PNG data URIs (the HTTP API).
+    pub data_uris: bool,
+    /// Where the answers go: one per item, or the reason none could be made.
+    pub reply: oneshot::Sender<Result<Vec<Answer>, String>>,
+}
+
+/// The answer for one image.
+pub struct Answer {
+    /// predict's JSON object (with `gradcam` as a data URI when asked).
+    pub json: Value,
+    /// The decision.
+    pub prediction: Prediction,
+    /// The overlay picture, when asked and not flagged.
+    pub overlay: Option<RgbImage>,
 }
 
 /// Starts the inference thread, which owns the model (answering as `model`), and returns its
@@ -66,52 +76,32 @@ fn answer(
     explainer: &Explainer<'_>,
     model: &str,
     job: &Job,
-) -> Result<Vec<Value>> {
-    let spec = predictor.input_spec();
+) -> Result<Vec<Answer>> {
     let refs: Vec<&[u8]> = job.items.iter().map(|p| p.pixels.as_slice()).collect();
-    let methods: &[Method] = if job.heatmap { &[Method::GradCam] } else { &[] };
-    let batch = batch_maps(predictor, explainer, &refs, Target::Predicted, methods)?;
+    let previews: Vec<Option<&RgbImage>> = job
+        .items
+        .iter()
+        .map(|p| p.preview.as_ref().filter(|_| job.heatmap))
+        .collect();
+    let answered = answer_pixels(predictor, explainer, &refs, &previews)?;
     let classes = &predictor.card.classes;
     let mut out = Vec::with_capacity(job.items.len());
-    for (i, (item, probs)) in job.items.iter().zip(batch.probs).enumerate() {
-        let ood = batch.ood.as_ref().and_then(|s| s.get(i).copied());
-        let prediction =
-            Prediction::from_probabilities(probs, &predictor.card).with_ood(ood, &predictor.card);
-        let mut value = prediction.to_json(&item.name, classes, model);
-        // An image the guard flags gets no heatmap, as it gets no class on the page.
-        if let (Some(map), Some(preview)) = (
-            batch
-                .maps
-                .first()
-                .filter(|_| !prediction.out_of_distribution()),
-            &item.preview,
-        ) {
-            value["gradcam"] = json!(overlay_data_uri(preview, map, i, spec.size as usize)?);
+    for (item, a) in job.items.iter().zip(answered) {
+        let mut json = a.prediction.to_json(&item.name, classes, model);
+        if let (Some(picture), true) = (&a.overlay, job.data_uris) {
+            json["gradcam"] = json!(overlay_data_uri(picture)?);
         }
-        out.push(value);
+        out.push(Answer {
+            json,
+            prediction: a.prediction,
+            overlay: a.overlay,
+        });
     }
     Ok(out)
 }
 
-/// The image at most [`OVERLAY_SIDE_PX`] a side, in RGB, keeping its aspect ratio.
-pub fn preview(image: &image::DynamicImage) -> RgbImage {
-    let (w, h) = (image.width(), image.height());
-    let long = w.max(h);
-    if long <= OVERLAY_SIDE_PX {
-        return image.to_rgb8();
-    }
-    image
-        .resize(
-            (w * OVERLAY_SIDE_PX / long).max(1),
-            (h * OVERLAY_SIDE_PX / long).max(1),
-            image::imageops::FilterType::Triangle,
-        )
-        .to_rgb8()
-}
-
-/// The `i`-th heatmap of `maps` over `image`, as a PNG data URI.
-fn overlay_data_uri(image: &RgbImage, maps: &tch::Tensor, i: usize, side: usize) -> Result<String> {
-    let (_, picture) = overlay::overlay_on(image, maps, i, side)?;
+/// An overlay as a PNG data URI.
+fn overlay_data_uri(picture: &RgbImage) -> Result<String> {
     let mut png = Vec::new();
     picture
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)

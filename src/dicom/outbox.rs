@@ -1,0 +1,181 @@
+//! The results waiting to be sent: a folder of DICOM files (mode 0600 in a 0700 folder), each
+//! removed once the destination has stored it. A sender thread sends whatever is there over
+//! one association at a time, and when the destination is down it tries again with a growing
+//! pause (1 s doubling to 30 s), so a PACS that is away for a minute loses nothing; the files
+//! survive a restart of xray and are sent by the next one. The folder has a size bound: a
+//! result that would pass it is refused, and the image it answers gets "out of resources",
+//! so that the sender of the image tries again later.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::scu::{store, Node, Sent};
+
+/// Longest pause between two attempts while the destination is down.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Results sent in one association at most.
+const BATCH: usize = 64;
+
+/// The queue folder and its sender.
+#[derive(Debug)]
+pub struct Outbox {
+    dir: PathBuf,
+    max_bytes: u64,
+    wake: Arc<(Mutex<bool>, Condvar)>,
+    stop: Arc<AtomicBool>,
+}
+
+/// What the sender reports of each attempt (for the audit log and metrics).
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// A file was stored by the destination.
+    Stored(PathBuf),
+    /// The destination refused a file with a status; the file is set aside as `.refused`.
+    Refused(PathBuf, u16),
+    /// The destination could not be reached; everything stays queued.
+    Unreachable(String),
+}
+
+impl Outbox {
+    /// Opens (creating, 0700) the queue folder `dir`, holding at most `max_bytes`.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("cannot create the results queue {}", dir.display()))?;
+        Ok(Outbox {
+            dir: dir.to_path_buf(),
+            max_bytes,
+            wake: Arc::new((Mutex::new(false), Condvar::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The queue folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The queued files (`*.dcm`), oldest name first, and their total size.
+    pub fn pending(&self) -> (Vec<PathBuf>, u64) {
+        let mut files = Vec::new();
+        let mut bytes = 0;
+        if let Ok(entries) = std::fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                if path.extension().is_some_and(|x| x == "dcm") {
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        (files, bytes)
+    }
+
+    /// Whether `bytes` more fit under the bound.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.pending().1 + bytes <= self.max_bytes
+    }
+
+    /// Queues `objects` (name, encoded Part 10 file) together: all of them or, when they would
+    /// pass the bound, none (an error). Names sort by arrival so that results go out in order.
+    pub fn push(&self, objects: &[(String, Vec<u8>)]) -> Result<()> {
+        let total: u64 = objects.iter().map(|(_, b)| b.len() as u64).sum();
+        if !self.has_room(total) {
+            anyhow::bail!(
+                "the results queue {} is full ({} MiB bound)",
+                self.dir.display(),
+                self.max_bytes >> 20
+            );
+        }
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f");
+        for (i, (name, bytes)) in objects.iter().enumerate() {
+            let path = self.dir.join(format!("{stamp}-{i}-{name}.dcm"));
+            crate::fsutil::write_private(&path, bytes)?;
+        }
+        self.notify();
+        Ok(())
+    }
+
+    fn notify(&self) {
+        let (lock, cvar) = &*self.wake;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+    }
+
+    /// Starts the sender: it sends the queue to `to` as `calling_ae` until [`Outbox::stop`],
+    /// calling `report` after each attempt.
+    pub fn start(
+        self: &Arc<Self>,
+        to: Node,
+        calling_ae: String,
+        timeout: Duration,
+        report: impl Fn(Delivery) + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<()>> {
+        let me = self.clone();
+        std::thread::Builder::new()
+            .name("xray-dicom-send".into())
+            .spawn(move || {
+                let mut backoff = Duration::from_secs(1);
+                while !me.stop.load(Ordering::Relaxed) {
+                    let (files, _) = me.pending();
+                    if files.is_empty() {
+                        me.wait(MAX_BACKOFF);
+                        continue;
+                    }
+                    let batch = &files[..files.len().min(BATCH)];
+                    match store(batch, &to, &calling_ae, timeout) {
+                        Ok(results) => {
+                            backoff = Duration::from_secs(1);
+                            for (path, sent) in batch.iter().zip(results) {
+                                match sent {
+                                    Sent::Stored => {
+                                        let _ = std::fs::remove_file(path);
+                                        report(Delivery::Stored(path.clone()));
+                                    }
+                                    Sent::Refused(status) => {
+                                        let _ =
+                                            std::fs::rename(path, path.with_extension("refused"));
+                                        report(Delivery::Refused(path.clone(), status));
+                                    }
+                                }
+                            }
+                        }
+                        Err(e) => {
+                            report(Delivery::Unreachable(format!("{e:#}")));
+                            me.wait(backoff);
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                    }
+                }
+            })
+            .context("starting the results sender")
+    }
+
+    /// Sleeps until new results arrive, [`Outbox::stop`], or `at_most`.
+    fn wait(&self, at_most: Duration) {
+        let (lock, cvar) = &*self.wake;
+        let mut woken = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if !*woken {
+            woken = cvar
+                .wait_timeout(woken, at_most)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        *woken = false;
+    }
+
+    /// Asks the sender to stop after its current attempt.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.notify();
+    }
+}

@@ -1,0 +1,777 @@
+//! xray as a DICOM node, tested against the real parts a hospital has: DCMTK's `echoscu`,
+//! `storescu` and `dsrdump` as the modality and the inspector, dicom3tools' `dciodvfy` as the
+//! validator of every object xray writes, and Orthanc as the PACS (started by the test in a
+//! temporary folder with a generated configuration, stopped at the end).
+//!
+//! They come from Debian's `orthanc`, `dcmtk` and `dicom3tools` packages
+//! (`scripts/setup/dicom.sh`, run by `make test`); the tests that need them are `#[ignore]`d
+//! with that reason, and a missing tool fails them rather than passing silently.
+
+use std::path::Path;
+use std::process::Command;
+
+use dicom_core::{value::PrimitiveValue, DataElement, VR};
+use dicom_dictionary_std::{tags, uids};
+use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use std::path::PathBuf;
+
+use crate::common::{assert_ok, trained, xray, RunOk};
+
+/// The identity of a test image: patient, study, series and instance.
+#[derive(Debug, Clone)]
+pub struct Ids {
+    pub patient_id: String,
+    pub study_uid: String,
+    pub series_uid: String,
+    pub sop_uid: String,
+}
+
+impl Ids {
+    /// Fresh ids for image `n` of patient `patient`.
+    pub fn new(patient: &str, n: u32) -> Ids {
+        let r: u64 = rand::random::<u64>() >> 1;
+        Ids {
+            patient_id: patient.into(),
+            study_uid: format!("2.25.{r}1"),
+            series_uid: format!("2.25.{r}2"),
+            sop_uid: format!("2.25.{r}3{n}"),
+        }
+    }
+}
+
+/// A Computed Radiography image (PS3.3 A.2: Patient, General Study, General Series, CR Series,
+/// General Equipment, General Image, Image Pixel, CR Image, SOP Common) of the grey PNG `png`,
+/// written at `out`.
+pub fn write_cr(png: &Path, out: &Path, ids: &Ids) {
+    write_image(&image::open(png).unwrap(), false, out, ids);
+}
+
+/// `img` as a DICOM image at `out`: a grey CR, or with `photo` an RGB Secondary Capture (a
+/// photograph, as a PACS stores one).
+pub fn write_image(img: &image::DynamicImage, photo: bool, out: &Path, ids: &Ids) {
+    let (w, h) = (img.width(), img.height());
+    let (class, modality, photometric, samples, pixels) = if photo {
+        (
+            uids::SECONDARY_CAPTURE_IMAGE_STORAGE,
+            "XC",
+            "RGB",
+            3,
+            img.to_rgb8().into_raw(),
+        )
+    } else {
+        (
+            uids::COMPUTED_RADIOGRAPHY_IMAGE_STORAGE,
+            "CR",
+            "MONOCHROME2",
+            1,
+            img.to_luma8().into_raw(),
+        )
+    };
+    let s = |t, vr, v: &str| DataElement::new(t, vr, PrimitiveValue::from(v));
+    let us = |t, v: u16| DataElement::new(t, VR::US, PrimitiveValue::from(v));
+    let obj = InMemDicomObject::from_element_iter([
+        s(tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100"),
+        s(tags::SOP_CLASS_UID, VR::UI, class),
+        s(tags::SOP_INSTANCE_UID, VR::UI, &ids.sop_uid),
+        s(tags::STUDY_DATE, VR::DA, "20261201"),
+        s(tags::STUDY_TIME, VR::TM, "101500"),
+        s(tags::ACCESSION_NUMBER, VR::SH, "ACC123"),
+        s(tags::MODALITY, VR::CS, modality),
+        s(tags::MANUFACTURER, VR::LO, "xray tests"),
+        s(tags::REFERRING_PHYSICIAN_NAME, VR::PN, "Doe^Jane"),
+        s(tags::STUDY_DESCRIPTION, VR::LO, "Chest PA"),
+        s(tags::PATIENT_NAME, VR::PN, "Test^Patient"),
+        s(tags::PATIENT_ID, VR::LO, &ids.patient_id),
+        s(tags::PATIENT_BIRTH_DATE, VR::DA, "20200101"),
+        s(tags::PATIENT_SEX, VR::CS, "F"),
+        s(tags::BODY_PART_EXAMINED, VR::CS, "CHEST"),
+        s(tags::VIEW_POSITION, VR::CS, "PA"),
+        s(tags::STUDY_INSTANCE_UID, VR::UI, &ids.study_uid),
+        s(tags::SERIES_INSTANCE_UID, VR::UI, &ids.series_uid),
+        s(tags::STUDY_ID, VR::SH, "1"),
+        s(tags::SERIES_NUMBER, VR::IS, "1"),
+        s(tags::INSTANCE_NUMBER, VR::IS, "1"),
+        DataElement::new(tags::PATIENT_ORIENTATION, VR::CS, PrimitiveValue::Empty),
+        us(tags::SAMPLES_PER_PIXEL, samples),
+        s(tags::PHOTOMETRIC_INTERPRETATION, VR::CS, photometric),
+        us(tags::ROWS, h as u16),
+        us(tags::COLUMNS, w as u16),
+        us(tags::BITS_ALLOCATED, 8),
+        us(tags::BITS_STORED, 8),
+        us(tags::HIGH_BIT, 7),
+        us(tags::PIXEL_REPRESENTATION, 0),
+        DataElement::new(tags::PIXEL_DATA, VR::OB, PrimitiveValue::U8(pixels.into())),
+    ]);
+    let mut obj = obj;
+    if photo {
+        obj.put(us(tags::PLANAR_CONFIGURATION, 0));
+        obj.put(s(tags::CONVERSION_TYPE, VR::CS, "DI"));
+    }
+    obj.with_meta(FileMetaTableBuilder::new().transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN))
+        .unwrap()
+        .write_to_file(out)
+        .unwrap();
+}
+
+/// Fails unless DCMTK, dicom3tools and Orthanc are installed.
+fn need_tools() {
+    for tool in [
+        "storescu", "echoscu", "dsrdump", "dcmdump", "dciodvfy", "Orthanc",
+    ] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is not installed (scripts/setup/dicom.sh installs DCMTK, dicom3tools and Orthanc)"
+        );
+    }
+}
+
+/// dciodvfy's report of `file`; fails the test on any line starting "Error".
+pub fn assert_valid(file: &Path) -> String {
+    let out = Command::new("dciodvfy").arg(file).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("Error")).collect();
+    assert!(errors.is_empty(), "dciodvfy {}:\n{text}", file.display());
+    text
+}
+
+/// dsrdump's text of a report.
+pub fn dsrdump(file: &Path) -> String {
+    let out = Command::new("dsrdump")
+        .args(["+Pc", "+Pl", "+Pu"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "dsrdump {}: {out:?}", file.display());
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// dcmdump's value of `tag` (for example "0020,000d") in `file`.
+pub fn dcm_value(file: &Path, tag: &str) -> String {
+    let out = Command::new("dcmdump")
+        .args(["+P", tag, "-s"])
+        .arg(file)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text.lines().next().unwrap_or("").to_string();
+    line.split('[')
+        .nth(1)
+        .and_then(|s| s.split(']').next())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// predict's JSON label and probability of `file`.
+fn predicted(run: &Path, file: &Path) -> (String, f64) {
+    let out = xray()
+        .args([
+            "predict",
+            "--format",
+            "json",
+            "--precision",
+            "fp32",
+            "--checkpoint",
+        ])
+        .arg(run)
+        .arg(file)
+        .stdout_ok();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let v = if v.is_array() { v[0].clone() } else { v };
+    (
+        v["label"].as_str().unwrap().to_string(),
+        v["probability"].as_f64().unwrap(),
+    )
+}
+
+#[test]
+#[ignore = "needs DCMTK and dicom3tools (scripts/setup/dicom.sh); make test runs it"]
+fn predict_writes_a_valid_report_and_overlay_in_the_source_study() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let cr = dir.path().join("chest.dcm");
+    let ids = Ids::new("PAT-1", 1);
+    write_cr(&t.data.join("opacity/opacity_00001.png"), &cr, &ids);
+    let out = dir.path().join("results");
+    assert_ok(
+        xray()
+            .args(["predict", "--precision", "fp32", "--checkpoint"])
+            .arg(&t.run)
+            .arg(&cr)
+            .arg("--dicom-out")
+            .arg(&out)
+            .arg("--heatmap")
+            .output()
+            .unwrap(),
+    );
+    let sr = out.join("chest.sr.dcm");
+    let sc = out.join("chest.sc.dcm");
+    for f in [&sr, &sc] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+        assert_valid(f);
+        assert_eq!(dcm_value(f, "0020,000d"), ids.study_uid);
+        assert_eq!(dcm_value(f, "0010,0020"), ids.patient_id);
+        assert_ne!(dcm_value(f, "0020,000e"), ids.series_uid);
+    }
+    assert!(dcm_value(&sc, "0008,103e").contains("NOT FOR DIAGNOSIS"));
+    assert_eq!(dcm_value(&sc, "0028,0301"), "YES");
+    for f in [&sr, &sc] {
+        eprintln!("dciodvfy {}:\n{}", f.display(), assert_valid(f));
+    }
+    let text = dsrdump(&sr);
+    eprintln!("{text}");
+    let (label, p) = predicted(&t.run, &cr);
+    assert!(
+        text.contains(&format!("(CLASS-1,99XRAY,\"{label}\")"))
+            || text.contains(&format!("(CLASS-0,99XRAY,\"{label}\")")),
+        "finding {label} not in:\n{text}"
+    );
+    let k = if label == "normal" { 0 } else { 1 };
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
+        .unwrap_or_else(|| panic!("no probability of {label} in:\n{text}"));
+    let value: f64 = line
+        .split('"')
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {line}"));
+    assert!((value - p).abs() < 1e-5, "{value} vs predict's {p}");
+    assert!(text.contains("Research use, not a diagnosis"), "{text}");
+    assert!(
+        text.contains(&ids.sop_uid),
+        "the source is not referenced:\n{text}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Orthanc, the PACS.
+
+/// A free loopback port (bound and released: another process may take it, rarely).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An Orthanc of the test's own, with xray registered as modality `xray`; stopped when
+/// dropped. Its storage survives [`Orthanc::stop`] and [`Orthanc::restart`].
+pub struct Orthanc {
+    dir: tempfile::TempDir,
+    child: Option<std::process::Child>,
+    pub http: u16,
+    pub dicom: u16,
+    agent: ureq::Agent,
+}
+
+impl Orthanc {
+    /// Starts one that knows xray as `XRAY@127.0.0.1:xray_port`.
+    pub fn start(xray_port: u16) -> Orthanc {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, dicom) = (free_port(), free_port());
+        let config = serde_json::json!({
+            "Name": "xray-test-pacs",
+            "StorageDirectory": dir.path().join("storage"),
+            "IndexDirectory": dir.path().join("storage"),
+            "HttpPort": http,
+            "DicomPort": dicom,
+            "DicomAet": "ORTHANC",
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomAlwaysAllowStore": true,
+            "DicomCheckCalledAet": false,
+            "DicomModalities": {"xray": ["XRAY", "127.0.0.1", xray_port]},
+            "Plugins": [],
+            "ConcurrentJobs": 1,
+        });
+        std::fs::write(dir.path().join("orthanc.json"), config.to_string()).unwrap();
+        let mut o = Orthanc {
+            dir,
+            child: None,
+            http,
+            dicom,
+            agent: ureq::AgentBuilder::new()
+                .timeout(std::time::Duration::from_secs(30))
+                .build(),
+        };
+        o.restart();
+        o
+    }
+
+    /// Starts the server (again) and waits until its REST API answers.
+    pub fn restart(&mut self) {
+        let log = std::fs::File::create(self.dir.path().join("orthanc.log")).unwrap();
+        let child = Command::new("Orthanc")
+            .arg(self.dir.path().join("orthanc.json"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("Orthanc starts");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while self.try_get("/system").is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "Orthanc did not answer within 60 s:\n{}",
+                std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    /// Stops the server (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let _ = c.wait();
+        }
+    }
+
+    fn try_get(&self, path: &str) -> Option<serde_json::Value> {
+        self.agent
+            .get(&format!("http://127.0.0.1:{}{path}", self.http))
+            .call()
+            .ok()?
+            .into_json()
+            .ok()
+    }
+
+    /// POST of a REST path, as JSON.
+    pub fn post(&self, path: &str, body: &[u8]) -> serde_json::Value {
+        self.agent
+            .post(&format!("http://127.0.0.1:{}{path}", self.http))
+            .send_bytes(body)
+            .unwrap_or_else(|e| panic!("Orthanc POST {path}: {e}"))
+            .into_json()
+            .unwrap()
+    }
+
+    /// An instance's file, written at `out`.
+    pub fn download(&self, instance: &str, out: &Path) {
+        let r = self
+            .agent
+            .get(&format!(
+                "http://127.0.0.1:{}/instances/{instance}/file",
+                self.http
+            ))
+            .call()
+            .unwrap();
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut r.into_reader(), &mut bytes).unwrap();
+        std::fs::write(out, bytes).unwrap();
+    }
+
+    /// The series of the study with `study_uid`: (Modality, Orthanc ids of its instances).
+    pub fn series_of(&self, study_uid: &str) -> Vec<(String, Vec<String>)> {
+        let found = self.post(
+            "/tools/find",
+            serde_json::json!({"Level": "Series", "Query": {"StudyInstanceUID": study_uid}, "Expand": true})
+                .to_string()
+                .as_bytes(),
+        );
+        let mut out: Vec<(String, Vec<String>)> = found
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["MainDicomTags"]["Modality"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string(),
+                    s["Instances"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|i| i.as_str().unwrap().to_string())
+                        .collect(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Waits until the study has `n` series; fails after `seconds`.
+    pub fn wait_for_series(
+        &self,
+        study_uid: &str,
+        n: usize,
+        seconds: u64,
+    ) -> Vec<(String, Vec<String>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+        loop {
+            let series = self.series_of(study_uid);
+            if series.len() >= n {
+                return series;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the study has {series:?} after {seconds} s, not {n} series"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// xray as a node.
+
+/// An `xray serve` with a DICOM node on `port`, results to `ORTHANC@127.0.0.1:results_port`,
+/// its queue in `queue`; extra flags after.
+fn node(port: u16, results_port: u16, queue: &Path, extra: &[&str]) -> crate::serve::Server {
+    let mut args: Vec<String> = vec![
+        "--dicom-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--results-to".into(),
+        format!("ORTHANC@127.0.0.1:{results_port}"),
+        "--results-queue".into(),
+        queue.display().to_string(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    crate::serve::Server::start(&trained().run, &args)
+}
+
+/// A node whose results go to a closed port (they wait in `dir/queue`), auditing to
+/// `dir/audit.jsonl`: the server, its DICOM port and the audit log's path.
+fn lone_node(dir: &Path, extra: &[&str]) -> (crate::serve::Server, u16, PathBuf) {
+    let port = free_port();
+    let audit = dir.join("audit.jsonl");
+    let mut args = vec!["--audit-log", audit.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let server = node(port, free_port(), &dir.join("queue"), &args);
+    (server, port, audit)
+}
+
+/// Runs a tool: whether it succeeded, and its stdout and stderr together.
+fn run(cmd: &mut Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `echoscu` as `calling` to `called@127.0.0.1:port`: success, and its output.
+fn echo(calling: &str, called: &str, port: u16) -> (bool, String) {
+    run(Command::new("echoscu")
+        .args(["-aet", calling, "-aec", called, "-to", "10", "127.0.0.1"])
+        .arg(port.to_string()))
+}
+
+/// `storescu` of `files` as `MODALITY` to `XRAY@127.0.0.1:port`: success, and its output.
+fn store(files: &[PathBuf], port: u16, extra: &[&str]) -> (bool, String) {
+    run(Command::new("storescu")
+        .args(["-aet", "MODALITY", "-aec", "XRAY", "-to", "60"])
+        .args(extra)
+        .arg("127.0.0.1")
+        .arg(port.to_string())
+        .args(files))
+}
+
+/// The audit log's lines.
+fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Waits until `dir` holds no queued result.
+fn wait_for_empty_queue(dir: &Path, seconds: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    loop {
+        let left = crate::common::files_with_extension(dir, "dcm");
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} result(s) still queued after {seconds} s",
+            left.len()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "needs DCMTK (scripts/setup/dicom.sh); make test runs it"]
+fn echo_is_answered_and_the_allow_list_and_called_title_are_enforced() {
+    need_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, audit) = lone_node(dir.path(), &["--dicom-allow", "MODALITY@127.0.0.1"]);
+    let (ok, text) = echo("MODALITY", "XRAY", port);
+    assert!(ok, "echo refused:\n{text}");
+    let (ok, text) = echo("STRANGER", "XRAY", port);
+    assert!(
+        !ok && text.contains("Rejected"),
+        "a stranger was let in:\n{text}"
+    );
+    assert!(text.contains("Calling AE Title Not Recognized"), "{text}");
+    let (ok, text) = echo("MODALITY", "NOTXRAY", port);
+    assert!(
+        !ok && text.contains("Called AE Title Not Recognized"),
+        "{text}"
+    );
+    let lines = audit_lines(&audit);
+    let rejected = lines
+        .iter()
+        .filter(|l| l["dicom"] == "association" && l["result"] == "rejected")
+        .count();
+    assert_eq!(rejected, 2, "{lines:?}");
+    let accepted = lines
+        .iter()
+        .filter(|l| l["dicom"] == "association" && l["result"] == "accepted")
+        .count();
+    assert_eq!(accepted, 1, "{lines:?}");
+}
+
+#[test]
+#[ignore = "needs DCMTK, dicom3tools and Orthanc (scripts/setup/dicom.sh); make test runs it"]
+fn a_stored_image_comes_back_to_orthanc_as_a_report_and_an_overlay_in_its_study() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let orthanc = Orthanc::start(port);
+    let queue = dir.path().join("queue");
+    let audit = dir.path().join("audit.jsonl");
+    let _server = node(
+        port,
+        orthanc.dicom,
+        &queue,
+        &["--audit-log", audit.to_str().unwrap()],
+    );
+
+    // A modality sends a CR to xray with storescu.
+    let cr = dir.path().join("chest.dcm");
+    let ids = Ids::new("PAT-7", 1);
+    write_cr(&t.data.join("opacity/opacity_00002.png"), &cr, &ids);
+    let (ok, text) = store(std::slice::from_ref(&cr), port, &[]);
+    assert!(ok, "storescu:\n{text}");
+    let series = orthanc.wait_for_series(&ids.study_uid, 2, 60);
+    let modalities: Vec<&str> = series.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(modalities, ["OT", "SR"], "{series:?}");
+    let sr = dir.path().join("back.sr.dcm");
+    let sc = dir.path().join("back.sc.dcm");
+    orthanc.download(&series[1].1[0], &sr);
+    orthanc.download(&series[0].1[0], &sc);
+    for f in [&sr, &sc] {
+        eprintln!("dciodvfy {}:\n{}", f.display(), assert_valid(f));
+        assert_eq!(dcm_value(f, "0020,000d"), ids.study_uid);
+        assert_eq!(dcm_value(f, "0010,0020"), ids.patient_id);
+    }
+    let text = dsrdump(&sr);
+    let (label, p) = predicted(&t.run, &cr);
+    assert!(
+        text.contains(&format!("99XRAY,\"{label}\")")),
+        "{label} not in:\n{text}"
+    );
+    let k = if label == "normal" { 0 } else { 1 };
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
+        .unwrap();
+    let value: f64 = line.split('"').nth(3).unwrap().parse().unwrap();
+    assert!((value - p).abs() < 1e-5, "{value} vs predict's {p}");
+    wait_for_empty_queue(&queue, 30);
+
+    // The routing path of a PACS: Orthanc pushes an image of its own to xray.
+    let cr2 = dir.path().join("second.dcm");
+    let ids2 = Ids::new("PAT-8", 2);
+    write_cr(&t.data.join("normal/normal_00002.png"), &cr2, &ids2);
+    let uploaded = orthanc.post("/instances", &std::fs::read(&cr2).unwrap());
+    let id = uploaded["ID"].as_str().unwrap().to_string();
+    let pushed = orthanc.post(
+        "/modalities/xray/store",
+        serde_json::json!({"Resources": [id], "Synchronous": true})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(pushed["FailedInstancesCount"], 0, "{pushed}");
+    let series = orthanc.wait_for_series(&ids2.study_uid, 3, 60);
+    assert_eq!(series.len(), 3, "{series:?}");
+
+    // The audit: two images answered, by hash of their UIDs, no patient attribute.
+    let stores: Vec<serde_json::Value> = audit_lines(&audit)
+        .into_iter()
+        .filter(|l| l["dicom"] == "c-store")
+        .collect();
+    assert_eq!(stores.len(), 2, "{stores:?}");
+    assert!(stores.iter().all(|l| l["status"] == "0x0000"), "{stores:?}");
+    let text = std::fs::read_to_string(&audit).unwrap();
+    for secret in ["PAT-7", "Test^Patient", &ids.sop_uid, &ids.study_uid] {
+        assert!(!text.contains(secret), "{secret} is in the audit log");
+    }
+}
+
+#[test]
+#[ignore = "needs DCMTK and Orthanc (scripts/setup/dicom.sh); make test runs it"]
+fn results_wait_on_disk_while_orthanc_is_down_and_arrive_once_after() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut orthanc = Orthanc::start(port);
+    orthanc.stop();
+    let queue = dir.path().join("queue");
+    let server = node(port, orthanc.dicom, &queue, &[]);
+    let ids = Ids::new("PAT-9", 1);
+    let files: Vec<PathBuf> = (0..3)
+        .map(|i| {
+            let f = dir.path().join(format!("img{i}.dcm"));
+            let mut ids = ids.clone();
+            ids.sop_uid = format!("{}{i}", ids.sop_uid);
+            write_cr(
+                &t.data.join(format!("opacity/opacity_0000{i}.png")),
+                &f,
+                &ids,
+            );
+            f
+        })
+        .collect();
+    let (ok, text) = store(&files, port, &[]);
+    assert!(ok, "storescu:\n{text}");
+    let queued = crate::common::files_with_extension(&queue, "dcm");
+    assert!(queued.len() >= 3, "{queued:?}");
+    for f in &queued {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // xray restarts too: the queue is on disk.
+    drop(server);
+    let _server = node(port, orthanc.dicom, &queue, &[]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    orthanc.restart();
+    wait_for_empty_queue(&queue, 90);
+    let series = orthanc.wait_for_series(&ids.study_uid, 6, 30);
+    let counts: Vec<usize> = series.iter().map(|(_, i)| i.len()).collect();
+    assert_eq!(
+        series.len(),
+        6,
+        "one SR and one SC series per image: {series:?}"
+    );
+    assert!(
+        counts.iter().all(|&n| n == 1),
+        "each result once: {series:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs DCMTK, dicom3tools and Orthanc (scripts/setup/dicom.sh); make test runs it"]
+fn a_photograph_gets_a_report_that_says_so_and_no_overlay() {
+    need_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let orthanc = Orthanc::start(port);
+    let queue = dir.path().join("queue");
+    let _server = node(port, orthanc.dicom, &queue, &[]);
+    let picture = crate::ood::colour_pictures(&dir.path().join("pictures"), 1).remove(0);
+    let photo = dir.path().join("photo.dcm");
+    let ids = Ids::new("PAT-10", 1);
+    write_image(&image::open(&picture).unwrap(), true, &photo, &ids);
+    let (ok, text) = store(std::slice::from_ref(&photo), port, &[]);
+    assert!(ok, "storescu:\n{text}");
+    let series = orthanc.wait_for_series(&ids.study_uid, 1, 60);
+    wait_for_empty_queue(&queue, 30);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let series_now = orthanc.series_of(&ids.study_uid);
+    assert_eq!(
+        series_now.len(),
+        1,
+        "a report only, no overlay: {series_now:?}"
+    );
+    let (_, sr_ids) = series.iter().find(|(m, _)| m == "SR").unwrap();
+    let sr = dir.path().join("ood.sr.dcm");
+    orthanc.download(&sr_ids[0], &sr);
+    assert_valid(&sr);
+    let text = dsrdump(&sr);
+    assert!(
+        text.contains("(OOD,99XRAY,\"Not the kind of image this model was trained on\")"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("CLASS-"),
+        "a flagged image got a class:\n{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs DCMTK (scripts/setup/dicom.sh); make test runs it"]
+fn jpeg2000_is_negotiated_away_and_truncated_pixels_fail_with_a_status() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, audit) = lone_node(dir.path(), &[]);
+    // JPEG 2000: the presentation context is rejected at association.
+    let j2k = dir.path().join("j2k.dcm");
+    crate::formats::Dicom::new(8, 8, vec![0; 64])
+        .jpeg2000()
+        .write(&j2k);
+    let (ok, text) = store(std::slice::from_ref(&j2k), port, &["-xv", "-R", "-d"]);
+    assert!(!ok, "a JPEG 2000 image was taken:\n{text}");
+    // storescu's debug log of the A-ASSOCIATE-AC: the JPEG 2000 context is refused.
+    assert!(text.contains("=JPEG2000LosslessOnly"), "{text}");
+    assert!(text.contains("(Transfer Syntaxes Not Supported)"), "{text}");
+    assert!(
+        !audit_lines(&audit).iter().any(|l| l["dicom"] == "c-store"),
+        "nothing was accepted, so nothing was stored"
+    );
+
+    // Pixel data shorter than its rows x columns: refused with a failure status.
+    let cr = dir.path().join("chest.dcm");
+    let ids = Ids::new("PAT-11", 1);
+    write_cr(&t.data.join("normal/normal_00003.png"), &cr, &ids);
+    let mut obj = dicom_object::open_file(&cr).unwrap();
+    obj.put(DataElement::new(
+        tags::PIXEL_DATA,
+        VR::OB,
+        PrimitiveValue::U8(vec![7u8; 100].into()),
+    ));
+    let short = dir.path().join("short.dcm");
+    obj.write_to_file(&short).unwrap();
+    let (_, text) = store(std::slice::from_ref(&short), port, &["-v"]);
+    let lines = audit_lines(&audit);
+    assert!(
+        text.to_lowercase()
+            .replace(' ', "")
+            .contains("cannotunderstand"),
+        "{text}\n{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["dicom"] == "c-store" && l["status"] == "0xC000"),
+        "{lines:?}"
+    );
+    // ...and the node keeps serving.
+    let (ok, text) = echo("MODALITY", "XRAY", port);
+    assert!(ok, "{text}");
+}
