@@ -775,3 +775,104 @@ fn jpeg2000_is_negotiated_away_and_truncated_pixels_fail_with_a_status() {
     let (ok, text) = echo("MODALITY", "XRAY", port);
     assert!(ok, "{text}");
 }
+
+#[test]
+#[ignore = "needs DCMTK and Orthanc (scripts/setup/dicom.sh); make test runs it"]
+fn eight_associations_of_twenty_images_are_each_answered_once_within_the_memory_bound() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let orthanc = Orthanc::start(port);
+    let queue = dir.path().join("queue");
+    let audit = dir.path().join("audit.jsonl");
+    let mut server = node(
+        port,
+        orthanc.dicom,
+        &queue,
+        &[
+            "--audit-log",
+            audit.to_str().unwrap(),
+            "--dicom-max-associations",
+            "8",
+            "--queue",
+            "2",
+            "--max-upload-mb",
+            "1",
+            "--max-megapixels",
+            "1",
+            "--max-connections",
+            "16",
+        ],
+    );
+    let memory = server.next_line();
+    let bound_mib: u64 = memory
+        .strip_prefix("memory: at most ")
+        .and_then(|m| m.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{memory}"));
+    assert!(memory.contains("DICOM associations"), "{memory}");
+    let pid = server.child.id();
+    let start = crate::hostile::rss(pid);
+    let peak = crate::hostile::Peak::watch(pid);
+    let classes = ["normal", "opacity"];
+    let batches: Vec<Vec<PathBuf>> = (0..8)
+        .map(|a| {
+            let ids = Ids::new(&format!("PAT-C{a}"), 0);
+            (0..20)
+                .map(|i| {
+                    let f = dir.path().join(format!("a{a}_{i}.dcm"));
+                    let mut ids = ids.clone();
+                    ids.sop_uid = format!("{}{a}{i:02}", ids.sop_uid);
+                    let png = t.data.join(classes[i % 2]).join(format!(
+                        "{}_{:05}.png",
+                        classes[i % 2],
+                        10 + i
+                    ));
+                    write_cr(&png, &f, &ids);
+                    f
+                })
+                .collect()
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let senders: Vec<_> = batches
+        .into_iter()
+        .map(|files| std::thread::spawn(move || store(&files, port, &[])))
+        .collect();
+    for s in senders {
+        let (ok, text) = s.join().unwrap();
+        assert!(ok, "storescu:\n{text}");
+    }
+    let took = started.elapsed();
+    let peak = peak.stop();
+    wait_for_empty_queue(&queue, 120);
+    let stores: Vec<serde_json::Value> = audit_lines(&audit)
+        .into_iter()
+        .filter(|l| l["dicom"] == "c-store")
+        .collect();
+    assert_eq!(stores.len(), 160);
+    assert!(stores.iter().all(|l| l["status"] == "0x0000"), "{stores:?}");
+    let distinct: std::collections::HashSet<&str> = stores
+        .iter()
+        .map(|l| l["sop_instance_uid_sha256"].as_str().unwrap())
+        .collect();
+    assert_eq!(distinct.len(), 160, "an image was answered twice");
+    let stats = orthanc.post(
+        "/tools/find",
+        br#"{"Level": "Instance", "Query": {"Modality": "SR"}}"#,
+    );
+    assert_eq!(stats.as_array().unwrap().len(), 160, "one report per image");
+    let over = peak.saturating_sub(start) >> 20;
+    eprintln!(
+        "8 associations x 20 images in {:.1} s; resident memory {} MiB at start, peak {} MiB \
+         ({over} MiB over; bound {bound_mib} MiB)",
+        took.as_secs_f64(),
+        start >> 20,
+        peak >> 20
+    );
+    assert!(
+        over <= bound_mib,
+        "{over} MiB over the start, bound {bound_mib} MiB"
+    );
+}

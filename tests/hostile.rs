@@ -28,7 +28,7 @@ const EXPIRED: &str = "old-token-5e8d2c7a9b1f3e46";
 const MIB: u64 = 1 << 20;
 
 /// Resident memory of process `pid`, in bytes.
-fn rss(pid: u32) -> u64 {
+pub(crate) fn rss(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
@@ -39,14 +39,14 @@ fn rss(pid: u32) -> u64 {
 }
 
 /// Samples a process's resident memory every 10 ms until stopped; the peak.
-struct Peak {
+pub(crate) struct Peak {
     stop: Arc<AtomicBool>,
     peak: Arc<AtomicU64>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl Peak {
-    fn watch(pid: u32) -> Peak {
+    pub(crate) fn watch(pid: u32) -> Peak {
         let stop = Arc::new(AtomicBool::new(false));
         let peak = Arc::new(AtomicU64::new(rss(pid)));
         let thread = std::thread::spawn({
@@ -61,7 +61,7 @@ impl Peak {
         Peak { stop, peak, thread }
     }
 
-    fn stop(self) -> u64 {
+    pub(crate) fn stop(self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.thread.join().unwrap();
         self.peak.load(Ordering::Relaxed)

@@ -229,6 +229,11 @@ impl ServeArgs {
                 .max_connections
                 .unwrap_or_else(default_max_connections)
                 .max(1),
+            dicom_associations: if self.dicom_addr.is_some() {
+                self.dicom_max_associations.max(1)
+            } else {
+                0
+            },
         };
         let listen = Listen {
             addr: self.addr,

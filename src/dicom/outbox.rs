@@ -33,8 +33,9 @@ pub struct Outbox {
 /// What the sender reports of each attempt (for the audit log and metrics).
 #[derive(Debug, Clone)]
 pub enum Delivery {
-    /// A file was stored by the destination.
-    Stored(PathBuf),
+    /// A file was stored by the destination, this many seconds after the image it answers
+    /// was received.
+    Stored(PathBuf, f64),
     /// The destination refused a file with a status; the file is set aside as `.refused`.
     Refused(PathBuf, u16),
     /// The destination could not be reached; everything stays queued.
@@ -85,9 +86,15 @@ impl Outbox {
         self.pending().1 + bytes <= self.max_bytes
     }
 
-    /// Queues `objects` (name, encoded Part 10 file) together: all of them or, when they would
-    /// pass the bound, none (an error). Names sort by arrival so that results go out in order.
-    pub fn push(&self, objects: &[(String, Vec<u8>)]) -> Result<()> {
+    /// Queues `objects` (name, encoded Part 10 file) answering an image received at
+    /// `received`, together: all of them or, when they would pass the bound, none (an error).
+    /// File names start with the time of receipt (microseconds since 1970), so results go out
+    /// in order and their delivery time can be told.
+    pub fn push(
+        &self,
+        objects: &[(String, Vec<u8>)],
+        received: std::time::SystemTime,
+    ) -> Result<()> {
         let total: u64 = objects.iter().map(|(_, b)| b.len() as u64).sum();
         if !self.has_room(total) {
             anyhow::bail!(
@@ -96,9 +103,9 @@ impl Outbox {
                 self.max_bytes >> 20
             );
         }
-        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6f");
+        let stamp = micros(received);
         for (i, (name, bytes)) in objects.iter().enumerate() {
-            let path = self.dir.join(format!("{stamp}-{i}-{name}.dcm"));
+            let path = self.dir.join(format!("{stamp:020}-{i}-{name}.dcm"));
             crate::fsutil::write_private(&path, bytes)?;
         }
         self.notify();
@@ -139,7 +146,10 @@ impl Outbox {
                                 match sent {
                                     Sent::Stored => {
                                         let _ = std::fs::remove_file(path);
-                                        report(Delivery::Stored(path.clone()));
+                                        report(Delivery::Stored(
+                                            path.clone(),
+                                            since_received(path),
+                                        ));
                                     }
                                     Sent::Refused(status) => {
                                         let _ =
@@ -177,5 +187,70 @@ impl Outbox {
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
         self.notify();
+    }
+}
+
+/// Microseconds since 1970 of `t`.
+fn micros(t: std::time::SystemTime) -> u128 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+/// Seconds from the receipt time at the start of a queued file's name until now.
+fn since_received(path: &Path) -> f64 {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let Some(at) = name.split('-').next().and_then(|s| s.parse::<u128>().ok()) else {
+        return f64::NAN;
+    };
+    (micros(std::time::SystemTime::now()).saturating_sub(at)) as f64 / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pushed_results_are_private_ordered_bounded_and_timed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("q"), 1000).unwrap();
+        let earlier = std::time::SystemTime::now() - Duration::from_secs(3);
+        outbox
+            .push(
+                &[("sr".into(), vec![1; 300]), ("sc".into(), vec![2; 300])],
+                earlier,
+            )
+            .unwrap();
+        outbox
+            .push(&[("sr".into(), vec![3; 300])], std::time::SystemTime::now())
+            .unwrap();
+        let (files, bytes) = outbox.pending();
+        assert_eq!(bytes, 900);
+        assert_eq!(std::fs::read(&files[0]).unwrap(), vec![1; 300]);
+        assert_eq!(std::fs::read(&files[2]).unwrap(), vec![3; 300]);
+        for f in &files {
+            assert_eq!(
+                std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
+        }
+        let mode = std::fs::metadata(outbox.dir())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o700);
+        let waited = since_received(&files[0]);
+        assert!((3.0..60.0).contains(&waited), "{waited}");
+        // Past the bound: nothing of the batch is queued.
+        let e = outbox
+            .push(
+                &[("sr".into(), vec![4; 50]), ("sc".into(), vec![5; 60])],
+                earlier,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("full"), "{e}");
+        assert_eq!(outbox.pending().0.len(), 3);
     }
 }

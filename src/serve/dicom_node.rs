@@ -27,7 +27,7 @@ use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,11 +249,11 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         options.send_timeout,
         move |d| {
             let (result, extra) = match &d {
-                Delivery::Stored(_) => ("stored", json!(null)),
+                Delivery::Stored(_, seconds) => ("stored", json!({"seconds_since_received": seconds})),
                 Delivery::Refused(_, status) => ("refused", json!(format!("0x{status:04X}"))),
                 Delivery::Unreachable(e) => ("unreachable", json!(e)),
             };
-            if !matches!(d, Delivery::Stored(_)) {
+            if !matches!(d, Delivery::Stored(..)) {
                 tracing::warn!("dicom: results to {to}: {result} {extra}");
             }
             audit_line(
@@ -502,6 +502,7 @@ impl NodeState {
             0x0001 => {
                 let instance = str_of(&command, tags::AFFECTED_SOP_INSTANCE_UID);
                 let started = Instant::now();
+                let received = std::time::SystemTime::now();
                 let ts = contexts
                     .iter()
                     .find(|pc| pc.id == msg.context_id)
@@ -517,7 +518,8 @@ impl NodeState {
                         ),
                     ))
                 } else {
-                    self.store(&class, &instance, &ts, std::mem::take(&mut msg.data))
+                    let data = std::mem::take(&mut msg.data);
+                    self.store(&class, &instance, &ts, data, received)
                 };
                 let (status, record) = match outcome {
                     Ok(record) => (0u16, record),
@@ -562,7 +564,14 @@ impl NodeState {
 
     /// Decodes, answers and queues the results of one received image; the audit record of the
     /// answer, or the status to refuse it with.
-    fn store(&self, class: &str, instance: &str, ts: &str, data: Vec<u8>) -> Result<Value, Status> {
+    fn store(
+        &self,
+        class: &str,
+        instance: &str,
+        ts: &str,
+        data: Vec<u8>,
+        received: std::time::SystemTime,
+    ) -> Result<Value, Status> {
         // Long on purpose: the checks of one image in their order, each with its status.
         let name = PathBuf::from(format!("C-STORE {}", short_uid(instance)));
         if !self.outbox.has_room(2 * data.len() as u64) {
@@ -621,15 +630,12 @@ impl NodeState {
             data_uris: false,
             reply,
         };
-        match self.shared.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(Status(0xA700, "the inference queue is full".into()))
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(Status(0xA700, "the model is not running".into()))
-            }
-        }
+        // An association waits for its place in the model's queue (the HTTP side is refused
+        // instead): the associations are already capped, and a sender would only send again.
+        self.shared
+            .jobs
+            .send(job)
+            .map_err(|_| Status(0xA700, "the model is not running".into()))?;
         let answer = answer
             .blocking_recv()
             .map_err(|_| Status(0xA700, "the model stopped".into()))?
@@ -658,7 +664,7 @@ impl NodeState {
             ));
         }
         self.outbox
-            .push(&objects)
+            .push(&objects, received)
             .map_err(|e| Status(0xA700, format!("{e:#}")))?;
         let mut record = answer.json.clone();
         if let Some(o) = record.as_object_mut() {

@@ -39,6 +39,8 @@ pub struct ServeOptions {
     pub timeouts: Timeouts,
     /// Connections held at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// DICOM associations held at once (0: no DICOM node).
+    pub dicom_associations: usize,
 }
 
 /// Time limits of every connection.
@@ -85,6 +87,7 @@ impl Default for ServeOptions {
             metrics_labels: false,
             timeouts: Timeouts::default(),
             max_connections: default_max_connections(),
+            dicom_associations: 0,
         }
     }
 }
@@ -124,6 +127,10 @@ pub struct MemoryBound {
     /// `queue x max_files x 2.2 MB`: the decoded images of admitted requests, kept at model
     /// size and, for the heatmap, at most 768 pixels a side.
     pub decoded: u64,
+    /// `dicom_associations x (2 x max_upload_bytes + 2.2 MB + 128 KiB)`: each DICOM association
+    /// holds one data set as received and as a file in memory, its decoded image, and its PDU
+    /// buffers.
+    pub dicom: u64,
 }
 
 impl MemoryBound {
@@ -143,12 +150,14 @@ impl MemoryBound {
                 * options.max_pixels
                 * Self::DECODE_BYTES_PER_PIXEL,
             decoded: queue * options.max_files as u64 * Self::KEPT_BYTES_PER_IMAGE,
+            dicom: options.dicom_associations as u64
+                * (2 * options.max_upload_bytes as u64 + Self::KEPT_BYTES_PER_IMAGE + (128 << 10)),
         }
     }
 
     /// All parts together, in bytes.
     pub fn total(&self) -> u64 {
-        self.connections + self.bodies + self.decoding + self.decoded
+        self.connections + self.bodies + self.decoding + self.decoded + self.dicom
     }
 
     /// One line for the operator: the total and its parts, in MiB.
@@ -157,13 +166,21 @@ impl MemoryBound {
         format!(
             "at most {} MiB beyond the model: request bodies {} MiB (--queue x --max-upload-mb), \
              decoding {} MiB (--decode-threads x --max-megapixels x {} B), decoded images {} MiB \
-             (--queue x --max-files), connections {} MiB (--max-connections)",
+             (--queue x --max-files), connections {} MiB (--max-connections){}",
             mib(self.total()),
             mib(self.bodies),
             mib(self.decoding),
             Self::DECODE_BYTES_PER_PIXEL,
             mib(self.decoded),
-            mib(self.connections)
+            mib(self.connections),
+            if self.dicom > 0 {
+                format!(
+                    ", DICOM associations {} MiB (--dicom-max-associations x 2 x --max-upload-mb)",
+                    mib(self.dicom)
+                )
+            } else {
+                String::new()
+            }
         )
     }
 }
@@ -205,7 +222,17 @@ mod tests {
         assert_eq!(m.bodies, 16 * 32 * 1048576);
         assert_eq!(m.decoding, 2 * 50_000_000 * 16);
         assert_eq!(m.decoded, 16 * 16 * (768 * 768 * 3 + 512 * 512 * 3));
+        assert_eq!(m.dicom, 0);
         assert_eq!(m.total(), m.connections + m.bodies + m.decoding + m.decoded);
+        let node = MemoryBound::of(&ServeOptions {
+            dicom_associations: 8,
+            ..options
+        });
+        assert_eq!(
+            node.dicom,
+            8 * (2 * 32 * 1048576 + 768 * 768 * 3 + 512 * 512 * 3 + 131072)
+        );
+        assert_eq!(node.total(), m.total() + node.dicom);
         assert!((16..=1024).contains(&default_max_connections()));
     }
 }
