@@ -248,17 +248,23 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         options.ae_title.clone(),
         options.send_timeout,
         move |d| {
-            let (result, extra) = match &d {
-                Delivery::Stored(_, seconds) => ("stored", json!({"seconds_since_received": seconds})),
-                Delivery::Refused(_, status) => ("refused", json!(format!("0x{status:04X}"))),
-                Delivery::Unreachable(e) => ("unreachable", json!(e)),
+            let (result, extra, file) = match &d {
+                Delivery::Stored(path, seconds) => {
+                    ("stored", json!({"seconds_since_received": seconds}), Some(path))
+                }
+                Delivery::Refused(path, status) => {
+                    ("refused", json!(format!("0x{status:04X}")), Some(path))
+                }
+                Delivery::Unreachable(e) => ("unreachable", json!(e), None),
             };
-            if !matches!(d, Delivery::Stored(..)) {
+            if result != "stored" {
                 tracing::warn!("dicom: results to {to}: {result} {extra}");
             }
+            // The queue file's name: time of receipt, index and kind; nothing of the patient.
+            let file = file.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
             audit_line(
                 audit.as_ref(),
-                json!({"dicom": "results-sent", "to": to.to_string(), "result": result, "detail": extra}),
+                json!({"dicom": "results-sent", "to": to.to_string(), "result": result, "detail": extra, "file": file}),
             );
         },
     )?;
