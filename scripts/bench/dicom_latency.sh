@@ -20,31 +20,11 @@ data=../shared/datasets/pneumonia
 xray=target/release/xray
 [ -x "$xray" ] || { echo "dicom_latency: build first (make build)" >&2; exit 1; }
 work=$(mktemp -d)
-cleanup() {
-    [ -n "${xray_pid:-}" ] && kill "$xray_pid" 2>/dev/null || true
-    [ -n "${orthanc_pid:-}" ] && kill "$orthanc_pid" 2>/dev/null || true
-    wait 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-http=$(port); pacs=$(port); node=$(port)
-cat > "$work/orthanc.json" <<JSON
-{"Name": "bench-pacs", "StorageDirectory": "$work/storage", "IndexDirectory": "$work/storage",
- "HttpPort": $http, "DicomPort": $pacs, "DicomAet": "ORTHANC", "RemoteAccessAllowed": false,
- "AuthenticationEnabled": false, "DicomModalities": {"xray": ["XRAY", "127.0.0.1", $node]},
- "Plugins": []}
-JSON
-Orthanc "$work/orthanc.json" > "$work/orthanc.log" 2>&1 &
-orthanc_pid=$!
-"$xray" serve --checkpoint "$run" --addr 127.0.0.1:0 --dicom-addr "127.0.0.1:$node" \
-    --results-to "ORTHANC@127.0.0.1:$pacs" --results-queue "$work/queue" \
-    --audit-log "$work/audit.jsonl" > "$work/serve.log" 2>&1 &
-xray_pid=$!
-for _ in $(seq 100); do
-    curl -sf "http://127.0.0.1:$http/system" >/dev/null 2>&1 && echoscu -aec XRAY 127.0.0.1 "$node" 2>/dev/null && break
-    sleep 0.2
-done
+# shellcheck source=scripts/lib/pacs.sh
+. scripts/lib/pacs.sh
+trap 'pacs_stop; rm -rf "$work"' EXIT
+pacs_start "$work"
+node_start "$run" "$work" --audit-log "$work/audit.jsonl"
 mkdir -p "$work/dcm"
 mapfile -t jpegs < <(find "$data" -name '*.jpeg' | sort)
 for jpeg in "${jpegs[@]:0:$n}"; do
@@ -52,7 +32,7 @@ for jpeg in "${jpegs[@]:0:$n}"; do
 done
 echo "dicom_latency: $n images, one association each, one every $pace s" >&2
 for f in "$work"/dcm/*.dcm; do
-    storescu -xy -aec XRAY 127.0.0.1 "$node" "$f"
+    storescu -xy -aec XRAY 127.0.0.1 "$node_port" "$f"
     sleep "$pace"
 done
 for _ in $(seq 600); do
