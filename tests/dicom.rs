@@ -876,3 +876,99 @@ fn eight_associations_of_twenty_images_are_each_answered_once_within_the_memory_
         "{over} MiB over the start, bound {bound_mib} MiB"
     );
 }
+
+#[test]
+#[ignore = "needs DCMTK (scripts/setup/dicom.sh); make test runs it"]
+fn dicom_tls_takes_tls_associations_and_refuses_plain_ones() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.pem()).unwrap();
+    std::fs::write(&key_pem, signing_key.serialize_pem()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_pem, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let (_server, port, audit) = lone_node(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert_pem.to_str().unwrap(),
+            "--tls-key",
+            key_pem.to_str().unwrap(),
+            "--dicom-tls",
+        ],
+    );
+    let tls = ["+tla", "+cf", cert_pem.to_str().unwrap()];
+    let (ok, text) = run(Command::new("echoscu")
+        .args(tls)
+        .args(["-aet", "MODALITY", "-aec", "XRAY", "-to", "10", "127.0.0.1"])
+        .arg(port.to_string()));
+    assert!(ok, "echo over TLS:\n{text}");
+    let cr = dir.path().join("chest.dcm");
+    write_cr(
+        &t.data.join("normal/normal_00004.png"),
+        &cr,
+        &Ids::new("PAT-12", 1),
+    );
+    let (ok, text) = store(std::slice::from_ref(&cr), port, &tls);
+    assert!(ok, "store over TLS:\n{text}");
+    let (ok, text) = echo("MODALITY", "XRAY", port);
+    assert!(
+        !ok,
+        "a plain association was taken on the TLS port:\n{text}"
+    );
+    let lines = audit_lines(&audit);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["dicom"] == "c-store" && l["status"] == "0x0000"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs Orthanc (scripts/setup/dicom.sh); make test runs it"]
+fn dicom_send_delivers_what_predict_wrote() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let orthanc = Orthanc::start(free_port());
+    let cr = dir.path().join("chest.dcm");
+    let ids = Ids::new("PAT-13", 1);
+    write_cr(&t.data.join("opacity/opacity_00005.png"), &cr, &ids);
+    let out = dir.path().join("results");
+    xray()
+        .args(["predict", "--checkpoint"])
+        .arg(&t.run)
+        .arg(&cr)
+        .arg("--dicom-out")
+        .arg(&out)
+        .arg("--heatmap")
+        .stdout_ok();
+    let sent = xray()
+        .arg("dicom-send")
+        .arg(&out)
+        .args(["--to", &format!("ORTHANC@127.0.0.1:{}", orthanc.dicom)])
+        .stdout_ok();
+    assert_eq!(sent.matches("\tstored").count(), 2, "{sent}");
+    let series = orthanc.wait_for_series(&ids.study_uid, 2, 30);
+    let modalities: Vec<&str> = series.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(modalities, ["OT", "SR"]);
+    // A peer that is not there: one line, exit 1.
+    let out = xray()
+        .arg("dicom-send")
+        .arg(&out)
+        .args(["--to", &format!("ORTHANC@127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot associate with ORTHANC@127.0.0.1:"),
+        "{err}"
+    );
+}

@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// Root of the UIDs of the DICOM results (default: UUID-derived 2.25 UIDs).
     #[arg(long, value_name = "UID")]
     pub uid_root: Option<String>,
+    /// DICOM TLS on --dicom-addr, with the certificate and key of --tls-cert/--tls-key (read
+    /// again when they change, as for HTTPS).
+    #[arg(long, requires = "dicom_addr", requires = "tls_cert")]
+    pub dicom_tls: bool,
 }
 
 /// How `serve` writes its log on stderr.
@@ -271,6 +275,8 @@ impl ServeArgs {
                     artim: timeouts.header,
                     idle: timeouts.body_idle,
                     send_timeout: Duration::from_secs(30),
+                    want_tls: self.dicom_tls,
+                    tls: None,
                 })
             }
             None => None,

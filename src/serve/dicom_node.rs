@@ -168,6 +168,10 @@ pub struct NodeOptions {
     pub idle: Duration,
     /// Time for each step of sending the results.
     pub send_timeout: Duration,
+    /// `--dicom-tls`: TLS on the node's port, with the certificate of `--tls-cert`.
+    pub want_tls: bool,
+    /// That certificate, once loaded (set by [`super::serve`]).
+    pub tls: Option<axum_server::tls_rustls::RustlsConfig>,
 }
 
 /// What the node shares with the HTTP side.
@@ -364,8 +368,10 @@ impl NodeState {
         );
     }
 
+    /// Negotiates the association (over TLS with `--dicom-tls`), then serves it.
     fn serve_association(&self, stream: TcpStream, peer: IpAddr) -> Result<()> {
-        // Long on purpose: the association's receive loop, one arm per PDU kind.
+        // The socket, kept to set the idle timeout once the association stands.
+        let socket = stream.try_clone().context("the connection")?;
         let gate = Gate {
             allow: &self.options.allow,
             peer,
@@ -383,16 +389,36 @@ impl NodeState {
         for ts in &self.syntaxes {
             options = options.with_transfer_syntax(*ts);
         }
-        let mut assoc = match options.establish(stream) {
-            Ok(a) => a,
-            Err(e) => {
-                audit_line(
-                    self.shared.audit.as_ref(),
-                    json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": e.to_string()}),
-                );
-                return Ok(());
-            }
+        let refused = |e: &dyn std::fmt::Display| {
+            audit_line(
+                self.shared.audit.as_ref(),
+                json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": e.to_string()}),
+            );
+            Ok(())
         };
+        match &self.options.tls {
+            // The current certificate: renewed ones apply to the next association.
+            Some(tls) => match options.tls_config(tls.get_inner()).establish_tls(stream) {
+                Ok(assoc) => self.run_association(assoc, &socket, peer),
+                Err(e) => refused(&e),
+            },
+            None => match options.establish(stream) {
+                Ok(assoc) => self.run_association(assoc, &socket, peer),
+                Err(e) => refused(&e),
+            },
+        }
+    }
+
+    /// The association's receive loop: one arm per PDU kind, until release, abort or error.
+    fn run_association<S>(
+        &self,
+        mut assoc: dicom_ul::association::server::ServerAssociation<S>,
+        socket: &TcpStream,
+        peer: IpAddr,
+    ) -> Result<()>
+    where
+        S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket,
+    {
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
@@ -400,10 +426,7 @@ impl NodeState {
             self.shared.audit.as_ref(),
             json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "accepted"}),
         );
-        assoc
-            .inner_stream()
-            .set_read_timeout(Some(self.options.idle))
-            .ok();
+        socket.set_read_timeout(Some(self.options.idle)).ok();
         let contexts = assoc.presentation_contexts().to_vec();
         let mut msg = Incoming::default();
         loop {

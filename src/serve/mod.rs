@@ -404,10 +404,21 @@ pub fn serve(
             }
             None => None,
         };
+        let dicom = match (dicom, &tls) {
+            (Some(mut node), Some(config)) if node.want_tls => {
+                node.tls = Some(config.clone());
+                Some(node)
+            }
+            (Some(node), None) if node.want_tls => {
+                return Err(Error::usage("--dicom-tls needs --tls-cert and --tls-key").into())
+            }
+            (node, _) => node,
+        };
         let dicom_summary = dicom.as_ref().map(|d| {
             format!(
-                "{} (C-ECHO, C-STORE of CR, DX, MR, SC and VL photographs); results to {} through {}",
+                "{} (C-ECHO, C-STORE of CR, DX, MR, SC and VL photographs{}); results to {} through {}",
                 d.ae_title,
+                if d.tls.is_some() { "; TLS" } else { "" },
                 d.results_to,
                 d.queue_dir.display()
             )
