@@ -266,6 +266,9 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Orthanc's DICOMweb plugin (Debian's `orthanc-dicomweb`).
+const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
+
 /// An Orthanc of the test's own, with xray registered as modality `xray`; stopped when
 /// dropped. Its storage survives [`Orthanc::stop`] and [`Orthanc::restart`].
 pub struct Orthanc {
@@ -279,6 +282,11 @@ pub struct Orthanc {
 impl Orthanc {
     /// Starts one that knows xray as `XRAY@127.0.0.1:xray_port`.
     pub fn start(xray_port: u16) -> Orthanc {
+        Orthanc::start_with(xray_port, false)
+    }
+
+    /// [`Orthanc::start`], with its DICOMweb plugin at `/dicom-web/` when `dicomweb`.
+    pub fn start_with(xray_port: u16, dicomweb: bool) -> Orthanc {
         let dir = tempfile::tempdir().unwrap();
         let (http, dicom) = (free_port(), free_port());
         let config = serde_json::json!({
@@ -293,7 +301,8 @@ impl Orthanc {
             "DicomAlwaysAllowStore": true,
             "DicomCheckCalledAet": false,
             "DicomModalities": {"xray": ["XRAY", "127.0.0.1", xray_port]},
-            "Plugins": [],
+            "Plugins": if dicomweb { vec![DICOMWEB_PLUGIN] } else { vec![] },
+            "DicomWeb": {"Enable": dicomweb, "Root": "/dicom-web/"},
             "ConcurrentJobs": 1,
         });
         std::fs::write(dir.path().join("orthanc.json"), config.to_string()).unwrap();
@@ -971,4 +980,55 @@ fn dicom_send_delivers_what_predict_wrote() {
         err.starts_with("error: cannot associate with ORTHANC@127.0.0.1:"),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "needs DCMTK and Orthanc with its DICOMweb plugin (scripts/setup/dicom.sh); make test runs it"]
+fn results_go_by_stow_rs_to_a_dicomweb_pacs_without_showing_its_password() {
+    need_tools();
+    assert!(
+        Path::new(DICOMWEB_PLUGIN).exists(),
+        "Orthanc's DICOMweb plugin is not installed (scripts/setup/dicom.sh installs it)"
+    );
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let orthanc = Orthanc::start_with(port, true);
+    let queue = dir.path().join("queue");
+    let audit = dir.path().join("audit.jsonl");
+    let url = format!("http://xray:s3cret-pw@127.0.0.1:{}/dicom-web", orthanc.http);
+    let mut server = crate::serve::Server::start(
+        &t.run,
+        &[
+            "--dicom-addr",
+            &format!("127.0.0.1:{port}"),
+            "--results-stow",
+            &url,
+            "--results-queue",
+            queue.to_str().unwrap(),
+            "--audit-log",
+            audit.to_str().unwrap(),
+        ],
+    );
+    let _memory = server.next_line();
+    let node_line = server.next_line();
+    assert!(
+        node_line.contains(&format!(
+            "results to http://127.0.0.1:{}/dicom-web/studies",
+            orthanc.http
+        )),
+        "{node_line}"
+    );
+    let cr = dir.path().join("chest.dcm");
+    let ids = Ids::new("PAT-14", 1);
+    write_cr(&t.data.join("opacity/opacity_00006.png"), &cr, &ids);
+    let (ok, text) = store(std::slice::from_ref(&cr), port, &[]);
+    assert!(ok, "storescu:\n{text}");
+    let series = orthanc.wait_for_series(&ids.study_uid, 2, 60);
+    let modalities: Vec<&str> = series.iter().map(|(m, _)| m.as_str()).collect();
+    assert_eq!(modalities, ["OT", "SR"]);
+    wait_for_empty_queue(&queue, 30);
+    let logged = std::fs::read_to_string(&audit).unwrap();
+    assert!(logged.contains("\"results-sent\""), "{logged}");
+    assert!(!logged.contains("s3cret") && !node_line.contains("s3cret"));
 }

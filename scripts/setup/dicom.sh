@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs the real DICOM parts the tests of `xray serve --dicom-addr` talk to, when they
-# are missing: Orthanc (the PACS), DCMTK (echoscu, storescu, dsrdump, dcmdump: the modality
+# are missing: Orthanc (the PACS) with its DICOMweb plugin (for STOW-RS), DCMTK (echoscu, storescu, dsrdump, dcmdump: the modality
 # and the inspector) and dicom3tools (dciodvfy, which validates what xray writes).
 # The tests start and stop their own Orthanc in a temporary folder (tests/dicom.rs);
 # nothing is started here, and the package's own service is left stopped.
 # Needs root (apt-get); without it those tests skip with a printed reason (and fail under
 # CI=true, where they must run).
 set -euo pipefail
-have() { command -v Orthanc >/dev/null && command -v storescu >/dev/null && command -v dciodvfy >/dev/null; }
+plugin=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+have() {
+    command -v Orthanc >/dev/null && command -v storescu >/dev/null &&
+        command -v dciodvfy >/dev/null && [ -e "$plugin" ]
+}
 have && exit 0
 if [ "$(id -u)" != 0 ]; then
     echo "dicom: not root, not installing; the DICOM node tests will skip" >&2
@@ -19,7 +23,7 @@ created=
 if [ ! -e "$policy" ]; then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
 fi
-pkgs=(orthanc dcmtk dicom3tools)
+pkgs=(orthanc orthanc-dicomweb dcmtk dicom3tools)
 apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
     { apt-get update -qq && apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; }
 [ -n "$created" ] && rm -f "$policy"

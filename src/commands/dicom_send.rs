@@ -48,6 +48,10 @@ impl DicomSendArgs {
                     failed += 1;
                     println!("{}\trefused (status 0x{status:04X})", file.display());
                 }
+                Sent::Later => {
+                    failed += 1;
+                    println!("{}\tnot sent", file.display());
+                }
             }
         }
         if failed > 0 {

@@ -9,7 +9,9 @@ use clap::{Args, ValueEnum};
 
 use crate::compute::device::resolve_device;
 use crate::config::{DeviceChoice, PrecisionChoice};
+use crate::dicom::outbox::Destination;
 use crate::dicom::scu::{check_ae_title, Node};
+use crate::dicom::stow::Stow;
 use crate::dicom::uid::UidRoot;
 use crate::error::Error;
 use crate::infer::Predictor;
@@ -19,6 +21,7 @@ use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
 /// Arguments of `xray serve`.
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("results").args(["results_to", "results_stow"])))]
 pub struct ServeArgs {
     /// Trained run folder.
     #[arg(long, default_value = "checkpoints/latest")]
@@ -114,7 +117,7 @@ pub struct ServeArgs {
     /// Also be a DICOM node on this address (host:port; 0 picks a port): C-ECHO and C-STORE of
     /// CR, DX, MR, Secondary Capture and VL photographs, each answered with a Structured Report
     /// and a Grad-CAM Secondary Capture sent to --results-to.
-    #[arg(long, value_name = "ADDR", requires = "results_to")]
+    #[arg(long, value_name = "ADDR", requires = "results")]
     pub dicom_addr: Option<String>,
     /// Our AE title: the called AE title associations must use, and the calling one when
     /// sending results.
@@ -127,6 +130,10 @@ pub struct ServeArgs {
     /// Where the DICOM results go (typically the PACS that sent the image): AE@HOST:PORT.
     #[arg(long, value_name = "AE@HOST:PORT", requires = "dicom_addr")]
     pub results_to: Option<String>,
+    /// Or send them by DICOMweb STOW-RS to this URL (the DICOMweb root or its /studies;
+    /// user:password@ in the URL is sent as Basic auth and never shown).
+    #[arg(long, value_name = "URL", requires = "dicom_addr")]
+    pub results_stow: Option<String>,
     /// Folder of the results waiting to be sent (kept across restarts; default
     /// $XDG_STATE_HOME/xray/outbox-AE or ~/.local/state/xray/outbox-AE).
     #[arg(long, value_name = "DIR", requires = "dicom_addr")]
@@ -249,10 +256,19 @@ impl ServeArgs {
         let dicom = match &self.dicom_addr {
             Some(addr) => {
                 check_ae_title(&self.ae_title, "--ae-title")?;
-                let results_to = Node::parse(
-                    self.results_to.as_deref().unwrap_or_default(),
-                    "--results-to",
-                )?;
+                let results_to = match (&self.results_to, &self.results_stow) {
+                    (Some(to), _) => Destination::Dicom {
+                        node: Node::parse(to, "--results-to")?,
+                        calling_ae: self.ae_title.clone(),
+                    },
+                    (None, Some(url)) => Destination::Stow(Stow::parse(url)?),
+                    (None, None) => {
+                        return Err(Error::usage(
+                            "--dicom-addr needs --results-to or --results-stow",
+                        )
+                        .into())
+                    }
+                };
                 Some(NodeOptions {
                     addr: addr.clone(),
                     ae_title: self.ae_title.clone(),

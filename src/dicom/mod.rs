@@ -1,6 +1,7 @@
 //! xray's answers as DICOM objects, in the study of the image they answer: a Structured Report
 //! ([`sr`]) and a Secondary Capture of the Grad-CAM overlay ([`sc`]), with fresh UIDs
-//! ([`uid`]), and their delivery by C-STORE ([`scu`]) through an on-disk queue ([`outbox`]).
+//! ([`uid`]), and their delivery by C-STORE ([`scu`]) or STOW-RS ([`stow`]) through an on-disk
+//! queue ([`outbox`]).
 //!
 //! What goes into every object is read from the source image by [`Source::read`]: the patient
 //! and study modules are copied as they are, so that the PACS files the results beside the
@@ -11,6 +12,7 @@ pub mod outbox;
 pub mod sc;
 pub mod scu;
 pub mod sr;
+pub mod stow;
 pub mod uid;
 
 use std::path::Path;

@@ -14,6 +14,40 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::scu::{store, Node, Sent};
+use super::stow::Stow;
+
+/// Where results go.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A DICOM node, by C-STORE as `calling_ae`.
+    Dicom {
+        /// The node.
+        node: Node,
+        /// Our calling AE title.
+        calling_ae: String,
+    },
+    /// A DICOMweb server, by STOW-RS.
+    Stow(Stow),
+}
+
+impl std::fmt::Display for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Destination::Dicom { node, .. } => write!(f, "{node}"),
+            Destination::Stow(s) => write!(f, "{s}"),
+        }
+    }
+}
+
+impl Destination {
+    /// Sends `files`: one [`Sent`] each, or an error when the destination cannot be reached.
+    pub fn send(&self, files: &[PathBuf], timeout: Duration) -> Result<Vec<Sent>> {
+        match self {
+            Destination::Dicom { node, calling_ae } => store(files, node, calling_ae, timeout),
+            Destination::Stow(s) => s.store(files, timeout),
+        }
+    }
+}
 
 /// Longest pause between two attempts while the destination is down.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -118,12 +152,11 @@ impl Outbox {
         cvar.notify_all();
     }
 
-    /// Starts the sender: it sends the queue to `to` as `calling_ae` until [`Outbox::stop`],
-    /// calling `report` after each attempt.
+    /// Starts the sender: it sends the queue to `to` until [`Outbox::stop`], calling `report`
+    /// after each attempt.
     pub fn start(
         self: &Arc<Self>,
-        to: Node,
-        calling_ae: String,
+        to: Destination,
         timeout: Duration,
         report: impl Fn(Delivery) + Send + 'static,
     ) -> Result<std::thread::JoinHandle<()>> {
@@ -139,31 +172,18 @@ impl Outbox {
                         continue;
                     }
                     let batch = &files[..files.len().min(BATCH)];
-                    match store(batch, &to, &calling_ae, timeout) {
-                        Ok(results) => {
-                            backoff = Duration::from_secs(1);
-                            for (path, sent) in batch.iter().zip(results) {
-                                match sent {
-                                    Sent::Stored => {
-                                        let _ = std::fs::remove_file(path);
-                                        report(Delivery::Stored(
-                                            path.clone(),
-                                            since_received(path),
-                                        ));
-                                    }
-                                    Sent::Refused(status) => {
-                                        let _ =
-                                            std::fs::rename(path, path.with_extension("refused"));
-                                        report(Delivery::Refused(path.clone(), status));
-                                    }
-                                }
-                            }
-                        }
+                    let delay = match to.send(batch, timeout) {
+                        Ok(results) => settle(batch, results, &report),
                         Err(e) => {
                             report(Delivery::Unreachable(format!("{e:#}")));
-                            me.wait(backoff);
-                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                            true
                         }
+                    };
+                    if delay {
+                        me.wait(backoff);
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    } else {
+                        backoff = Duration::from_secs(1);
                     }
                 }
             })
@@ -188,6 +208,31 @@ impl Outbox {
         self.stop.store(true, Ordering::Relaxed);
         self.notify();
     }
+}
+
+/// Removes what was stored, sets aside what was refused (`.refused`), keeps the rest, and
+/// reports each; whether the destination stopped answering (then wait before the next try).
+fn settle(batch: &[PathBuf], results: Vec<Sent>, report: &impl Fn(Delivery)) -> bool {
+    let mut later = false;
+    for (path, sent) in batch.iter().zip(results) {
+        match sent {
+            Sent::Stored => {
+                let _ = std::fs::remove_file(path);
+                report(Delivery::Stored(path.clone(), since_received(path)));
+            }
+            Sent::Refused(status) => {
+                let _ = std::fs::rename(path, path.with_extension("refused"));
+                report(Delivery::Refused(path.clone(), status));
+            }
+            Sent::Later => later = true,
+        }
+    }
+    if later {
+        report(Delivery::Unreachable(
+            "the destination stopped answering".into(),
+        ));
+    }
+    later
 }
 
 /// Microseconds since 1970 of `t`.

@@ -89,8 +89,10 @@ pub fn check_ae_title(ae: &str, flag: &str) -> Result<()> {
 pub enum Sent {
     /// The peer stored it (status 0x0000, or a warning 0xB000-0xBFFF).
     Stored,
-    /// The peer refused it with this status.
+    /// The peer refused it with this status (DIMSE, or HTTP for STOW-RS).
     Refused(u16),
+    /// Not sent this time (the peer stopped answering): try again later.
+    Later,
 }
 
 /// The C-STORE-RQ command set.

@@ -47,8 +47,8 @@ use tokio::sync::oneshot;
 use super::audit::AuditLog;
 use super::worker::{Job, Prepared};
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
-use crate::dicom::outbox::{Delivery, Outbox};
-use crate::dicom::scu::{encode_command, implicit_le, Node};
+use crate::dicom::outbox::{Delivery, Destination, Outbox};
+use crate::dicom::scu::{encode_command, implicit_le};
 use crate::dicom::uid::UidRoot;
 use crate::dicom::{encode, results, Producer, Source};
 use crate::error::Error;
@@ -153,7 +153,7 @@ pub struct NodeOptions {
     /// Who may connect; empty: any AE title from the loopback.
     pub allow: Vec<Allowed>,
     /// Where results go.
-    pub results_to: Node,
+    pub results_to: Destination,
     /// The results queue folder.
     pub queue_dir: PathBuf,
     /// Its size bound in bytes.
@@ -249,7 +249,6 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     let to = options.results_to.clone();
     outbox.start(
         options.results_to.clone(),
-        options.ae_title.clone(),
         options.send_timeout,
         move |d| {
             let (result, extra, file) = match &d {
