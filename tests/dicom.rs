@@ -471,6 +471,19 @@ fn lone_node(dir: &Path, extra: &[&str]) -> (crate::serve::Server, u16, PathBuf)
     (server, port, audit)
 }
 
+/// CPU seconds (user + system) process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
 /// Runs a tool: whether it succeeded, and its stdout and stderr together.
 fn run(cmd: &mut Command) -> (bool, String) {
     let out = cmd.output().unwrap();
@@ -901,7 +914,7 @@ fn dicom_tls_takes_tls_associations_and_refuses_plain_ones() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&key_pem, std::fs::Permissions::from_mode(0o600)).unwrap();
     }
-    let (_server, port, audit) = lone_node(
+    let (server, port, audit) = lone_node(
         dir.path(),
         &[
             "--tls-cert",
@@ -910,6 +923,20 @@ fn dicom_tls_takes_tls_associations_and_refuses_plain_ones() {
             key_pem.to_str().unwrap(),
             "--dicom-tls",
         ],
+    );
+    // Connections that close at once or mid-handshake cost nothing afterwards (dicom-ul's
+    // blocking TLS acceptor would spin on them for ever).
+    let before = cpu_seconds(server.child.id());
+    for partial in [&b""[..], &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]] {
+        use std::io::Write;
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        c.write_all(partial).unwrap();
+    }
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let spent = cpu_seconds(server.child.id()) - before;
+    assert!(
+        spent < 0.5,
+        "the node used {spent:.2} s of CPU after two dropped connections"
     );
     let tls = ["+tla", "+cf", cert_pem.to_str().unwrap()];
     let (ok, text) = run(Command::new("echoscu")
@@ -1031,4 +1058,32 @@ fn results_go_by_stow_rs_to_a_dicomweb_pacs_without_showing_its_password() {
     let logged = std::fs::read_to_string(&audit).unwrap();
     assert!(logged.contains("\"results-sent\""), "{logged}");
     assert!(!logged.contains("s3cret") && !node_line.contains("s3cret"));
+}
+
+#[test]
+#[ignore = "needs DCMTK (scripts/setup/dicom.sh); make test runs it"]
+fn a_silent_connection_is_closed_after_the_artim_time_and_the_node_keeps_serving() {
+    use std::io::Read;
+    need_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let (_server, port, audit) = lone_node(dir.path(), &["--header-timeout", "1"]);
+    let mut silent = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    let waited = started.elapsed().as_secs_f64();
+    assert_eq!(n, 0, "the node answered a connection that sent nothing");
+    assert!((0.9..5.0).contains(&waited), "closed after {waited:.1} s");
+    let (ok, text) = echo("MODALITY", "XRAY", port);
+    assert!(ok, "{text}");
+    let lines = audit_lines(&audit);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["dicom"] == "association" && l["result"] == "rejected"),
+        "{lines:?}"
+    );
 }

@@ -23,8 +23,7 @@
 //! calling AE title, the peer, the sha256 of the SOP Instance UID (never a patient attribute),
 //! the result.
 
-use std::io::Write;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
@@ -239,7 +238,8 @@ impl AccessControl for Gate<'_> {
     }
 }
 
-/// Binds `options.addr`, starts the results sender and the listener thread; prints nothing.
+/// Binds `options.addr`, starts the results sender and the listener (a task on the current
+/// Tokio runtime: call it from within one); prints nothing.
 pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     let listener = TcpListener::bind(&options.addr)
         .map_err(|e| Error::usage(format!("--dicom-addr {}: cannot listen: {e}", options.addr)))?;
@@ -278,18 +278,22 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         active: AtomicUsize::new(0),
         syntaxes: transfer_syntaxes(),
     });
-    std::thread::Builder::new()
-        .name("xray-dicom-listen".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { continue };
-                let node = node.clone();
-                let _ = std::thread::Builder::new()
-                    .name("xray-dicom-assoc".into())
-                    .spawn(move || node.association(stream));
-            }
-        })
-        .context("starting the DICOM listener")?;
+    // One task a connection on the server's runtime: negotiation and messages are async;
+    // decoding, waiting for the model and writing the queue run in place of a worker
+    // (block_in_place), as the HTTP side runs them on blocking threads.
+    listener
+        .set_nonblocking(true)
+        .context("the DICOM listener")?;
+    let listener = tokio::net::TcpListener::from_std(listener).context("the DICOM listener")?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, peer)) = listener.accept().await else {
+                continue;
+            };
+            let node = node.clone();
+            tokio::spawn(async move { node.association(stream, peer.ip()).await });
+        }
+    });
     Ok(Running { local, outbox })
 }
 
@@ -327,30 +331,35 @@ struct Incoming {
 struct Status(u16, String);
 
 impl NodeState {
+    /// Writes an audit line from async code (the writer's acknowledgement is waited for in
+    /// place of a worker).
+    fn audit(&self, line: Value) {
+        tokio::task::block_in_place(|| audit_line(self.shared.audit.as_ref(), line));
+    }
+
     /// Serves one connection: the association, its messages, the release.
-    fn association(&self, stream: TcpStream) {
-        let peer = stream
-            .peer_addr()
-            .map(|a| a.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    async fn association(self: Arc<Self>, stream: tokio::net::TcpStream, peer: IpAddr) {
         let n = self.active.fetch_add(1, Ordering::SeqCst);
         if n >= self.options.max_associations {
-            self.reject_busy(stream, peer);
-            self.active.fetch_sub(1, Ordering::SeqCst);
-            return;
-        }
-        if let Err(e) = self.serve_association(stream, peer) {
+            self.reject_busy(stream, peer).await;
+        } else if let Err(e) = self.serve_association(stream, peer).await {
             tracing::warn!("dicom: association from {peer}: {e:#}");
         }
         self.active.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Reads the request and rejects it: transient, local limit exceeded.
-    fn reject_busy(&self, mut stream: TcpStream, peer: IpAddr) {
-        let _ = stream.set_read_timeout(Some(self.options.artim));
+    /// Reads the request (within the ARTIM time) and rejects it: transient, local limit
+    /// exceeded.
+    async fn reject_busy(&self, mut stream: tokio::net::TcpStream, peer: IpAddr) {
+        use tokio::io::AsyncWriteExt;
         let mut buf = bytes::BytesMut::new();
-        let _ =
-            dicom_ul::association::read_pdu_from_wire(&mut stream, &mut buf, MAX_PDU_BYTES, false);
+        let read = dicom_ul::association::read_pdu_from_wire_async(
+            &mut stream,
+            &mut buf,
+            MAX_PDU_BYTES,
+            false,
+        );
+        let _ = tokio::time::timeout(self.options.artim, read).await;
         let pdu = Pdu::AssociationRJ(AssociationRJ {
             result: AssociationRJResult::Transient,
             source: AssociationRJSource::ServiceProviderPresentation(
@@ -359,18 +368,16 @@ impl NodeState {
         });
         let mut out = Vec::new();
         if dicom_ul::pdu::write_pdu(&mut out, &pdu).is_ok() {
-            let _ = stream.write_all(&out);
+            let _ = tokio::time::timeout(self.options.idle, stream.write_all(&out)).await;
         }
-        audit_line(
-            self.shared.audit.as_ref(),
+        self.audit(
             json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": "too many associations"}),
         );
     }
 
-    /// Negotiates the association (over TLS with `--dicom-tls`), then serves it.
-    fn serve_association(&self, stream: TcpStream, peer: IpAddr) -> Result<()> {
-        // The socket, kept to set the idle timeout once the association stands.
-        let socket = stream.try_clone().context("the connection")?;
+    /// Negotiates the association (over TLS with `--dicom-tls`) within the ARTIM time, then
+    /// serves it.
+    async fn serve_association(&self, stream: tokio::net::TcpStream, peer: IpAddr) -> Result<()> {
         let gate = Gate {
             allow: &self.options.allow,
             peer,
@@ -388,76 +395,88 @@ impl NodeState {
         for ts in &self.syntaxes {
             options = options.with_transfer_syntax(*ts);
         }
-        let refused = |e: &dyn std::fmt::Display| {
-            audit_line(
-                self.shared.audit.as_ref(),
-                json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": e.to_string()}),
+        let artim = self.options.artim;
+        let refused = |why: String| {
+            self.audit(
+                json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
             );
             Ok(())
         };
+        let late = || format!("no association request within {} s", artim.as_secs_f64());
         match &self.options.tls {
             // The current certificate: renewed ones apply to the next association.
-            Some(tls) => match options.tls_config(tls.get_inner()).establish_tls(stream) {
-                Ok(assoc) => self.run_association(assoc, &socket, peer),
-                Err(e) => refused(&e),
-            },
-            None => match options.establish(stream) {
-                Ok(assoc) => self.run_association(assoc, &socket, peer),
-                Err(e) => refused(&e),
+            Some(tls) => {
+                let options = options.tls_config(tls.get_inner());
+                match tokio::time::timeout(artim, options.establish_tls_async(stream)).await {
+                    Ok(Ok(assoc)) => self.run_association(assoc, peer).await,
+                    Ok(Err(e)) => refused(e.to_string()),
+                    Err(_) => refused(late()),
+                }
+            }
+            None => match tokio::time::timeout(artim, options.establish_async(stream)).await {
+                Ok(Ok(assoc)) => self.run_association(assoc, peer).await,
+                Ok(Err(e)) => refused(e.to_string()),
+                Err(_) => refused(late()),
             },
         }
     }
 
-    /// The association's receive loop: one arm per PDU kind, until release, abort or error.
-    fn run_association<S>(
+    /// The association's receive loop: one arm per PDU kind, until release, abort, error or
+    /// the idle time without a PDU.
+    async fn run_association<S>(
         &self,
-        mut assoc: dicom_ul::association::server::ServerAssociation<S>,
-        socket: &TcpStream,
+        mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
         peer: IpAddr,
     ) -> Result<()>
     where
-        S: std::io::Read + std::io::Write + dicom_ul::association::CloseSocket,
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     {
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
-        audit_line(
-            self.shared.audit.as_ref(),
+        self.audit(
             json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "accepted"}),
         );
-        socket.set_read_timeout(Some(self.options.idle)).ok();
         let contexts = assoc.presentation_contexts().to_vec();
         let mut msg = Incoming::default();
         loop {
-            let pdu = match assoc.receive() {
-                Ok(p) => p,
-                Err(e) => {
-                    audit_line(
-                        self.shared.audit.as_ref(),
-                        json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "ended", "reason": e.to_string()}),
-                    );
-                    let _ = assoc.abort();
+            let ended = |why: String| json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "ended", "reason": why});
+            let pdu = match tokio::time::timeout(self.options.idle, assoc.receive()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => {
+                    self.audit(ended(e.to_string()));
+                    let _ = assoc.abort().await;
+                    return Ok(());
+                }
+                Err(_) => {
+                    let idle = self.options.idle.as_secs_f64();
+                    self.audit(ended(format!("no PDU within {idle} s")));
+                    let _ = assoc.abort().await;
                     return Ok(());
                 }
             };
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
-                        if let Some(reply) = self.take(&mut msg, pdv, &contexts, &calling, peer) {
+                        let reply = tokio::task::block_in_place(|| {
+                            self.take(&mut msg, pdv, &contexts, &calling, peer)
+                        });
+                        if let Some(reply) = reply {
                             assoc
                                 .send(&reply)
+                                .await
                                 .map_err(|e| anyhow!("answering {calling}: {e}"))?;
                             msg = Incoming::default();
                         }
                     }
                 }
                 Pdu::ReleaseRQ => {
-                    let _ = assoc.send(&Pdu::ReleaseRP);
+                    let _ = assoc.send(&Pdu::ReleaseRP).await;
                     return Ok(());
                 }
                 Pdu::AbortRQ { .. } => return Ok(()),
                 _ => {
-                    let _ = assoc.abort();
+                    let _ = assoc.abort().await;
                     return Ok(());
                 }
             }

@@ -4,10 +4,11 @@
 # the same study: Orthanc Explorer's study page (headless Chromium) and the Grad-CAM
 # Secondary Capture as Orthanc renders it.
 #
-#   scripts/docs/dicom_screenshot.sh RUN_DIR [OUT_DIR=docs] [IMAGE]
+#   scripts/experiments/dicom_screenshot.sh RUN_DIR [OUT_DIR=docs] [IMAGE]
 # Needs Orthanc, DCMTK (scripts/setup/dicom.sh), Chromium (scripts/setup/chromium.sh) and a
 # release build (make build).
 set -euo pipefail
+# shellcheck disable=SC2154 # pacs_http, node_port: set by pacs_start (scripts/lib/pacs.sh)
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 run=${1:?usage: dicom_screenshot.sh RUN_DIR [OUT_DIR] [IMAGE]}
 out=${2:-docs}
