@@ -812,3 +812,14 @@ pub fn default_queue_dir(ae_title: &str) -> PathBuf {
     base.join("xray")
         .join(format!("outbox-{}", ae_title.trim()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_offered_transfer_syntax_is_decodable_in_this_build() {
+        // The docs promise these; a build without one of the decoders would negotiate it away.
+        assert_eq!(transfer_syntaxes(), CANDIDATE_SYNTAXES);
+    }
+}
