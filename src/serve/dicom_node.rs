@@ -546,58 +546,7 @@ impl NodeState {
                 None,
                 0,
             )),
-            0x0001 => {
-                let instance = str_of(&command, tags::AFFECTED_SOP_INSTANCE_UID);
-                let started = Instant::now();
-                let received = std::time::SystemTime::now();
-                let ts = contexts
-                    .iter()
-                    .find(|pc| pc.id == msg.context_id)
-                    .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string())
-                    .unwrap_or_default();
-                let outcome = if msg.data_bytes > self.shared.max_bytes {
-                    Err(Status(
-                        0xA700,
-                        format!(
-                            "data set of {} MiB; limit {} MiB",
-                            msg.data_bytes >> 20,
-                            self.shared.max_bytes >> 20
-                        ),
-                    ))
-                } else {
-                    let data = std::mem::take(&mut msg.data);
-                    self.store(&class, &instance, &ts, data, received)
-                };
-                let (status, record) = match outcome {
-                    Ok(record) => (0u16, record),
-                    Err(Status(status, reason)) => (
-                        status,
-                        json!({"status": format!("0x{status:04X}"), "error": reason}),
-                    ),
-                };
-                let mut line = json!({
-                    "dicom": "c-store",
-                    "peer": peer.to_string(),
-                    "calling_ae": calling,
-                    "sop_instance_uid_sha256": crate::fsutil::sha256_hex(instance.as_bytes()),
-                    "input_bytes": msg.data_bytes,
-                    "seconds": started.elapsed().as_secs_f64(),
-                    "model": self.shared.producer.model,
-                    "weights_sha256": self.shared.producer.weights_sha256,
-                });
-                if let (Some(l), Some(r)) = (line.as_object_mut(), record.as_object()) {
-                    l.extend(r.clone());
-                }
-                audit_line(self.shared.audit.as_ref(), line);
-                Some(response(
-                    msg.context_id,
-                    0x8001,
-                    message_id,
-                    &class,
-                    Some(&instance),
-                    status,
-                ))
-            }
+            0x0001 => Some(self.c_store(msg, &command, message_id, contexts, calling, peer)),
             _ => Some(response(
                 msg.context_id,
                 field | 0x8000,
@@ -607,6 +556,70 @@ impl NodeState {
                 0x0211,
             )),
         }
+    }
+
+    /// Answers a complete C-STORE-RQ: the image stored, answered and its results queued, or
+    /// refused with a status; audited either way. The C-STORE-RSP.
+    fn c_store(
+        &self,
+        msg: &mut Incoming,
+        command: &InMemDicomObject,
+        message_id: u16,
+        contexts: &[dicom_ul::pdu::PresentationContextNegotiated],
+        calling: &str,
+        peer: IpAddr,
+    ) -> Pdu {
+        let class = str_of(command, tags::AFFECTED_SOP_CLASS_UID);
+        let instance = str_of(command, tags::AFFECTED_SOP_INSTANCE_UID);
+        let started = Instant::now();
+        let received = std::time::SystemTime::now();
+        let ts = contexts
+            .iter()
+            .find(|pc| pc.id == msg.context_id)
+            .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string())
+            .unwrap_or_default();
+        let outcome = if msg.data_bytes > self.shared.max_bytes {
+            Err(Status(
+                0xA700,
+                format!(
+                    "data set of {} MiB; limit {} MiB",
+                    msg.data_bytes >> 20,
+                    self.shared.max_bytes >> 20
+                ),
+            ))
+        } else {
+            let data = std::mem::take(&mut msg.data);
+            self.store(&class, &instance, &ts, data, received)
+        };
+        let (status, record) = match outcome {
+            Ok(record) => (0u16, record),
+            Err(Status(status, reason)) => (
+                status,
+                json!({"status": format!("0x{status:04X}"), "error": reason}),
+            ),
+        };
+        let mut line = json!({
+            "dicom": "c-store",
+            "peer": peer.to_string(),
+            "calling_ae": calling,
+            "sop_instance_uid_sha256": crate::fsutil::sha256_hex(instance.as_bytes()),
+            "input_bytes": msg.data_bytes,
+            "seconds": started.elapsed().as_secs_f64(),
+            "model": self.shared.producer.model,
+            "weights_sha256": self.shared.producer.weights_sha256,
+        });
+        if let (Some(l), Some(r)) = (line.as_object_mut(), record.as_object()) {
+            l.extend(r.clone());
+        }
+        audit_line(self.shared.audit.as_ref(), line);
+        response(
+            msg.context_id,
+            0x8001,
+            message_id,
+            &class,
+            Some(&instance),
+            status,
+        )
     }
 
     /// Decodes, answers and queues the results of one received image; the audit record of the
