@@ -287,8 +287,14 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     let listener = tokio::net::TcpListener::from_std(listener).context("the DICOM listener")?;
     tokio::spawn(async move {
         loop {
-            let Ok((stream, peer)) = listener.accept().await else {
-                continue;
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors, say: wait rather than spin on the error.
+                    tracing::warn!("dicom: accepting a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let node = node.clone();
             tokio::spawn(async move { node.association(stream, peer.ip()).await });
