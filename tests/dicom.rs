@@ -276,6 +276,7 @@ pub struct Orthanc {
     child: Option<std::process::Child>,
     pub http: u16,
     pub dicom: u16,
+    name: String,
     agent: ureq::Agent,
 }
 
@@ -290,7 +291,8 @@ impl Orthanc {
         let dir = tempfile::tempdir().unwrap();
         let (http, dicom) = (free_port(), free_port());
         let config = serde_json::json!({
-            "Name": "xray-test-pacs",
+            // A name of its own: the wait below knows its server from another test's.
+            "Name": format!("xray-test-pacs-{}", rand::random::<u32>()),
             "StorageDirectory": dir.path().join("storage"),
             "IndexDirectory": dir.path().join("storage"),
             "HttpPort": http,
@@ -311,10 +313,12 @@ impl Orthanc {
             child: None,
             http,
             dicom,
+            name: String::new(),
             agent: ureq::AgentBuilder::new()
                 .timeout(std::time::Duration::from_secs(30))
                 .build(),
         };
+        o.name = config["Name"].as_str().unwrap().to_string();
         o.restart();
         o
     }
@@ -330,7 +334,20 @@ impl Orthanc {
             .expect("Orthanc starts");
         self.child = Some(child);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while self.try_get("/system").is_none() {
+        while self
+            .try_get("/system")
+            .map(|s| s["Name"] == self.name.as_str())
+            != Some(true)
+        {
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            assert!(
+                exited.is_none(),
+                "Orthanc exited ({exited:?}), its port taken?\n{}",
+                std::fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+            );
             assert!(
                 std::time::Instant::now() < deadline,
                 "Orthanc did not answer within 60 s:\n{}",
@@ -523,6 +540,25 @@ fn audit_lines(path: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The audit log's lines once `done` holds for them; fails after 10 s.
+fn wait_for_audit(
+    path: &Path,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let lines = audit_lines(path);
+        if done(&lines) {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the audit log did not get there in 10 s: {lines:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Waits until `dir` holds no queued result.
 fn wait_for_empty_queue(dir: &Path, seconds: u64) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
@@ -559,17 +595,16 @@ fn echo_is_answered_and_the_allow_list_and_called_title_are_enforced() {
         !ok && text.contains("Called AE Title Not Recognized"),
         "{text}"
     );
-    let lines = audit_lines(&audit);
-    let rejected = lines
-        .iter()
-        .filter(|l| l["dicom"] == "association" && l["result"] == "rejected")
-        .count();
-    assert_eq!(rejected, 2, "{lines:?}");
-    let accepted = lines
-        .iter()
-        .filter(|l| l["dicom"] == "association" && l["result"] == "accepted")
-        .count();
-    assert_eq!(accepted, 1, "{lines:?}");
+    // A rejection is audited after the A-ASSOCIATE-RJ went out: wait for the lines.
+    let count = |lines: &[serde_json::Value], result: &str| {
+        lines
+            .iter()
+            .filter(|l| l["dicom"] == "association" && l["result"] == result)
+            .count()
+    };
+    let lines = wait_for_audit(&audit, |l| count(l, "rejected") >= 2);
+    assert_eq!(count(&lines, "rejected"), 2, "{lines:?}");
+    assert_eq!(count(&lines, "accepted"), 1, "{lines:?}");
 }
 
 #[test]
@@ -1079,11 +1114,9 @@ fn a_silent_connection_is_closed_after_the_artim_time_and_the_node_keeps_serving
     assert!((0.9..5.0).contains(&waited), "closed after {waited:.1} s");
     let (ok, text) = echo("MODALITY", "XRAY", port);
     assert!(ok, "{text}");
-    let lines = audit_lines(&audit);
-    assert!(
+    wait_for_audit(&audit, |lines| {
         lines
             .iter()
-            .any(|l| l["dicom"] == "association" && l["result"] == "rejected"),
-        "{lines:?}"
-    );
+            .any(|l| l["dicom"] == "association" && l["result"] == "rejected")
+    });
 }

@@ -98,14 +98,17 @@ impl Outbox {
         &self.dir
     }
 
-    /// The queued files (`*.dcm`), oldest name first, and their total size.
+    /// The queued files (`*.dcm`, not those being written), oldest name first, and their
+    /// total size.
     pub fn pending(&self) -> (Vec<PathBuf>, u64) {
         let mut files = Vec::new();
         let mut bytes = 0;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let path = e.path();
-                if path.extension().is_some_and(|x| x == "dcm") {
+                // Not a file still being written (write_with's `NAME.PID.tmp.dcm`).
+                let writing = path.to_string_lossy().contains(".tmp.");
+                if path.extension().is_some_and(|x| x == "dcm") && !writing {
                     bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                     files.push(path);
                 }
