@@ -211,3 +211,12 @@ impl RunOk for std::process::Command {
         assert_ok(self.output().expect("the command starts"))
     }
 }
+
+/// A free loopback port (bound and released: another process may take it before the caller
+/// does, rarely).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}

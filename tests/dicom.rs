@@ -15,7 +15,7 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use std::path::PathBuf;
 
-use crate::common::{assert_ok, trained, xray, RunOk};
+use crate::common::{assert_ok, free_port, trained, xray, RunOk};
 
 /// The identity of a test image: patient, study, series and instance.
 #[derive(Debug, Clone)]
@@ -169,6 +169,18 @@ pub fn dcm_value(file: &Path, tag: &str) -> String {
         .to_string()
 }
 
+/// The probability of class `k` in a report as `dsrdump +Pc` prints it.
+fn probability_in_report(text: &str, k: usize) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
+        .unwrap_or_else(|| panic!("no probability of class {k} in:\n{text}"));
+    line.split('"')
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {line}"))
+}
+
 /// predict's JSON label and probability of `file`.
 fn predicted(run: &Path, file: &Path) -> (String, f64) {
     let out = xray()
@@ -237,15 +249,7 @@ fn predict_writes_a_valid_report_and_overlay_in_the_source_study() {
         "finding {label} not in:\n{text}"
     );
     let k = if label == "normal" { 0 } else { 1 };
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
-        .unwrap_or_else(|| panic!("no probability of {label} in:\n{text}"));
-    let value: f64 = line
-        .split('"')
-        .nth(3)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no value in {line}"));
+    let value = probability_in_report(&text, k);
     assert!((value - p).abs() < 1e-5, "{value} vs predict's {p}");
     assert!(text.contains("Research use, not a diagnosis"), "{text}");
     assert!(
@@ -256,15 +260,6 @@ fn predict_writes_a_valid_report_and_overlay_in_the_source_study() {
 
 // ---------------------------------------------------------------------------------------------
 // Orthanc, the PACS.
-
-/// A free loopback port (bound and released: another process may take it, rarely).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Orthanc's DICOMweb plugin (Debian's `orthanc-dicomweb`).
 const DICOMWEB_PLUGIN: &str = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so";
@@ -649,11 +644,7 @@ fn a_stored_image_comes_back_to_orthanc_as_a_report_and_an_overlay_in_its_study(
         "{label} not in:\n{text}"
     );
     let k = if label == "normal" { 0 } else { 1 };
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
-        .unwrap();
-    let value: f64 = line.split('"').nth(3).unwrap().parse().unwrap();
+    let value = probability_in_report(&text, k);
     assert!((value - p).abs() < 1e-5, "{value} vs predict's {p}");
     wait_for_empty_queue(&queue, 30);
 

@@ -2,7 +2,7 @@
 //! `chromium` and `chromium-driver`), enough to load a page, run a script, upload a file, read
 //! text, collect the console's errors and take a screenshot.
 
-use std::net::TcpListener;
+use crate::common::free_port;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -52,13 +52,6 @@ pub struct Session {
     driver: Child,
     base: String,
     _profile: tempfile::TempDir,
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
 }
 
 impl Session {

@@ -110,6 +110,13 @@ fn is_dicom(head: &[u8]) -> bool {
     head.len() >= 132 && &head[128..132] == b"DICM"
 }
 
+/// Whether the file at `path` is DICOM Part 10 (its magic "DICM" at byte 128); false when it
+/// cannot be read.
+pub fn is_dicom_file(path: &Path) -> bool {
+    let mut head = [0u8; 132];
+    read_head(path, &mut head).is_ok_and(|n| is_dicom(&head[..n]))
+}
+
 fn guess_format(name: &Path, head: &[u8]) -> Result<image::ImageFormat, Error> {
     image::guess_format(head).map_err(|_| {
         Error::image(

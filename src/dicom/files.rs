@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 
 use super::uid::UidRoot;
 use super::{encode, results, Producer, Source};
-use crate::data::decode::{decode_image, to_model_pixels};
+use crate::data::decode::{decode_image, is_dicom_file, to_model_pixels};
 use crate::explain::overlay::preview;
 use crate::explain::{answer_pixels, explainer};
 use crate::infer::Predictor;
@@ -21,15 +21,6 @@ pub struct Written {
     pub report: PathBuf,
     /// The overlay file, when one was made.
     pub capture: Option<PathBuf>,
-}
-
-/// Whether `path` is a DICOM Part 10 file (its magic "DICM" at byte 128).
-pub fn is_dicom_file(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 132];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
-        .is_ok_and(|()| &head[128..] == b"DICM")
 }
 
 /// Writes, for each DICOM file of `inputs` (others are skipped), `DIR/STEM.sr.dcm` and with

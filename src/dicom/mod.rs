@@ -63,6 +63,15 @@ const TYPE_2: &[Tag] = &[
     tags::STUDY_ID,
 ];
 
+/// A text element's value without its padding; `None` when absent or empty.
+pub fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
+    obj.element(tag)
+        .ok()
+        .and_then(|e| e.to_str().ok())
+        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
+        .filter(|s| !s.is_empty())
+}
+
 /// What a result needs of the image it answers.
 #[derive(Debug, Clone)]
 pub struct Source {
@@ -86,15 +95,8 @@ impl Source {
     /// The attributes of a source data set (header only is enough). A source without Study
     /// Instance UID or SOP Instance UID cannot be answered in its study: an error naming it.
     pub fn of(obj: &InMemDicomObject, name: &Path) -> Result<Source, Error> {
-        let text = |tag: Tag| -> Option<String> {
-            obj.element(tag)
-                .ok()
-                .and_then(|e| e.to_str().ok())
-                .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-                .filter(|s| !s.is_empty())
-        };
         let need = |tag: Tag, what: &str| {
-            text(tag).ok_or_else(|| Error::image(name, format!("DICOM without {what}")))
+            text(obj, tag).ok_or_else(|| Error::image(name, format!("DICOM without {what}")))
         };
         let copied = COPIED
             .iter()
@@ -106,7 +108,7 @@ impl Source {
             series_uid: need(tags::SERIES_INSTANCE_UID, "Series Instance UID")?,
             sop_class_uid: need(tags::SOP_CLASS_UID, "SOP Class UID")?,
             sop_instance_uid: need(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
-            modality: text(tags::MODALITY).unwrap_or_else(|| "OT".into()),
+            modality: text(obj, tags::MODALITY).unwrap_or_else(|| "OT".into()),
             series_extra: [tags::BODY_PART_EXAMINED, tags::LATERALITY]
                 .iter()
                 .filter_map(|&t| obj.element(t).ok().cloned())
@@ -200,11 +202,21 @@ impl Producer {
     /// The producer of a loaded model's answers.
     pub fn of(predictor: &crate::infer::Predictor) -> Result<Producer> {
         let weights = predictor.run_dir.join("model.safetensors");
-        let card = &predictor.card;
-        Ok(Producer {
-            model: crate::run::run_name(&predictor.run_dir),
-            weights_sha256: crate::fsutil::sha256_file(&weights)
-                .with_context(|| format!("reading {}", weights.display()))?,
+        let sha256 = crate::fsutil::sha256_file(&weights)
+            .with_context(|| format!("reading {}", weights.display()))?;
+        Ok(Producer::new(
+            crate::run::run_name(&predictor.run_dir),
+            sha256,
+            &predictor.card,
+        ))
+    }
+
+    /// The producer of `card`'s answers, for the run `model` whose weights hash to
+    /// `weights_sha256` (the server has hashed them already).
+    pub fn new(model: String, weights_sha256: String, card: &crate::run::ModelCard) -> Producer {
+        Producer {
+            model,
+            weights_sha256,
             parameters: format!(
                 "architecture {}; input {}x{}, {} channel(s); classes {}; temperature {}",
                 card.arch.as_str(),
@@ -214,7 +226,7 @@ impl Producer {
                 card.classes.join(", "),
                 sr::ds(card.temperature)
             ),
-        })
+        }
     }
 
     /// A UID for this xray node as the report's device observer: `2.25.` and the first 16

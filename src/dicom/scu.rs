@@ -274,7 +274,8 @@ fn response_status<S: std::io::Read + std::io::Write + dicom_ul::association::Cl
     }
 }
 
-/// The DICOM files under `dir` (walked, sorted), for `xray dicom-send`.
+/// The DICOM files under `dir` (walked as `predict` walks folders, sorted), for
+/// `xray dicom-send`.
 pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.is_file() {
         return Ok(vec![dir.to_path_buf()]);
@@ -283,20 +284,8 @@ pub fn files_under(dir: &Path) -> Result<Vec<PathBuf>> {
         return Err(Error::usage(format!("{}: no such file or folder", dir.display())).into());
     }
     let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("dcm"))
-            {
-                out.push(path);
-            }
-        }
-    }
+    crate::data::scan::walk_files(dir, &mut out)?;
+    out.retain(|p| p.extension().is_some_and(|e| e.eq_ignore_ascii_case("dcm")));
     out.sort();
     Ok(out)
 }

@@ -49,7 +49,7 @@ use crate::data::decode::{decode_image_bytes, to_model_pixels};
 use crate::dicom::outbox::{Delivery, Destination, Outbox};
 use crate::dicom::scu::{encode_command, implicit_le};
 use crate::dicom::uid::UidRoot;
-use crate::dicom::{encode, results, Producer, Source};
+use crate::dicom::{encode, results, text, Producer, Source};
 use crate::error::Error;
 use crate::explain::overlay::preview;
 
@@ -303,12 +303,10 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     Ok(Running { local, outbox })
 }
 
-/// Writes one audit line (without waiting for it to be synced: the DICOM side answers with a
-/// status, not with the line).
+/// Writes one audit line (the writer stamps its time) and waits until it is on disk; a line
+/// the writer is too far behind to take is dropped, the DICOM side answering with its status.
 fn audit_line(audit: Option<&AuditLog>, record: Value) {
     let Some(audit) = audit else { return };
-    let mut record = record;
-    record["time"] = json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
     if let Ok(written) = audit.submit(&[record]) {
         let _ = written.blocking_recv();
     }
@@ -542,7 +540,7 @@ impl NodeState {
             .ok()
             .and_then(|e| e.to_int::<u16>().ok())
             .unwrap_or(0);
-        let class = str_of(&command, tags::AFFECTED_SOP_CLASS_UID);
+        let class = text_or_empty(&command, tags::AFFECTED_SOP_CLASS_UID);
         match field {
             0x0030 => Some(response(
                 msg.context_id,
@@ -575,8 +573,8 @@ impl NodeState {
         calling: &str,
         peer: IpAddr,
     ) -> Pdu {
-        let class = str_of(command, tags::AFFECTED_SOP_CLASS_UID);
-        let instance = str_of(command, tags::AFFECTED_SOP_INSTANCE_UID);
+        let class = text_or_empty(command, tags::AFFECTED_SOP_CLASS_UID);
+        let instance = text_or_empty(command, tags::AFFECTED_SOP_INSTANCE_UID);
         let started = Instant::now();
         let received = std::time::SystemTime::now();
         let ts = contexts
@@ -651,8 +649,8 @@ impl NodeState {
             .read_until(tags::PIXEL_DATA)
             .from_reader(part10.as_slice())
             .map_err(|e| Status(0xC000, format!("unreadable data set: {e}")))?;
-        let in_set = str_of(&header, tags::SOP_CLASS_UID);
-        if in_set != class || str_of(&header, tags::SOP_INSTANCE_UID) != instance {
+        let in_set = text_or_empty(&header, tags::SOP_CLASS_UID);
+        if in_set != class || text_or_empty(&header, tags::SOP_INSTANCE_UID) != instance {
             return Err(Status(
                 0xA900,
                 "the data set's SOP class or instance differs from the command's".into(),
@@ -748,13 +746,9 @@ fn short_uid(uid: &str) -> String {
     uid.chars().take(24).collect()
 }
 
-/// A text element's value, trimmed (empty when absent).
-fn str_of(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
-    obj.element(tag)
-        .ok()
-        .and_then(|e| e.to_str().ok())
-        .map(|s| s.trim_end_matches(['\0', ' ']).to_string())
-        .unwrap_or_default()
+/// A text element's value, trimmed; empty when absent.
+fn text_or_empty(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
+    text(obj, tag).unwrap_or_default()
 }
 
 /// A received data set made into a Part 10 file in memory (preamble, file meta, data set as

@@ -195,10 +195,13 @@ pub fn router(
     )
     .context("registering the metrics")?;
     let card = predictor.card.clone();
-    let producer = dicom
-        .as_ref()
-        .map(|_| crate::dicom::Producer::of(&predictor))
-        .transpose()?;
+    let producer = dicom.as_ref().map(|_| {
+        crate::dicom::Producer::new(
+            identity.model.clone(),
+            identity.weights_sha256.clone(),
+            &card,
+        )
+    });
     let (jobs, worker) = worker::start(predictor, identity.model.clone(), options.queue)?;
     let state = Arc::new(AppState {
         jobs,
