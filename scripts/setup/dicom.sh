@@ -17,14 +17,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "dicom: not root, not installing; the DICOM node tests will skip" >&2
     exit 0
 fi
-# policy-rc.d 101: the orthanc package must not start its own service.
-policy=/usr/sbin/policy-rc.d
-created=
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
-fi
-pkgs=(orthanc orthanc-dicomweb dcmtk dicom3tools)
-apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y --no-install-recommends "${pkgs[@]}" >/dev/null; }
-[ -n "$created" ] && rm -f "$policy"
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
+apt_install_no_services --no-install-recommends orthanc orthanc-dicomweb dcmtk dicom3tools
 have

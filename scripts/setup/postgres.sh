@@ -11,13 +11,7 @@ if [ "$(id -u)" != 0 ]; then
     echo "postgres: not root, not installing; the shared-search tests will skip" >&2
     exit 0
 fi
-# policy-rc.d 101: the package must not start its own cluster service.
-policy=/usr/sbin/policy-rc.d
-created=
-if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created=1
-fi
-apt-get install -y postgresql >/dev/null 2>&1 ||
-    { apt-get update -qq && apt-get install -y postgresql >/dev/null; }
-[ -n "$created" ] && rm -f "$policy"
+# shellcheck source=scripts/lib/apt.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib/apt.sh"
+apt_install_no_services postgresql
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null
