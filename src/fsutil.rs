@@ -6,6 +6,14 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
+/// xray's cache folder: `$XRAY_CACHE_DIR`, else `~/.cache/xray` (none without a home).
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XRAY_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/xray"))
+}
+
 /// `path` with `suffix` appended to its file name (`a.csv` + `.json` = `a.csv.json`).
 pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();

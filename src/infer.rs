@@ -17,6 +17,7 @@ use crate::error::TorchResultExt;
 use crate::models::{build, Classifier, ModelSpec};
 use crate::ood::OodDetector;
 use crate::run::ModelCard;
+use crate::torch_ext::auto_precision::{self, AutoChoice};
 
 /// A trained model loaded from its run folder.
 pub struct Predictor {
@@ -32,7 +33,12 @@ pub struct Predictor {
     pub ood: Option<OodDetector>,
     /// The arithmetic of its forward passes (float32 unless [`Predictor::set_precision`]).
     pub precision: Precision,
+    /// What `auto` timed to choose [`Predictor::precision`], where it timed.
+    pub auto: Option<AutoChoice>,
 }
+
+/// Images per forward pass when `auto` times inference: `predict`'s batch on the CPU.
+pub const AUTO_PROBE_BATCH: i64 = 8;
 
 /// Probabilities and out-of-distribution scores of a batch of images.
 #[derive(Debug, Clone)]
@@ -71,6 +77,7 @@ impl Predictor {
             vs,
             ood: None,
             precision: Precision::FP32,
+            auto: None,
         })
     }
 
@@ -96,14 +103,82 @@ impl Predictor {
             vs,
             ood,
             precision: Precision::FP32,
+            auto: None,
         })
     }
 
     /// Runs the forward passes of prediction and evaluation in `choice` on this device (heatmaps
-    /// stay float32); the result is in [`Predictor::precision`].
+    /// stay float32); the result is in [`Predictor::precision`]. `auto` on a CPU with bfloat16
+    /// instructions times forward passes of [`AUTO_PROBE_BATCH`] images in both precisions
+    /// (once per model on this machine; [`crate::torch_ext::auto_precision`]) and keeps bf16
+    /// only where it is measurably faster; what it measured is in [`Predictor::auto`] and
+    /// [`Predictor::auto_note`].
     pub fn set_precision(&mut self, choice: PrecisionChoice) -> Result<()> {
-        self.precision = Precision::for_inference(choice, self.device);
-        self.precision.prepare_weights(&self.vs)
+        // Weights channels-last: both CPU inference precisions use that layout.
+        Precision::for_inference(choice, self.device).prepare_weights(&self.vs)?;
+        self.auto = None;
+        self.precision = if Precision::auto_measures(choice, self.device) {
+            let measured = self.time_precisions()?;
+            let chosen = Precision::for_inference(
+                if measured.bf16() {
+                    PrecisionChoice::Bf16
+                } else {
+                    PrecisionChoice::Fp32
+                },
+                self.device,
+            );
+            self.auto = Some(measured);
+            chosen
+        } else {
+            Precision::for_inference(choice, self.device)
+        };
+        Ok(())
+    }
+
+    /// Where `auto` timed the precisions: one line of what it chose and why.
+    pub fn auto_note(&self) -> Option<String> {
+        let auto = self.auto.as_ref()?;
+        Some(format!(
+            "precision {} ({})",
+            self.precision.label(),
+            auto.note()
+        ))
+    }
+
+    /// `auto`'s measurement: forward passes of random images, float32 against bf16.
+    fn time_precisions(&self) -> Result<AutoChoice> {
+        let card = &self.card;
+        let workload = format!(
+            "infer|{}|{}|{} px|{} channels|{} classes|batch {AUTO_PROBE_BATCH}",
+            card.arch.as_str(),
+            serde_json::to_string(&card.shape)?,
+            card.image_size,
+            card.channels,
+            card.classes.len()
+        );
+        let timed = format!(
+            "{} forward pass of {AUTO_PROBE_BATCH} images at {} px",
+            card.arch.as_str(),
+            card.image_size
+        );
+        let size = card.image_size as i64;
+        let xs = Tensor::randn(
+            [AUTO_PROBE_BATCH, card.channels as i64, size, size],
+            (Kind::Float, self.device),
+        );
+        let pass = |choice| {
+            let precision = Precision::for_inference(choice, self.device);
+            let xs = precision.input(xs.shallow_clone());
+            let _ =
+                tch::no_grad(|| precision.run(self.device, || self.model.forward_t(&xs, false)));
+            Ok(())
+        };
+        auto_precision::choose(&workload, &timed, || {
+            auto_precision::time_alternating(
+                || pass(PrecisionChoice::Fp32),
+                || pass(PrecisionChoice::Bf16),
+            )
+        })
     }
 
     /// The input recipe stored in model.json.

@@ -54,6 +54,10 @@ pub struct OodCard {
     /// Its 90% interval over draws of the validation set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected_flag_interval: Option<[f64; 2]>,
+    /// The validation images the threshold was set on, and how many of them it leaves above
+    /// (absent in runs made before them): what [`flag_count_range`] predicts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration: Option<[usize; 2]>,
     /// Training images the class means and covariance were fitted on.
     pub fit_images: usize,
     /// Feature dimensions.
@@ -259,6 +263,45 @@ pub fn expected_flag_rate(n: usize, above: usize) -> (f64, [f64; 2]) {
     )
 }
 
+/// The range of flag counts `[low, high]` that `n_new` new in-distribution images fall in
+/// with probability at least 90%, for a threshold that left `above` of `n` validation scores
+/// above it. The count is beta-binomial: Binomial(`n_new`, p) with p ~ Beta(above + 1,
+/// n - above) as in [`expected_flag_rate`], so it carries both the validation set's and the
+/// new set's sampling error. `low` and `high` leave at most 5% on each side. A set flagged more
+/// often than `high` differs from validation by more than chance.
+pub fn flag_count_range(n: usize, above: usize, n_new: usize) -> [usize; 2] {
+    let pmf = beta_binomial_pmf(
+        n_new,
+        (above + 1) as f64,
+        n.saturating_sub(above).max(1) as f64,
+    );
+    let (mut low, mut below) = (0, 0.0);
+    while low < n_new && below + pmf[low] <= 0.05 {
+        below += pmf[low];
+        low += 1;
+    }
+    let (mut high, mut beyond) = (n_new, 0.0);
+    while high > low && beyond + pmf[high] <= 0.05 {
+        beyond += pmf[high];
+        high -= 1;
+    }
+    [low, high]
+}
+
+/// P(K = k) for k = 0..=n of the beta-binomial distribution (n, a, b).
+fn beta_binomial_pmf(n: usize, a: f64, b: f64) -> Vec<f64> {
+    use puruspe::ln_gamma;
+    let ln_beta = |x: f64, y: f64| ln_gamma(x) + ln_gamma(y) - ln_gamma(x + y);
+    let nf = n as f64;
+    (0..=n)
+        .map(|k| {
+            let k = k as f64;
+            let ln_choose = ln_gamma(nf + 1.0) - ln_gamma(k + 1.0) - ln_gamma(nf - k + 1.0);
+            (ln_choose + ln_beta(k + a, nf - k + b) - ln_beta(a, b)).exp()
+        })
+        .collect()
+}
+
 /// The `p` quantile of Beta(a, b): the inverse regularized incomplete beta function.
 fn beta_quantile(p: f64, a: f64, b: f64) -> f64 {
     puruspe::invbetai(p, a, b)
@@ -366,6 +409,33 @@ mod tests {
             let x = beta_quantile(p, 2.0, 2.0);
             assert!((3.0 * x * x - 2.0 * x * x * x - p).abs() < 1e-9, "{p}");
         }
+    }
+
+    /// The beta-binomial probabilities match a hand computation (n = 2, a = 1, b = 1: uniform
+    /// over 0, 1, 2; n = 3, a = 2, b = 3: C(3, k) B(k + 2, 6 - k) / B(2, 3) = 10/35, 12/35,
+    /// 9/35, 4/35), and the range holds at least 90% of them.
+    #[test]
+    fn flag_counts_of_a_new_set_follow_the_beta_binomial() {
+        let close = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert!(close(&beta_binomial_pmf(2, 1.0, 1.0), &[1.0 / 3.0; 3]));
+        let expect = [10.0 / 35.0, 12.0 / 35.0, 9.0 / 35.0, 4.0 / 35.0];
+        assert!(close(&beta_binomial_pmf(3, 2.0, 3.0), &expect));
+        for (n, above, n_new) in [(40, 1, 60), (100, 4, 60), (500, 24, 1000), (19, 0, 5)] {
+            let pmf = beta_binomial_pmf(n_new, (above + 1) as f64, (n - above) as f64);
+            assert!((pmf.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+            let [lo, hi] = flag_count_range(n, above, n_new);
+            let inside: f64 = pmf[lo..=hi].iter().sum();
+            assert!(
+                inside >= 0.9,
+                "{n} {above} {n_new}: {lo}..{hi} holds {inside}"
+            );
+            // Narrowest such range from each side: one more count out would leave over 5%.
+            assert!(pmf[..=lo].iter().sum::<f64>() > 0.05 || lo == 0);
+            assert!(pmf[hi..].iter().sum::<f64>() > 0.05);
+        }
+        // 40 validation images, 1 above (expected 4.9%): on 60 test images 0 to 8 flags are
+        // chance, 9 or more are not.
+        assert_eq!(flag_count_range(40, 1, 60), [0, 8]);
     }
 
     /// Shrinkage and covariance match scikit-learn 1.9's `ledoit_wolf(X,

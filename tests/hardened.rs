@@ -133,6 +133,12 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
     let weights = sha256(&std::fs::read(t.run.join("model.safetensors")).unwrap());
     assert_eq!(health["weights_sha256"], json!(weights));
     assert_eq!(health["auth"], "bearer");
+    // The arithmetic it serves in; where auto timed both, the choice follows the times.
+    let precision = health["precision"].as_str().unwrap();
+    assert!(["fp32", "bf16"].contains(&precision), "{health}");
+    if let Some(auto) = health["precision_auto"].as_object() {
+        assert_eq!(auto["chosen"], precision, "{health}");
+    }
 
     // Missing, unknown and expired tokens: the same 401, nothing about valid tokens.
     let (png, dcm) = xray_png_and_dicom(dir.path());

@@ -211,3 +211,109 @@ fn bad_precision_and_on_device_values_are_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Sets every step time in the `auto` cache file to `fp32_s` and `bf16_s`.
+fn rewrite_cache(file: &Path, fp32_s: f64, bf16_s: f64) {
+    let mut cache: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(file).unwrap()).unwrap();
+    for times in cache.values_mut() {
+        *times = serde_json::json!({ "fp32_s": fp32_s, "bf16_s": bf16_s });
+    }
+    std::fs::write(file, serde_json::to_vec(&cache).unwrap()).unwrap();
+}
+
+/// `auto` chooses by timing, not by the CPU's instructions: on a CPU with bfloat16
+/// instructions a run times its training step in both precisions, keeps bf16 only at 1.15x or
+/// more, says so, records both times in model.json and caches them; the cached times then
+/// decide (here rewritten both ways). On a CPU without them nothing is timed.
+#[test]
+fn auto_chooses_the_precision_by_measured_step_time() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let cache_file = cache.join("precision.json");
+    let run = |name: &str| {
+        let out = dir.path().join(name);
+        let output = smoke_train(&t.split)
+            .env("XRAY_CACHE_DIR", &cache)
+            .args([
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "data.image_size=48",
+                "--out",
+            ])
+            .arg(&out)
+            .output_ok();
+        let stderr = String::from_utf8(output.stderr).unwrap();
+        (read_json(&out.join("model.json")), stderr)
+    };
+    let (card, stderr) = run("measured");
+    if !stderr.contains("took") {
+        assert!(
+            stderr.contains("auto: this CPU has no bfloat16 instructions"),
+            "{stderr}"
+        );
+        assert!(card["precision_auto"].is_null());
+        assert_eq!(card["train_precision"], "fp32");
+        assert!(!cache_file.exists());
+        return;
+    }
+    let auto = &card["precision_auto"];
+    let (fp32_s, bf16_s) = (
+        auto["fp32_s"].as_f64().unwrap(),
+        auto["bf16_s"].as_f64().unwrap(),
+    );
+    assert!(fp32_s > 0.0 && bf16_s > 0.0, "{auto}");
+    let expect = if fp32_s / bf16_s >= 1.15 {
+        "bf16"
+    } else {
+        "fp32"
+    };
+    assert_eq!(auto["chosen"], expect, "{auto}");
+    assert_eq!(card["train_precision"], expect);
+    assert_eq!(auto["cached"], false);
+    assert!(
+        stderr.contains("simple_cnn training step of 32 images at 48 px took")
+            && stderr.contains("(measured now)"),
+        "{stderr}"
+    );
+    assert!(cache_file.is_file());
+
+    rewrite_cache(&cache_file, 2.0, 1.0);
+    let (card, stderr) = run("faster");
+    assert_eq!(card["train_precision"], "bf16");
+    assert_eq!(card["precision_auto"]["cached"], true);
+    assert!(
+        stderr.contains("measured on this machine before"),
+        "{stderr}"
+    );
+    rewrite_cache(&cache_file, 1.0, 1.05);
+    let (card, _) = run("slower");
+    assert_eq!(card["train_precision"], "fp32");
+    assert_eq!(card["precision_auto"]["chosen"], "fp32");
+
+    // Prediction: auto gives exactly the rows of the precision the times choose.
+    let predict = |precision: &str| {
+        let out = xray()
+            .env("XRAY_CACHE_DIR", &cache)
+            .args(["predict", "--format", "csv", "--precision", precision])
+            .arg("--checkpoint")
+            .arg(dir.path().join("slower"))
+            .arg(t.data.join("opacity"))
+            .output_ok();
+        (out.stdout, String::from_utf8(out.stderr).unwrap())
+    };
+    let (fp32, bf16) = (predict("fp32").0, predict("bf16").0);
+    let (_, stderr) = predict("auto");
+    assert!(
+        stderr.contains("forward pass of 8 images at 48 px took"),
+        "{stderr}"
+    );
+    rewrite_cache(&cache_file, 2.0, 1.0);
+    assert_eq!(predict("auto").0, bf16);
+    rewrite_cache(&cache_file, 1.0, 2.0);
+    let (rows, stderr) = predict("auto");
+    assert_eq!(rows, fp32);
+    assert!(stderr.contains("precision fp32 (auto:"), "{stderr}");
+}

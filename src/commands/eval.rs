@@ -26,8 +26,9 @@ pub struct EvalArgs {
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (bf16 where the CPU
-    /// computes it in hardware: AVX512-BF16 or AMX; else fp32).
+    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (on a CPU with
+    /// AVX512-BF16 or AMX, bf16 where a timed forward pass is at least 1.15x faster, once per
+    /// model on this machine; else fp32).
     #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Images per forward pass.
@@ -47,6 +48,9 @@ impl EvalArgs {
     pub fn execute(self) -> Result<()> {
         let mut predictor = Predictor::load(&self.checkpoint, resolve_device(self.device)?)?;
         predictor.set_precision(self.precision)?;
+        if let Some(note) = predictor.auto_note() {
+            crate::progress::note(&note);
+        }
         let labelled = labelled_images(&predictor, &self.split)?;
         let (report, scored) = evaluate(
             &predictor,

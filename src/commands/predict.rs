@@ -58,8 +58,9 @@ pub struct PredictArgs {
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Cpu)]
     pub device: DeviceChoice,
-    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (bf16 where the CPU
-    /// computes it in hardware: AVX512-BF16 or AMX; else fp32).
+    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (on a CPU with
+    /// AVX512-BF16 or AMX, bf16 where a timed forward pass is at least 1.15x faster, once per
+    /// model on this machine; else fp32).
     #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Images per forward pass (default 8 on the CPU, where larger batches only cost memory:
@@ -103,6 +104,9 @@ impl PredictArgs {
         let device = resolve_device(self.device)?;
         let mut predictor = Predictor::load(&self.checkpoint, device)?;
         predictor.set_precision(self.precision)?;
+        if let Some(note) = predictor.auto_note() {
+            crate::progress::note(&note);
+        }
         if predictor.ood.is_none() {
             eprintln!(
                 "note: {} has no out-of-distribution guard (trained before xray had one, or \

@@ -33,8 +33,9 @@ pub struct ServeArgs {
     /// auto, cpu or cuda.
     #[arg(long, value_enum, default_value_t = DeviceChoice::Auto)]
     pub device: DeviceChoice,
-    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (bf16 where the CPU
-    /// computes it in hardware: AVX512-BF16 or AMX; else fp32).
+    /// Arithmetic: fp32, bf16 (bfloat16 autocast, channels-last) or auto (on a CPU with
+    /// AVX512-BF16 or AMX, bf16 where a timed forward pass is at least 1.15x faster, once per
+    /// model on this machine; else fp32).
     #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Largest accepted request in MiB (all its files together).

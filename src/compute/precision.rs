@@ -5,7 +5,8 @@
 //!
 //! bfloat16 pays only where the hardware computes it: on a CPU without AVX512-BF16 or AMX
 //! libtorch emulates it, and a ResNet18 training step ran 12x slower than float32 (PyTorch 2.11,
-//! AMD EPYC with AVX2 only; BENCHMARKS.md), so `auto` keeps float32 there.
+//! AMD EPYC with AVX2 only; BENCHMARKS.md), so `auto` keeps float32 there. Where it has the
+//! instructions, `auto` times both ([`crate::torch_ext::auto_precision`]).
 
 use anyhow::Result;
 use tch::{nn::VarStore, Device, Kind, Tensor};
@@ -30,8 +31,22 @@ impl Precision {
         channels_last: false,
     };
 
+    /// bfloat16 autocast, channels-last.
+    pub const BF16: Precision = Precision {
+        autocast: Some(Autocast::BFloat16),
+        channels_last: true,
+    };
+
+    /// Whether `auto` on `device` has to time both precisions to choose: on a CPU with
+    /// bfloat16 instructions, where bf16 is faster for some networks and slower for others
+    /// ([`crate::torch_ext::auto_precision`]).
+    pub fn auto_measures(choice: PrecisionChoice, device: Device) -> bool {
+        choice == PrecisionChoice::Auto && !device.is_cuda() && torch_ext::cpu_has_bf16()
+    }
+
     /// The precision `choice` means on `device`; `amp` is `train.amp` (float16 on CUDA).
-    /// `auto` is bfloat16 on a CPU with bfloat16 instructions, float16 on CUDA with `amp`, and
+    /// `auto` is float16 on CUDA with `amp`, bfloat16 (the candidate that callers time against
+    /// float32 where [`Precision::auto_measures`]) on a CPU with bfloat16 instructions, and
     /// float32 otherwise. bf16 and float16 run channels-last.
     pub fn resolve(choice: PrecisionChoice, device: Device, amp: bool) -> Precision {
         let reduced = |autocast| Precision {
@@ -128,6 +143,17 @@ mod tests {
         );
         let bf16 = Precision::resolve(PrecisionChoice::Bf16, cpu, false);
         assert_eq!((bf16.label(), bf16.channels_last), ("bf16", true));
+        assert_eq!(bf16, Precision::BF16);
+        // auto times both only on a CPU that has the instructions.
+        assert_eq!(
+            Precision::auto_measures(PrecisionChoice::Auto, cpu),
+            torch_ext::cpu_has_bf16()
+        );
+        assert!(!Precision::auto_measures(PrecisionChoice::Bf16, cpu));
+        assert!(!Precision::auto_measures(
+            PrecisionChoice::Auto,
+            Device::Cuda(0)
+        ));
         let auto = Precision::resolve(PrecisionChoice::Auto, cpu, false);
         let expect = if torch_ext::cpu_has_bf16() {
             "bf16"

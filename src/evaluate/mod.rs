@@ -99,6 +99,11 @@ pub struct OodSummary {
     pub flagged: usize,
     /// Their share.
     pub flag_rate: f64,
+    /// The counts that chance alone gives this many in-distribution images with 90%
+    /// probability, from the guard's validation set ([`crate::ood::flag_count_range`]; absent
+    /// for runs made before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_flags: Option<[usize; 2]>,
 }
 
 /// Bootstrap 95% intervals, `[low, high]`.
@@ -391,6 +396,9 @@ fn ood_summary(scores: &SetScores, guard: Option<&crate::ood::OodCard>) -> Optio
         threshold: o.threshold,
         flagged,
         flag_rate: flagged as f64 / s.len().max(1) as f64,
+        expected_flags: o
+            .calibration
+            .map(|[n, above]| crate::ood::flag_count_range(n, above, s.len())),
     })
 }
 

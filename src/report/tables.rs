@@ -105,11 +105,12 @@ fn headline(r: &EvalReport) -> Table {
         "out-of-distribution guard".into(),
         match &r.ood {
             Some(o) => format!(
-                "{} of {} images flagged ({:.1}%, threshold {:.1})",
+                "{} of {} images flagged ({:.1}%, threshold {:.1}){}",
                 o.flagged,
                 r.n,
                 100.0 * o.flag_rate,
-                o.threshold
+                o.threshold,
+                super::text::expected_flags_text(o)
             ),
             None => "none fitted for this model".into(),
         },

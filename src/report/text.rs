@@ -83,16 +83,29 @@ pub fn report_table(r: &EvalReport, order: ClassOrder) -> String {
     ));
     s.push_str(&match &r.ood {
         Some(o) => format!(
-            "out-of-distribution guard: {} of {} images flagged ({:.1}%; threshold {:.1})\n",
+            "out-of-distribution guard: {} of {} images flagged ({:.1}%; threshold {:.1}){}\n",
             o.flagged,
             r.n,
             100.0 * o.flag_rate,
-            o.threshold
+            o.threshold,
+            expected_flags_text(o)
         ),
         None => "out-of-distribution guard: none fitted for this model\n".into(),
     });
     s.push_str(&confusion_text(r, numbered, width));
     s
+}
+
+/// What chance gives an in-distribution set of this size, and whether this set is beyond it.
+pub fn expected_flags_text(o: &crate::evaluate::OodSummary) -> String {
+    match o.expected_flags {
+        Some([lo, hi]) if o.flagged > hi => format!(
+            "; chance flags {lo}-{hi} of an in-distribution set this size (90%): more here, so \
+             these images differ from the validation images"
+        ),
+        Some([lo, hi]) => format!("; chance flags {lo}-{hi} (90%)"),
+        None => String::new(),
+    }
 }
 
 /// The confusion matrix: by class number when the classes are numbered, else by name.

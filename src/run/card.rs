@@ -59,6 +59,10 @@ pub struct ModelCard {
     /// The arithmetic training ran in: "fp32", "bf16" or "fp16" (absent in older run folders).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_precision: Option<String>,
+    /// Where `precision = "auto"` chose by timing training steps: the two step times and the
+    /// choice (absent when the precision was set, or the CPU has no bfloat16 instructions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision_auto: Option<crate::torch_ext::auto_precision::AutoChoice>,
 }
 
 /// Operating points of a two-class model, chosen on the validation split (after temperature

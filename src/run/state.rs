@@ -5,6 +5,8 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::torch_ext::auto_precision::AutoChoice;
+
 /// `state.json`: where an interrupted run stands.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunState {
@@ -26,6 +28,10 @@ pub struct RunState {
     /// Reduce-on-plateau: epochs since the last improvement or rate drop.
     #[serde(default)]
     pub plateau_wait: usize,
+    /// What `precision = "auto"` measured and chose when the run began; a resumed run keeps
+    /// that choice instead of measuring again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_precision: Option<AutoChoice>,
 }
 
 fn one() -> f64 {
@@ -44,6 +50,7 @@ impl Default for RunState {
             finished: false,
             lr_scale: 1.0,
             plateau_wait: 0,
+            auto_precision: None,
         }
     }
 }

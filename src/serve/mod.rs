@@ -91,7 +91,8 @@ struct AppState {
     worker: std::thread::JoinHandle<()>,
 }
 
-/// The model's description for the page and `GET /api/model`.
+/// The model's description for the page and `GET /api/model` (with the arithmetic it is
+/// served in and, where `auto` timed it, the two times).
 fn model_info(predictor: &Predictor, identity: &ModelIdentity, options: &ServeOptions) -> Value {
     let m = &predictor.card.metrics;
     json!({
@@ -102,6 +103,8 @@ fn model_info(predictor: &Predictor, identity: &ModelIdentity, options: &ServeOp
         "threshold": predictor.card.threshold,
         "validation": {"accuracy": m.val_acc, "auc": m.val_auc, "epoch": predictor.card.best_epoch},
         "ood_guard": predictor.card.ood,
+        "precision": predictor.precision.label(),
+        "precision_auto": predictor.auto,
         "auth": if options.token_file.is_some() { "bearer" } else { "none" },
         "max_files": options.max_files,
     })
@@ -371,6 +374,7 @@ pub fn serve(
         .and_then(|mut a| a.next())
         .ok_or_else(|| Error::usage(format!("--addr {}: not a host:port address", listen.addr)))?;
     check_exposure(&addr, listen, &options)?;
+    let precision_note = predictor.auto_note();
     sweep_old_uploads(&std::env::temp_dir());
     let tcp = std::net::TcpListener::bind(addr)
         .map_err(|e| Error::usage(format!("cannot listen on {}: {e}", listen.addr)))?;
@@ -467,6 +471,9 @@ pub fn serve(
                     bytes >> 10
                 );
             }
+        }
+        if let Some(note) = &precision_note {
+            println!("{note}");
         }
         tracing::info!(model = %run_name(run_dir), addr = %local, scheme, "listening");
         use std::io::Write;

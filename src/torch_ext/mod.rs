@@ -1,10 +1,11 @@
 //! What libtorch has and tch 0.24 does not expose, through the C++ shim in `shim.cpp` (built by
 //! `build.rs` against the same libtorch): autocast on the CPU and bfloat16 autocast on CUDA,
 //! the fused AdamW/Adam/SGD kernels, multi-tensor gradient clipping, channels-last tensors and
-//! parameters, and whether the CPU computes in bfloat16.
+//! parameters, and whether the CPU computes in bfloat16 ([`auto_precision`]: whether it pays).
 //!
 //! Each call returns libtorch's error as an [`anyhow::Error`] instead of aborting.
 
+pub mod auto_precision;
 pub mod cuda;
 
 use std::ffi::{c_char, CStr};

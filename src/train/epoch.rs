@@ -251,7 +251,7 @@ struct DeviceBatch {
 
 /// Runs the network from stage `level`: stages before `trainable_from` in eval mode without
 /// gradient (they are frozen), the rest and the head in `train` mode.
-fn forward_from(
+pub(super) fn forward_from(
     model: &dyn Classifier,
     xs: &Tensor,
     level: usize,

@@ -115,6 +115,7 @@ impl Trainer<'_> {
             ood,
             train_seconds: Some(self.started.elapsed().as_secs_f64()),
             train_precision: Some(self.precision.label().to_string()),
+            precision_auto: self.state.auto_precision.clone(),
         };
         card.write(&self.run_dir)?;
         self.state.finished = true;
@@ -184,6 +185,7 @@ impl Trainer<'_> {
             val_flag_rate,
             expected_flag_rate: Some(expected),
             expected_flag_interval: Some(interval),
+            calibration: Some([val_scores.len(), above]),
             fit_images,
             dims: detector.dims(),
             shrinkage: detector.shrinkage,

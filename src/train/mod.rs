@@ -10,12 +10,14 @@
 //! | `stopping.rs` | best epoch, reduce-on-plateau, early stopping |
 //! | `finish.rs` | best weights, calibration, model card, `latest`, curves.png |
 //! | `optim.rs`, `schedule.rs` | the update rules and learning-rate schedules |
+//! | `probe.rs` | `precision = "auto"` on a bfloat16 CPU: training steps timed in both |
 
 mod epoch;
 mod finish;
 pub mod loss;
 pub mod optim;
 pub mod phases;
+mod probe;
 pub mod schedule;
 pub mod stopping;
 mod trainer;

@@ -13,6 +13,7 @@ use tch::{nn, Device, Kind, Tensor};
 use super::loss::class_weights;
 use super::optim::{LossScaler, Optimizer, Rule};
 use super::phases::{self, ActivationCache, Inputs, Phase};
+use super::probe;
 use super::schedule::Schedule;
 use super::stopping;
 use super::{Hooks, TrainOutcome};
@@ -32,7 +33,7 @@ use crate::progress;
 use crate::run::{
     pending_path, save_weights, settle_pending, write_metrics_csv, EpochMetrics, RunState,
 };
-use crate::torch_ext::Autocast;
+use crate::torch_ext::auto_precision::AutoChoice;
 
 /// Why the loop over epochs ended before the last one was planned to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,18 +77,24 @@ pub(super) struct Trainer<'c> {
     device_images: Option<Rc<DeviceImages>>,
 }
 
-/// One line on the arithmetic chosen, and why when `auto` chose it on the CPU.
-fn precision_note(precision: &Precision, choice: PrecisionChoice, device: Device) -> String {
-    let bf16 = precision.autocast == Some(Autocast::BFloat16);
-    let why = match choice {
-        _ if device.is_cuda() => "",
-        PrecisionChoice::Auto if bf16 => " (auto: this CPU computes bfloat16 in hardware)",
-        PrecisionChoice::Auto => " (auto: this CPU has no bfloat16 instructions)",
-        PrecisionChoice::Bf16 if !crate::torch_ext::cpu_has_bf16() => {
+/// One line on the arithmetic chosen, and why when `auto` chose it on the CPU (`measured`:
+/// what it timed, where it did).
+fn precision_note(
+    precision: &Precision,
+    choice: PrecisionChoice,
+    device: Device,
+    measured: Option<&AutoChoice>,
+) -> String {
+    let why = match (choice, measured) {
+        _ if device.is_cuda() => String::new(),
+        (_, Some(m)) => format!(" ({})", m.note()),
+        (PrecisionChoice::Auto, None) => " (auto: this CPU has no bfloat16 instructions)".into(),
+        (PrecisionChoice::Bf16, _) if !crate::torch_ext::cpu_has_bf16() => {
             " (this CPU has no bfloat16 instructions: expect it to be several times slower than \
              fp32)"
+                .into()
         }
-        _ => "",
+        _ => String::new(),
     };
     let layout = if precision.channels_last {
         ", channels-last"
@@ -150,26 +157,34 @@ impl<'c> Trainer<'c> {
         if config.threads > 0 {
             tch::set_num_threads(config.threads as i32);
         }
-        tch::manual_seed(config.seed as i64);
         let data = open_split(config)?;
         let n_classes = data.classes.len();
-        let mut vs = nn::VarStore::new(device);
-        let model = build(
-            &vs.root(),
-            &ModelSpec {
-                arch: config.model.arch,
-                in_channels: config.data.channels as i64,
-                num_classes: n_classes as i64,
-                dropout: config.model.dropout,
-                shape: config.model.shape(),
-                image_size: config.data.image_size,
-                inference: false,
-            },
-        )?;
+        let spec = ModelSpec {
+            arch: config.model.arch,
+            in_channels: config.data.channels as i64,
+            num_classes: n_classes as i64,
+            dropout: config.model.dropout,
+            shape: config.model.shape(),
+            image_size: config.data.image_size,
+            inference: false,
+        };
+        // Before timing anything: a missing weights file is a config error.
         let pretrained = match resumed {
             None => config.model.pretrained_file()?,
             Some(_) => None,
         };
+        let tc = &config.train;
+        // Before the seed: timing `auto`'s steps draws from libtorch's generator. A resumed run
+        // keeps the precision it began with.
+        let (precision, auto_choice) =
+            match resumed.as_ref().and_then(|(s, _)| s.auto_precision.clone()) {
+                Some(choice) if choice.bf16() => (Precision::BF16, Some(choice)),
+                Some(choice) => (Precision::FP32, Some(choice)),
+                None => probe::training_precision(config, &spec, device)?,
+            };
+        tch::manual_seed(config.seed as i64);
+        let mut vs = nn::VarStore::new(device);
+        let model = build(&vs.root(), &spec)?;
         if let Some(path) = pretrained {
             let path = path.as_path();
             let report = load_pretrained(&mut vs, path, model.head_prefix())?;
@@ -179,11 +194,14 @@ impl<'c> Trainer<'c> {
                 report.summary()
             ));
         }
-        let tc = &config.train;
-        let precision = Precision::resolve(tc.precision, device, tc.amp);
         // Before the optimizer: its moments take the weights' layout.
         precision.prepare_weights(&vs)?;
-        progress::note(&precision_note(&precision, tc.precision, device));
+        progress::note(&precision_note(
+            &precision,
+            tc.precision,
+            device,
+            auto_choice.as_ref(),
+        ));
         let mut opt = Optimizer::new(
             &vs,
             Rule::from_config(tc),
@@ -211,7 +229,13 @@ impl<'c> Trainer<'c> {
                 reload(&mut vs, &mut opt, &run_dir, &state)?;
                 (state, history)
             }
-            None => (RunState::default(), Vec::new()),
+            None => (
+                RunState {
+                    auto_precision: auto_choice,
+                    ..RunState::default()
+                },
+                Vec::new(),
+            ),
         };
         Ok(Trainer {
             config,
