@@ -1,23 +1,34 @@
-//! glibc's allocator settings for heavy tensor work.
+//! The process's allocator: jemalloc, for libtorch's tensors as well as Rust's data.
 //!
-//! libtorch's CPU tensors come from glibc `malloc`. With glibc's defaults, every freed
-//! activation larger than the mmap threshold is returned to the kernel at once, so each batch
-//! page-faults its activations afresh: `xray eval` of 872 Kermany images with MobileNetV2 spent
-//! more time in the kernel than in the network (44 s wall, 52 s sys). The thresholds can only be
-//! raised past 32 MiB through `GLIBC_TUNABLES`, which glibc reads at process start, so heavy
-//! commands re-execute themselves once with it set (12 s wall, 1.5 s sys for the same eval).
+//! libtorch's CPU tensors come from `malloc`. glibc's `malloc` served them badly both ways:
+//! with its defaults, every freed activation above the mmap threshold went back to the kernel
+//! at once, so each batch page-faulted its activations afresh (`xray eval` of 872 Kermany
+//! images with MobileNetV2: 44 s wall, 52 s in the kernel); with those thresholds raised (what
+//! xray did until now, 12 s for the same eval), freed memory stayed in glibc's heaps as
+//! fragments, and MobileNetV2 training peaked at 4,888 MiB against 3,344 MiB with the
+//! defaults and PyTorch's 3,544 MiB (160 Kermany images, 224 px, batch 32; BENCHMARKS.md).
+//! jemalloc, linked in and answering every `malloc` of the process (`tikv-jemallocator` with
+//! its unprefixed symbols), reuses freed memory by size class: with its purging turned off for
+//! heavy commands the same training peaked at 2,887 MiB and ran as fast as the raised glibc
+//! thresholds (8.0 against 7.5 img/s).
 
-/// The tunables set for heavy commands: keep freed memory in the heap.
-pub const MALLOC_TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647";
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// Re-executes the current process with [`MALLOC_TUNABLES`] unless `GLIBC_TUNABLES` is already
-/// set (by the user or by an earlier re-exec). Returns only if no re-exec happened.
-pub fn reexec_with_malloc_tunables() {
+/// jemalloc's settings for heavy commands: keep freed pages for reuse instead of returning
+/// them to the kernel after a delay (returned pages are faulted in again by the next batch:
+/// with purging on, the training above ran at 4.3 img/s).
+pub const MALLOC_CONF: &str = "dirty_decay_ms:-1,muzzy_decay_ms:-1";
+
+/// Re-executes the current process with [`MALLOC_CONF`] unless `MALLOC_CONF` is already set
+/// (by the user or by an earlier re-exec); jemalloc reads it once, at start. Returns only if no
+/// re-exec happened.
+pub fn reexec_with_malloc_conf() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         use std::os::unix::process::CommandExt;
-        if std::env::var_os("GLIBC_TUNABLES").is_some() {
+        if std::env::var_os("MALLOC_CONF").is_some() {
             return;
         }
         let Ok(exe) = std::env::current_exe() else {
@@ -29,7 +40,7 @@ pub fn reexec_with_malloc_tunables() {
         let _ = std::process::Command::new(&exe)
             .arg0(arg0)
             .args(args)
-            .env("GLIBC_TUNABLES", MALLOC_TUNABLES)
+            .env("MALLOC_CONF", MALLOC_CONF)
             .exec();
     }
 }

@@ -51,7 +51,7 @@ pub enum Command {
 
 impl Command {
     /// Whether the command runs networks over many images (and gains from
-    /// [`crate::alloc::reexec_with_malloc_tunables`]); a one-image predict does not.
+    /// [`crate::alloc::reexec_with_malloc_conf`]); a one-image predict does not.
     pub fn is_heavy(&self) -> bool {
         match self {
             Command::Train(_)
@@ -102,7 +102,7 @@ pub fn run() -> ExitCode {
         }
     };
     if cli.command.is_heavy() {
-        crate::alloc::reexec_with_malloc_tunables();
+        crate::alloc::reexec_with_malloc_conf();
     }
     match cli.command.execute() {
         Ok(()) => ExitCode::SUCCESS,
