@@ -24,7 +24,9 @@
 # rows then train on BENCH_BF16_IMAGES (32) for BENCH_BF16_ROUNDS (1) round; with them, the
 # fp32 settings. BENCH_XRAY_BASELINE=PATH (an xray binary of an earlier commit, named by
 # BENCH_XRAY_BASELINE_REV) adds it to the prediction rounds, alternating, and rows of this
-# build's speed against it.
+# build's speed against it. Where the CPU has bfloat16 instructions (or BENCH_FORCE_BF16=1),
+# the folder is predicted in bf16 on both sides too. Then the Kermany fine-tuning rows
+# (scripts/bench/finetune.sh; BENCH_FINETUNE=0 leaves them out).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 rounds=${1:-3}
@@ -129,14 +131,18 @@ for ((r = 1; r <= rounds; r++)); do
 done
 
 # --- prediction with the MobileNetV2 run just trained (the two must agree before being timed).
-# Both sides in float32: `auto` is bfloat16 on a CPU with AVX512-BF16 or AMX, whose answers
-# may differ from PyTorch's float32 ones on an image near the decision boundary.
+# The agreement check runs both sides in float32 (bfloat16's answers may differ from float32's
+# on an image near the decision boundary); the rows say which precision each side runs. On a
+# CPU with bfloat16 instructions (or with BENCH_FORCE_BF16=1) the folder is also predicted in
+# bf16 on both sides.
 run="$work/run-mobilenet_v2"
 xprec=(--precision fp32)
 diff <("$xray" predict "${xprec[@]}" --checkpoint "$run" "$one" | cut -f2) \
      <("$py" scripts/bench/predict_torch.py "$run" "$one" | cut -f2) >/dev/null ||
   { echo "bench: xray and PyTorch disagree on $one" >&2; exit 1; }
-declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm
+declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm xb xbm pb pbm
+bf16_predict=0
+{ [ "$bf16_hw" = 1 ] || [ "${BENCH_FORCE_BF16:-0}" = 1 ]; } && bf16_predict=1
 base=${BENCH_XRAY_BASELINE:-}
 base_rev=${BENCH_XRAY_BASELINE_REV:-baseline}
 say "cold predict, $cold_rounds rounds"
@@ -153,6 +159,10 @@ for ((r = 0; r < rounds; r++)); do
   m=$(PREDICT_BATCH=8 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pf+=("$(field wall_s <<<"$m")"); pfm+=("$(field peak_mib <<<"$m")")
   if [ -n "$base" ]; then
     m=$(measure "$base" predict "${xprec[@]}" --checkpoint "$run" "$work/folder"); bf+=("$(field wall_s <<<"$m")"); bfm+=("$(field peak_mib <<<"$m")")
+  fi
+  if [ "$bf16_predict" = 1 ]; then
+    m=$(measure "$xray" predict --precision bf16 --checkpoint "$run" "$work/folder"); xb+=("$(field wall_s <<<"$m")"); xbm+=("$(field peak_mib <<<"$m")")
+    m=$(PREDICT_BATCH=8 PREDICT_PRECISION=bf16 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pb+=("$(field wall_s <<<"$m")"); pbm+=("$(field peak_mib <<<"$m")")
   fi
 done
 
@@ -187,6 +197,13 @@ done
     echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $4 |"
   }
   predict_rows "${xc[*]}; ${pc[*]}" "${xcm[*]}; ${pcm[*]}" "${xf[*]}; ${pf[*]}" "${xfm[*]}; ${pfm[*]}"
+  if [ "$bf16_predict" = 1 ]; then
+    a=$(median "${xb[@]}"); b=$(median "${pb[@]}"); x32=$(median "${xf[@]}"); p32=$(median "${pf[@]}")
+    am=$(median "${xbm[@]}"); bm=$(median "${pbm[@]}")
+    echo "| predict a folder, both bf16 (PyTorch: autocast + channels-last), img/s | $(calc %.1f "$n_folder / $a") | $(calc %.1f "$n_folder / $b") | **$(calc %.2fx "$b / $a")** | ${xb[*]}; ${pb[*]} (s) |"
+    echo "| predict a folder, bf16, peak memory | $(calc %.0f "$am") MiB | $(calc %.0f "$bm") MiB | $(calc %.2fx "$am / $bm") | ${xbm[*]}; ${pbm[*]} |"
+    echo "| predict a folder, bf16 against fp32 on the same side (above 1: bf16 faster) | $(calc %.2fx "$x32 / $a") | $(calc %.2fx "$p32 / $b") | | |"
+  fi
   if [ -n "$base" ]; then
     echo
     echo "| this build against xray $base_rev | this build | xray $base_rev | ratio | rounds (this build; $base_rev) |"
@@ -213,3 +230,9 @@ done
        "xray $(git rev-parse --short HEAD); $(date -u +%Y-%m-%d)."
   echo "Command: \`scripts/bench/bench.sh $rounds\` (training: $(wc -l < "$work/split.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
 } | tee "$out_dir/results.md"
+# --- the Kermany fine-tuning rows (configs/pneumonia.toml against the same recipe in PyTorch):
+# the whole dataset, several minutes a side; BENCH_FINETUNE=0 leaves them out.
+if [ "${BENCH_FINETUNE:-1}" = 1 ]; then
+  say "Kermany fine-tuning rows (scripts/bench/finetune.sh)"
+  { echo; scripts/bench/finetune.sh 1; } | tee -a "$out_dir/results.md"
+fi

@@ -6,6 +6,8 @@ size, centre crop, normalise), the temperature and threshold from model.json; pr
     python predict_torch.py RUN_DIR INPUT...     (files or folders)
 Folders are read with a DataLoader (batch 32, or $PREDICT_BATCH; one worker per core).
 PREDICT_DEVICE=cuda runs the model on the GPU (scripts/experiments/gpu_check.sh).
+PREDICT_PRECISION=bf16 runs it in bfloat16 autocast with the model and inputs channels-last
+(PyTorch's CPU recipe, as `xray predict --precision bf16`).
 """
 import json
 import os
@@ -23,7 +25,9 @@ arch = card["arch"]
 model = getattr(torchvision.models, arch)(num_classes=len(card["classes"]))
 model.load_state_dict(load_file(os.path.join(run, "model.safetensors")))
 device = torch.device(os.environ.get("PREDICT_DEVICE", "cpu"))
-model.to(device).eval()
+bf16 = os.environ.get("PREDICT_PRECISION") == "bf16"
+layout = torch.channels_last if bf16 else torch.contiguous_format
+model.to(device, memory_format=layout).eval()
 size = card["image_size"]
 mode = "L" if card["channels"] == 1 else "RGB"
 tf = transforms.Compose([
@@ -58,7 +62,9 @@ classes, t, threshold = card["classes"], card["temperature"], card["threshold"]
 i = 0
 with torch.inference_mode():
     for xs in loader:
-        probs = torch.softmax(model(xs.to(device)) / t, dim=1).cpu()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(xs.to(device, memory_format=layout)).float()
+        probs = torch.softmax(logits / t, dim=1).cpu()
         for p in probs:
             if len(classes) == 2:
                 k = 1 if p[1] >= threshold else 0
