@@ -119,14 +119,8 @@ impl Predictor {
         self.auto = None;
         self.precision = if Precision::auto_measures(choice, self.device) {
             let measured = self.time_precisions()?;
-            let chosen = Precision::for_inference(
-                if measured.bf16() {
-                    PrecisionChoice::Bf16
-                } else {
-                    PrecisionChoice::Fp32
-                },
-                self.device,
-            );
+            let chosen =
+                Precision::for_inference(Precision::measured_choice(&measured), self.device);
             self.auto = Some(measured);
             chosen
         } else {

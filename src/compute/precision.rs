@@ -12,6 +12,7 @@ use anyhow::Result;
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::config::PrecisionChoice;
+use crate::torch_ext::auto_precision::AutoChoice;
 use crate::torch_ext::{self, Autocast};
 
 /// The arithmetic a run uses on its device.
@@ -44,22 +45,31 @@ impl Precision {
         choice == PrecisionChoice::Auto && !device.is_cuda() && torch_ext::cpu_has_bf16()
     }
 
+    /// What `auto`'s measurement chose, as the choice it stands for: `bf16` or `fp32`.
+    pub fn measured_choice(measured: &AutoChoice) -> PrecisionChoice {
+        if measured.bf16() {
+            PrecisionChoice::Bf16
+        } else {
+            PrecisionChoice::Fp32
+        }
+    }
+
     /// The precision `choice` means on `device`; `amp` is `train.amp` (float16 on CUDA).
     /// `auto` is float16 on CUDA with `amp`, bfloat16 (the candidate that callers time against
     /// float32 where [`Precision::auto_measures`]) on a CPU with bfloat16 instructions, and
     /// float32 otherwise. bf16 and float16 run channels-last.
     pub fn resolve(choice: PrecisionChoice, device: Device, amp: bool) -> Precision {
-        let reduced = |autocast| Precision {
-            autocast: Some(autocast),
+        const FP16: Precision = Precision {
+            autocast: Some(Autocast::Float16),
             channels_last: true,
         };
         match choice {
-            PrecisionChoice::Fp32 if device.is_cuda() && amp => reduced(Autocast::Float16),
+            PrecisionChoice::Fp32 if device.is_cuda() && amp => FP16,
             PrecisionChoice::Fp32 => Precision::FP32,
-            PrecisionChoice::Bf16 => reduced(Autocast::BFloat16),
-            PrecisionChoice::Auto if device.is_cuda() && amp => reduced(Autocast::Float16),
+            PrecisionChoice::Bf16 => Precision::BF16,
+            PrecisionChoice::Auto if device.is_cuda() && amp => FP16,
             PrecisionChoice::Auto if !device.is_cuda() && torch_ext::cpu_has_bf16() => {
-                reduced(Autocast::BFloat16)
+                Precision::BF16
             }
             PrecisionChoice::Auto => Precision::FP32,
         }

@@ -17,14 +17,23 @@ use crate::models::{build, Classifier, ModelSpec};
 use crate::progress;
 use crate::torch_ext::auto_precision::{self as auto, AutoChoice};
 
-/// The precision a run trains in, with what `auto` measured when it measured. Call it before
-/// the run seeds libtorch's generator: the probe's networks and images draw from it.
+/// The precision a run trains in, with what `auto` measured when it measured; a resumed run
+/// passes the choice it began with (`earlier`) and keeps it. Call it before the run seeds
+/// libtorch's generator: the probe's networks and images draw from it.
 pub(super) fn training_precision(
     config: &Config,
     spec: &ModelSpec,
     device: Device,
+    earlier: Option<AutoChoice>,
 ) -> Result<(Precision, Option<AutoChoice>)> {
     let tc = &config.train;
+    let measured = |choice: AutoChoice| {
+        let precision = Precision::resolve(Precision::measured_choice(&choice), device, tc.amp);
+        Ok((precision, Some(choice)))
+    };
+    if let Some(choice) = earlier {
+        return measured(choice);
+    }
     if !Precision::auto_measures(tc.precision, device) {
         return Ok((Precision::resolve(tc.precision, device, tc.amp), None));
     }
@@ -67,12 +76,7 @@ pub(super) fn training_precision(
         let (mut fp32, mut bf16) = (new(Precision::FP32)?, new(Precision::BF16)?);
         auto::time_alternating(|| fp32.step(), || bf16.step())
     })?;
-    let precision = if choice.bf16() {
-        Precision::BF16
-    } else {
-        Precision::FP32
-    };
-    Ok((precision, Some(choice)))
+    measured(choice)
 }
 
 /// A throwaway copy of the run's network, optimiser and a batch, for timing steps.

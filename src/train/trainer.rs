@@ -176,12 +176,8 @@ impl<'c> Trainer<'c> {
         let tc = &config.train;
         // Before the seed: timing `auto`'s steps draws from libtorch's generator. A resumed run
         // keeps the precision it began with.
-        let (precision, auto_choice) =
-            match resumed.as_ref().and_then(|(s, _)| s.auto_precision.clone()) {
-                Some(choice) if choice.bf16() => (Precision::BF16, Some(choice)),
-                Some(choice) => (Precision::FP32, Some(choice)),
-                None => probe::training_precision(config, &spec, device)?,
-            };
+        let earlier = resumed.as_ref().and_then(|(s, _)| s.auto_precision.clone());
+        let (precision, auto_choice) = probe::training_precision(config, &spec, device, earlier)?;
         tch::manual_seed(config.seed as i64);
         let mut vs = nn::VarStore::new(device);
         let model = build(&vs.root(), &spec)?;
