@@ -2,10 +2,16 @@
 
     python measure.py [--log FILE] CMD ARG...  ->  "wall_s=1.234 peak_mib=456.7 rc=0"
 
-Peak memory is the larger of the command's own peak resident set (wait4's ru_maxrss) and the
-peak, sampled every 20 ms, of the proportional set size (PSS) summed over the command and all
-its descendants. The second counts the workers of a PyTorch DataLoader once each, with the
-pages they share with their parent split between them rather than counted again.
+Peak memory is the larger of the command's own peak resident set (wait4's ru_maxrss, exact) and
+the sampled peak of the proportional set size (PSS) summed over the command and all its
+descendants. The second counts the workers of a PyTorch DataLoader once each, with the pages
+they share with their parent split between them rather than counted again.
+
+Reading PSS walks every page table of the process (/proc/PID/smaps_rollup): for a process of
+4 GB that costs the sampler several milliseconds of CPU, taken from the measured command on a
+small machine. Sampled every 20 ms, it halved xray's fine-tuning speed on 2 cores. So the
+interval adapts: at least 20 ms, and 30 times what the last sample cost, which holds the
+sampler to about 3% of one core.
 The command's output goes to FILE with --log, else to /dev/null (stderr kept for errors).
 """
 import os
@@ -59,8 +65,9 @@ def main():
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             break
+        sampled = time.perf_counter()
         peak_tree = max(peak_tree, tree_pss_kib(proc.pid))
-        time.sleep(0.02)
+        time.sleep(max(0.02, 30 * (time.perf_counter() - sampled)))
     wall = time.perf_counter() - start
     # ru_maxrss is in KiB on Linux; a re-exec'd process (xray's malloc tunables) keeps its pid.
     peak = max(usage.ru_maxrss, peak_tree) / 1024

@@ -19,6 +19,7 @@ use anyhow::Result;
 use tch::{nn, Tensor};
 
 use crate::choice::choice;
+use crate::torch_ext;
 
 choice! {
     /// The network architectures.
@@ -132,10 +133,11 @@ pub(crate) fn relu_inplace(mut xs: Tensor) -> Tensor {
     xs
 }
 
-/// ReLU6 (clamp to [0, 6]) in place, as torchvision's `ReLU6(inplace=True)`; see
-/// [`relu_inplace`].
-pub(crate) fn relu6_inplace(mut xs: Tensor) -> Tensor {
-    let _ = xs.clamp_(0.0, 6.0);
+/// ReLU6 in place, as torchvision's `ReLU6(inplace=True)`: `hardtanh_(0, 6)`, whose backward
+/// reads the output (see [`relu_inplace`]; `clamp_` would keep a copy of its input and run a
+/// slow backward, see [`torch_ext::hardtanh_`]).
+pub(crate) fn relu6_inplace(xs: Tensor) -> Tensor {
+    torch_ext::hardtanh_(&xs, 0.0, 6.0).expect("hardtanh_ on a float tensor");
     xs
 }
 

@@ -1,7 +1,7 @@
 //! What libtorch has and tch 0.24 does not expose, through the C++ shim in `shim.cpp` (built by
 //! `build.rs` against the same libtorch): autocast on the CPU and bfloat16 autocast on CUDA,
 //! the fused AdamW/Adam/SGD kernels, multi-tensor gradient clipping, channels-last tensors and
-//! parameters, and whether the CPU computes in bfloat16 ([`auto_precision`]: whether it pays).
+//! parameters, hardtanh with its bounds, and whether the CPU computes in bfloat16 ([`auto_precision`]: whether it pays).
 //!
 //! Each call returns libtorch's error as an [`anyhow::Error`] instead of aborting.
 
@@ -56,6 +56,7 @@ extern "C" {
     fn xray_channels_last_(t: CTensor) -> *mut c_char;
     fn xray_channels_last(t: CTensor, out: *mut CTensor) -> *mut c_char;
     fn xray_is_channels_last(t: CTensor) -> bool;
+    fn xray_hardtanh_(t: CTensor, lo: f64, hi: f64) -> *mut c_char;
 }
 
 /// Turns the shim's return value into a result, freeing the message.
@@ -240,6 +241,15 @@ pub fn channels_last(t: &Tensor) -> Result<Tensor> {
     Ok(unsafe { Tensor::from_ptr(out) })
 }
 
+/// Clamps `t` to `[lo, hi]` in place as libtorch's `hardtanh_` (tch 0.24 binds it only with its
+/// default bounds). Its backward pass reads the output, not the input, in one vectorised
+/// kernel: `clamp_`'s keeps a copy of the input and runs three scalar kernels, a quarter of a
+/// bfloat16 MobileNetV2 training step.
+pub fn hardtanh_(t: &Tensor, lo: f64, hi: f64) -> Result<()> {
+    // SAFETY: a live tensor handle.
+    check(unsafe { xray_hardtanh_(handle(t), lo, hi) })
+}
+
 /// Whether a tensor is a 4-d tensor laid out channels-last.
 pub fn is_channels_last(t: &Tensor) -> bool {
     // SAFETY: a live tensor handle; the shim only reads it.
@@ -267,6 +277,25 @@ mod tests {
         assert_eq!(none.kind(), Kind::Float);
         let diff = (inside.to_kind(Kind::Float) - a.matmul(&a)).abs().max();
         assert!(diff.double_value(&[]) < 0.1, "bf16 matmul off by {diff}");
+    }
+
+    #[test]
+    fn hardtanh_clamps_in_place_and_passes_gradient_inside_only() {
+        for kind in [Kind::Float, Kind::BFloat16] {
+            let x = Tensor::from_slice(&[-1.0f32, 0.5, 3.0, 7.0])
+                .to_kind(kind)
+                .set_requires_grad(true);
+            // In place on a non-leaf, as a network's ReLU6 after its batch norm.
+            let h = &x * 1.0;
+            hardtanh_(&h, 0.0, 6.0).unwrap();
+            let got: Vec<f32> = Vec::try_from(h.to_kind(Kind::Float)).unwrap();
+            assert_eq!(got, [0.0, 0.5, 3.0, 6.0]);
+            (h.to_kind(Kind::Float) * Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0]))
+                .sum(Kind::Float)
+                .backward();
+            let grad: Vec<f32> = Vec::try_from(x.grad().to_kind(Kind::Float)).unwrap();
+            assert_eq!(grad, [0.0, 2.0, 3.0, 0.0], "{kind:?}");
+        }
     }
 
     #[test]

@@ -1,6 +1,6 @@
 // The few libtorch entry points xray needs that tch 0.24 does not expose: CPU (and bfloat16
 // CUDA) autocast, the fused AdamW/Adam/SGD kernels, multi-tensor gradient clipping, channels-last
-// parameters, and the CPU's bfloat16 capability. Compiled by build.rs against the same libtorch
+// parameters, hardtanh with its bounds, and the CPU's bfloat16 capability. Compiled by build.rs against the same libtorch
 // headers as tch's own torch-sys; the Rust side is src/torch_ext/mod.rs.
 //
 // Tensors cross as `at::Tensor*` (tch's C_tensor). Every function catches C++ exceptions and
@@ -151,6 +151,13 @@ char *xray_channels_last(at::Tensor *t, at::Tensor **out) {
   return guarded([&] {
     *out = new at::Tensor(t->dim() == 4 ? t->contiguous(at::MemoryFormat::ChannelsLast) : *t);
   });
+}
+
+// hardtanh in place, clamping to [lo, hi] (ReLU6 is [0, 6]). Unlike clamp_, whose backward
+// needs the input (so autograd keeps a copy of it) and runs three unvectorised bfloat16 kernels
+// (>=, <=, where), its backward works from the output in one vectorised kernel.
+char *xray_hardtanh_(at::Tensor *t, double lo, double hi) {
+  return guarded([&] { at::hardtanh_(*t, lo, hi); });
 }
 
 // Whether the tensor is laid out channels-last.
