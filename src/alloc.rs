@@ -44,3 +44,37 @@ pub fn reexec_with_malloc_conf() {
             .exec();
     }
 }
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+extern "C" {
+    /// jemalloc's control interface (unprefixed, as the allocator above).
+    fn mallctl(
+        name: *const std::ffi::c_char,
+        oldp: *mut std::ffi::c_void,
+        oldlenp: *mut usize,
+        newp: *mut std::ffi::c_void,
+        newlen: usize,
+    ) -> std::ffi::c_int;
+}
+
+/// Returns the pages that freed memory holds to the kernel (jemalloc's `arena.<all>.purge`).
+/// With purging off (see [`MALLOC_CONF`]) a heavy command's resident memory never shrinks, so
+/// one stage's working set would stay on top of the next's: call it between stages whose
+/// tensors differ (computing cached activations, then training on them). No-op elsewhere.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // MALLCTL_ARENAS_ALL is 4096.
+        let name = c"arena.4096.purge";
+        // SAFETY: a NUL-terminated control name that takes and returns nothing.
+        unsafe {
+            mallctl(
+                name.as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            );
+        }
+    }
+}

@@ -172,6 +172,9 @@ impl ActivationCache {
                 started.elapsed().as_secs_f64()
             ));
             self.entries.push((l, train_reps, val_reps));
+            // The images and the frozen stages' activations are freed: give their pages back
+            // before training allocates tensors of other sizes on top of them.
+            crate::alloc::release_free_memory();
         }
         let c = self
             .entries
@@ -198,19 +201,47 @@ fn precompute(
     device: Device,
 ) -> Result<Tensor> {
     let bar = progress::bar(set.len() as u64, "features");
-    let mut parts = Vec::new();
+    // The head pools first, so pooled activations are exact for it and far smaller (MobileNetV2's
+    // last stage: 1280x7x7 a picture). Each batch is pooled as it comes and copied into one
+    // tensor made at the first batch: collecting the batches and concatenating them held two
+    // copies of every activation at once (2.5 GB for Kermany's 4,952 images at 224 px).
+    let pool = level == model.num_stages();
+    let n = set.len() as i64;
+    let mut out: Option<Tensor> = None;
+    let mut start = 0i64;
+    let mut keep = |part: Tensor| {
+        let part = if pool {
+            part.adaptive_avg_pool2d([1, 1])
+        } else {
+            part
+        };
+        let len = part.size()[0];
+        let all = out.get_or_insert_with(|| {
+            let mut shape = part.size();
+            shape[0] = n;
+            let options = (part.kind(), Device::Cpu);
+            // In the layout the stages give (channels-last where the precision runs so).
+            if crate::torch_ext::is_channels_last(&part) {
+                let (c, h, w) = (shape[1], shape[2], shape[3]);
+                Tensor::empty([n, h, w, c], options).permute([0, 3, 1, 2])
+            } else {
+                Tensor::empty(shape.as_slice(), options)
+            }
+        });
+        all.narrow(0, start, len).copy_(&part);
+        start += len;
+        bar.inc(len as u64);
+    };
     match from {
         Some((reps, at)) => {
-            let n = reps.size()[0];
-            let mut start = 0;
-            while start < n {
-                let len = (batch_size as i64).min(n - start);
-                let xs = reps.narrow(0, start, len).to_device(device);
-                parts.push(
+            let mut at_row = 0;
+            while at_row < n {
+                let len = (batch_size as i64).min(n - at_row);
+                let xs = reps.narrow(0, at_row, len).to_device(device);
+                keep(
                     tch::no_grad(|| model.run_stages(&xs, at, level, false)).to_device(Device::Cpu),
                 );
-                bar.inc(len as u64);
-                start += len;
+                at_row += len;
             }
         }
         None => {
@@ -218,21 +249,14 @@ fn precompute(
             for batch in stream_batches(set.clone(), order, batch_size, None, 0, 2) {
                 let batch = batch?;
                 let xs = batch.images_tensor(set.spec(), device);
-                parts.push(
+                keep(
                     tch::no_grad(|| model.run_stages(&xs, 0, level, false)).to_device(Device::Cpu),
                 );
-                bar.inc(batch.labels.len() as u64);
             }
         }
     }
     bar.finish_and_clear();
-    let reps = Tensor::cat(&parts, 0);
-    // The head pools first, so pooled activations are exact for it and far smaller.
-    Ok(if level == model.num_stages() {
-        reps.adaptive_avg_pool2d([1, 1])
-    } else {
-        reps
-    })
+    out.ok_or_else(|| anyhow::anyhow!("no images to compute activations for"))
 }
 
 #[cfg(test)]

@@ -282,6 +282,9 @@ impl<'c> Trainer<'c> {
             }
         }
         drop(cache);
+        // The epochs' freed tensors go back to the kernel before finishing builds the inference
+        // network and scores the sets with tensors of other sizes.
+        crate::alloc::release_free_memory();
         self.finish(ending, hooks.update_latest)
     }
 
