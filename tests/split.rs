@@ -82,6 +82,13 @@ fn split_keeps_groups_and_duplicates_together() {
         .any(|c| c["reason"].as_str().unwrap().contains("empty")));
     assert_eq!(report["images_kept"].as_u64().unwrap() as usize, n);
     assert_eq!(n, 120 - 1);
+    // One conflict guts no class: no warning.
+    assert_eq!(report["class_warnings"].as_array().unwrap().len(), 0);
+    assert_eq!(
+        report["label_conflicts"][0]["labels"],
+        serde_json::json!(["normal", "opacity"])
+    );
+    assert!(out.join("label_conflicts.png").is_file());
     // 20 patients of 3 images each, and 60 single-image groups.
     assert_eq!(report["groups"].as_u64().unwrap(), 20 + 59);
 
@@ -115,6 +122,77 @@ fn split_keeps_groups_and_duplicates_together() {
     assert_eq!(
         std::fs::read(out.join("split.csv")).unwrap(),
         std::fs::read(again.join("split.csv")).unwrap()
+    );
+}
+
+/// A class whose images are mostly copies of another class's (as a public skin-lesion set has
+/// them) is named in a warning with the reason and what to do, and its conflicts are drawn.
+#[test]
+fn split_warns_when_label_conflicts_gut_a_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synth_dataset(dir.path(), 40, 48);
+    let rare = data.join("rare");
+    std::fs::create_dir_all(&rare).unwrap();
+    for i in 0..8 {
+        std::fs::copy(
+            data.join(format!("opacity/opacity_{i:05}.png")),
+            rare.join(format!("rare_{i:05}.png")),
+        )
+        .unwrap();
+    }
+    for i in 0..2u32 {
+        let img = image::GrayImage::from_fn(48, 48, |x, y| {
+            image::Luma([((x * 7 + y * 13 + i * 50) % 256) as u8])
+        });
+        img.save(rare.join(format!("rare_own_{i}.png"))).unwrap();
+    }
+    let out = dir.path().join("split");
+    let run = xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(run.status.success());
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        stderr.contains(
+            "warning: class \"rare\" kept 2 of its 10 images (dropped: 8 label conflicts"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("; no val or test image") || stderr.contains("; no "),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("--exclude")
+            && stderr.contains("--labels FILE.csv")
+            && stderr.contains("label_conflicts.png"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("class \"opacity\""), "{stderr}");
+    let report = read_json(&out.join("split_report.json"));
+    let warnings = report["class_warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0]["class"], "rare");
+    assert_eq!(
+        (warnings[0]["found"].as_u64(), warnings[0]["kept"].as_u64()),
+        (Some(10), Some(2))
+    );
+    assert_eq!(warnings[0]["label_conflicts"], 8);
+    let conflicts = report["label_conflicts"].as_array().unwrap();
+    assert_eq!(conflicts.len(), 8);
+    assert!(conflicts
+        .iter()
+        .all(|c| c["labels"] == serde_json::json!(["opacity", "rare"])));
+    let png = image::open(out.join("label_conflicts.png")).unwrap();
+    assert!(
+        png.width() > 300 && png.height() > 160,
+        "{}x{}",
+        png.width(),
+        png.height()
     );
 }
 

@@ -125,6 +125,26 @@ impl SplitArgs {
             nd.groups_merged,
             self.out.join("near_duplicates.png").display()
         );
+        for w in &r.class_warnings {
+            eprintln!("warning: {}", w.line());
+        }
+        if !r.class_warnings.is_empty() {
+            let conflicts = r.class_warnings.iter().any(|w| w.label_conflicts > 0);
+            eprintln!(
+                "warning: {} class(es) will train or be evaluated on too little{}; fix the labels \
+                 in the dataset, leave a class out with --exclude '<class folder>/**', or give the \
+                 labels yourself with --labels FILE.csv",
+                r.class_warnings.len(),
+                if conflicts {
+                    format!(
+                        " (the conflicting images: {})",
+                        self.out.join("label_conflicts.png").display()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+        }
         println!(
             "look before training: {} and {}",
             self.out.join("classes.png").display(),

@@ -145,6 +145,71 @@ pub struct SplitReport {
     /// Near-duplicate pairs (perceptual hash); each cluster became one group.
     #[serde(default)]
     pub near_duplicates: NearDuplicates,
+    /// Each set of identical images found under two or more labels (all dropped).
+    #[serde(default)]
+    pub label_conflicts: Vec<LabelConflict>,
+    /// Classes the split gutted: more than half of their images dropped, or a split left
+    /// without any of them.
+    #[serde(default)]
+    pub class_warnings: Vec<ClassWarning>,
+}
+
+/// Identical images (the same decoded pixels) under more than one label.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct LabelConflict {
+    /// The files, sorted, relative to the dataset folder.
+    pub paths: Vec<String>,
+    /// Each file's label.
+    pub labels: Vec<String>,
+}
+
+/// A class that `split` left with too little to train or evaluate on, and why.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ClassWarning {
+    /// The class.
+    pub class: String,
+    /// Its image files found.
+    pub found: usize,
+    /// Its images in split.csv.
+    pub kept: usize,
+    /// Dropped because the same pixels appear under another label.
+    pub label_conflicts: usize,
+    /// Dropped as copies of another image of the class (one copy is kept).
+    pub duplicates: usize,
+    /// Dropped as unreadable.
+    pub unreadable: usize,
+    /// The splits (with a share above zero) that hold none of its images.
+    pub empty_splits: Vec<String>,
+}
+
+impl ClassWarning {
+    /// One line: what the class kept, what took the rest, and the splits left without it.
+    pub fn line(&self) -> String {
+        let mut causes = Vec::new();
+        for (n, what) in [
+            (
+                self.label_conflicts,
+                "label conflicts (the same pixels under another label)",
+            ),
+            (self.duplicates, "duplicates"),
+            (self.unreadable, "unreadable"),
+        ] {
+            if n > 0 {
+                causes.push(format!("{n} {what}"));
+            }
+        }
+        let mut line = format!(
+            "class \"{}\" kept {} of its {} images",
+            self.class, self.kept, self.found
+        );
+        if !causes.is_empty() {
+            line.push_str(&format!(" (dropped: {})", causes.join(", ")));
+        }
+        if !self.empty_splits.is_empty() {
+            line.push_str(&format!("; no {} image", self.empty_splits.join(" or ")));
+        }
+        line
+    }
 }
 
 /// The result of a split: the rows and the report.
@@ -243,6 +308,23 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         cross_split_duplicates: unique.cross_split,
         groups_moved_to_test,
         near_duplicates: near,
+        label_conflicts: unique
+            .conflict_sets
+            .iter()
+            .map(|set| LabelConflict {
+                paths: set.iter().map(|&i| rel(i)).collect(),
+                labels: set
+                    .iter()
+                    .map(|&i| scanned.classes[scanned.images[i].label].clone())
+                    .collect(),
+            })
+            .collect(),
+        class_warnings: Vec::new(),
+    };
+    let class_warnings = class_warnings(&scanned, &report, opts.ratios);
+    let report = SplitReport {
+        class_warnings,
+        ..report
     };
     Ok(SplitOutcome { records, report })
 }
@@ -396,6 +478,8 @@ struct Unique {
     kept: Vec<(usize, String)>,
     duplicates: Vec<Skipped>,
     conflicts: Vec<Skipped>,
+    /// The sets behind `conflicts` (indices into the scan, sorted by path).
+    conflict_sets: Vec<Vec<usize>>,
     cross_split: Vec<Skipped>,
 }
 
@@ -416,6 +500,7 @@ fn deduplicate(
         kept: Vec::new(),
         duplicates: Vec::new(),
         conflicts: Vec::new(),
+        conflict_sets: Vec::new(),
         cross_split: Vec::new(),
     };
     for idx in checked.by_pixels.values() {
@@ -433,6 +518,7 @@ fn deduplicate(
                     reason: format!("same pixels under labels {}", labels.join(", ")),
                 });
             }
+            unique.conflict_sets.push(idx);
             continue;
         }
         let straddles =
@@ -548,6 +634,68 @@ fn assign_groups(
 }
 
 /// Images per split and class (every split and class present, zeros included).
+/// The classes that lost more than half of their images (to label conflicts, duplicates or
+/// unreadable files), or that a split with a share above zero holds none of.
+fn class_warnings(
+    scanned: &ScannedDataset,
+    report: &SplitReport,
+    ratios: [f64; 3],
+) -> Vec<ClassWarning> {
+    let label_of: HashMap<String, usize> = scanned
+        .images
+        .iter()
+        .map(|img| (img.rel_path.to_string_lossy().into_owned(), img.label))
+        .collect();
+    let per_class = |skipped: &[Skipped]| {
+        let mut n = vec![0usize; scanned.classes.len()];
+        for s in skipped {
+            if let Some(&l) = label_of.get(&s.path) {
+                n[l] += 1;
+            }
+        }
+        n
+    };
+    let conflicts = per_class(&report.label_conflicts_dropped);
+    let duplicates: Vec<usize> = per_class(&report.duplicates_dropped)
+        .iter()
+        .zip(per_class(&report.cross_split_duplicates))
+        .map(|(a, b)| a + b)
+        .collect();
+    let unreadable = per_class(&report.corrupt_skipped);
+    let mut found = vec![0usize; scanned.classes.len()];
+    for img in &scanned.images {
+        found[img.label] += 1;
+    }
+    scanned
+        .classes
+        .iter()
+        .enumerate()
+        .filter_map(|(c, class)| {
+            let kept: usize = SPLITS.iter().map(|s| report.counts[*s][class]).sum();
+            let empty_splits: Vec<String> = SPLITS
+                .iter()
+                .enumerate()
+                .filter(|&(i, s)| {
+                    let has_share = ratios[i] > 0.0 || (i == TEST && report.test_from == "dataset");
+                    has_share && report.counts[*s][class] == 0
+                })
+                .map(|(_, s)| s.to_string())
+                .collect();
+            (found[c] > 0 && (2 * kept < found[c] || !empty_splits.is_empty())).then(|| {
+                ClassWarning {
+                    class: class.clone(),
+                    found: found[c],
+                    kept,
+                    label_conflicts: conflicts[c],
+                    duplicates: duplicates[c],
+                    unreadable: unreadable[c],
+                    empty_splits,
+                }
+            })
+        })
+        .collect()
+}
+
 fn count_per_split(
     classes: &[String],
     records: &[SplitRecord],
