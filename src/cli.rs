@@ -39,6 +39,8 @@ pub enum Command {
     Synth(commands::synth::SynthArgs),
     /// Convert a PyTorch state-dict file (.pth) into safetensors for `model.pretrained`.
     ImportWeights(commands::import_weights::ImportWeightsArgs),
+    /// Download torchvision's ImageNet weights (SHA-256 checked) for `weights:NAME` configs.
+    Weights(commands::weights::WeightsArgs),
     /// Export a trained run as TorchScript for other inference stacks, with a JSON sidecar.
     Export(commands::export::ExportArgs),
     /// Compare trained runs of the same classes: test metrics with intervals, ROC and curves.
@@ -62,6 +64,7 @@ impl Command {
             | Command::Compare(_) => true,
             Command::Predict(a) => a.inputs.len() > 8 || a.inputs.iter().any(|p| p.is_dir()),
             Command::Split(_) | Command::Synth(_) | Command::ImportWeights(_) => false,
+            Command::Weights(_) => false,
             Command::Merge(_) | Command::DicomSend(_) => false,
             Command::Export(_) => false,
             Command::Serve(_) => true,
@@ -81,6 +84,7 @@ impl Command {
             Command::Tune(a) => a.execute(),
             Command::Synth(a) => a.execute(),
             Command::ImportWeights(a) => a.execute(),
+            Command::Weights(a) => a.execute(),
             Command::Export(a) => a.execute(),
             Command::Compare(a) => a.execute(),
             Command::Demo(a) => a.execute(),

@@ -27,6 +27,31 @@ pub fn note(line: &str) {
     }
 }
 
+/// A bar over a download of `len` bytes (a spinner with the count when the size is unknown),
+/// labelled `what` (hidden when quiet).
+pub fn byte_bar(len: Option<u64>, what: &str) -> ProgressBar {
+    if is_quiet() {
+        return ProgressBar::hidden();
+    }
+    let (bar, template) = match len {
+        Some(n) => (
+            ProgressBar::new(n),
+            "{prefix} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec:>12} eta {eta:>4}",
+        ),
+        None => (
+            ProgressBar::no_length(),
+            "{prefix} {spinner} {bytes} {bytes_per_sec:>12}",
+        ),
+    };
+    bar.set_style(
+        ProgressStyle::with_template(template)
+            .expect("the template is valid")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(what.to_string());
+    bar
+}
+
 /// A bar over `len` items labelled `what`, with rate and time left (hidden when quiet).
 pub fn bar(len: u64, what: &str) -> ProgressBar {
     if is_quiet() {

