@@ -9,7 +9,7 @@ use xray::models::{build, ModelSpec};
 use crate::common::{repo, xray, RunOk};
 
 /// The Python of the libtorch cache (scripts/setup/libtorch.sh installs it; the tests need it built).
-pub fn torch_python() -> Option<PathBuf> {
+fn torch_python() -> Option<PathBuf> {
     let out = std::process::Command::new(repo().join("scripts/setup/libtorch.sh"))
         .output()
         .ok()?;
@@ -18,15 +18,15 @@ pub fn torch_python() -> Option<PathBuf> {
     python.is_file().then_some(python)
 }
 
-#[test]
-fn imported_resnet18_reproduces_pytorch_logits() {
+/// `DIR/resnet18.pth` and `DIR/logits.txt` written by tests/fixtures/resnet18_pth.py with the
+/// wheel's torch; `None` (the caller skips, saying so) without that torch.
+pub fn resnet18_pth(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
     let Some(python) = torch_python() else {
         println!("skipped: no Python torch from scripts/setup/libtorch.sh");
-        return;
+        return None;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let pth = dir.path().join("resnet18.pth");
-    let logits_txt = dir.path().join("logits.txt");
+    let pth = dir.join("resnet18.pth");
+    let logits_txt = dir.join("logits.txt");
     let status = std::process::Command::new(&python)
         .arg(repo().join("tests/fixtures/resnet18_pth.py"))
         .arg(&pth)
@@ -34,6 +34,15 @@ fn imported_resnet18_reproduces_pytorch_logits() {
         .status()
         .unwrap();
     assert!(status.success(), "the PyTorch side failed");
+    Some((pth, logits_txt))
+}
+
+#[test]
+fn imported_resnet18_reproduces_pytorch_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((pth, logits_txt)) = resnet18_pth(dir.path()) else {
+        return;
+    };
 
     let out = dir.path().join("resnet18.safetensors");
     let assert = xray()

@@ -12,8 +12,8 @@ use sha2::{Digest, Sha256};
 use tch::{nn, Device};
 use xray::models::{build, Arch, ModelSpec};
 
-use crate::common::{free_port, repo, xray};
-use crate::import_weights::torch_python;
+use crate::common::{free_port, xray};
+use crate::import_weights::resnet18_pth;
 
 /// Serves `body` at /ok.pth and /models/resnet18-f37072fd.pth, half of it (with the whole
 /// length announced) at /truncated.pth, and 404 elsewhere, until the test ends.
@@ -89,19 +89,10 @@ fn assert_empty(dir: &Path) {
 
 #[test]
 fn weights_fetch_checks_the_hash_and_leaves_nothing_on_failure() {
-    let Some(python) = torch_python() else {
-        println!("skipped: no Python torch from scripts/setup/libtorch.sh");
+    let work = tempfile::tempdir().unwrap();
+    let Some((pth, _)) = resnet18_pth(work.path()) else {
         return;
     };
-    let work = tempfile::tempdir().unwrap();
-    let pth = work.path().join("resnet18.pth");
-    let status = std::process::Command::new(&python)
-        .arg(repo().join("tests/fixtures/resnet18_pth.py"))
-        .arg(&pth)
-        .arg(work.path().join("logits.txt"))
-        .status()
-        .unwrap();
-    assert!(status.success(), "the PyTorch side failed");
     let body = std::fs::read(&pth).unwrap();
     let sha = hex(&body);
     let port = serve(body);

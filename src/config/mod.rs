@@ -395,11 +395,13 @@ impl ModelConfig {
         let Some(name) = self.pretrained.strip_prefix("weights:") else {
             return Ok(Some(PathBuf::from(&self.pretrained)));
         };
-        let dirs = weights_dirs();
-        if let Some(found) = dirs.iter().map(|d| d.join(name)).find(|p| p.is_file()) {
+        if let Some(found) = find_weights(name) {
             return Ok(Some(found));
         }
-        let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+        let looked: Vec<String> = weights_dirs()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
         Err(Error::usage(format!(
             "model.pretrained = \"{}\": {name} is in none of {}; {}",
             self.pretrained,
@@ -425,6 +427,14 @@ fn fetch_hint(name: &str) -> String {
         }
         None => "put it in one of them, or name a file path in model.pretrained".to_string(),
     }
+}
+
+/// The weights file `name` in the first of [`weights_dirs`] that holds it.
+pub fn find_weights(name: &str) -> Option<PathBuf> {
+    weights_dirs()
+        .into_iter()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// Where `weights:NAME` files are looked for, in order: `$XRAY_WEIGHTS_DIR`, the xray cache

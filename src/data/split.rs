@@ -290,7 +290,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         }
     }
     records.sort_by(|a, b| a.path.cmp(&b.path));
-    let report = SplitReport {
+    let mut report = SplitReport {
         data_dir: scanned.root.clone(),
         classes: scanned.classes.clone(),
         ratios: opts.ratios,
@@ -321,11 +321,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
             .collect(),
         class_warnings: Vec::new(),
     };
-    let class_warnings = class_warnings(&scanned, &report, opts.ratios);
-    let report = SplitReport {
-        class_warnings,
-        ..report
-    };
+    report.class_warnings = class_warnings(&scanned, &report, opts.ratios);
     Ok(SplitOutcome { records, report })
 }
 
@@ -633,7 +629,6 @@ fn assign_groups(
     (assignment, moved)
 }
 
-/// Images per split and class (every split and class present, zeros included).
 /// The classes that lost more than half of their images (to label conflicts, duplicates or
 /// unreadable files), or that a split with a share above zero holds none of.
 fn class_warnings(
@@ -696,6 +691,7 @@ fn class_warnings(
         .collect()
 }
 
+/// Images per split and class (every split and class present, zeros included).
 fn count_per_split(
     classes: &[String],
     records: &[SplitRecord],

@@ -64,14 +64,7 @@ pub struct SynthImage {
 /// Writes the dataset into `out` (`normal/`, `opacity/`, `boxes.csv`) and returns the number of
 /// images written.
 pub fn write_synth_dataset(out: &Path, opts: &SynthOptions) -> Result<usize> {
-    if opts.size < 32 {
-        return Err(
-            crate::Error::usage(format!("--size must be at least 32, got {}", opts.size)).into(),
-        );
-    }
-    if opts.per_class == 0 {
-        return Err(crate::Error::usage("--per-class must be at least 1").into());
-    }
+    check_counts(opts.size, opts.per_class, "--per-class")?;
     for class in SYNTH_CLASSES {
         std::fs::create_dir_all(out.join(class))
             .with_context(|| format!("cannot create {}", out.join(class).display()))?;
@@ -112,6 +105,17 @@ pub fn write_synth_dataset(out: &Path, opts: &SynthOptions) -> Result<usize> {
     }
     boxes.flush()?;
     Ok(written)
+}
+
+/// A usage error for an image side under 32 pixels or no images (`count`, given as `flag`).
+fn check_counts(size: u32, count: usize, flag: &str) -> Result<()> {
+    if size < 32 {
+        return Err(crate::Error::usage(format!("--size must be at least 32, got {size}")).into());
+    }
+    if count == 0 {
+        return Err(crate::Error::usage(format!("{flag} must be at least 1")).into());
+    }
+    Ok(())
 }
 
 /// Writes grey `pixels` of a `size`-pixel square as a PNG.
@@ -420,14 +424,7 @@ pub fn finding_labels(present: &[bool; 4]) -> String {
 /// columns, and `boxes.csv` (path, finding, x0, y0, x1, y1) with a box per finding present.
 /// Returns the number of images written.
 pub fn write_findings_dataset(out: &Path, opts: &FindingsOptions) -> Result<usize> {
-    if opts.size < 32 {
-        return Err(
-            crate::Error::usage(format!("--size must be at least 32, got {}", opts.size)).into(),
-        );
-    }
-    if opts.images == 0 {
-        return Err(crate::Error::usage("--images must be at least 1").into());
-    }
+    check_counts(opts.size, opts.images, "--images")?;
     let dir = out.join("images");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     // (patient, follow-up, findings, age, sex, view) of each image, drawn in order.

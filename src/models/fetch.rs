@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::import::{import_weights, ImportReport};
 use super::Arch;
@@ -132,20 +131,22 @@ pub fn fetch(d: &Download, timeout: Duration) -> Result<Fetched> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let part = crate::fsutil::with_suffix(&d.out, ".part.pth");
-    let result = download(&d.url, &part, timeout).and_then(|(bytes, got)| {
-        let matches = if want.len() == 64 {
+    let staged = crate::fsutil::with_suffix(&d.out, ".part.safetensors");
+    let result = download(&d.url, &part, timeout).and_then(|bytes| {
+        let got = crate::fsutil::sha256_file(&part)
+            .with_context(|| format!("cannot read {}", part.display()))?;
+        let whole = want.len() == 64;
+        if !(if whole {
             got == want
         } else {
             got.starts_with(&want)
-        };
-        if !matches {
+        }) {
             bail!(
                 "{}: SHA-256 is {got}, not the pinned {want}{}; the file was not used",
                 d.url,
-                if want.len() < 64 { "..." } else { "" }
+                if whole { "" } else { "..." }
             );
         }
-        let staged = crate::fsutil::with_suffix(&d.out, ".part.safetensors");
         let import = import_weights(&part, d.arch, &staged)
             .with_context(|| format!("{}: converting it as {}", d.url, d.arch))?;
         std::fs::rename(&staged, &d.out)
@@ -157,12 +158,12 @@ pub fn fetch(d: &Download, timeout: Duration) -> Result<Fetched> {
         })
     });
     let _ = std::fs::remove_file(&part);
-    let _ = std::fs::remove_file(crate::fsutil::with_suffix(&d.out, ".part.safetensors"));
+    let _ = std::fs::remove_file(&staged);
     result
 }
 
-/// Streams `url` into `part`, returning its size and SHA-256.
-fn download(url: &str, part: &Path, timeout: Duration) -> Result<(u64, String)> {
+/// Streams `url` into `part`, returning its size.
+fn download(url: &str, part: &Path, timeout: Duration) -> Result<u64> {
     let mut agent = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(15))
         .timeout_read(timeout)
@@ -194,17 +195,13 @@ fn download(url: &str, part: &Path, timeout: Duration) -> Result<(u64, String)> 
     let expected: Option<u64> = response
         .header("Content-Length")
         .and_then(|v| v.trim().parse().ok());
-    if expected.is_some_and(|n| n > MAX_BYTES) {
-        bail!(
-            "{url}: {} bytes is more than weights take",
-            expected.unwrap_or(0)
-        );
+    if let Some(n) = expected.filter(|&n| n > MAX_BYTES) {
+        bail!("{url}: {n} bytes is more than weights take");
     }
     let mut file =
         std::fs::File::create(part).with_context(|| format!("cannot write {}", part.display()))?;
     let bar = progress::byte_bar(expected, url.rsplit('/').next().unwrap_or(url));
     let mut reader = response.into_reader().take(MAX_BYTES + 1);
-    let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut bytes = 0u64;
     loop {
@@ -220,7 +217,6 @@ fn download(url: &str, part: &Path, timeout: Duration) -> Result<(u64, String)> 
                 );
             }
         };
-        hasher.update(&buf[..n]);
         file.write_all(&buf[..n])
             .with_context(|| format!("cannot write {}", part.display()))?;
         bytes += n as u64;
@@ -234,12 +230,7 @@ fn download(url: &str, part: &Path, timeout: Duration) -> Result<(u64, String)> 
         bail!("{url}: the download broke off after {bytes} of {n} bytes");
     }
     file.sync_all()?;
-    let hex: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    Ok((bytes, hex))
+    Ok(bytes)
 }
 
 /// " of N" when the size is known.
