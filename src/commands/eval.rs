@@ -51,6 +51,9 @@ impl EvalArgs {
         if let Some(note) = predictor.auto_note() {
             crate::progress::note(&note);
         }
+        if predictor.card.task == crate::config::Task::Multilabel {
+            return self.execute_multilabel(&predictor);
+        }
         let labelled = labelled_images(&predictor, &self.split)?;
         let (report, scored) = evaluate(
             &predictor,
@@ -59,15 +62,40 @@ impl EvalArgs {
             self.batch_size,
             self.ci_by,
         )?;
-        let out = self.out.unwrap_or_else(|| {
+        let out = self.out_dir();
+        write_eval_report(&out, &report, &scored, self.sort_classes)?;
+        print!("{}", report_table(&report, self.sort_classes));
+        println!("\nreport: {}", out.join("report.json").display());
+        println!("predictions: {}", out.join("predictions.csv").display());
+        Ok(())
+    }
+
+    /// The output folder: `--out`, else RUN_DIR/eval-<split>.
+    fn out_dir(&self) -> PathBuf {
+        self.out.clone().unwrap_or_else(|| {
             let name = PathBuf::from(&self.split)
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "data".into());
             self.checkpoint.join(format!("eval-{name}"))
-        });
-        write_eval_report(&out, &report, &scored, self.sort_classes)?;
-        print!("{}", report_table(&report, self.sort_classes));
+        })
+    }
+
+    /// A multi-label model: per-label figures on its split.
+    fn execute_multilabel(&self, predictor: &Predictor) -> Result<()> {
+        use crate::evaluate::multilabel::{evaluate_multilabel, labelled_split};
+        let (labelled, targets) = labelled_split(predictor, &self.split)?;
+        let (report, scored) = evaluate_multilabel(
+            predictor,
+            labelled,
+            targets,
+            &self.split,
+            self.batch_size,
+            self.ci_by,
+        )?;
+        let out = self.out_dir();
+        crate::report::multilabel::write_multilabel_eval(&out, &report, &scored)?;
+        print!("{}", crate::report::multilabel::multilabel_text(&report));
         println!("\nreport: {}", out.join("report.json").display());
         println!("predictions: {}", out.join("predictions.csv").display());
         Ok(())

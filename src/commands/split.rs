@@ -40,8 +40,10 @@ pub struct SplitArgs {
     /// dropped instead); by default the test copy is dropped.
     #[arg(long)]
     pub keep_test_duplicates: bool,
-    /// Labels (and patient groups) from a CSV file with the header `path,label[,group]`,
-    /// paths relative to DATA_DIR, instead of class folders.
+    /// Labels (and patient groups) from a CSV file instead of class folders, paths relative to
+    /// DATA_DIR: `path,label[,group]` (one label per image), or multi-label as the datasets
+    /// ship them: NIH's Data_Entry_2017.csv, CheXpert/MIMIC's `Path` and a column per finding
+    /// (1, 0, -1, blank), or `path` and a 0/1 column per label with an optional `group`.
     #[arg(long, value_name = "FILE.csv")]
     pub labels: Option<PathBuf>,
     /// Follow links that lead out of DATA_DIR (by default each is reported and left out).
@@ -112,9 +114,20 @@ impl SplitArgs {
             r.label_conflicts_dropped.len(),
             r.corrupt_skipped.len()
         );
+        if r.is_multilabel() {
+            println!(
+                "multi-label ({} labels, {} file); positives per label:",
+                r.classes.len(),
+                r.label_format
+            );
+        }
         for split in SPLITS {
             let counts = &r.counts[split];
-            let total: usize = counts.values().sum();
+            let total: usize = if r.is_multilabel() {
+                outcome.records.iter().filter(|x| x.split == split).count()
+            } else {
+                counts.values().sum()
+            };
             let per: Vec<String> = counts.iter().map(|(c, n)| format!("{c} {n}")).collect();
             println!("  {split:<5} {total:>6}  ({})", per.join(", "));
         }
@@ -150,6 +163,12 @@ impl SplitArgs {
             self.out.join("classes.png").display(),
             self.out.join("samples.png").display()
         );
+        if r.is_multilabel() {
+            println!(
+                "label co-occurrence: {}; train it with model.task = \"multilabel\"",
+                self.out.join("cooccurrence.png").display()
+            );
+        }
         println!("wrote {}", self.out.join("split.csv").display());
         Ok(())
     }

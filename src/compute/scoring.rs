@@ -56,6 +56,48 @@ pub fn probabilities(logits: &Tensor, temperature: f64) -> Result<Vec<Vec<f64>>>
     rows(&(logits.to_kind(Kind::Double) / temperature.max(1e-6)).softmax(-1, Kind::Double))
 }
 
+/// Sigmoid of each logit (multi-label) as rows of f64.
+pub fn sigmoid_probabilities(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
+    rows(&logits.to_kind(Kind::Double).sigmoid())
+}
+
+/// Binary cross-entropy with logits per label, averaged over the entries whose target is not
+/// masked (a target below zero, see [`crate::data::multilabel::MASKED`]), each positive entry
+/// of label `l` weighted by `pos_weight[l]` as torch's `BCEWithLogitsLoss(pos_weight=...)`.
+/// A batch with every entry masked has loss 0.
+pub fn masked_bce(logits: &Tensor, targets: &Tensor, pos_weight: Option<&Tensor>) -> Tensor {
+    masked_bce_with(logits, targets, pos_weight, 0.0, None)
+}
+
+/// [`masked_bce`] with label smoothing (targets pulled towards 1/2 by `smoothing`/2) and,
+/// with `focal_gamma`, the focal loss's factor `(1 - p_t)^gamma` on each entry (Lin et al.
+/// 2017, binary form).
+pub fn masked_bce_with(
+    logits: &Tensor,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+    smoothing: f64,
+    focal_gamma: Option<f64>,
+) -> Tensor {
+    let mask = targets.ge(0.0).to_kind(Kind::Float);
+    let mut y = targets.clamp_min(0.0);
+    if smoothing > 0.0 {
+        y = y * (1.0 - smoothing) + smoothing / 2.0;
+    }
+    let log_sig = logits.log_sigmoid();
+    let log_not = (-logits).log_sigmoid();
+    let not_y = y.neg() + 1.0;
+    let log_pt = &y * &log_sig + &not_y * &log_not;
+    let mut per = match pos_weight {
+        Some(w) => (&y * w * &log_sig + &not_y * &log_not).neg(),
+        None => log_pt.neg(),
+    };
+    if let Some(gamma) = focal_gamma {
+        per = (log_pt.exp().neg() + 1.0).pow_tensor_scalar(gamma) * per;
+    }
+    (per * &mask).sum(Kind::Float) / mask.sum(Kind::Float).clamp_min(1.0)
+}
+
 /// The rows of a `[n, k]` tensor as f64 vectors on the CPU; an error (never an empty row) when
 /// libtorch cannot convert one.
 pub fn rows(t: &Tensor) -> Result<Vec<Vec<f64>>> {
@@ -111,6 +153,7 @@ pub fn guard_scores(
 }
 
 /// Probabilities, labels and mean cross-entropy of `model` over a whole image set.
+#[derive(Default)]
 pub struct SetScores {
     /// Probabilities per image, in set order.
     pub probs: Vec<Vec<f64>>,
@@ -122,6 +165,9 @@ pub struct SetScores {
     pub logits: Vec<Vec<f64>>,
     /// Out-of-distribution scores per image, when a guard was given.
     pub ood: Option<Vec<f64>>,
+    /// Multi-label: each image's targets (1, 0 or masked); `probs` are then a sigmoid per
+    /// label and `loss` the masked binary cross-entropy. Empty for a single-label set.
+    pub targets: Vec<Vec<f32>>,
 }
 
 /// Runs `model` over every image of `set` (no augmentation, no gradient) in `precision`,
@@ -163,9 +209,17 @@ pub fn score_set(
             }
         }
         let scaled = &logits / temperature.max(1e-6);
-        let loss = scaled.cross_entropy_for_logits(&ys).double_value(&[]);
+        let (loss, batch_probs) = match set.targets_tensor(&batch.indices, device) {
+            Some(t) => (
+                masked_bce(&scaled, &t, None).double_value(&[]),
+                sigmoid_probabilities(&scaled)?,
+            ),
+            None => (
+                scaled.cross_entropy_for_logits(&ys).double_value(&[]),
+                probabilities(&logits, temperature)?,
+            ),
+        };
         loss_sum += loss * batch.indices.len() as f64;
-        let batch_probs = probabilities(&logits, temperature)?;
         for ((&i, p), l) in batch.indices.iter().zip(batch_probs).zip(rows(&logits)?) {
             probs[i] = p;
             logits_out[i] = l;
@@ -179,7 +233,19 @@ pub fn score_set(
         loss: if n > 0 { loss_sum / n as f64 } else { f64::NAN },
         logits: logits_out,
         ood: ood_scores,
+        targets: target_rows(&set),
     })
+}
+
+/// Multi-label: the target rows of every image of `set` (empty for a single-label set).
+pub fn target_rows(set: &ImageSet) -> Vec<Vec<f32>> {
+    match &set.targets {
+        Some(t) => t
+            .chunks(set.n_targets().max(1))
+            .map(<[f32]>::to_vec)
+            .collect(),
+        None => Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,39 @@ choice! {
 }
 
 choice! {
+    /// What a multi-label model learns from an uncertain label (`-1` in CheXpert/MIMIC): the
+    /// CheXpert paper's U-Ignore, U-Zeros and U-Ones.
+    UncertainPolicy, "data.uncertain" {
+        /// Masked out of the loss and the metrics.
+        Ignore = "ignore",
+        /// Taken as negative.
+        Zeros = "zeros",
+        /// Taken as positive.
+        Ones = "ones",
+    }
+}
+
+choice! {
+    /// What a multi-label model learns from a blank label (the report did not mention it).
+    BlankPolicy, "data.blank" {
+        /// Taken as negative (what CheXpert's own labeller means by a blank).
+        Zeros = "zeros",
+        /// Masked out of the loss and the metrics.
+        Ignore = "ignore",
+    }
+}
+
+choice! {
+    /// What the network predicts.
+    Task, "model.task" {
+        /// One class per image (softmax, cross-entropy).
+        Multiclass = "multiclass",
+        /// Any number of labels per image (a sigmoid per label, binary cross-entropy).
+        Multilabel = "multilabel",
+    }
+}
+
+choice! {
     /// The optimiser's update rule.
     OptimizerKind, "train.optimizer" {
         /// Adam with decoupled weight decay (Loshchilov and Hutter).
@@ -94,6 +127,20 @@ choice! {
         ValAcc = "val_acc",
         /// Cross-entropy; lower is better.
         ValLoss = "val_loss",
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
+impl Default for Task {
+    fn default() -> Self {
+        Task::Multiclass
+    }
+}
+
+impl Task {
+    /// Whether this is [`Task::Multiclass`] (model.json leaves the default out).
+    pub fn is_multiclass(&self) -> bool {
+        *self == Task::Multiclass
     }
 }
 

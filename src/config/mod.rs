@@ -14,8 +14,8 @@ use crate::models::Arch;
 mod choices;
 
 pub use choices::{
-    ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
-    PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy,
+    BlankPolicy, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
+    PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy, Task, UncertainPolicy,
 };
 
 /// The whole config file.
@@ -137,6 +137,12 @@ pub struct DataConfig {
     /// decoded set takes at most a quarter of the device's memory, off on the CPU.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub on_device: Option<bool>,
+    /// Multi-label: what an uncertain label (`-1`) becomes, "ignore" (masked), "zeros" or
+    /// "ones" (default "ignore").
+    pub uncertain: UncertainPolicy,
+    /// Multi-label: what a blank label (not mentioned) becomes, "zeros" or "ignore" (masked)
+    /// (default "zeros").
+    pub blank: BlankPolicy,
     /// Augmentation applied to training images only.
     pub augment: AugmentConfig,
 }
@@ -174,6 +180,9 @@ pub struct AugmentConfig {
 pub struct ModelConfig {
     /// Architecture (default "simple_cnn").
     pub arch: Arch,
+    /// "multiclass" (one class per image) or "multilabel" (a sigmoid per label; the split must
+    /// be multi-label) (default "multiclass").
+    pub task: Task,
     /// A `.safetensors` file of pretrained weights, or "none" (default "none").
     pub pretrained: String,
     /// Dropout before the classifier (default 0.2).
@@ -314,6 +323,8 @@ impl Default for DataConfig {
             sampler: Sampler::Shuffle,
             prefetch: 4,
             on_device: None,
+            uncertain: UncertainPolicy::Ignore,
+            blank: BlankPolicy::Zeros,
             augment: AugmentConfig::default(),
         }
     }
@@ -340,6 +351,7 @@ impl Default for ModelConfig {
     fn default() -> Self {
         ModelConfig {
             arch: Arch::SimpleCnn,
+            task: Task::Multiclass,
             pretrained: "none".into(),
             dropout: 0.2,
             blocks: None,
@@ -548,6 +560,13 @@ impl Config {
                 "data.image_size must be at least 16, got {}",
                 self.data.image_size
             ));
+        }
+        if self.model.task == Task::Multilabel && self.data.sampler == Sampler::Weighted {
+            return bad(
+                "data.sampler = \"weighted\" draws by class, which a multi-label model has not: \
+                 use train.class_weights = \"balanced\" (a positive weight per label) instead"
+                    .into(),
+            );
         }
         if self.train.batch_size == 0 || self.train.epochs == 0 {
             return bad("train.batch_size and train.epochs must be at least 1".into());

@@ -33,8 +33,11 @@ pub struct InputSpec {
 pub struct ImageSet {
     /// Image files.
     pub paths: Vec<PathBuf>,
-    /// Label index per image.
+    /// Label index per image (multi-label: the image's row in `targets`).
     pub labels: Vec<usize>,
+    /// Multi-label: one row of targets per image (1, 0 or
+    /// [`crate::data::multilabel::MASKED`]), row-major.
+    pub targets: Option<Vec<f32>>,
     spec: InputSpec,
     cache: Option<Vec<OnceLock<Arc<Vec<u8>>>>>,
 }
@@ -47,9 +50,46 @@ impl ImageSet {
         ImageSet {
             paths,
             labels,
+            targets: None,
             spec,
             cache: cache.then(|| (0..n).map(|_| OnceLock::new()).collect()),
         }
+    }
+
+    /// A multi-label set over `samples` (each one's label its row) with `targets`, one row of
+    /// labels per image; `cache` keeps decoded pixels after first use.
+    pub fn multilabel(
+        samples: Vec<(PathBuf, usize)>,
+        targets: Vec<f32>,
+        spec: InputSpec,
+        cache: bool,
+    ) -> Self {
+        let mut set = Self::new(samples, spec, cache);
+        set.targets = Some(targets);
+        set
+    }
+
+    /// Multi-label: labels per image (0 for a single-label set).
+    pub fn n_targets(&self) -> usize {
+        match &self.targets {
+            Some(t) if !self.is_empty() => t.len() / self.len(),
+            _ => 0,
+        }
+    }
+
+    /// Multi-label: the target rows of images `indices` as a `[n, labels]` tensor on `device`.
+    pub fn targets_tensor(&self, indices: &[usize], device: Device) -> Option<Tensor> {
+        let t = self.targets.as_ref()?;
+        let k = self.n_targets();
+        let rows: Vec<f32> = indices
+            .iter()
+            .flat_map(|&i| t[i * k..(i + 1) * k].iter().copied())
+            .collect();
+        Some(
+            Tensor::from_slice(&rows)
+                .view([indices.len() as i64, k as i64])
+                .to_device(device),
+        )
     }
 
     /// Number of images.

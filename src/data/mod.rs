@@ -5,6 +5,7 @@ pub mod archive;
 pub mod augment;
 pub mod decode;
 pub mod loader;
+pub mod multilabel;
 pub mod near_dup;
 pub mod on_device;
 pub mod scan;

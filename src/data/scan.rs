@@ -259,7 +259,7 @@ fn scan_labels_csv(
 
 /// Why `rel` (a path the labels CSV gives, relative to `root`) leads out of `root`, if it does:
 /// absolute, through `..`, or (unless `follow_links`) through a link that resolves outside.
-fn leaves_root(root: &Path, rel: &Path, follow_links: bool) -> Option<&'static str> {
+pub(crate) fn leaves_root(root: &Path, rel: &Path, follow_links: bool) -> Option<&'static str> {
     use std::path::Component;
     if rel.is_absolute() || rel.has_root() {
         return Some("is absolute");

@@ -17,6 +17,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::data::decode::decode_image;
+use crate::data::multilabel;
 use crate::data::near_dup::{self, NearDuplicates, NearPair};
 use crate::data::scan::{scan_dataset_with, Layout, ScanOptions, ScannedDataset};
 use crate::error::Error;
@@ -90,6 +91,10 @@ pub struct SplitRecord {
     pub split: String,
     /// sha256 of the file's bytes, hex.
     pub sha256: String,
+    /// Multi-label splits: one value per label (see [`crate::data::multilabel`]), written as
+    /// a column per label after these.
+    #[serde(skip)]
+    pub values: Vec<i8>,
 }
 
 /// A file left out of the split, and why.
@@ -149,9 +154,50 @@ pub struct SplitReport {
     #[serde(default)]
     pub label_conflicts: Vec<LabelConflict>,
     /// Classes the split gutted: more than half of their images dropped, or a split left
-    /// without any of them.
+    /// without any of them (multi-label: without any positive).
     #[serde(default)]
     pub class_warnings: Vec<ClassWarning>,
+    /// "multiclass" (empty in older reports) or "multilabel"; for "multilabel", `classes` are
+    /// the labels and `counts` their positive images.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub task: String,
+    /// Multi-label: the labels file's layout ("nih", "chexpert" or "generic").
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub label_format: String,
+    /// Multi-label: label_counts[split][label], every value the file gave.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_counts: BTreeMap<String, BTreeMap<String, LabelCount>>,
+    /// Multi-label: cooccurrence[a][b] = kept images positive for both labels a and b (the
+    /// diagonal: positive for a).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cooccurrence: Vec<Vec<usize>>,
+}
+
+impl SplitReport {
+    /// Whether the split's labels are multi-label.
+    pub fn is_multilabel(&self) -> bool {
+        self.task == "multilabel"
+    }
+}
+
+/// How often one label took each value in one split.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LabelCount {
+    /// Images positive for it.
+    pub positive: usize,
+    /// Images negative for it.
+    pub negative: usize,
+    /// Images whose report was uncertain (`-1`).
+    pub uncertain: usize,
+    /// Images whose report did not mention it (blank).
+    pub blank: usize,
+}
+
+impl LabelCount {
+    /// Positives among the images with a positive or negative value.
+    pub fn prevalence(&self) -> f64 {
+        self.positive as f64 / (self.positive + self.negative).max(1) as f64
+    }
 }
 
 /// Identical images (the same decoded pixels) under more than one label.
@@ -245,6 +291,11 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
     }
     let re =
         Regex::new(&opts.group_regex).map_err(|e| Error::usage(format!("--group-regex: {e}")))?;
+    if let Some(labels) = opts.labels.as_deref() {
+        if multilabel::is_multilabel_csv(labels)? {
+            return split_multilabel(data_dir, labels, opts, &re);
+        }
+    }
     let scanned = scan_dataset_with(
         data_dir,
         &ScanOptions {
@@ -286,6 +337,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
                 group: group.clone(),
                 split: SPLITS[s].to_string(),
                 sha256: hash.clone(),
+                values: Vec::new(),
             });
         }
     }
@@ -308,21 +360,268 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         cross_split_duplicates: unique.cross_split,
         groups_moved_to_test,
         near_duplicates: near,
-        label_conflicts: unique
-            .conflict_sets
-            .iter()
-            .map(|set| LabelConflict {
-                paths: set.iter().map(|&i| rel(i)).collect(),
-                labels: set
-                    .iter()
-                    .map(|&i| scanned.classes[scanned.images[i].label].clone())
-                    .collect(),
-            })
-            .collect(),
+        label_conflicts: conflicts_of(&scanned, &unique.conflict_sets),
         class_warnings: Vec::new(),
+        task: String::new(),
+        label_format: String::new(),
+        label_counts: BTreeMap::new(),
+        cooccurrence: Vec::new(),
     };
     report.class_warnings = class_warnings(&scanned, &report, opts.ratios);
     Ok(SplitOutcome { records, report })
+}
+
+/// The multi-label split of the images a labels CSV lists (see [`crate::data::multilabel`]).
+/// Each distinct set of values is one "class" of the scan, so that identical pixels under two
+/// sets are a label conflict and duplicates, near-duplicates and groups are handled as for
+/// classes; the groups are then dealt by iterative stratification over the labels.
+fn split_multilabel(
+    data_dir: &Path,
+    labels_csv: &Path,
+    opts: &SplitOptions,
+    re: &Regex,
+) -> Result<SplitOutcome> {
+    if !data_dir.is_dir() {
+        return Err(Error::usage(format!(
+            "dataset folder {} does not exist or is not a folder",
+            data_dir.display()
+        ))
+        .into());
+    }
+    let root = data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
+    let table = multilabel::read_label_table(&root, labels_csv)?;
+    let mut combos: Vec<Vec<i8>> = table.rows.iter().map(|r| r.values.clone()).collect();
+    combos.sort();
+    combos.dedup();
+    let combo_name = |values: &[i8]| {
+        let mut name = multilabel::finding_text(&table.labels, values);
+        for (what, v) in [
+            ("uncertain", multilabel::UNCERTAIN),
+            ("blank", multilabel::BLANK),
+        ] {
+            let these: Vec<&str> = table
+                .labels
+                .iter()
+                .zip(values)
+                .filter(|(_, &x)| x == v)
+                .map(|(l, _)| l.as_str())
+                .collect();
+            if !these.is_empty() {
+                name.push_str(&format!("; {what} {}", these.join("|")));
+            }
+        }
+        name
+    };
+    let scanned = ScannedDataset {
+        root: root.clone(),
+        classes: combos.iter().map(|c| combo_name(c)).collect(),
+        images: table
+            .rows
+            .iter()
+            .map(|r| crate::data::scan::ScannedImage {
+                rel_path: r.rel_path.clone(),
+                label: combos
+                    .binary_search(&r.values)
+                    .expect("a listed combination"),
+                source_split: None,
+                group: r.group.clone(),
+            })
+            .collect(),
+        layout: Layout {
+            kind: "labels_csv".into(),
+            ..Layout::default()
+        },
+    };
+    let (checked, corrupt) = check_files(&scanned);
+    let unique = deduplicate(&scanned, &checked, false, false);
+    if unique.kept.is_empty() {
+        return Err(Error::usage(format!("no readable images in {}", root.display())).into());
+    }
+    let kept = &unique.kept;
+    let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
+    let values_of = |k: usize| &combos[scanned.images[kept[k].0].label];
+    let mut group_members = group_images(&scanned, kept, re);
+    let near = merge_near_duplicates(
+        &scanned,
+        kept,
+        &checked.signatures,
+        &mut group_members,
+        opts,
+    );
+    let n_labels = table.labels.len();
+    let group_labels: Vec<multilabel::GroupLabels> = group_members
+        .values()
+        .map(|members| multilabel::GroupLabels {
+            size: members.len(),
+            positives: (0..n_labels)
+                .map(|l| {
+                    members
+                        .iter()
+                        .filter(|&&k| values_of(k)[l] == multilabel::POSITIVE)
+                        .count()
+                })
+                .collect(),
+        })
+        .collect();
+    let dealt = multilabel::iterative_stratification(&group_labels, opts.ratios, opts.seed);
+    let mut records = Vec::with_capacity(kept.len());
+    for ((group, members), &s) in group_members.iter().zip(&dealt) {
+        for &k in members {
+            let (i, hash) = &kept[k];
+            records.push(SplitRecord {
+                path: rel(*i),
+                label: multilabel::finding_text(&table.labels, values_of(k)),
+                group: group.clone(),
+                split: SPLITS[s].to_string(),
+                sha256: hash.clone(),
+                values: values_of(k).clone(),
+            });
+        }
+    }
+    records.sort_by(|a, b| a.path.cmp(&b.path));
+    let label_counts = count_label_values(&table.labels, &records);
+    let counts = label_counts
+        .iter()
+        .map(|(s, per)| {
+            let positives = per.iter().map(|(l, c)| (l.clone(), c.positive)).collect();
+            (s.clone(), positives)
+        })
+        .collect();
+    let positive: Vec<Vec<bool>> = records
+        .iter()
+        .map(|r| {
+            r.values
+                .iter()
+                .map(|&v| v == multilabel::POSITIVE)
+                .collect()
+        })
+        .collect();
+    let cooccurrence = multilabel::cooccurrence(positive.iter().map(Vec::as_slice), n_labels);
+    let mut report = SplitReport {
+        data_dir: root,
+        classes: table.labels.clone(),
+        ratios: opts.ratios,
+        seed: opts.seed,
+        group_regex: opts.group_regex.clone(),
+        files_found: scanned.images.len(),
+        images_kept: records.len(),
+        groups: group_members.len(),
+        counts,
+        duplicates_dropped: unique.duplicates,
+        label_conflicts_dropped: unique.conflicts,
+        corrupt_skipped: corrupt,
+        layout: scanned.layout.clone(),
+        test_from: "resplit".into(),
+        cross_split_duplicates: unique.cross_split,
+        groups_moved_to_test: 0,
+        near_duplicates: near,
+        label_conflicts: conflicts_of(&scanned, &unique.conflict_sets),
+        class_warnings: Vec::new(),
+        task: "multilabel".into(),
+        label_format: table.format.name().into(),
+        label_counts,
+        cooccurrence,
+    };
+    report.class_warnings = label_warnings(&table, &report);
+    Ok(SplitOutcome { records, report })
+}
+
+/// The conflict sets (indices into the scan) with each file's label.
+fn conflicts_of(scanned: &ScannedDataset, sets: &[Vec<usize>]) -> Vec<LabelConflict> {
+    sets.iter()
+        .map(|set| LabelConflict {
+            paths: set
+                .iter()
+                .map(|&i| scanned.images[i].rel_path.to_string_lossy().into_owned())
+                .collect(),
+            labels: set
+                .iter()
+                .map(|&i| scanned.classes[scanned.images[i].label].clone())
+                .collect(),
+        })
+        .collect()
+}
+
+/// Every value of every label, per split (every split and label present, zeros included).
+fn count_label_values(
+    labels: &[String],
+    records: &[SplitRecord],
+) -> BTreeMap<String, BTreeMap<String, LabelCount>> {
+    let mut counts: BTreeMap<String, BTreeMap<String, LabelCount>> = SPLITS
+        .iter()
+        .map(|s| {
+            let per = labels
+                .iter()
+                .map(|l| (l.clone(), LabelCount::default()))
+                .collect();
+            (s.to_string(), per)
+        })
+        .collect();
+    for r in records {
+        let per = counts.get_mut(&r.split).expect("a known split");
+        for (l, &v) in labels.iter().zip(&r.values) {
+            let c = per.get_mut(l).expect("a known label");
+            match v {
+                multilabel::POSITIVE => c.positive += 1,
+                multilabel::NEGATIVE => c.negative += 1,
+                multilabel::UNCERTAIN => c.uncertain += 1,
+                _ => c.blank += 1,
+            }
+        }
+    }
+    counts
+}
+
+/// The labels that lost more than half of their positive images, or that a split with a share
+/// above zero holds no positive of.
+fn label_warnings(table: &multilabel::LabelTable, report: &SplitReport) -> Vec<ClassWarning> {
+    let dropped: std::collections::HashSet<&str> = report
+        .label_conflicts_dropped
+        .iter()
+        .map(|s| s.path.as_str())
+        .collect();
+    let corrupt: std::collections::HashSet<&str> = report
+        .corrupt_skipped
+        .iter()
+        .map(|s| s.path.as_str())
+        .collect();
+    table
+        .labels
+        .iter()
+        .enumerate()
+        .filter_map(|(l, label)| {
+            let positive = |r: &&multilabel::LabelRow| r.values[l] == multilabel::POSITIVE;
+            let found = table.rows.iter().filter(positive).count();
+            let in_set = |set: &std::collections::HashSet<&str>| {
+                table
+                    .rows
+                    .iter()
+                    .filter(positive)
+                    .filter(|r| set.contains(r.rel_path.to_string_lossy().as_ref()))
+                    .count()
+            };
+            let kept: usize = SPLITS.iter().map(|s| report.counts[*s][label]).sum();
+            let empty_splits: Vec<String> = SPLITS
+                .iter()
+                .enumerate()
+                .filter(|&(i, s)| report.ratios[i] > 0.0 && report.counts[*s][label] == 0)
+                .map(|(_, s)| s.to_string())
+                .collect();
+            let label_conflicts = in_set(&dropped);
+            let unreadable = in_set(&corrupt);
+            (found > 0 && (2 * kept < found || !empty_splits.is_empty())).then(|| ClassWarning {
+                class: label.clone(),
+                found,
+                kept,
+                label_conflicts,
+                duplicates: found.saturating_sub(kept + label_conflicts + unreadable),
+                unreadable,
+                empty_splits,
+            })
+        })
+        .collect()
 }
 
 /// What checking the files found of the readable images.
@@ -718,8 +1017,26 @@ pub fn write_split(out: &Path, outcome: &SplitOutcome) -> Result<()> {
     let csv_path = out.join("split.csv");
     let mut w = csv::Writer::from_path(&csv_path)
         .with_context(|| format!("cannot write {}", csv_path.display()))?;
-    for r in &outcome.records {
-        w.serialize(r)?;
+    if outcome.report.is_multilabel() {
+        // A column per label after the fixed ones, as CheXpert writes them.
+        let mut header = vec!["path", "label", "group", "split", "sha256"];
+        header.extend(outcome.report.classes.iter().map(String::as_str));
+        w.write_record(&header)?;
+        for r in &outcome.records {
+            let mut row = vec![
+                r.path.as_str(),
+                r.label.as_str(),
+                r.group.as_str(),
+                r.split.as_str(),
+                r.sha256.as_str(),
+            ];
+            row.extend(r.values.iter().map(|&v| multilabel::value_text(v)));
+            w.write_record(&row)?;
+        }
+    } else {
+        for r in &outcome.records {
+            w.serialize(r)?;
+        }
     }
     w.flush()?;
     crate::fsutil::write_json_atomic(&out.join("split_report.json"), &outcome.report)
@@ -734,6 +1051,9 @@ pub struct SplitSet {
     pub classes: Vec<String>,
     /// Rows of split.csv.
     pub records: Vec<SplitRecord>,
+    /// Whether the labels are multi-label (`classes` are then the labels, and each record
+    /// holds its values).
+    pub multilabel: bool,
 }
 
 impl SplitSet {
@@ -755,15 +1075,64 @@ impl SplitSet {
         .with_context(|| format!("{} is not a valid split report", report_path.display()))?;
         let mut reader = csv::Reader::from_path(&csv_path)
             .with_context(|| format!("cannot read {}", csv_path.display()))?;
-        let records = reader
-            .deserialize()
-            .collect::<Result<Vec<SplitRecord>, _>>()
-            .with_context(|| format!("{} is not a valid split.csv", csv_path.display()))?;
+        let invalid = || format!("{} is not a valid split.csv", csv_path.display());
+        let header = reader.headers().with_context(invalid)?.clone();
+        let multilabel = report.is_multilabel();
+        let label_cols: Vec<usize> = if multilabel {
+            report
+                .classes
+                .iter()
+                .map(|l| {
+                    header.iter().position(|h| h == l).ok_or_else(|| {
+                        Error::usage(format!("{}: no column for label {l}", invalid()))
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        } else {
+            Vec::new()
+        };
+        let mut records = Vec::new();
+        for row in reader.records() {
+            let row = row.with_context(invalid)?;
+            let mut record: SplitRecord = row.deserialize(Some(&header)).with_context(invalid)?;
+            for &c in &label_cols {
+                let cell = row.get(c).unwrap_or("");
+                record
+                    .values
+                    .push(multilabel::value_of_text(cell).ok_or_else(|| {
+                        Error::usage(format!("{}: value {cell} for {}", invalid(), &header[c]))
+                    })?);
+            }
+            records.push(record);
+        }
         Ok(SplitSet {
             data_dir: report.data_dir,
             classes: report.classes,
             records,
+            multilabel,
         })
+    }
+
+    /// Multi-label: the (absolute path, row) of each image of `split` in split.csv's order
+    /// (the "label" is the image's row in the targets), and the targets, row-major, one per
+    /// label: 1, 0 or [`multilabel::MASKED`] by the policies.
+    pub fn multilabel_samples(
+        &self,
+        split: &str,
+        uncertain: crate::config::UncertainPolicy,
+        blank: crate::config::BlankPolicy,
+    ) -> (Vec<(PathBuf, usize)>, Vec<f32>) {
+        let mut samples = Vec::new();
+        let mut targets = Vec::new();
+        for r in self.records.iter().filter(|r| r.split == split) {
+            samples.push((self.data_dir.join(&r.path), samples.len()));
+            targets.extend(
+                r.values
+                    .iter()
+                    .map(|&v| multilabel::target(v, uncertain, blank)),
+            );
+        }
+        (samples, targets)
     }
 
     /// The group (patient) of each image of `split`, in the order of [`SplitSet::samples`].

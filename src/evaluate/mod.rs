@@ -1,5 +1,6 @@
 //! `xray eval`: score a trained model on a split or a folder and write its report.
 
+pub mod multilabel;
 pub mod runs;
 
 use std::collections::BTreeMap;
@@ -220,7 +221,7 @@ pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Labelled> 
 }
 
 /// Each sample's cluster for the bootstrap (a group index, or its own index), and the method.
-fn clusters(labelled: &Labelled, ci_by: CiBy) -> Result<(Vec<usize>, &'static str)> {
+pub(crate) fn clusters(labelled: &Labelled, ci_by: CiBy) -> Result<(Vec<usize>, &'static str)> {
     let n = labelled.samples.len();
     match (&labelled.groups, ci_by) {
         (Some(groups), CiBy::Auto | CiBy::Group) => {
@@ -386,7 +387,10 @@ fn pr_aucs(classes: &[String], scores: &SetScores) -> BTreeMap<String, Option<f6
 }
 
 /// How many of the set the guard flags, when the run has one.
-fn ood_summary(scores: &SetScores, guard: Option<&crate::ood::OodCard>) -> Option<OodSummary> {
+pub(crate) fn ood_summary(
+    scores: &SetScores,
+    guard: Option<&crate::ood::OodCard>,
+) -> Option<OodSummary> {
     let (s, o) = scores.ood.as_ref().zip(guard)?;
     let flagged = s
         .iter()

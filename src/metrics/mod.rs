@@ -2,6 +2,7 @@
 
 pub mod calibration;
 pub mod classification;
+pub mod multilabel;
 pub mod operating;
 
 pub use classification::*;

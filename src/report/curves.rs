@@ -47,6 +47,19 @@ pub fn roc_png_titled(path: &Path, title: &str, curves: &[ScoreCurve]) -> Result
     draw(path, plot, curves)
 }
 
+/// `roc.png` of a multi-label model: one panel per label, its AUC in the panel's title, however
+/// few labels there are.
+pub fn roc_panels_png(path: &Path, curves: &[ScoreCurve]) -> Result<()> {
+    let plot = CurvePlot {
+        title: "ROC per label",
+        x_desc: "false-positive rate (1 - specificity)",
+        y_desc: "true-positive rate (sensitivity)",
+        area: "AUC",
+        chance: vec![[(0.0, 0.0), (1.0, 1.0)]; curves.len()],
+    };
+    small_multiples(path, &plot, curves)
+}
+
 /// `pr.png`: one precision-recall curve per class or for the positive class, each with its
 /// prevalence (a chance classifier's precision) in `prevalences`, same order.
 pub fn pr_png(path: &Path, curves: &[ScoreCurve], prevalences: &[f64]) -> Result<()> {

@@ -12,6 +12,7 @@
 //! | [`eval_files`] | everything `xray eval` writes into its folder |
 //! | [`gallery`] | the `index.html` of `xray gradcam` |
 //! | [`serve_page`] | the upload page of `xray serve` |
+//! | [`multilabel`] | `cooccurrence.png` of a multi-label split |
 //! | [`split_pictures`] | `near_duplicates.png` of `xray split` |
 //!
 //! Page styles and the upload page live as files in `src/report/templates/`.
@@ -24,6 +25,7 @@ pub mod gallery;
 pub mod html;
 pub mod labels;
 pub mod markdown;
+pub mod multilabel;
 pub mod plots;
 pub mod serve_page;
 pub mod split_pictures;

@@ -548,6 +548,7 @@ pub(super) fn legend(chart: &mut Chart<'_>, position: SeriesLabelPosition) -> Re
 /// train, val and test with the counts written on it; the picture grows with the class count.
 pub fn classes_png(
     path: &Path,
+    title: &str,
     classes: &[String],
     counts: &std::collections::BTreeMap<String, std::collections::BTreeMap<String, usize>>,
 ) -> Result<()> {
@@ -595,7 +596,7 @@ pub fn classes_png(
             ))
             .map_err(plot_err)
         };
-        text("images per class and split", 12, 10, 22)?;
+        text(title, 12, 10, 22)?;
         let mut x = label_w;
         for (name, color) in splits {
             root.draw(&Rectangle::new(

@@ -19,17 +19,39 @@ pub const SAMPLES_PER_CLASS: usize = 4;
 /// `out`.
 pub fn write_split_pictures(out: &Path, outcome: &SplitOutcome) -> Result<()> {
     let r = &outcome.report;
+    let title = if r.is_multilabel() {
+        "positive images per label and split"
+    } else {
+        "images per class and split"
+    };
     crate::fsutil::write_with(&out.join("classes.png"), |tmp| {
-        super::plots::classes_png(tmp, &r.classes, &r.counts)
+        super::plots::classes_png(tmp, title, &r.classes, &r.counts)
     })?;
+    if r.is_multilabel() {
+        crate::fsutil::write_with(&out.join("cooccurrence.png"), |tmp| {
+            super::multilabel::cooccurrence_png(
+                tmp,
+                "label co-occurrence (all splits)",
+                &r.classes,
+                &r.cooccurrence,
+            )
+        })?;
+    }
     let tiles: Vec<GalleryTile> = r
         .classes
         .iter()
-        .flat_map(|class| {
+        .enumerate()
+        .flat_map(|(c, class)| {
             outcome
                 .records
                 .iter()
-                .filter(move |rec| &rec.label == class && rec.split == "train")
+                .filter(move |rec| {
+                    let of_class = match rec.values.get(c) {
+                        Some(&v) => v == crate::data::multilabel::POSITIVE,
+                        None => &rec.label == class,
+                    };
+                    of_class && rec.split == "train"
+                })
                 .take(SAMPLES_PER_CLASS)
         })
         .map(|rec| GalleryTile {

@@ -16,8 +16,16 @@ use crate::models::Arch;
 pub struct ModelCard {
     /// Architecture.
     pub arch: Arch,
-    /// Class names in output order.
+    /// Class names in output order (multi-label: the labels).
     pub classes: Vec<String>,
+    /// "multiclass" (a softmax over the classes; absent in model.json) or "multilabel" (a
+    /// sigmoid per label, each with its threshold in `thresholds`).
+    #[serde(default, skip_serializing_if = "crate::config::Task::is_multiclass")]
+    pub task: crate::config::Task,
+    /// Multi-label: each label's decision threshold on its probability, chosen on the
+    /// validation split (Youden's J; 0.5 for a label without validation positives).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<f64>,
     /// Side of the square input in pixels.
     pub image_size: u32,
     /// Input channels (1 or 3).

@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use tch::{Device, Kind, Tensor};
 
-use super::loss::training_loss;
+use super::loss::{multilabel_loss, training_loss};
 use super::phases::Inputs;
 use super::schedule::Schedule;
 use super::trainer::Trainer;
-use crate::compute::scoring::{probabilities, rows, score_set, SetScores};
+use crate::compute::scoring::{
+    masked_bce, probabilities, rows, score_set, sigmoid_probabilities, target_rows, SetScores,
+};
 use crate::config::Sampler;
-use crate::data::loader::{batch_seed, epoch_order, stream_batches, InputSpec};
+use crate::data::loader::{batch_seed, epoch_order, stream_batches, ImageSet, InputSpec};
 use crate::models::Classifier;
 use crate::progress;
 
@@ -23,8 +25,8 @@ const SYNC_EVERY: usize = 16;
 pub struct EpochStats {
     /// Sum of the batch losses, each times its images.
     pub loss_sum: f64,
-    /// Correct training predictions.
-    pub correct: usize,
+    /// Correct training predictions (multi-label: each image's share of correct labels).
+    pub correct: f64,
     /// Training images seen.
     pub seen: usize,
     /// Seconds of the training half (without validation).
@@ -40,7 +42,7 @@ struct EpochTotals {
     pending: usize,
     steps: usize,
     loss_sum: f64,
-    correct: usize,
+    correct: f64,
     seen: usize,
 }
 
@@ -48,24 +50,41 @@ impl EpochTotals {
     fn new(device: Device) -> Self {
         EpochTotals {
             loss: Tensor::zeros([], (Kind::Double, device)),
-            hits: Tensor::zeros([], (Kind::Int64, device)),
+            hits: Tensor::zeros([], (Kind::Double, device)),
             pending: 0,
             steps: 0,
             loss_sum: 0.0,
-            correct: 0,
+            correct: 0.0,
             seen: 0,
         }
     }
 
-    /// Adds a batch of `n` images: its mean loss and its correct predictions.
-    fn add(&mut self, loss: &Tensor, logits: &Tensor, ys: &Tensor, n: usize) {
+    /// Adds a batch of `n` images: its mean loss and its correct predictions (multi-label,
+    /// with `targets`: each image's share of correct unmasked labels at probability 0.5).
+    fn add(
+        &mut self,
+        loss: &Tensor,
+        logits: &Tensor,
+        ys: &Tensor,
+        targets: Option<&Tensor>,
+        n: usize,
+    ) {
         tch::no_grad(|| {
             let _ = self
                 .loss
                 .g_add_(&(loss.detach().to_kind(Kind::Double) * n as f64));
-            let _ = self
-                .hits
-                .g_add_(&logits.argmax(-1, false).eq_tensor(ys).sum(Kind::Int64));
+            let hits = match targets {
+                Some(t) => {
+                    let mask = t.ge(0.0).to_kind(Kind::Float);
+                    let right = logits.ge(0.0).to_kind(Kind::Float).eq_tensor(t);
+                    let per_image =
+                        (right.to_kind(Kind::Float) * &mask).sum_dim_intlist(1, false, Kind::Float)
+                            / mask.sum_dim_intlist(1, false, Kind::Float).clamp_min(1.0);
+                    per_image.sum(Kind::Double)
+                }
+                None => logits.argmax(-1, false).eq_tensor(ys).sum(Kind::Double),
+            };
+            let _ = self.hits.g_add_(&hits);
         });
         self.pending += n;
         self.steps += 1;
@@ -78,7 +97,7 @@ impl EpochTotals {
             return Ok(());
         }
         self.loss_sum += self.loss.double_value(&[]);
-        self.correct += self.hits.int64_value(&[]) as usize;
+        self.correct += self.hits.double_value(&[]);
         self.seen += self.pending;
         self.pending = 0;
         let _ = self.loss.zero_();
@@ -150,12 +169,16 @@ impl Trainer<'_> {
                     forward_from(self.model.as_ref(), &xs, batch.level, trainable_from, true)
                 })
                 .to_kind(Kind::Float);
-            let loss = training_loss(&logits, &batch.ys, self.class_weights.as_ref(), tc)?;
+            let targets = batch_targets(&self.train_set, &batch.labels, self.device);
+            let loss = match &targets {
+                Some(t) => multilabel_loss(&logits, t, self.class_weights.as_ref(), tc),
+                None => training_loss(&logits, &batch.ys, self.class_weights.as_ref(), tc)?,
+            };
             // The running sums stay on the device between reads, so the GPU is not made to wait
             // for the host every step; on the CPU every step is read, and a diverged step is
             // caught before its update.
             let n = batch.labels.len();
-            totals.add(&loss, &logits, &batch.ys, n);
+            totals.add(&loss, &logits, &batch.ys, targets.as_ref(), n);
             if !self.device.is_cuda() || (step + 1) % SYNC_EVERY == 0 {
                 if let Err(e) = totals.read(epoch, &self.run_dir) {
                     bar.finish_and_clear();
@@ -164,7 +187,7 @@ impl Trainer<'_> {
                 bar.set_message(format!(
                     "loss {:.4} acc {:.3}",
                     totals.loss_sum / totals.seen as f64,
-                    totals.correct as f64 / totals.seen as f64
+                    totals.correct / totals.seen as f64
                 ));
             }
             if self.precision.needs_loss_scale() {
@@ -220,9 +243,18 @@ impl Trainer<'_> {
                         })
                     })
                     .to_kind(Kind::Float);
-                    loss_sum += logits.cross_entropy_for_logits(&batch.ys).double_value(&[])
-                        * batch.labels.len() as f64;
-                    let batch_probs = probabilities(&logits, 1.0)?;
+                    let (loss, batch_probs) =
+                        match batch_targets(&self.val_set, &batch.labels, self.device) {
+                            Some(t) => (
+                                masked_bce(&logits, &t, None).double_value(&[]),
+                                sigmoid_probabilities(&logits)?,
+                            ),
+                            None => (
+                                logits.cross_entropy_for_logits(&batch.ys).double_value(&[]),
+                                probabilities(&logits, 1.0)?,
+                            ),
+                        };
+                    loss_sum += loss * batch.labels.len() as f64;
                     for (row, (p, l)) in batch_probs.into_iter().zip(rows(&logits)?).enumerate() {
                         probs[start + row] = p;
                         logits_out[start + row] = l;
@@ -235,10 +267,17 @@ impl Trainer<'_> {
                     loss: loss_sum / n.max(1) as f64,
                     logits: logits_out,
                     ood: None,
+                    targets: target_rows(&self.val_set),
                 })
             }
         }
     }
+}
+
+/// Multi-label: the targets of a batch whose labels are its images' rows in `set`.
+fn batch_targets(set: &ImageSet, labels: &[i64], device: Device) -> Option<Tensor> {
+    let rows: Vec<usize> = labels.iter().map(|&l| l as usize).collect();
+    set.targets_tensor(&rows, device)
 }
 
 /// One batch ready for the network: inputs entering at stage `level`, and labels.

@@ -80,18 +80,45 @@ impl Trainer<'_> {
                 self.precision,
             )?,
         };
-        let cal = calibrate(&val, self.classes.len(), config.eval.target_sensitivity);
-        progress::note(&format!(
-            "calibration on validation: temperature {:.3}{}",
-            cal.temperature,
-            match &cal.operating_points {
-                Some(o) => format!(
-                    "; decision threshold {:.4} (sensitivity >= {} on validation)",
-                    cal.threshold, o.target_sensitivity
-                ),
-                None => String::new(),
+        let multilabel = !val.targets.is_empty();
+        let thresholds = if multilabel {
+            crate::metrics::multilabel::youden_thresholds(&val.probs, &val.targets)
+        } else {
+            Vec::new()
+        };
+        let cal = if multilabel {
+            Calibration {
+                temperature: 1.0,
+                operating_points: None,
+                threshold: 0.5,
             }
-        ));
+        } else {
+            calibrate(&val, self.classes.len(), config.eval.target_sensitivity)
+        };
+        if multilabel {
+            let each: Vec<String> = self
+                .classes
+                .iter()
+                .zip(&thresholds)
+                .map(|(l, t)| format!("{l} {t:.3}"))
+                .collect();
+            progress::note(&format!(
+                "thresholds per label on validation (Youden's J): {}",
+                each.join(", ")
+            ));
+        } else {
+            progress::note(&format!(
+                "calibration on validation: temperature {:.3}{}",
+                cal.temperature,
+                match &cal.operating_points {
+                    Some(o) => format!(
+                        "; decision threshold {:.4} (sensitivity >= {} on validation)",
+                        cal.threshold, o.target_sensitivity
+                    ),
+                    None => String::new(),
+                }
+            ));
+        }
         let ood = if config.ood.enabled {
             Some(self.fit_ood_guard()?)
         } else {
@@ -100,6 +127,8 @@ impl Trainer<'_> {
         let card = ModelCard {
             arch: config.model.arch,
             classes: self.classes.clone(),
+            task: config.model.task,
+            thresholds,
             image_size: config.data.image_size,
             channels: config.data.channels,
             mean: config.data.mean.clone(),
@@ -141,7 +170,13 @@ impl Trainer<'_> {
     fn fit_ood_guard(&self) -> Result<OodCard> {
         let oc = &self.config.ood;
         let batch = self.config.train.batch_size.max(64);
-        let subset = ood::stratified_subset(&self.train_set.labels, oc.fit_images);
+        // Multi-label: one class (an image's row is not a class), so one mean.
+        let classes = if self.train_set.targets.is_some() {
+            vec![0; self.train_set.len()]
+        } else {
+            self.train_set.labels.clone()
+        };
+        let subset = ood::stratified_subset(&classes, oc.fit_images);
         let fit_images = subset.len();
         let (train_x, train_y) = ood::set_features(
             self.model.as_ref(),
@@ -151,7 +186,12 @@ impl Trainer<'_> {
             self.device,
             "ood fit",
         )?;
-        let mut detector = OodDetector::fit(&train_x, &train_y, self.classes.len())?;
+        let (train_y, k) = if self.train_set.targets.is_some() {
+            (vec![0; train_y.len()], 1)
+        } else {
+            (train_y, self.classes.len())
+        };
+        let mut detector = OodDetector::fit(&train_x, &train_y, k)?;
         let all_val: Vec<usize> = (0..self.val_set.len()).collect();
         let (val_x, _) = ood::set_features(
             self.model.as_ref(),

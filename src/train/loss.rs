@@ -34,6 +34,56 @@ pub fn training_loss(
     }
 }
 
+/// The multi-label training loss: binary cross-entropy with logits over the unmasked entries of
+/// `targets`, `pos_weight` per label, label smoothing, or the focal loss's binary form.
+pub fn multilabel_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+    tc: &TrainConfig,
+) -> Tensor {
+    let gamma = (tc.loss == LossKind::Focal).then_some(tc.focal_gamma);
+    crate::compute::scoring::masked_bce_with(logits, targets, pos_weight, tc.label_smoothing, gamma)
+}
+
+/// Positive weights per label for `train.class_weights` in a multi-label run: "balanced" is
+/// negatives / positives of each label among its unmasked training targets (what torch's
+/// `BCEWithLogitsLoss` documentation suggests), a list gives one weight per label.
+pub fn pos_weights(
+    setting: &ClassWeights,
+    targets: &[f32],
+    n_labels: usize,
+) -> Result<Option<Vec<f64>>> {
+    match setting {
+        ClassWeights::Keyword(ClassWeightKeyword::None) => Ok(None),
+        ClassWeights::Keyword(ClassWeightKeyword::Balanced) => {
+            let mut pos = vec![0usize; n_labels];
+            let mut neg = vec![0usize; n_labels];
+            for row in targets.chunks(n_labels.max(1)) {
+                for (l, &t) in row.iter().enumerate() {
+                    if t == 1.0 {
+                        pos[l] += 1;
+                    } else if t == 0.0 {
+                        neg[l] += 1;
+                    }
+                }
+            }
+            Ok(Some(
+                pos.iter()
+                    .zip(&neg)
+                    .map(|(&p, &n)| if p == 0 { 1.0 } else { n as f64 / p as f64 })
+                    .collect(),
+            ))
+        }
+        ClassWeights::Explicit(w) if w.len() == n_labels => Ok(Some(w.clone())),
+        ClassWeights::Explicit(w) => Err(Error::usage(format!(
+            "train.class_weights has {} values but the split has {n_labels} labels",
+            w.len()
+        ))
+        .into()),
+    }
+}
+
 /// Loss weights per class for `train.class_weights`.
 pub fn class_weights(setting: &ClassWeights, counts: &[usize]) -> Result<Option<Vec<f64>>> {
     match setting {
@@ -89,6 +139,35 @@ mod tests {
             .unwrap()
             .double_value(&[]);
         assert!((ce - 0.126928).abs() < 1e-5, "{ce}");
+    }
+
+    /// The masked loss by hand: logits [0, 2], targets [1, masked]: only ln(1 + e^0) = 0.693147
+    /// counts, and a pos_weight of 3 on the first label triples it.
+    #[test]
+    fn masked_entries_do_not_count_in_the_multilabel_loss() {
+        let logits = Tensor::from_slice(&[0.0f32, 2.0]).view([1, 2]);
+        let tc = TrainConfig::default();
+        let t = Tensor::from_slice(&[1.0f32, -1.0]).view([1, 2]);
+        let l = multilabel_loss(&logits, &t, None, &tc).double_value(&[]);
+        assert!((l - std::f64::consts::LN_2).abs() < 1e-6, "{l}");
+        let w = Tensor::from_slice(&[3.0f32, 1.0]);
+        let l = multilabel_loss(&logits, &t, Some(&w), &tc).double_value(&[]);
+        assert!((l - 3.0 * std::f64::consts::LN_2).abs() < 1e-5, "{l}");
+        // Unmasked, both entries count: (ln 2 + ln(1 + e^-2)) / 2 with target [1, 1].
+        let t = Tensor::from_slice(&[1.0f32, 1.0]).view([1, 2]);
+        let l = multilabel_loss(&logits, &t, None, &tc).double_value(&[]);
+        let want = (std::f64::consts::LN_2 + (1.0 + (-2.0f64).exp()).ln()) / 2.0;
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+    }
+
+    #[test]
+    fn balanced_pos_weights_are_negatives_over_positives() {
+        // Label 0: 1 positive, 2 negatives, 1 masked; label 1: 3 positives, 1 negative.
+        let t = [1.0f32, 1.0, 0.0, 1.0, 0.0, 1.0, -1.0, 0.0];
+        let w = pos_weights(&ClassWeights::Keyword(ClassWeightKeyword::Balanced), &t, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w, vec![2.0, 1.0 / 3.0]);
     }
 
     /// Weighted focal loss averages with the weights, as torch's weighted cross-entropy does.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
-use super::loss::class_weights;
+use super::loss::{class_weights, pos_weights};
 use super::optim::{LossScaler, Optimizer, Rule};
 use super::phases::{self, ActivationCache, Inputs, Phase};
 use super::probe;
@@ -20,7 +20,7 @@ use super::{Hooks, TrainOutcome};
 use crate::compute::device::resolve_device;
 use crate::compute::precision::Precision;
 use crate::compute::scoring::SetScores;
-use crate::config::{Config, PrecisionChoice};
+use crate::config::{Config, PrecisionChoice, Task};
 use crate::data::augment::Normalize;
 use crate::data::loader::{ImageSet, InputSpec};
 use crate::data::on_device::{use_device_pipeline, DeviceImages};
@@ -112,20 +112,11 @@ struct TrainData {
     val: Arc<ImageSet>,
 }
 
-/// Reads the split `data.split` names; both train and val must hold images.
+/// Reads the split `data.split` names; both train and val must hold images, and a multi-label
+/// split needs `model.task = "multilabel"` (and the other way round).
 fn open_split(config: &Config) -> Result<TrainData> {
     let split = SplitSet::read(&config.data.split)?;
-    let train_samples = split.samples("train")?;
-    let val_samples = split.samples("val")?;
-    if train_samples.is_empty() || val_samples.is_empty() {
-        return Err(Error::usage(format!(
-            "{}: the train and val splits must both hold images (train {}, val {})",
-            config.data.split.display(),
-            train_samples.len(),
-            val_samples.len()
-        ))
-        .into());
-    }
+    check_task(config, &split)?;
     let spec = InputSpec {
         size: config.data.image_size,
         channels: config.data.channels,
@@ -135,12 +126,55 @@ fn open_split(config: &Config) -> Result<TrainData> {
         },
     };
     let cache = config.data.cache;
+    let set = |name: &str| -> Result<ImageSet> {
+        Ok(if split.multilabel {
+            let (samples, targets) =
+                split.multilabel_samples(name, config.data.uncertain, config.data.blank);
+            ImageSet::multilabel(samples, targets, spec.clone(), cache)
+        } else {
+            ImageSet::new(split.samples(name)?, spec.clone(), cache)
+        })
+    };
+    let (train, val) = (set("train")?, set("val")?);
+    if train.is_empty() || val.is_empty() {
+        return Err(Error::usage(format!(
+            "{}: the train and val splits must both hold images (train {}, val {})",
+            config.data.split.display(),
+            train.len(),
+            val.len()
+        ))
+        .into());
+    }
     Ok(TrainData {
         classes: split.classes.clone(),
-        train: Arc::new(ImageSet::new(train_samples, spec.clone(), cache)),
-        val: Arc::new(ImageSet::new(val_samples, spec.clone(), cache)),
+        train: Arc::new(train),
+        val: Arc::new(val),
         spec,
     })
+}
+
+/// One clear line when the config's `model.task` does not fit the split's labels.
+pub(crate) fn check_task(config: &Config, split: &SplitSet) -> Result<()> {
+    let multilabel = config.model.task == Task::Multilabel;
+    if split.multilabel && !multilabel {
+        return Err(Error::usage(format!(
+            "{} is multi-label ({} labels per image: {}); a single-label config cannot train \
+             on it: set model.task = \"multilabel\"",
+            config.data.split.display(),
+            split.classes.len(),
+            split.classes.join(", ")
+        ))
+        .into());
+    }
+    if multilabel && !split.multilabel {
+        return Err(Error::usage(format!(
+            "model.task = \"multilabel\" but {} has one label per image; split a multi-label \
+             CSV (xray split DATA_DIR --labels FILE.csv) or set model.task = \"multiclass\"",
+            config.data.split.display()
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 impl<'c> Trainer<'c> {
@@ -214,8 +248,11 @@ impl<'c> Trainer<'c> {
         if !why.is_empty() {
             progress::note(&why);
         }
-        let counts = data.train.class_counts(n_classes);
-        let class_weights = class_weights(&tc.class_weights, &counts)?.map(|w| {
+        let weights = match &data.train.targets {
+            Some(t) => pos_weights(&tc.class_weights, t, n_classes)?,
+            None => class_weights(&tc.class_weights, &data.train.class_counts(n_classes))?,
+        };
+        let class_weights = weights.map(|w| {
             Tensor::from_slice(&w)
                 .to_kind(Kind::Float)
                 .to_device(device)
@@ -355,15 +392,15 @@ impl<'c> Trainer<'c> {
                 phase.trainable_from,
             )?;
             let val = self.validate(&val_inputs)?;
-            let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
+            let (val_acc, val_auc) = validation_summary(&val, self.classes.len());
             let metrics = EpochMetrics {
                 epoch,
                 lr: schedule.lr_at(first_step + steps_per_epoch - 1) * self.state.lr_scale,
                 train_loss: stats.loss_sum / stats.seen.max(1) as f64,
-                train_acc: stats.correct as f64 / stats.seen.max(1) as f64,
+                train_acc: stats.correct / stats.seen.max(1) as f64,
                 val_loss: val.loss,
-                val_acc: accuracy(&val.labels, &predicted).unwrap_or(0.0),
-                val_auc: summary_auc(&val.probs, &val.labels, self.classes.len()),
+                val_acc,
+                val_auc,
                 seconds: started.elapsed().as_secs_f64(),
             };
             self.commit_epoch(metrics, val, &stats)?;
@@ -429,6 +466,31 @@ impl<'c> Trainer<'c> {
         ));
         Ok(())
     }
+}
+
+/// Validation positives a label needs to count in a multi-label run's monitored macro AUC.
+pub const MONITOR_MIN_POSITIVES: usize = 5;
+
+/// An epoch's validation accuracy and AUC: for one label per image, accuracy at the most
+/// probable class and the (macro one-vs-rest) AUC; multi-label, the share of unmasked labels
+/// decided right at probability 0.5 and the macro AUC over the labels with at least
+/// [`MONITOR_MIN_POSITIVES`] validation positives (all labels when none has that many).
+fn validation_summary(val: &SetScores, n_classes: usize) -> (f64, Option<f64>) {
+    if val.targets.is_empty() {
+        let predicted: Vec<usize> = val.probs.iter().map(|p| decide(p, 0.5)).collect();
+        return (
+            accuracy(&val.labels, &predicted).unwrap_or(0.0),
+            summary_auc(&val.probs, &val.labels, n_classes),
+        );
+    }
+    use crate::metrics::multilabel;
+    let half = vec![0.5; n_classes];
+    let auc = multilabel::monitored_auc(&val.probs, &val.targets, MONITOR_MIN_POSITIVES)
+        .or_else(|| multilabel::monitored_auc(&val.probs, &val.targets, 1));
+    (
+        multilabel::hamming_score(&val.probs, &val.targets, &half),
+        auc,
+    )
 }
 
 /// A resumed run's weights and optimiser state, which must be of the epoch state.json records.
