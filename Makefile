@@ -28,6 +28,7 @@ test: lint
 	scripts/setup/chromium.sh
 	scripts/setup/postgres.sh
 	scripts/setup/dicom.sh
+	scripts/setup/sklearn.sh >/dev/null
 	$(TORCH_ENV) $(CARGO) test --release -- --include-ignored $(SKIP_SHARED)
 
 build: libtorch

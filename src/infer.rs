@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::compute::precision::{to_f32, Precision};
-use crate::compute::scoring::{guard_scores, pixels_to_input, probabilities, rows, tta_views};
+use crate::compute::scoring::{
+    guard_scores, pixels_to_input, probabilities, rows, sigmoid_probabilities, tta_views,
+};
 use crate::config::PrecisionChoice;
 use crate::data::augment::Normalize;
 use crate::data::loader::InputSpec;
@@ -198,6 +200,11 @@ impl Predictor {
         self.model.as_ref()
     }
 
+    /// Whether the model is multi-label (a sigmoid per label, a threshold each).
+    pub fn multilabel(&self) -> bool {
+        self.card.task == crate::config::Task::Multilabel
+    }
+
     /// Trainable parameters of the network (batch-norm running statistics excluded).
     pub fn parameter_count(&self) -> i64 {
         self.vs
@@ -250,18 +257,28 @@ impl Predictor {
             if !tta {
                 let logits =
                     tch::no_grad(|| precision.run(device, || self.model.head(&feats, false)));
-                out.extend(probabilities(&logits, self.card.temperature)?);
+                out.extend(if self.multilabel() {
+                    sigmoid_probabilities(&logits)?
+                } else {
+                    probabilities(&logits, self.card.temperature)?
+                });
                 continue;
             }
             let views = tta_views(&xs);
             let t = self.card.temperature.max(1e-6);
+            let multilabel = self.multilabel();
             let mean = tch::no_grad(|| {
                 let probs: Vec<Tensor> = views
                     .iter()
                     .map(|v| {
                         let v = precision.input(v.shallow_clone());
                         let logits = precision.run(device, || self.model.forward_t(&v, false));
-                        (logits.to_kind(Kind::Double) / t).softmax(-1, Kind::Double)
+                        let z = logits.to_kind(Kind::Double);
+                        if multilabel {
+                            z.sigmoid()
+                        } else {
+                            (z / t).softmax(-1, Kind::Double)
+                        }
                     })
                     .collect();
                 Tensor::stack(&probs, 0).mean_dim(&[0i64][..], false, Kind::Double)

@@ -16,6 +16,7 @@ mod layers;
 mod many_classes;
 mod metrics;
 mod models;
+mod multilabel;
 mod ood;
 mod pipeline;
 mod precision;

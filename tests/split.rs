@@ -657,7 +657,11 @@ fn labels_csv_gives_classes_and_groups() {
         .output()
         .unwrap();
     assert_eq!(out2.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out2.stderr).contains("path and label"));
+    let err = String::from_utf8_lossy(&out2.stderr);
+    assert!(
+        err.contains("unknown column set") && err.contains("path,label[,group]"),
+        "{err}"
+    );
 }
 
 /// A zip of `entries` (name, bytes written as `repeat` copies of `chunk`), deflated at the best

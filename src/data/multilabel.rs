@@ -100,12 +100,12 @@ const METADATA_COLUMNS: [&str; 12] = [
     "no finding",
 ];
 
-/// Whether the labels CSV at `csv_path` is multi-label (its header has no `label` column but
-/// one of the layouts above); the single-label `path,label[,group]` file is not.
+/// Whether the labels CSV at `csv_path` is read here: every header without a `label` column
+/// (the single-label `path,label[,group]` file), so that an unknown column set is reported
+/// with every layout it could have been.
 pub fn is_multilabel_csv(csv_path: &Path) -> Result<bool> {
     let header = read_header(csv_path)?;
-    let has = |name: &str| header.iter().any(|h| h.eq_ignore_ascii_case(name));
-    Ok(!has("label") && (has("finding labels") || has("path")))
+    Ok(!header.iter().any(|h| h.eq_ignore_ascii_case("label")))
 }
 
 fn read_header(csv_path: &Path) -> Result<Vec<String>> {

@@ -330,7 +330,7 @@ pub fn render_findings(size: u32, present: [bool; 4], seed: u64) -> FindingsImag
         s * rng.gen_range(0.045..0.07),
         s * rng.gen_range(0.045..0.07),
     );
-    let inf_amp = rng.gen_range(0.3..0.45);
+    let inf_amp = rng.gen_range(0.5..0.65);
     // Nodule: a small bright disc in the middle of the other lung.
     let (nx, ny) = a.lungs[1 - inf_side];
     let r: f32 = rng.gen_range(0.15..0.5);

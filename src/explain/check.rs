@@ -9,35 +9,59 @@ use anyhow::{Context, Result};
 use crate::data::synth::OpacityBox;
 use crate::error::Error;
 
-/// Reads `DATA_DIR/boxes.csv` (path relative to DATA_DIR, x0, y0, x1, y1).
-pub fn read_boxes(data_dir: &Path) -> Result<HashMap<PathBuf, OpacityBox>> {
+/// The rows of `DATA_DIR/boxes.csv`: each row's path (joined to DATA_DIR), the cells between
+/// it and the box, and the box in the last four cells (x0, y0, x1, y1).
+fn box_rows(data_dir: &Path, needs: &str) -> Result<Vec<(PathBuf, Vec<String>, OpacityBox)>> {
     let path = data_dir.join("boxes.csv");
     if !path.is_file() {
         return Err(Error::usage(format!(
-            "{}: no boxes.csv; --check needs a dataset written by `xray synth`",
+            "{}: no boxes.csv; --check needs a dataset written by `{needs}`",
             data_dir.display()
         ))
         .into());
     }
     let mut reader =
         csv::Reader::from_path(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let mut boxes = HashMap::new();
+    let mut rows = Vec::new();
     for (line, row) in reader.records().enumerate() {
         let row = row.with_context(|| format!("{}: line {}", path.display(), line + 2))?;
+        let bad = || anyhow::anyhow!("{}: line {}: bad box", path.display(), line + 2);
+        let n = row.len();
+        if n < 5 {
+            return Err(bad());
+        }
         let num = |i: usize| -> Result<u32> {
             row.get(i)
                 .and_then(|v| v.trim().parse().ok())
-                .ok_or_else(|| anyhow::anyhow!("{}: line {}: bad box", path.display(), line + 2))
+                .ok_or_else(bad)
         };
-        boxes.insert(
-            data_dir.join(row.get(0).unwrap_or_default()),
-            OpacityBox {
-                x0: num(1)?,
-                y0: num(2)?,
-                x1: num(3)?,
-                y1: num(4)?,
-            },
-        );
+        let b = OpacityBox {
+            x0: num(n - 4)?,
+            y0: num(n - 3)?,
+            x1: num(n - 2)?,
+            y1: num(n - 1)?,
+        };
+        let middle = (1..n - 4).map(|i| row[i].to_string()).collect();
+        rows.push((data_dir.join(&row[0]), middle, b));
+    }
+    Ok(rows)
+}
+
+/// Reads `DATA_DIR/boxes.csv` (path relative to DATA_DIR, x0, y0, x1, y1).
+pub fn read_boxes(data_dir: &Path) -> Result<HashMap<PathBuf, OpacityBox>> {
+    Ok(box_rows(data_dir, "xray synth")?
+        .into_iter()
+        .map(|(p, _, b)| (p, b))
+        .collect())
+}
+
+/// Reads the `boxes.csv` of `xray synth --multilabel` (path, finding, x0, y0, x1, y1): each
+/// image's boxes by finding.
+pub fn read_finding_boxes(data_dir: &Path) -> Result<HashMap<PathBuf, Vec<(String, OpacityBox)>>> {
+    let mut boxes: HashMap<PathBuf, Vec<(String, OpacityBox)>> = HashMap::new();
+    for (p, middle, b) in box_rows(data_dir, "xray synth --multilabel")? {
+        let finding = middle.into_iter().next().unwrap_or_default();
+        boxes.entry(p).or_default().push((finding, b));
     }
     Ok(boxes)
 }

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::compute::scoring::probabilities;
+use crate::compute::scoring::{probabilities, sigmoid_probabilities};
 use crate::data::decode::{decode_image, to_model_pixels};
 use crate::error::Error;
 use crate::infer::Predictor;
@@ -157,11 +157,17 @@ pub(crate) fn batch_maps(
     let model = predictor.model();
     let features = tch::no_grad(|| model.features(&xs, false));
     let logits = tch::no_grad(|| model.head(&features, false));
-    let probs = probabilities(&logits, predictor.card.temperature)?;
+    let probs = if predictor.multilabel() {
+        sigmoid_probabilities(&logits)?
+    } else {
+        probabilities(&logits, predictor.card.temperature)?
+    };
     let targets: Vec<usize> = probs
         .iter()
         .map(|p| match target {
             Target::Class(c) => c,
+            // Multi-label: the most probable label (decide's rule without a threshold).
+            Target::Predicted if predictor.multilabel() => crate::metrics::decide(p, 2.0),
             Target::Predicted => crate::metrics::decide(p, predictor.card.threshold),
         })
         .collect();
@@ -209,8 +215,24 @@ fn unique_stem(path: &Path, used: &mut HashSet<String>) -> String {
     stem
 }
 
+/// A label as part of a file name: letters, digits, `-` and `_`, others as `_`.
+fn file_safe(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// Writes `<stem>.<method>.png` (overlay, titled) and `<stem>.<method>.heat.png` (16-bit) for
 /// every readable file into `out`; an unreadable file is returned as its error and skipped.
+/// A multi-label model explains each image once per finding with "predicted" (its most
+/// probable label when it has none), or the label asked, into `<stem>.<label>.<method>.png`.
 pub fn explain_files(
     predictor: &Predictor,
     files: &[PathBuf],
@@ -226,14 +248,24 @@ pub fn explain_files(
     let mut used = HashSet::new();
     let mut results = Vec::with_capacity(files.len());
     let explainer = explainer(predictor, batch_size);
+    let multilabel = predictor.multilabel();
     for chunk in files.chunks(batch_size.max(1)) {
         let decoded = decode_all(predictor, chunk);
         let ok: Vec<&Decoded> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
         let pixels: Vec<&[u8]> = ok.iter().map(|d| d.model_pixels.as_slice()).collect();
-        let maps = match ok.is_empty() {
-            true => None,
-            false => Some(batch_maps(predictor, &explainer, &pixels, target, methods)?),
+        // Multi-label, "predicted": a pass per label, each image explained for its findings
+        // (its most probable label when it has none).
+        let passes: Vec<Target> = if multilabel && target == Target::Predicted {
+            (0..classes.len()).map(Target::Class).collect()
+        } else {
+            vec![target]
         };
+        let mut maps = Vec::with_capacity(passes.len());
+        if !ok.is_empty() {
+            for &pass in &passes {
+                maps.push(batch_maps(predictor, &explainer, &pixels, pass, methods)?);
+            }
+        }
         let mut next = 0;
         for d in decoded {
             let d = match d {
@@ -243,35 +275,52 @@ pub fn explain_files(
                     continue;
                 }
             };
-            let maps = maps.as_ref().expect("maps for a readable batch");
             let i = next;
             next += 1;
             let stem = unique_stem(&d.path, &mut used);
-            let (t, probs) = (maps.targets[i], &maps.probs[i]);
-            let predicted = crate::metrics::decide(probs, predictor.card.threshold);
+            let probs = &maps[0].probs[i];
+            let decision =
+                crate::predict::Prediction::from_probabilities(probs.clone(), &predictor.card);
+            let wanted = |t: usize| match (&decision.findings, passes.len() > 1) {
+                (Some(f), true) if !f.is_empty() => f.contains(&classes[t]),
+                (_, true) => t == crate::metrics::decide(probs, 2.0),
+                (_, false) => true,
+            };
             let (w, h) = d.original.dimensions();
-            let mut outputs = Vec::new();
-            for (method, map) in methods.iter().zip(&maps.maps) {
-                let (full, picture) = overlay::overlay_on(&d.original, map, i, side)?;
-                let overlay_name = format!("{stem}.{}.png", method.name());
-                let heat_name = format!("{stem}.{}.heat.png", method.name());
-                let title = format!(
-                    "{} {:.1}% ({})",
-                    classes[t],
-                    100.0 * probs[t],
-                    method.name()
-                );
-                crate::report::plots::titled_png(&out.join(&overlay_name), &picture, &title)?;
-                overlay::write_heat_png16(&out.join(&heat_name), &full, w, h)?;
-                outputs.push((method.name().to_string(), overlay_name, heat_name));
+            for pass in &maps {
+                let t = pass.targets[i];
+                if !wanted(t) {
+                    continue;
+                }
+                // A multi-label image's files name the label explained.
+                let stem = if multilabel {
+                    format!("{stem}.{}", file_safe(&classes[t]))
+                } else {
+                    stem.clone()
+                };
+                let mut outputs = Vec::new();
+                for (method, map) in methods.iter().zip(&pass.maps) {
+                    let (full, picture) = overlay::overlay_on(&d.original, map, i, side)?;
+                    let overlay_name = format!("{stem}.{}.png", method.name());
+                    let heat_name = format!("{stem}.{}.heat.png", method.name());
+                    let title = format!(
+                        "{} {:.1}% ({})",
+                        classes[t],
+                        100.0 * probs[t],
+                        method.name()
+                    );
+                    crate::report::plots::titled_png(&out.join(&overlay_name), &picture, &title)?;
+                    overlay::write_heat_png16(&out.join(&heat_name), &full, w, h)?;
+                    outputs.push((method.name().to_string(), overlay_name, heat_name));
+                }
+                results.push(Ok(Explained {
+                    path: d.path.clone(),
+                    target: classes[t].clone(),
+                    probability: probs[t],
+                    predicted: decision.label.clone(),
+                    outputs,
+                }));
             }
-            results.push(Ok(Explained {
-                path: d.path,
-                target: classes[t].clone(),
-                probability: probs[t],
-                predicted: classes[predicted].clone(),
-                outputs,
-            }));
         }
         bar.inc(chunk.len() as u64);
     }
@@ -305,6 +354,13 @@ pub fn write_gallery(out: &Path, explained: &[Explained], run: &str) -> Result<(
 pub struct CheckScore {
     /// The method.
     pub method: String,
+    /// Multi-label: the label whose heatmaps these are (on images positive for it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Multi-label: share of images whose peak lies in another finding's box of the image
+    /// (grown by 10%) and not in the label's own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointing_other: Option<f64>,
     /// Positive images scored.
     pub images: usize,
     /// Share of images whose heatmap peak lies in the opacity box grown by 10%.
@@ -321,6 +377,30 @@ pub struct CheckScore {
 /// correlation with the randomised model, one line each under a header.
 pub fn check_table(scores: &[CheckScore]) -> String {
     let f = |v: Option<f64>| v.map_or("n/a".to_string(), |v| format!("{v:.3}"));
+    if scores.iter().any(|s| s.label.is_some()) {
+        let width = scores
+            .iter()
+            .filter_map(|s| s.label.as_ref().map(String::len))
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let mut table = format!(
+            "{:<width$}  {:<10}  {:>6}  {:>13}  {:>16}  {:>13}\n",
+            "label", "method", "images", "pointing game", "other's box", "energy in box"
+        );
+        for s in scores {
+            table.push_str(&format!(
+                "{:<width$}  {:<10}  {:>6}  {:>13}  {:>16}  {:>13}\n",
+                s.label.as_deref().unwrap_or(""),
+                s.method,
+                s.images,
+                f(s.pointing_game),
+                f(s.pointing_other),
+                f(s.energy_inside)
+            ));
+        }
+        return table;
+    }
     let mut table = format!(
         "{:<10}  {:>13}  {:>13}  {:>19}\n",
         "method", "pointing game", "energy in box", "Spearman vs random"
@@ -350,6 +430,9 @@ pub fn run_check(
 ) -> Result<(Vec<CheckScore>, String)> {
     // Long on purpose: one pass over the batches accumulating three scores per method, for trained
     // and randomised weights side by side.
+    if predictor.multilabel() {
+        return run_check_multilabel(predictor, data_dir, methods, limit, batch_size);
+    }
     let boxes = check::read_boxes(data_dir)?;
     let positive = predictor
         .card
@@ -418,6 +501,8 @@ pub fn run_check(
         .enumerate()
         .map(|(m, method)| CheckScore {
             method: method.name().to_string(),
+            label: None,
+            pointing_other: None,
             images: pointing[m].len(),
             pointing_game: mean(
                 &pointing[m]
@@ -429,5 +514,87 @@ pub fn run_check(
             randomised_spearman: mean(&rank_corr[m]),
         })
         .collect();
+    Ok((scores, source))
+}
+
+/// `xray gradcam --check DATA_DIR` of a multi-label model, on `xray synth --multilabel` data:
+/// for each label, its heatmaps on (at most `limit`) images positive for it, the pointing game
+/// against the label's own box, how often the peak lands in another finding's box instead,
+/// and the energy inside its box. The model's test images are used when DATA_DIR holds them.
+pub fn run_check_multilabel(
+    predictor: &Predictor,
+    data_dir: &Path,
+    methods: &[Method],
+    limit: usize,
+    batch_size: usize,
+) -> Result<(Vec<CheckScore>, String)> {
+    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let boxes: std::collections::HashMap<PathBuf, Vec<(String, crate::data::synth::OpacityBox)>> =
+        check::read_finding_boxes(data_dir)?
+            .into_iter()
+            .map(|(p, b)| (canonical(&p), b))
+            .collect();
+    let test: Vec<PathBuf> = crate::evaluate::multilabel::labelled_split(predictor, "test")
+        .map(|(l, _)| l.samples.into_iter().map(|(p, _)| canonical(&p)).collect())
+        .unwrap_or_default();
+    let held_out: Vec<PathBuf> = test.into_iter().filter(|p| boxes.contains_key(p)).collect();
+    let (files, source) = if held_out.is_empty() {
+        let mut all: Vec<PathBuf> = boxes.keys().cloned().collect();
+        all.sort();
+        (all, format!("all boxed images of {}", data_dir.display()))
+    } else {
+        (held_out, "the model's test split".to_string())
+    };
+    let side = predictor.card.image_size as usize;
+    let explainer = explainer(predictor, batch_size);
+    let mut scores = Vec::new();
+    for (l, label) in predictor.card.classes.iter().enumerate() {
+        let mut mine: Vec<PathBuf> = files
+            .iter()
+            .filter(|f| boxes[*f].iter().any(|(name, _)| name == label))
+            .cloned()
+            .collect();
+        mine.truncate(limit.max(1));
+        let mut own = vec![Vec::new(); methods.len()];
+        let mut other = vec![Vec::new(); methods.len()];
+        let mut energy = vec![Vec::new(); methods.len()];
+        let bar = progress::bar(mine.len() as u64, &format!("check {label}"));
+        for chunk in mine.chunks(batch_size.max(1)) {
+            let decoded: Vec<Decoded> = decode_all(predictor, chunk)
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            let pixels: Vec<&[u8]> = decoded.iter().map(|d| d.model_pixels.as_slice()).collect();
+            let maps = batch_maps(predictor, &explainer, &pixels, Target::Class(l), methods)?;
+            for (m, map) in maps.maps.iter().enumerate() {
+                for (i, d) in decoded.iter().enumerate() {
+                    let heat = Vec::<f32>::try_from(map.get(i as i64).flatten(0, -1))?;
+                    let (w, h) = d.original.dimensions();
+                    let full = overlay::to_image_resolution(&heat, side, w, h);
+                    let here = &boxes[&d.path];
+                    let inside = |b| check::points_inside(&full, w as usize, b).unwrap_or(false);
+                    let mine_box = &here.iter().find(|(n, _)| n == label).expect("a box").1;
+                    let hit = inside(mine_box);
+                    own[m].push(f64::from(u8::from(hit)));
+                    let elsewhere = here.iter().any(|(n, b)| n != label && inside(b));
+                    other[m].push(f64::from(u8::from(!hit && elsewhere)));
+                    energy[m].extend(check::energy_inside(&full, w as usize, mine_box));
+                }
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish_and_clear();
+        let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+        for (m, method) in methods.iter().enumerate() {
+            scores.push(CheckScore {
+                method: method.name().to_string(),
+                label: Some(label.clone()),
+                pointing_other: mean(&other[m]),
+                images: own[m].len(),
+                pointing_game: mean(&own[m]),
+                energy_inside: mean(&energy[m]),
+                randomised_spearman: None,
+            });
+        }
+    }
     Ok((scores, source))
 }

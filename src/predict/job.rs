@@ -199,9 +199,7 @@ impl Rows<'_> {
                 p.label,
                 p.probability * 100.0
             )?,
-            (Format::Text, Ok(p)) => {
-                writeln!(out, "{shown}\t{}\t{:.1}%", p.label, p.probability * 100.0)?
-            }
+            (Format::Text, Ok(p)) => writeln!(out, "{shown}\t{}", p.summary(self.classes))?,
             (Format::Json, Ok(p)) => {
                 writeln!(out, "{}", p.to_json(&shown, self.classes, self.model))?
             }

@@ -29,6 +29,10 @@ pub struct Prediction {
     pub probabilities: Vec<f64>,
     /// The out-of-distribution guard's verdict, when the run has one.
     pub ood: Option<OodVerdict>,
+    /// Multi-label: the labels whose probability reaches their threshold (model.json's), in
+    /// the model's order; `label` then joins them with `|` ("No Finding" when none) and
+    /// `probability` is the highest label probability.
+    pub findings: Option<Vec<String>>,
 }
 
 /// What the out-of-distribution guard says of one image.
@@ -51,12 +55,56 @@ impl Prediction {
     /// The decision for class probabilities under the run's threshold (two classes) or the
     /// highest probability.
     pub fn from_probabilities(probabilities: Vec<f64>, card: &ModelCard) -> Prediction {
+        if card.task == crate::config::Task::Multilabel {
+            let thresholds =
+                crate::evaluate::multilabel::thresholds_of(&card.thresholds, card.classes.len());
+            let findings: Vec<String> = card
+                .classes
+                .iter()
+                .zip(&probabilities)
+                .zip(&thresholds)
+                .filter(|((_, p), t)| **p >= **t)
+                .map(|((c, _), _)| c.clone())
+                .collect();
+            return Prediction {
+                label: if findings.is_empty() {
+                    "No Finding".into()
+                } else {
+                    findings.join("|")
+                },
+                probability: probabilities.iter().copied().fold(0.0, f64::max),
+                probabilities,
+                ood: None,
+                findings: Some(findings),
+            };
+        }
         let k = decide(&probabilities, card.threshold);
         Prediction {
             label: card.classes[k].clone(),
             probability: probabilities[k],
             probabilities,
             ood: None,
+            findings: None,
+        }
+    }
+
+    /// Text: the findings with their probabilities (multi-label), else the class and its
+    /// probability.
+    pub fn summary(&self, classes: &[String]) -> String {
+        match &self.findings {
+            Some(f) if f.is_empty() => "No Finding".into(),
+            Some(f) => f
+                .iter()
+                .map(|name| {
+                    let p = classes
+                        .iter()
+                        .position(|c| c == name)
+                        .map_or(0.0, |i| self.probabilities[i]);
+                    format!("{name} {:.1}%", 100.0 * p)
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            None => format!("{}\t{:.1}%", self.label, self.probability * 100.0),
         }
     }
 
@@ -94,6 +142,9 @@ impl Prediction {
             "ood_threshold": self.ood.map(|v| v.threshold),
             "out_of_distribution": self.ood.map(|v| v.flagged()),
         });
+        if let Some(findings) = &self.findings {
+            out["findings"] = serde_json::json!(findings);
+        }
         match self.ood {
             Some(v) if v.flagged() => out["message"] = serde_json::json!(crate::ood::MESSAGE),
             Some(_) => {}

@@ -160,6 +160,61 @@ mod tests {
         assert!((l - want).abs() < 1e-6, "{l} vs {want}");
     }
 
+    /// Under `data.uncertain = "ignore"` an uncertain label cannot move the loss: flipping it
+    /// (read as 1, then as 0: U-Ones against U-Zeros) changes the loss, and under ignore both
+    /// readings give one loss, whatever the network says on those entries.
+    #[test]
+    fn flipping_uncertain_labels_does_not_change_the_loss_under_ignore() {
+        use crate::config::{BlankPolicy, UncertainPolicy};
+        use crate::data::multilabel::{target, NEGATIVE, POSITIVE, UNCERTAIN};
+        let raw = [
+            [POSITIVE, UNCERTAIN, NEGATIVE],
+            [UNCERTAIN, NEGATIVE, POSITIVE],
+            [NEGATIVE, UNCERTAIN, UNCERTAIN],
+        ];
+        let logits =
+            Tensor::from_slice(&[0.3f32, -1.2, 2.0, 0.7, -0.4, 1.1, -2.0, 0.9, 0.2]).view([3, 3]);
+        let tc = TrainConfig::default();
+        let loss = |policy: UncertainPolicy, logits: &Tensor| {
+            let t: Vec<f32> = raw
+                .iter()
+                .flatten()
+                .map(|&v| target(v, policy, BlankPolicy::Zeros))
+                .collect();
+            let t = Tensor::from_slice(&t).view([3, 3]);
+            multilabel_loss(logits, &t, None, &tc).double_value(&[])
+        };
+        let ones = loss(UncertainPolicy::Ones, &logits);
+        let zeros = loss(UncertainPolicy::Zeros, &logits);
+        assert!((ones - zeros).abs() > 0.01, "{ones} vs {zeros}");
+        let ignore = loss(UncertainPolicy::Ignore, &logits);
+        // The uncertain entries' logits turned around: the ignore loss does not move.
+        let mask: Vec<f32> = raw
+            .iter()
+            .flatten()
+            .map(|&v| if v == UNCERTAIN { -1.0 } else { 1.0 })
+            .collect();
+        let flipped = &logits * Tensor::from_slice(&mask).view([3, 3]);
+        assert!((loss(UncertainPolicy::Ignore, &flipped) - ignore).abs() < 1e-7);
+        // The certain entries alone, by hand: 5 of 9 count.
+        let certain: Vec<f64> = raw
+            .iter()
+            .flatten()
+            .zip(Vec::<f32>::try_from(logits.view([-1])).unwrap())
+            .filter(|(v, _)| **v != UNCERTAIN)
+            .map(|(v, z)| {
+                let p = 1.0 / (1.0 + (-(z as f64)).exp());
+                if *v == POSITIVE {
+                    -p.ln()
+                } else {
+                    -(1.0 - p).ln()
+                }
+            })
+            .collect();
+        let by_hand = certain.iter().sum::<f64>() / certain.len() as f64;
+        assert!((ignore - by_hand).abs() < 1e-6, "{ignore} vs {by_hand}");
+    }
+
     #[test]
     fn balanced_pos_weights_are_negatives_over_positives() {
         // Label 0: 1 positive, 2 negatives, 1 masked; label 1: 3 positives, 1 negative.
