@@ -217,6 +217,9 @@ fn synth_fixture_trains_evaluates_predicts_and_points_at_each_labels_box() {
         .map(|f| f.as_str().unwrap())
         .collect();
     assert_eq!(findings, expected);
+    for (l, t) in labels.iter().zip(&thresholds) {
+        assert_eq!(p["thresholds"][l.as_str()].as_f64(), Some(*t), "{l}");
+    }
 
     // Grad-CAM per label points at that label's own box.
     let check_dir = dir.path().join("check");

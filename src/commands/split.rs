@@ -115,11 +115,7 @@ impl SplitArgs {
             r.corrupt_skipped.len()
         );
         if r.is_multilabel() {
-            println!(
-                "multi-label ({} labels, {} file); positives per label:",
-                r.classes.len(),
-                r.label_format
-            );
+            println!("images per split (positives per label):");
         }
         for split in SPLITS {
             let counts = &r.counts[split];
@@ -187,6 +183,11 @@ fn layout_line(r: &crate::data::split::SplitReport) -> String {
             } else {
                 "re-split by --ratios (--resplit)"
             }
+        ),
+        "labels_csv" if r.is_multilabel() => format!(
+            "layout: labels and groups from --labels ({} file, {} labels per image)",
+            r.label_format,
+            r.classes.len()
         ),
         "labels_csv" => format!(
             "layout: labels and groups from --labels ({} classes)",

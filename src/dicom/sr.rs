@@ -266,16 +266,24 @@ pub fn report(
             Code("OOD", SCHEME, OOD_MEANING),
         ));
     } else {
-        let k = classes
-            .iter()
-            .position(|c| *c == prediction.label)
-            .unwrap_or(0);
-        let value = format!("CLASS-{k}");
-        group.push(code(
-            "CONTAINS",
-            Code("121071", "DCM", "Finding"),
-            Code(&value, SCHEME, &prediction.label),
-        ));
+        // One Finding per finding of a multi-label model ("No Finding" when none), else the
+        // class decided.
+        let found: Vec<&str> = match &prediction.findings {
+            Some(f) if f.is_empty() => vec!["No Finding"],
+            Some(f) => f.iter().map(String::as_str).collect(),
+            None => vec![prediction.label.as_str()],
+        };
+        for name in found {
+            let value = match classes.iter().position(|c| c == name) {
+                Some(k) => format!("CLASS-{k}"),
+                None => "NO-FINDING".to_string(),
+            };
+            group.push(code(
+                "CONTAINS",
+                Code("121071", "DCM", "Finding"),
+                Code(&value, SCHEME, name),
+            ));
+        }
     }
     for (k, (class, p)) in classes.iter().zip(&prediction.probabilities).enumerate() {
         let value = format!("PROB-{k}");

@@ -33,6 +33,8 @@ pub struct Prediction {
     /// the model's order; `label` then joins them with `|` ("No Finding" when none) and
     /// `probability` is the highest label probability.
     pub findings: Option<Vec<String>>,
+    /// Multi-label: each label's threshold, in the model's order (empty otherwise).
+    pub thresholds: Vec<f64>,
 }
 
 /// What the out-of-distribution guard says of one image.
@@ -76,6 +78,7 @@ impl Prediction {
                 probabilities,
                 ood: None,
                 findings: Some(findings),
+                thresholds,
             };
         }
         let k = decide(&probabilities, card.threshold);
@@ -85,6 +88,7 @@ impl Prediction {
             probabilities,
             ood: None,
             findings: None,
+            thresholds: Vec::new(),
         }
     }
 
@@ -144,6 +148,12 @@ impl Prediction {
         });
         if let Some(findings) = &self.findings {
             out["findings"] = serde_json::json!(findings);
+            let thresholds: serde_json::Map<String, serde_json::Value> = classes
+                .iter()
+                .zip(&self.thresholds)
+                .map(|(c, t)| (c.clone(), serde_json::json!(t)))
+                .collect();
+            out["thresholds"] = serde_json::Value::Object(thresholds);
         }
         match self.ood {
             Some(v) if v.flagged() => out["message"] = serde_json::json!(crate::ood::MESSAGE),

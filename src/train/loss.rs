@@ -215,6 +215,36 @@ mod tests {
         assert!((ignore - by_hand).abs() < 1e-6, "{ignore} vs {by_hand}");
     }
 
+    /// Binary focal loss and smoothing by hand on one entry, logit 0 (p = 0.5), target 1:
+    /// BCE ln 2; focal with gamma 2 is (1 - 0.5)^2 ln 2; smoothing 0.2 pulls the target to 0.9,
+    /// which at p = 0.5 leaves the loss at ln 2.
+    #[test]
+    fn multilabel_focal_and_smoothing_by_hand() {
+        let logits = Tensor::from_slice(&[0.0f32, 1.0]).view([1, 2]);
+        let t = Tensor::from_slice(&[1.0f32, -1.0]).view([1, 2]);
+        let ln2 = std::f64::consts::LN_2;
+        let focal = TrainConfig {
+            loss: LossKind::Focal,
+            focal_gamma: 2.0,
+            ..TrainConfig::default()
+        };
+        let l = multilabel_loss(&logits, &t, None, &focal).double_value(&[]);
+        assert!((l - 0.25 * ln2).abs() < 1e-6, "{l}");
+        let smooth = TrainConfig {
+            label_smoothing: 0.2,
+            ..TrainConfig::default()
+        };
+        let l = multilabel_loss(&logits, &t, None, &smooth).double_value(&[]);
+        assert!((l - ln2).abs() < 1e-6, "{l}");
+        // At logit 2 smoothing costs: -(0.9 ln s(2) + 0.1 ln s(-2)).
+        let z = Tensor::from_slice(&[2.0f32]).view([1, 1]);
+        let one = Tensor::from_slice(&[1.0f32]).view([1, 1]);
+        let l = multilabel_loss(&z, &one, None, &smooth).double_value(&[]);
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let want = -(0.9 * s(2.0).ln() + 0.1 * s(-2.0).ln());
+        assert!((l - want).abs() < 1e-6, "{l} vs {want}");
+    }
+
     #[test]
     fn balanced_pos_weights_are_negatives_over_positives() {
         // Label 0: 1 positive, 2 negatives, 1 masked; label 1: 3 positives, 1 negative.

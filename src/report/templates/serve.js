@@ -35,8 +35,12 @@ file.addEventListener('change', async () => {
       return;
     }
     ood.style.display = 'none'; answer.style.display = 'flex';
-    document.getElementById('label').textContent = j.label;
-    document.getElementById('prob').textContent = (100 * j.probability).toFixed(1) + '%';
+    // Multi-label: the findings over their thresholds, each bar with its threshold marked.
+    const multi = Array.isArray(j.findings);
+    document.getElementById('label').textContent = multi
+      ? (j.findings.length ? 'Findings: ' + j.findings.join(', ') : 'No Finding')
+      : j.label;
+    document.getElementById('prob').textContent = multi ? '' : (100 * j.probability).toFixed(1) + '%';
     const bars = document.getElementById('bars');
     bars.innerHTML = '';
     // Most probable first, so that with many classes (23 for DermNet) the answer leads; names
@@ -47,6 +51,12 @@ file.addEventListener('change', async () => {
       const track = document.createElement('div'); track.className = 'track';
       const fill = document.createElement('div'); fill.className = 'fill'; fill.style.width = (100 * p).toFixed(1) + '%';
       track.appendChild(fill);
+      if (multi && j.thresholds && j.thresholds[name] !== undefined) {
+        const mark = document.createElement('div'); mark.className = 'mark';
+        mark.style.left = (100 * j.thresholds[name]).toFixed(1) + '%';
+        mark.title = 'threshold ' + (100 * j.thresholds[name]).toFixed(1) + '%';
+        track.appendChild(mark);
+      }
       const pct = document.createElement('div'); pct.className = 'pct'; pct.textContent = (100 * p).toFixed(1) + '%';
       bars.append(label, track, pct);
     }
