@@ -351,7 +351,28 @@ fn upload_page_in_chromium() {
         Duration::from_secs(30),
     );
     let label = browser.text(&browser.find("#label"));
-    assert_eq!(label, expected["label"].as_str().unwrap());
+    match expected["findings"].as_array() {
+        // A multi-label model (XRAY_SERVE_CHECKPOINT): the findings named, a threshold mark
+        // on every bar.
+        Some(found) => {
+            let names: Vec<&str> = found.iter().map(|f| f.as_str().unwrap()).collect();
+            let want = if names.is_empty() {
+                "No Finding".to_string()
+            } else {
+                format!("Findings: {}", names.join(", "))
+            };
+            assert_eq!(label, want);
+            let marks = browser.eval(
+                "return document.querySelectorAll('#bars .mark').length;",
+                serde_json::json!([]),
+            );
+            assert_eq!(
+                marks,
+                serde_json::json!(expected["thresholds"].as_object().unwrap().len())
+            );
+        }
+        None => assert_eq!(label, expected["label"].as_str().unwrap()),
+    }
     let bars = browser.eval(
         "return document.querySelectorAll('#bars .name').length;",
         serde_json::json!([]),
