@@ -54,6 +54,11 @@ pub struct Sidecar {
     pub threshold: f64,
     /// How a class is decided from the probabilities.
     pub decision: &'static str,
+    /// "multiclass" or "multilabel" (a sigmoid per label, no temperature).
+    pub task: crate::config::Task,
+    /// Multi-label: each label's decision threshold on its probability, in output order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub thresholds: Vec<f64>,
     /// The out-of-distribution guard, when the run has one.
     pub ood: Option<OodSidecar>,
 }
@@ -134,11 +139,22 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
         std: card.std.clone(),
         input: "float32 [n, channels, input_size, input_size]: pixels / 255, minus mean, \
                 divided by std, per channel (xray fills the square with a centre crop and resizes with a triangle filter)",
-        output: "float32 [n, classes]: probabilities, softmax(logits / temperature)",
+        output: if predictor.multilabel() {
+            "float32 [n, classes]: a probability per label, sigmoid(logits)"
+        } else {
+            "float32 [n, classes]: probabilities, softmax(logits / temperature)"
+        },
         temperature: card.temperature,
         threshold: card.threshold,
-        decision: "two classes: the second when its probability >= threshold, else the first; \
-                   more: the most probable",
+        decision: if predictor.multilabel() {
+            "multi-label: every label whose probability >= its entry in thresholds (none: no \
+             finding)"
+        } else {
+            "two classes: the second when its probability >= threshold, else the first; \
+             more: the most probable"
+        },
+        task: card.task,
+        thresholds: card.thresholds.clone(),
         ood,
     };
     let sidecar_path = out.with_file_name(format!("{name}.json"));
@@ -150,16 +166,22 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
     })
 }
 
-/// Traces the network with its temperature and softmax on a one-image example input.
+/// Traces the network with its temperature and softmax (multi-label: its sigmoid) on a
+/// one-image example input.
 fn trace(predictor: &Predictor) -> Result<CModule> {
     let c = predictor.card.channels as i64;
     let s = predictor.card.image_size as i64;
     let example = Tensor::zeros([1, c, s, s], (Kind::Float, Device::Cpu));
     let model = predictor.model();
     let t = predictor.card.temperature.max(1e-6);
+    let multilabel = predictor.multilabel();
     let mut forward = |inputs: &[Tensor]| {
         let logits = model.forward_t(&inputs[0], false);
-        vec![(logits / t).softmax(-1, Kind::Float)]
+        if multilabel {
+            vec![logits.sigmoid()]
+        } else {
+            vec![(logits / t).softmax(-1, Kind::Float)]
+        }
     };
     tch::no_grad(|| CModule::create_by_tracing("xray", "forward", &[example], &mut forward))
         .torch()

@@ -221,6 +221,48 @@ fn synth_fixture_trains_evaluates_predicts_and_points_at_each_labels_box() {
         assert_eq!(p["thresholds"][l.as_str()].as_f64(), Some(*t), "{l}");
     }
 
+    // export: the module returns a sigmoid per label, the sidecar the thresholds.
+    let module = dir.path().join("ml.pt");
+    xray()
+        .args(["export", "--checkpoint"])
+        .arg(&run)
+        .arg("-o")
+        .arg(&module)
+        .output_ok();
+    let sidecar = read_json(&dir.path().join("ml.pt.json"));
+    assert_eq!(sidecar["task"], "multilabel");
+    assert_eq!(sidecar["thresholds"], card["thresholds"]);
+    let predictor = xray::infer::Predictor::load(&run, tch::Device::Cpu).unwrap();
+    let spec = predictor.input_spec();
+    let pixels: Vec<std::sync::Arc<Vec<u8>>> = ["00000002_000.png", "00000001_000.png"]
+        .iter()
+        .map(|f| {
+            let path = data.join("images").join(f);
+            std::sync::Arc::new(
+                xray::data::decode::load_model_pixels(&path, spec.size, spec.channels).unwrap(),
+            )
+        })
+        .collect();
+    let expected = predictor
+        .probabilities_of_pixels(&pixels, 8, false)
+        .unwrap()
+        .probs;
+    let refs: Vec<&[u8]> = pixels.iter().map(|p| p.as_slice()).collect();
+    let out = tch::CModule::load(&module)
+        .unwrap()
+        .forward_ts(&[&predictor.input_tensor(&refs)])
+        .unwrap()
+        .to_kind(tch::Kind::Double);
+    for (i, row) in expected.iter().enumerate() {
+        for (j, &want) in row.iter().enumerate() {
+            let got = out.double_value(&[i as i64, j as i64]);
+            assert!(
+                (got - want).abs() < 1e-5,
+                "image {i} label {j}: {got} vs {want}"
+            );
+        }
+    }
+
     // Grad-CAM per label points at that label's own box.
     let check_dir = dir.path().join("check");
     xray()

@@ -202,7 +202,7 @@ fn report_of(
 ) -> MultiLabelReport {
     let (probs, targets) = (&scores.probs, &scores.targets);
     let labels = predictor.card.classes.clone();
-    let thresholds = thresholds_of(&predictor.card.thresholds, labels.len());
+    let thresholds = predictor.card.label_thresholds();
     let counts = counts_at(probs, targets, &thresholds);
     let aucs = per_label_auc(probs, targets);
     let aps = per_label_ap(probs, targets);
@@ -261,13 +261,6 @@ fn report_of(
         loss: scores.loss,
         ood: super::ood_summary(scores, predictor.card.ood.as_ref()),
     }
-}
-
-/// model.json's thresholds, 0.5 for any it lacks.
-pub fn thresholds_of(card: &[f64], n: usize) -> Vec<f64> {
-    (0..n)
-        .map(|l| card.get(l).copied().unwrap_or(0.5))
-        .collect()
 }
 
 /// The bootstrap interval of label `l`'s AUC: its unmasked images, whole groups resampled,

@@ -58,8 +58,7 @@ impl Prediction {
     /// highest probability.
     pub fn from_probabilities(probabilities: Vec<f64>, card: &ModelCard) -> Prediction {
         if card.task == crate::config::Task::Multilabel {
-            let thresholds =
-                crate::evaluate::multilabel::thresholds_of(&card.thresholds, card.classes.len());
+            let thresholds = card.label_thresholds();
             let findings: Vec<String> = card
                 .classes
                 .iter()

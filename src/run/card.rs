@@ -86,6 +86,13 @@ pub struct ValidationOperatingPoints {
 }
 
 impl ModelCard {
+    /// Multi-label: each label's threshold, 0.5 for any model.json lacks.
+    pub fn label_thresholds(&self) -> Vec<f64> {
+        (0..self.classes.len())
+            .map(|l| self.thresholds.get(l).copied().unwrap_or(0.5))
+            .collect()
+    }
+
     /// Reads `RUN_DIR/model.json`; a folder without one is a usage error.
     pub fn read(run_dir: &Path) -> Result<ModelCard> {
         let path = run_dir.join("model.json");
