@@ -37,6 +37,9 @@ pub const UNCERTAIN: i8 = -1;
 /// The report did not mention the finding (a blank cell).
 pub const BLANK: i8 = -2;
 
+/// What an image without any finding is called (NIH's word).
+pub const NO_FINDING: &str = "No Finding";
+
 /// A target masked out of the loss and the metrics.
 pub const MASKED: f32 = -1.0;
 
@@ -203,7 +206,7 @@ fn read_nih(
         let found: Vec<String> = cell(findings)
             .split('|')
             .map(|f| f.trim().to_string())
-            .filter(|f| !f.is_empty() && f != "No Finding")
+            .filter(|f| !f.is_empty() && f != NO_FINDING)
             .collect();
         if name.is_empty() {
             return Err(bad(csv_path, format!("line {line}: empty Image Index")));
@@ -395,19 +398,25 @@ pub fn value_of_text(text: &str) -> Option<i8> {
     parse_value(text.trim())
 }
 
-/// The positive labels of `values`, `|`-joined as NIH writes them (`No Finding` when none).
-pub fn finding_text(labels: &[String], values: &[i8]) -> String {
-    let found: Vec<&str> = labels
-        .iter()
-        .zip(values)
-        .filter(|(_, &v)| v == POSITIVE)
-        .map(|(l, _)| l.as_str())
-        .collect();
-    if found.is_empty() {
-        "No Finding".into()
+/// Findings as NIH writes them: `|`-joined, or [`NO_FINDING`] when there are none.
+pub fn join_findings<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let names: Vec<&str> = names.into_iter().collect();
+    if names.is_empty() {
+        NO_FINDING.into()
     } else {
-        found.join("|")
+        names.join("|")
     }
+}
+
+/// The positive labels of `values`, as [`join_findings`] writes them.
+pub fn finding_text(labels: &[String], values: &[i8]) -> String {
+    join_findings(
+        labels
+            .iter()
+            .zip(values)
+            .filter(|(_, &v)| v == POSITIVE)
+            .map(|(l, _)| l.as_str()),
+    )
 }
 
 /// cooccurrence[a][b]: the rows positive for both labels a and b (the diagonal: for a), each

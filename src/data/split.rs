@@ -193,13 +193,6 @@ pub struct LabelCount {
     pub blank: usize,
 }
 
-impl LabelCount {
-    /// Positives among the images with a positive or negative value.
-    pub fn prevalence(&self) -> f64 {
-        self.positive as f64 / (self.positive + self.negative).max(1) as f64
-    }
-}
-
 /// Identical images (the same decoded pixels) under more than one label.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct LabelConflict {

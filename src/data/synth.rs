@@ -408,15 +408,9 @@ fn draw_findings(rng: &mut ChaCha8Rng, cardiomegaly: bool) -> [bool; 4] {
 
 /// NIH's `Finding Labels` for `present`: the findings joined by `|`, or `No Finding`.
 pub fn finding_labels(present: &[bool; 4]) -> String {
-    let names: Vec<&str> = (0..4)
-        .filter(|&f| present[f])
-        .map(|f| SYNTH_FINDINGS[f])
-        .collect();
-    if names.is_empty() {
-        "No Finding".into()
-    } else {
-        names.join("|")
-    }
+    crate::data::multilabel::join_findings(
+        (0..4).filter(|&f| present[f]).map(|f| SYNTH_FINDINGS[f]),
+    )
 }
 
 /// Writes a multi-label dataset into `out` as NIH ChestX-ray14 ships one: `images/PPPPPPPP_FFF.png`

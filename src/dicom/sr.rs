@@ -269,7 +269,7 @@ pub fn report(
         // One Finding per finding of a multi-label model ("No Finding" when none), else the
         // class decided.
         let found: Vec<&str> = match &prediction.findings {
-            Some(f) if f.is_empty() => vec!["No Finding"],
+            Some(f) if f.is_empty() => vec![crate::data::multilabel::NO_FINDING],
             Some(f) => f.iter().map(String::as_str).collect(),
             None => vec![prediction.label.as_str()],
         };

@@ -166,8 +166,8 @@ pub(crate) fn batch_maps(
         .iter()
         .map(|p| match target {
             Target::Class(c) => c,
-            // Multi-label: the most probable label (decide's rule without a threshold).
-            Target::Predicted if predictor.multilabel() => crate::metrics::decide(p, 2.0),
+            // Multi-label: the most probable label.
+            Target::Predicted if predictor.multilabel() => crate::metrics::most_probable(p),
             Target::Predicted => crate::metrics::decide(p, predictor.card.threshold),
         })
         .collect();
@@ -283,7 +283,7 @@ pub fn explain_files(
                 crate::predict::Prediction::from_probabilities(probs.clone(), &predictor.card);
             let wanted = |t: usize| match (&decision.findings, passes.len() > 1) {
                 (Some(f), true) if !f.is_empty() => f.contains(&classes[t]),
-                (_, true) => t == crate::metrics::decide(probs, 2.0),
+                (_, true) => t == crate::metrics::most_probable(probs),
                 (_, false) => true,
             };
             let (w, h) = d.original.dimensions();
@@ -417,6 +417,33 @@ pub fn check_table(scores: &[CheckScore]) -> String {
     table
 }
 
+/// A path made canonical when it can be (boxes.csv and split.csv name images differently).
+fn canonical(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The images `--check` scores: those of the model's test split (`test`, when it could be read)
+/// that have boxes, or, when none has, every boxed image (sorted); and which it was.
+fn check_images<B>(
+    boxed: &std::collections::HashMap<PathBuf, B>,
+    test: Result<Vec<(PathBuf, usize)>>,
+    data_dir: &Path,
+) -> (Vec<PathBuf>, String) {
+    let held_out: Vec<PathBuf> = test
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(p, _)| canonical(&p))
+        .filter(|p| boxed.contains_key(p))
+        .collect();
+    if held_out.is_empty() {
+        let mut all: Vec<PathBuf> = boxed.keys().cloned().collect();
+        all.sort();
+        (all, format!("all boxed images of {}", data_dir.display()))
+    } else {
+        (held_out, "the model's test split".to_string())
+    }
+}
+
 /// `xray gradcam --check DATA_DIR`: scores each method on the synth images with an opacity box.
 /// When the model's own test split holds images of DATA_DIR, only those are used (images the
 /// model never trained on); otherwise every boxed image of DATA_DIR. At most `limit` images.
@@ -446,20 +473,10 @@ pub fn run_check(
                 crate::data::synth::SYNTH_CLASSES[1]
             ))
         })?;
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let boxed: std::collections::HashMap<PathBuf, _> =
         boxes.iter().map(|(p, b)| (canonical(p), *b)).collect();
-    let test: Vec<PathBuf> = crate::evaluate::labelled_images(predictor, "test")
-        .map(|s| s.samples.into_iter().map(|(p, _)| canonical(&p)).collect())
-        .unwrap_or_default();
-    let held_out: Vec<PathBuf> = test.into_iter().filter(|p| boxed.contains_key(p)).collect();
-    let (mut files, source) = if held_out.is_empty() {
-        let mut all: Vec<PathBuf> = boxed.keys().cloned().collect();
-        all.sort();
-        (all, format!("all boxed images of {}", data_dir.display()))
-    } else {
-        (held_out, "the model's test split".to_string())
-    };
+    let test = crate::evaluate::labelled_images(predictor, "test").map(|s| s.samples);
+    let (mut files, source) = check_images(&boxed, test, data_dir);
     files.truncate(limit.max(1));
 
     let random = predictor.with_random_weights(seed)?;
@@ -528,23 +545,14 @@ pub fn run_check_multilabel(
     limit: usize,
     batch_size: usize,
 ) -> Result<(Vec<CheckScore>, String)> {
-    let canonical = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     let boxes: std::collections::HashMap<PathBuf, Vec<(String, crate::data::synth::OpacityBox)>> =
         check::read_finding_boxes(data_dir)?
             .into_iter()
             .map(|(p, b)| (canonical(&p), b))
             .collect();
-    let test: Vec<PathBuf> = crate::evaluate::multilabel::labelled_split(predictor, "test")
-        .map(|(l, _)| l.samples.into_iter().map(|(p, _)| canonical(&p)).collect())
-        .unwrap_or_default();
-    let held_out: Vec<PathBuf> = test.into_iter().filter(|p| boxes.contains_key(p)).collect();
-    let (files, source) = if held_out.is_empty() {
-        let mut all: Vec<PathBuf> = boxes.keys().cloned().collect();
-        all.sort();
-        (all, format!("all boxed images of {}", data_dir.display()))
-    } else {
-        (held_out, "the model's test split".to_string())
-    };
+    let test =
+        crate::evaluate::multilabel::labelled_split(predictor, "test").map(|(l, _)| l.samples);
+    let (files, source) = check_images(&boxes, test, data_dir);
     let side = predictor.card.image_size as usize;
     let explainer = explainer(predictor, batch_size);
     let mut scores = Vec::new();

@@ -283,11 +283,16 @@ pub fn decide(probs: &[f64], threshold: f64) -> usize {
     if probs.len() == 2 {
         usize::from(probs[1] >= threshold)
     } else {
-        probs
-            .iter()
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(b.1))
-            .map(|(i, _)| i)
-            .unwrap_or(0)
+        most_probable(probs)
     }
+}
+
+/// The index of the highest probability (the first on a tie; 0 for none).
+pub fn most_probable(probs: &[f64]) -> usize {
+    probs
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
 }

@@ -127,6 +127,14 @@ fn ratio(a: usize, b: usize) -> Option<f64> {
     (b > 0).then(|| a as f64 / b as f64)
 }
 
+/// The labels (indices, in order) whose probability reaches their threshold: an image's
+/// findings.
+pub fn over_thresholds(probs: &[f64], thresholds: &[f64]) -> Vec<usize> {
+    (0..probs.len())
+        .filter(|&l| probs[l] >= thresholds[l])
+        .collect()
+}
+
 /// Each label's counts at its threshold (positive when the probability is at least it).
 pub fn counts_at(probs: &[Vec<f64>], targets: &[Vec<f32>], thresholds: &[f64]) -> Vec<LabelCounts> {
     (0..n_labels(targets))

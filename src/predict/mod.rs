@@ -7,6 +7,7 @@ use anyhow::Result;
 use rayon::prelude::*;
 
 use crate::data::decode::{has_image_extension, load_model_pixels};
+use crate::data::multilabel::{join_findings, NO_FINDING};
 use crate::data::scan::walk_files;
 use crate::error::Error;
 use crate::infer::Predictor;
@@ -59,20 +60,13 @@ impl Prediction {
     pub fn from_probabilities(probabilities: Vec<f64>, card: &ModelCard) -> Prediction {
         if card.task == crate::config::Task::Multilabel {
             let thresholds = card.label_thresholds();
-            let findings: Vec<String> = card
-                .classes
-                .iter()
-                .zip(&probabilities)
-                .zip(&thresholds)
-                .filter(|((_, p), t)| **p >= **t)
-                .map(|((c, _), _)| c.clone())
-                .collect();
+            let findings: Vec<String> =
+                crate::metrics::multilabel::over_thresholds(&probabilities, &thresholds)
+                    .into_iter()
+                    .map(|l| card.classes[l].clone())
+                    .collect();
             return Prediction {
-                label: if findings.is_empty() {
-                    "No Finding".into()
-                } else {
-                    findings.join("|")
-                },
+                label: join_findings(findings.iter().map(String::as_str)),
                 probability: probabilities.iter().copied().fold(0.0, f64::max),
                 probabilities,
                 ood: None,
@@ -95,7 +89,7 @@ impl Prediction {
     /// probability.
     pub fn summary(&self, classes: &[String]) -> String {
         match &self.findings {
-            Some(f) if f.is_empty() => "No Finding".into(),
+            Some(f) if f.is_empty() => NO_FINDING.into(),
             Some(f) => f
                 .iter()
                 .map(|name| {

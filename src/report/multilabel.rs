@@ -11,6 +11,7 @@ use super::tables::Table;
 use super::Figure;
 use crate::evaluate::multilabel::{MultiLabelReport, ScoredLabels};
 use crate::fsutil::{write_atomic, write_json_atomic};
+use crate::metrics::multilabel::over_thresholds;
 
 use super::labels::{text_width, widest, wrap};
 use super::plots::{plot_err, render_png};
@@ -335,19 +336,20 @@ fn write_predictions(path: &Path, r: &MultiLabelReport, scored: &[ScoredLabels])
     }
     header.extend(["findings".to_string(), "ood_score".into()]);
     w.write_record(&header)?;
+    let thresholds: Vec<f64> = r.per_label.iter().map(|l| l.threshold).collect();
     for s in scored {
         let mut row = vec![s.path.display().to_string()];
-        let mut found = Vec::new();
-        for (l, lr) in r.per_label.iter().enumerate() {
+        for l in 0..r.labels.len() {
             row.push(match s.targets[l] {
                 t if t < 0.0 => String::new(),
                 t => format!("{t:.0}"),
             });
             row.push(format!("{:.6}", s.probs[l]));
-            if s.probs[l] >= lr.threshold {
-                found.push(lr.label.as_str());
-            }
         }
+        let found: Vec<&str> = over_thresholds(&s.probs, &thresholds)
+            .into_iter()
+            .map(|l| r.labels[l].as_str())
+            .collect();
         row.push(found.join("|"));
         row.push(s.ood_score.map_or(String::new(), |v| format!("{v:.4}")));
         w.write_record(&row)?;
