@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tch::{CModule, Device, Kind, Tensor};
 
+use crate::compute::scoring::temperature_tensor;
 use crate::error::{Error, TorchResultExt};
 use crate::infer::Predictor;
 
@@ -54,11 +55,14 @@ pub struct Sidecar {
     pub threshold: f64,
     /// How a class is decided from the probabilities.
     pub decision: &'static str,
-    /// "multiclass" or "multilabel" (a sigmoid per label, no temperature).
+    /// "multiclass" or "multilabel" (a sigmoid per label).
     pub task: crate::config::Task,
     /// Multi-label: each label's decision threshold on its probability, in output order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<f64>,
+    /// Multi-label: each label's temperature, already applied inside the module.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub temperatures: Vec<f64>,
     /// The out-of-distribution guard, when the run has one.
     pub ood: Option<OodSidecar>,
 }
@@ -140,7 +144,7 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
         input: "float32 [n, channels, input_size, input_size]: pixels / 255, minus mean, \
                 divided by std, per channel (xray fills the square with a centre crop and resizes with a triangle filter)",
         output: if predictor.multilabel() {
-            "float32 [n, classes]: a probability per label, sigmoid(logits)"
+            "float32 [n, classes]: a probability per label, sigmoid(logits / temperatures)"
         } else {
             "float32 [n, classes]: probabilities, softmax(logits / temperature)"
         },
@@ -155,6 +159,11 @@ pub fn export(run_dir: &Path, format: ExportFormat, out: &Path) -> Result<Export
         },
         task: card.task,
         thresholds: card.thresholds.clone(),
+        temperatures: if predictor.multilabel() {
+            card.label_temperatures()
+        } else {
+            Vec::new()
+        },
         ood,
     };
     let sidecar_path = out.with_file_name(format!("{name}.json"));
@@ -175,10 +184,15 @@ fn trace(predictor: &Predictor) -> Result<CModule> {
     let model = predictor.model();
     let t = predictor.card.temperature.max(1e-6);
     let multilabel = predictor.multilabel();
+    let temperatures = temperature_tensor(
+        &predictor.card.label_temperatures(),
+        Kind::Float,
+        Device::Cpu,
+    );
     let mut forward = |inputs: &[Tensor]| {
         let logits = model.forward_t(&inputs[0], false);
         if multilabel {
-            vec![logits.sigmoid()]
+            vec![logits.divide(&temperatures).sigmoid()]
         } else {
             vec![(logits / t).softmax(-1, Kind::Float)]
         }

@@ -10,7 +10,8 @@ use tch::{nn, Device, Kind, Tensor};
 
 use crate::compute::precision::{to_f32, Precision};
 use crate::compute::scoring::{
-    guard_scores, pixels_to_input, probabilities, rows, sigmoid_probabilities, tta_views,
+    guard_scores, label_probabilities, pixels_to_input, probabilities, rows, scaled_sigmoid,
+    tta_views,
 };
 use crate::config::PrecisionChoice;
 use crate::data::augment::Normalize;
@@ -258,7 +259,7 @@ impl Predictor {
                 let logits =
                     tch::no_grad(|| precision.run(device, || self.model.head(&feats, false)));
                 out.extend(if self.multilabel() {
-                    sigmoid_probabilities(&logits)?
+                    label_probabilities(&logits, &self.card.label_temperatures())?
                 } else {
                     probabilities(&logits, self.card.temperature)?
                 });
@@ -267,6 +268,7 @@ impl Predictor {
             let views = tta_views(&xs);
             let t = self.card.temperature.max(1e-6);
             let multilabel = self.multilabel();
+            let temperatures = self.card.label_temperatures();
             let mean = tch::no_grad(|| {
                 let probs: Vec<Tensor> = views
                     .iter()
@@ -275,7 +277,7 @@ impl Predictor {
                         let logits = precision.run(device, || self.model.forward_t(&v, false));
                         let z = logits.to_kind(Kind::Double);
                         if multilabel {
-                            z.sigmoid()
+                            scaled_sigmoid(&z, &temperatures)
                         } else {
                             (z / t).softmax(-1, Kind::Double)
                         }

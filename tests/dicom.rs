@@ -171,18 +171,26 @@ pub fn dcm_value(file: &Path, tag: &str) -> String {
 
 /// The probability of class `k` in a report as `dsrdump +Pc` prints it.
 fn probability_in_report(text: &str, k: usize) -> f64 {
-    let line = text
-        .lines()
-        .find(|l| l.contains(&format!("PROB-{k},99XRAY")))
-        .unwrap_or_else(|| panic!("no probability of class {k} in:\n{text}"));
-    line.split('"')
-        .nth(3)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no value in {line}"))
+    coded_number(text, &format!("PROB-{k}"))
 }
 
-/// predict's JSON label and probability of `file`.
-fn predicted(run: &Path, file: &Path) -> (String, f64) {
+/// `xray predict --dicom-out OUT --heatmap` of `file` in fp32: a report and an overlay.
+fn predict_dicom(run: &Path, file: &Path, out: &Path) {
+    assert_ok(
+        xray()
+            .args(["predict", "--precision", "fp32", "--checkpoint"])
+            .arg(run)
+            .arg(file)
+            .arg("--dicom-out")
+            .arg(out)
+            .arg("--heatmap")
+            .output()
+            .unwrap(),
+    );
+}
+
+/// predict's JSON of `file` in fp32.
+fn predict_json(run: &Path, file: &Path) -> serde_json::Value {
     let out = xray()
         .args([
             "predict",
@@ -196,7 +204,16 @@ fn predicted(run: &Path, file: &Path) -> (String, f64) {
         .arg(file)
         .stdout_ok();
     let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    let v = if v.is_array() { v[0].clone() } else { v };
+    if v.is_array() {
+        v[0].clone()
+    } else {
+        v
+    }
+}
+
+/// predict's JSON label and probability of `file`.
+fn predicted(run: &Path, file: &Path) -> (String, f64) {
+    let v = predict_json(run, file);
     (
         v["label"].as_str().unwrap().to_string(),
         v["probability"].as_f64().unwrap(),
@@ -213,17 +230,7 @@ fn predict_writes_a_valid_report_and_overlay_in_the_source_study() {
     let ids = Ids::new("PAT-1", 1);
     write_cr(&t.data.join("opacity/opacity_00001.png"), &cr, &ids);
     let out = dir.path().join("results");
-    assert_ok(
-        xray()
-            .args(["predict", "--precision", "fp32", "--checkpoint"])
-            .arg(&t.run)
-            .arg(&cr)
-            .arg("--dicom-out")
-            .arg(&out)
-            .arg("--heatmap")
-            .output()
-            .unwrap(),
-    );
+    predict_dicom(&t.run, &cr, &out);
     let sr = out.join("chest.sr.dcm");
     let sc = out.join("chest.sc.dcm");
     for f in [&sr, &sc] {
@@ -255,6 +262,109 @@ fn predict_writes_a_valid_report_and_overlay_in_the_source_study() {
     assert!(
         text.contains(&ids.sop_uid),
         "the source is not referenced:\n{text}"
+    );
+}
+
+/// The numeric value of the item coded `code` (e.g. `PROB-2`) as `dsrdump +Pc` prints it.
+fn coded_number(text: &str, code: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!("({code},99XRAY")))
+        .unwrap_or_else(|| panic!("no {code} in:\n{text}"));
+    line.split('"')
+        .nth(3)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no value in {line}"))
+}
+
+/// A multi-label model's report: one Finding item per finding predict gives ("No Finding"
+/// when none), each label's probability and its own threshold, valid for dciodvfy.
+#[test]
+#[ignore = "needs DCMTK and dicom3tools (scripts/setup/dicom.sh); make test runs it"]
+fn a_multilabel_report_lists_each_finding_with_its_probability_and_threshold() {
+    need_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, split) = crate::multilabel::synth_multilabel_split(dir.path(), 240);
+    let run = dir.path().join("run");
+    xray()
+        .arg("train")
+        .arg("--config")
+        .arg(crate::common::repo().join("configs/synth_multilabel.toml"))
+        .args(["--set", &format!("data.split={}", split.display())])
+        .args(["--set", "train.epochs=4", "--set", "data.image_size=64"])
+        .arg("--out")
+        .arg(&run)
+        .output_ok();
+    let card = crate::common::read_json(&run.join("model.json"));
+    let labels = crate::multilabel::card_classes(&card);
+    // Images with two findings and with none, as labels.csv has them.
+    let csv = std::fs::read_to_string(data.join("labels.csv")).unwrap();
+    let pick = |two: bool| -> String {
+        csv.lines()
+            .skip(1)
+            .map(|l| l.split(',').collect::<Vec<_>>())
+            .find(|f| {
+                if two {
+                    f[1].split('|').count() == 2
+                } else {
+                    f[1] == "No Finding"
+                }
+            })
+            .unwrap()[0]
+            .to_string()
+    };
+    let mut seen_findings = 0;
+    for (n, name) in [pick(true), pick(false)].iter().enumerate() {
+        let cr = dir.path().join(format!("chest{n}.dcm"));
+        let ids = Ids::new(&format!("PAT-{n}"), n as u32 + 1);
+        write_cr(&data.join("images").join(name), &cr, &ids);
+        let out = dir.path().join(format!("results{n}"));
+        predict_dicom(&run, &cr, &out);
+        let sr = out.join(format!("chest{n}.sr.dcm"));
+        assert_valid(&sr);
+        assert_valid(&out.join(format!("chest{n}.sc.dcm")));
+        assert_eq!(dcm_value(&sr, "0020,000d"), ids.study_uid);
+        let text = dsrdump(&sr);
+        let p = predict_json(&run, &cr);
+        let findings = crate::multilabel::strings(&p["findings"]);
+        let coded: Vec<String> = text
+            .lines()
+            .filter(|l| l.contains("(121071,DCM,\"Finding\")"))
+            .map(|l| {
+                let meaning = l.rsplit(',').next().unwrap();
+                meaning.trim_end_matches(")>").trim_matches('"').to_string()
+            })
+            .collect();
+        if findings.is_empty() {
+            assert_eq!(coded, ["No Finding"], "{text}");
+            assert!(text.contains("(NO-FINDING,99XRAY"), "{text}");
+        } else {
+            assert_eq!(coded, findings, "{text}");
+        }
+        seen_findings += findings.len();
+        for (k, l) in labels.iter().enumerate() {
+            let prob = coded_number(&text, &format!("PROB-{k}"));
+            let want = p["probabilities"][l.as_str()].as_f64().unwrap();
+            assert!(
+                (prob - want).abs() < 1e-5,
+                "{l}: {prob} vs predict's {want}"
+            );
+            let thr = coded_number(&text, &format!("THRESHOLD-{k}"));
+            let want = card["thresholds"][k].as_f64().unwrap();
+            assert!((thr - want).abs() < 1e-5, "{l}: threshold {thr} vs {want}");
+        }
+        let params = text
+            .lines()
+            .find(|l| l.contains("Algorithm Parameters"))
+            .unwrap();
+        assert!(
+            params.contains("a sigmoid per label; temperatures "),
+            "{params}"
+        );
+    }
+    assert!(
+        seen_findings > 0,
+        "neither image had a finding: nothing listed was checked"
     );
 }
 

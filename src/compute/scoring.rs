@@ -61,6 +61,31 @@ pub fn sigmoid_probabilities(logits: &Tensor) -> Result<Vec<Vec<f64>>> {
     rows(&logits.to_kind(Kind::Double).sigmoid())
 }
 
+/// Multi-label: `sigmoid(logits / temperature)`, a temperature per label (the last dimension),
+/// in `logits`' kind.
+pub fn scaled_sigmoid(logits: &Tensor, temperatures: &[f64]) -> Tensor {
+    logits
+        .divide(&temperature_tensor(
+            temperatures,
+            logits.kind(),
+            logits.device(),
+        ))
+        .sigmoid()
+}
+
+/// The temperatures as a tensor of `kind` on `device` (made before tracing, a traced module
+/// keeps it as a constant; made while tracing, its values would be lost: the trace records
+/// only the allocation).
+pub fn temperature_tensor(temperatures: &[f64], kind: Kind, device: Device) -> Tensor {
+    let t: Vec<f64> = temperatures.iter().map(|t| t.max(1e-6)).collect();
+    Tensor::from_slice(&t).to_kind(kind).to_device(device)
+}
+
+/// Multi-label: [`scaled_sigmoid`] as rows of f64.
+pub fn label_probabilities(logits: &Tensor, temperatures: &[f64]) -> Result<Vec<Vec<f64>>> {
+    rows(&scaled_sigmoid(&logits.to_kind(Kind::Double), temperatures))
+}
+
 /// Binary cross-entropy with logits per label, averaged over the entries whose target is not
 /// masked (a target below zero, see [`crate::data::multilabel::MASKED`]), each positive entry
 /// of label `l` weighted by `pos_weight[l]` as torch's `BCEWithLogitsLoss(pos_weight=...)`.

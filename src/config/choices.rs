@@ -61,6 +61,30 @@ choice! {
 }
 
 choice! {
+    /// How a multi-label model's threshold per label is chosen on validation.
+    LabelThreshold, "eval.label_threshold" {
+        /// Youden's J (sensitivity + specificity - 1) at its maximum.
+        Youden = "youden",
+        /// The highest threshold reaching `eval.target_sensitivity` (or the label's own target
+        /// in `eval.label_sensitivity`).
+        Sensitivity = "sensitivity",
+    }
+}
+
+choice! {
+    /// How a multi-label model's probabilities are calibrated: the logits are divided by a
+    /// temperature fitted on validation (binary NLL) before the sigmoid.
+    LabelTemperature, "eval.label_temperature" {
+        /// A temperature per label.
+        PerLabel = "per_label",
+        /// One temperature for every label.
+        Shared = "shared",
+        /// No temperature: the sigmoid of the raw logits.
+        None = "none",
+    }
+}
+
+choice! {
     /// What a multi-label model learns from a blank label (the report did not mention it).
     BlankPolicy, "data.blank" {
         /// Taken as negative (what CheXpert's own labeller means by a blank).
@@ -127,6 +151,20 @@ choice! {
         ValAcc = "val_acc",
         /// Cross-entropy; lower is better.
         ValLoss = "val_loss",
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
+impl Default for LabelThreshold {
+    fn default() -> Self {
+        LabelThreshold::Youden
+    }
+}
+
+#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
+impl Default for LabelTemperature {
+    fn default() -> Self {
+        LabelTemperature::PerLabel
     }
 }
 

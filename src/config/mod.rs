@@ -3,6 +3,7 @@
 //! Every key has a default (see each field), unknown keys are an error that names the key, and
 //! the resolved config (every default filled in) is written into the run folder.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -14,8 +15,9 @@ use crate::models::Arch;
 mod choices;
 
 pub use choices::{
-    BlankPolicy, ClassWeightKeyword, ClassWeights, DeviceChoice, LossKind, Monitor, OptimizerKind,
-    PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy, Task, UncertainPolicy,
+    BlankPolicy, ClassWeightKeyword, ClassWeights, DeviceChoice, LabelTemperature, LabelThreshold,
+    LossKind, Monitor, OptimizerKind, PrecisionChoice, Prune, Sampler, SchedulerKind, Strategy,
+    Task, UncertainPolicy,
 };
 
 /// The whole config file.
@@ -292,6 +294,16 @@ pub struct TrainConfig {
 pub struct EvalConfig {
     /// Sensitivity the screening operating point must reach (default 0.95).
     pub target_sensitivity: f64,
+    /// Multi-label: how each label's threshold is chosen on validation, "youden" or
+    /// "sensitivity" (reaching `target_sensitivity`) (default "youden").
+    pub label_threshold: LabelThreshold,
+    /// Multi-label: a sensitivity target for named labels, e.g. `{ Effusion = 0.9 }`; these
+    /// labels take the sensitivity rule with their own target whatever `label_threshold` says.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub label_sensitivity: BTreeMap<String, f64>,
+    /// Multi-label: "per_label", "shared" or "none": the temperature fitted on validation
+    /// before the sigmoid (default "per_label").
+    pub label_temperature: LabelTemperature,
 }
 
 impl Default for Config {
@@ -490,6 +502,9 @@ impl Default for EvalConfig {
     fn default() -> Self {
         EvalConfig {
             target_sensitivity: 0.95,
+            label_threshold: LabelThreshold::default(),
+            label_sensitivity: BTreeMap::new(),
+            label_temperature: LabelTemperature::default(),
         }
     }
 }
@@ -595,6 +610,21 @@ impl Config {
                 "ood.max_flag_rate must be in [0, 1) and ood.fit_images at least 2, got {} and {}",
                 self.ood.max_flag_rate, self.ood.fit_images
             ));
+        }
+        let targets = std::iter::once((
+            "eval.target_sensitivity".to_string(),
+            self.eval.target_sensitivity,
+        ))
+        .chain(
+            self.eval
+                .label_sensitivity
+                .iter()
+                .map(|(l, &t)| (format!("eval.label_sensitivity.{l}"), t)),
+        );
+        for (key, t) in targets {
+            if !(t > 0.0 && t <= 1.0) {
+                return bad(format!("{key} must be in (0, 1], got {t}"));
+            }
         }
         if self.data.split.as_os_str().is_empty() {
             return bad("data.split is required: the folder written by `xray split`".into());

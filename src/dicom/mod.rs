@@ -214,17 +214,29 @@ impl Producer {
     /// The producer of `card`'s answers, for the run `model` whose weights hash to
     /// `weights_sha256` (the server has hashed them already).
     pub fn new(model: String, weights_sha256: String, card: &crate::run::ModelCard) -> Producer {
+        let output = if card.task == crate::config::Task::Multilabel {
+            let t: Vec<String> = card.label_temperatures().into_iter().map(sr::ds).collect();
+            format!(
+                "labels {}; a sigmoid per label; temperatures {}",
+                card.classes.join(", "),
+                t.join(", ")
+            )
+        } else {
+            format!(
+                "classes {}; temperature {}",
+                card.classes.join(", "),
+                sr::ds(card.temperature)
+            )
+        };
         Producer {
             model,
             weights_sha256,
             parameters: format!(
-                "architecture {}; input {}x{}, {} channel(s); classes {}; temperature {}",
+                "architecture {}; input {}x{}, {} channel(s); {output}",
                 card.arch.as_str(),
                 card.image_size,
                 card.image_size,
                 card.channels,
-                card.classes.join(", "),
-                sr::ds(card.temperature)
             ),
         }
     }

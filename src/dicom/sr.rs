@@ -290,7 +290,13 @@ pub fn report(
         let meaning = format!("Probability of {class}");
         group.push(num("CONTAINS", Code(&value, SCHEME, &meaning), *p));
     }
-    if classes.len() == 2 {
+    if prediction.findings.is_some() {
+        for (k, (class, t)) in classes.iter().zip(&prediction.thresholds).enumerate() {
+            let value = format!("THRESHOLD-{k}");
+            let meaning = format!("Decision threshold on the probability of {class}");
+            group.push(num("CONTAINS", Code(&value, SCHEME, &meaning), *t));
+        }
+    } else if classes.len() == 2 {
         let meaning = format!("Decision threshold on the probability of {}", classes[1]);
         group.push(num(
             "CONTAINS",

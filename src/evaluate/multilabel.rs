@@ -16,8 +16,8 @@ use crate::data::split::SplitSet;
 use crate::error::Error;
 use crate::infer::Predictor;
 use crate::metrics::multilabel::{
-    column, counts_at, exact_match, hamming_score, macro_f1, macro_mean, micro_ap, micro_auc,
-    micro_f1, per_label_ap, per_label_auc, LabelCounts,
+    calibrated, column, counts_at, exact_match, hamming_score, macro_f1, macro_mean, micro_ap,
+    micro_auc, micro_f1, per_label_ap, per_label_auc, LabelCounts,
 };
 use crate::metrics::operating::cluster_bootstrap_ci95;
 use crate::metrics::roc_auc;
@@ -43,6 +43,10 @@ pub struct LabelReport {
     pub pr_auc: Option<f64>,
     /// The decision threshold (model.json's, chosen on validation).
     pub threshold: f64,
+    /// How the threshold was chosen ("youden" or "sensitivity >= T").
+    pub threshold_rule: String,
+    /// The temperature its logit is divided by (model.json's, fitted on validation).
+    pub temperature: f64,
     /// Decisions at the threshold.
     pub counts: LabelCounts,
     /// Sensitivity at the threshold.
@@ -53,8 +57,10 @@ pub struct LabelReport {
     pub precision: Option<f64>,
     /// F1 at the threshold.
     pub f1: f64,
-    /// Expected calibration error of its probability (15 bins).
+    /// Expected calibration error of its probability (15 bins), temperature applied.
     pub ece: Option<f64>,
+    /// The same of the sigmoid of the raw logit (temperature 1).
+    pub ece_uncalibrated: Option<f64>,
 }
 
 /// `report.json` of a multi-label model.
@@ -96,9 +102,9 @@ pub struct MultiLabelReport {
     pub ci_method: String,
     /// Groups resampled, with "group".
     pub groups: Option<usize>,
-    /// How the probabilities are calibrated: a sigmoid of the raw logits (no temperature).
+    /// How the probabilities are calibrated (the temperatures, in words).
     pub calibration: String,
-    /// Mean masked binary cross-entropy.
+    /// Mean masked binary cross-entropy of the raw logits.
     pub loss: f64,
     /// What the out-of-distribution guard flagged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -177,6 +183,8 @@ pub fn evaluate_multilabel(
         predictor.ood.as_ref(),
         predictor.precision,
     )?;
+    let mut scores = scores;
+    scores.probs = calibrated(&scores.logits, &predictor.card.label_temperatures());
     let report = report_of(predictor, source, &scores, &clusters, method);
     let scored = set
         .paths
@@ -203,6 +211,8 @@ fn report_of(
     let (probs, targets) = (&scores.probs, &scores.targets);
     let labels = predictor.card.classes.clone();
     let thresholds = predictor.card.label_thresholds();
+    let temperatures = predictor.card.label_temperatures();
+    let raw = calibrated(&scores.logits, &vec![1.0; labels.len()]);
     let counts = counts_at(probs, targets, &thresholds);
     let aucs = per_label_auc(probs, targets);
     let aps = per_label_ap(probs, targets);
@@ -222,12 +232,23 @@ fn report_of(
                 roc_auc_ci95: label_auc_ci(probs, targets, clusters, l),
                 pr_auc: aps[l],
                 threshold: thresholds[l],
+                threshold_rule: predictor
+                    .card
+                    .threshold_rules
+                    .get(l)
+                    .cloned()
+                    .unwrap_or_else(|| "youden".into()),
+                temperature: temperatures[l],
                 counts: counts[l],
                 sensitivity: counts[l].sensitivity(),
                 specificity: counts[l].specificity(),
                 precision: counts[l].precision(),
                 f1: counts[l].f1(),
                 ece: binary_ece(&s, &y, ECE_BINS),
+                ece_uncalibrated: {
+                    let (raw_s, raw_y) = column(&raw, targets, l);
+                    binary_ece(&raw_s, &raw_y, ECE_BINS)
+                },
             }
         })
         .collect();
@@ -257,9 +278,23 @@ fn report_of(
         hamming_score: hamming_score(probs, targets, &thresholds),
         ci_method: method.to_string(),
         groups: (method == "group").then(|| clusters.iter().max().map_or(0, |m| m + 1)),
-        calibration: "sigmoid of the logits, no temperature".into(),
+        calibration: calibration_words(&temperatures),
         loss: scores.loss,
         ood: super::ood_summary(scores, predictor.card.ood.as_ref()),
+    }
+}
+
+/// The temperatures in words: none, one shared, or one per label.
+fn calibration_words(temperatures: &[f64]) -> String {
+    if temperatures.iter().all(|&t| t == 1.0) {
+        "sigmoid of the raw logits (no temperature)".into()
+    } else if temperatures.windows(2).all(|w| w[0] == w[1]) {
+        format!(
+            "sigmoid(logit / {:.3}): one temperature, fitted on validation",
+            temperatures[0]
+        )
+    } else {
+        "sigmoid(logit / T): a temperature per label, fitted on validation".into()
     }
 }
 

@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 use tch::Tensor;
 
-use crate::compute::scoring::{probabilities, sigmoid_probabilities};
+use crate::compute::scoring::{label_probabilities, probabilities};
 use crate::data::decode::{decode_image, to_model_pixels};
 use crate::error::Error;
 use crate::infer::Predictor;
@@ -158,7 +158,7 @@ pub(crate) fn batch_maps(
     let features = tch::no_grad(|| model.features(&xs, false));
     let logits = tch::no_grad(|| model.head(&features, false));
     let probs = if predictor.multilabel() {
-        sigmoid_probabilities(&logits)?
+        label_probabilities(&logits, &predictor.card.label_temperatures())?
     } else {
         probabilities(&logits, predictor.card.temperature)?
     };

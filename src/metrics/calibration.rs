@@ -96,7 +96,13 @@ pub fn fit_temperature(logits: &[Vec<f64>], y_true: &[usize]) -> f64 {
     if logits.is_empty() {
         return 1.0;
     }
-    let f = |log_t: f64| nll_at_temperature(logits, y_true, log_t.exp());
+    minimise_over_temperature(|t| nll_at_temperature(logits, y_true, t))
+}
+
+/// The temperature in [0.5, 10] minimising `nll` (unimodal in log T there), by golden-section
+/// search on log T.
+fn minimise_over_temperature(nll: impl Fn(f64) -> f64) -> f64 {
+    let f = |log_t: f64| nll(log_t.exp());
     let (mut a, mut b) = (0.5f64.ln(), 10f64.ln());
     let ratio = (5f64.sqrt() - 1.0) / 2.0;
     let mut c = b - ratio * (b - a);
@@ -120,6 +126,38 @@ pub fn fit_temperature(logits: &[Vec<f64>], y_true: &[usize]) -> f64 {
     ((a + b) / 2.0).exp()
 }
 
+/// Mean binary negative log-likelihood of `sigmoid(logit / temperature)` summed over the
+/// columns `(logits, positive)` (one per label) and divided by their entries.
+pub fn binary_nll_at_temperature(columns: &[(Vec<f64>, Vec<bool>)], temperature: f64) -> f64 {
+    let mut total = 0.0;
+    let mut n = 0usize;
+    for (z, y) in columns {
+        for (&z, &y) in z.iter().zip(y) {
+            let s = z / temperature;
+            // -log sigmoid(s) for a positive, -log sigmoid(-s) for a negative, stably.
+            let m = if y { -s } else { s };
+            total += m.max(0.0) + (-m.abs()).exp().ln_1p();
+            n += 1;
+        }
+    }
+    total / n.max(1) as f64
+}
+
+/// The temperature (in [0.5, 10]) minimising [`binary_nll_at_temperature`] over `columns`
+/// together; 1 when no column has both a positive and a negative (the NLL of one class alone
+/// falls all the way to a bound).
+pub fn fit_binary_temperature(columns: &[(Vec<f64>, Vec<bool>)]) -> f64 {
+    let usable: Vec<(Vec<f64>, Vec<bool>)> = columns
+        .iter()
+        .filter(|(_, y)| y.iter().any(|&p| p) && y.iter().any(|&p| !p))
+        .cloned()
+        .collect();
+    if usable.is_empty() {
+        return 1.0;
+    }
+    minimise_over_temperature(|t| binary_nll_at_temperature(&usable, t))
+}
+
 /// Softmax of `logits / temperature`.
 pub fn softmax_at_temperature(logits: &[f64], temperature: f64) -> Vec<f64> {
     let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -134,6 +172,39 @@ pub fn softmax_at_temperature(logits: &[f64], temperature: f64) -> Vec<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Binary NLL by hand: logits 2 (positive) and -1 (negative) at T = 2 are sigmoid(1) and
+    /// 1 - sigmoid(-0.5): (ln(1 + e^-1) + ln(1 + e^-0.5)) / 2.
+    #[test]
+    fn binary_nll_by_hand() {
+        let cols = vec![(vec![2.0, -1.0], vec![true, false])];
+        let want = ((1.0 + (-1.0f64).exp()).ln() + (1.0 + (-0.5f64).exp()).ln()) / 2.0;
+        assert!((binary_nll_at_temperature(&cols, 2.0) - want).abs() < 1e-12);
+    }
+
+    /// Overconfident logits (±6, a third of them on the wrong side): the fitted temperature is
+    /// the NLL's minimum on a fine grid, well above 1, and beats T = 1; a column of one class
+    /// alone gives T = 1.
+    #[test]
+    fn binary_temperature_is_the_nll_minimum() {
+        let z: Vec<f64> = vec![6.0, 6.0, -6.0, 6.0, -6.0, -6.0, 3.0, -3.0, 6.0];
+        let y = vec![true, true, false, false, false, true, true, false, true];
+        let cols = vec![(z, y)];
+        let t = fit_binary_temperature(&cols);
+        let best_on_grid = (0..=950)
+            .map(|i| 0.5 + i as f64 * 0.01)
+            .min_by(|a, b| {
+                binary_nll_at_temperature(&cols, *a)
+                    .partial_cmp(&binary_nll_at_temperature(&cols, *b))
+                    .unwrap()
+            })
+            .unwrap();
+        assert!((t - best_on_grid).abs() < 0.011, "{t} vs {best_on_grid}");
+        assert!(t > 1.5, "{t}");
+        assert!(binary_nll_at_temperature(&cols, t) < binary_nll_at_temperature(&cols, 1.0));
+        let one_class = vec![(vec![1.0, 2.0], vec![true, true])];
+        assert_eq!(fit_binary_temperature(&one_class), 1.0);
+    }
 
     /// By hand: confidences 0.9 (right), 0.9 (wrong), 0.6 (right), 0.55 (right) in 10 bins:
     /// bin (0.8, 0.9]: acc 0.5, conf 0.9, gap 0.4, weight 2/4; bin (0.5, 0.6]: acc 1, conf 0.575,

@@ -6,8 +6,9 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::calibration::fit_binary_temperature;
 use crate::metrics::classification::{average_precision, roc_auc};
-use crate::metrics::operating::youden;
+use crate::metrics::operating::{at_sensitivity, youden};
 
 /// The probabilities and truths of label `l` over the images where it is not masked.
 pub fn column(probs: &[Vec<f64>], targets: &[Vec<f32>], l: usize) -> (Vec<f64>, Vec<bool>) {
@@ -202,13 +203,73 @@ pub fn hamming_score(probs: &[Vec<f64>], targets: &[Vec<f32>], thresholds: &[f64
     right as f64 / all.max(1) as f64
 }
 
-/// A threshold per label chosen on validation: Youden's J, or 0.5 where the label lacks
+/// How one label's threshold is chosen on validation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThresholdRule {
+    /// Youden's J at its maximum.
+    Youden,
+    /// The highest threshold whose sensitivity reaches the target.
+    Sensitivity(f64),
+}
+
+impl std::fmt::Display for ThresholdRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThresholdRule::Youden => write!(f, "youden"),
+            ThresholdRule::Sensitivity(t) => write!(f, "sensitivity >= {t}"),
+        }
+    }
+}
+
+/// A threshold per label chosen on validation by its rule, or 0.5 where the label lacks
 /// positives or negatives there.
-pub fn youden_thresholds(probs: &[Vec<f64>], targets: &[Vec<f32>]) -> Vec<f64> {
+pub fn thresholds_by(
+    probs: &[Vec<f64>],
+    targets: &[Vec<f32>],
+    rules: &[ThresholdRule],
+) -> Vec<f64> {
     (0..n_labels(targets))
         .map(|l| {
             let (s, y) = column(probs, targets, l);
-            youden(&s, &y).map_or(0.5, |p| p.threshold)
+            let point = match rules[l] {
+                ThresholdRule::Youden => youden(&s, &y),
+                ThresholdRule::Sensitivity(t) => at_sensitivity(&s, &y, t),
+            };
+            point.map_or(0.5, |p| p.threshold)
+        })
+        .collect()
+}
+
+/// Each label's column of raw logits and truths, masked entries left out.
+pub fn logit_columns(logits: &[Vec<f64>], targets: &[Vec<f32>]) -> Vec<(Vec<f64>, Vec<bool>)> {
+    (0..n_labels(targets))
+        .map(|l| column(logits, targets, l))
+        .collect()
+}
+
+/// The temperatures fitted on validation logits, one per label, or with `shared` one fitted
+/// on every label's entries together (repeated per label).
+pub fn fit_label_temperatures(logits: &[Vec<f64>], targets: &[Vec<f32>], shared: bool) -> Vec<f64> {
+    let columns = logit_columns(logits, targets);
+    if shared {
+        vec![fit_binary_temperature(&columns); columns.len()]
+    } else {
+        columns
+            .iter()
+            .map(|c| fit_binary_temperature(std::slice::from_ref(c)))
+            .collect()
+    }
+}
+
+/// `sigmoid(logit / temperature)` per label.
+pub fn calibrated(logits: &[Vec<f64>], temperatures: &[f64]) -> Vec<Vec<f64>> {
+    logits
+        .iter()
+        .map(|z| {
+            z.iter()
+                .zip(temperatures)
+                .map(|(z, t)| 1.0 / (1.0 + (-z / t.max(1e-6)).exp()))
+                .collect()
         })
         .collect()
 }
@@ -313,5 +374,67 @@ mod tests {
         close(exact_match(&p, &y, &[0.5; 3]), 0.3);
         y[3][2] = -1.0;
         close(exact_match(&p, &y, &[0.5; 3]), 0.4);
+    }
+
+    /// By hand on the fixture. Label 0 with sensitivity 1: its lowest positive is 0.4, the
+    /// next lower score 0.3, so 0.35. Label 1 by Youden: at 0.7, 2 of 3 positives and no
+    /// negative (J 0.667, the best), the next lower score 0.6, so 0.65. Label 2 with
+    /// sensitivity 0.6: 3 of its 5 positives are at 0.6 or above, the next lower score is
+    /// 0.55, so 0.575.
+    #[test]
+    fn thresholds_by_rule_by_hand() {
+        let (p, y) = fixture();
+        let rules = [
+            ThresholdRule::Sensitivity(1.0),
+            ThresholdRule::Youden,
+            ThresholdRule::Sensitivity(0.6),
+        ];
+        let t = thresholds_by(&p, &y, &rules);
+        for (got, want) in t.iter().zip([0.35, 0.65, 0.575]) {
+            assert!((got - want).abs() < 1e-12, "{t:?}");
+        }
+        assert_eq!(rules[2].to_string(), "sensitivity >= 0.6");
+    }
+
+    /// Temperatures: per label, each label's own NLL minimum; shared, one value minimising the
+    /// pooled NLL; scaled probabilities are sigmoid(z / T).
+    #[test]
+    fn label_temperatures_and_scaled_probabilities() {
+        use crate::metrics::calibration::binary_nll_at_temperature;
+        let logits = vec![
+            vec![6.0, 0.5],
+            vec![-6.0, -0.5],
+            vec![6.0, 1.0],
+            vec![-6.0, 0.2],
+            vec![6.0, -1.0],
+        ];
+        // Label 0: four of five right at ±6, the NLL minimum near T = 4.33 (a grid in Python);
+        // label 1: one pair out of order, the minimum near T = 0.54.
+        let targets = vec![
+            vec![1.0, 0.0],
+            vec![0.0, 0.0],
+            vec![1.0, 1.0],
+            vec![1.0, 1.0],
+            vec![1.0, -1.0],
+        ];
+        let per = fit_label_temperatures(&logits, &targets, false);
+        let shared = fit_label_temperatures(&logits, &targets, true);
+        let cols = logit_columns(&logits, &targets);
+        assert_eq!(cols[1].0.len(), 4, "the masked entry is left out");
+        for (l, c) in cols.iter().enumerate() {
+            let at = |t: f64| binary_nll_at_temperature(std::slice::from_ref(c), t);
+            assert!(at(per[l]) <= at(per[l] * 1.02) && at(per[l]) <= at(per[l] / 1.02));
+        }
+        assert!(
+            (per[0] - 4.33).abs() < 0.01 && (per[1] - 0.54).abs() < 0.01,
+            "{per:?}"
+        );
+        assert_eq!(shared[0], shared[1]);
+        let pooled = |t: f64| binary_nll_at_temperature(&cols, t);
+        assert!(pooled(shared[0]) <= pooled(shared[0] * 1.02));
+        assert!(pooled(shared[0]) <= pooled(shared[0] / 1.02));
+        let p = calibrated(&logits, &per);
+        let want = 1.0 / (1.0 + (-6.0 / per[0]).exp());
+        assert!((p[0][0] - want).abs() < 1e-12);
     }
 }

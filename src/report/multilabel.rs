@@ -152,13 +152,16 @@ fn per_label_table(r: &MultiLabelReport) -> Table {
                 f(l.sensitivity),
                 f(l.specificity),
                 format!("{:.3}", l.f1),
+                format!("{:.2}", l.temperature),
+                f(l.ece_uncalibrated),
                 f(l.ece),
             ]
         })
         .collect();
     Table {
         header: [
-            "label", "pos/n", "prev", "AUC", "95% CI", "PR-AUC", "thr", "sens", "spec", "F1", "ECE",
+            "label", "pos/n", "prev", "AUC", "95% CI", "PR-AUC", "thr", "sens", "spec", "F1", "T",
+            "ECE T=1", "ECE",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -182,7 +185,8 @@ fn title_and_note(r: &MultiLabelReport) -> (String, String) {
         ),
         format!(
             "{} images; intervals: {} bootstrap resampling {} ({} resamples); thresholds chosen \
-             on validation (Youden's J) and stored in model.json",
+             on validation ({}) and stored in model.json; T: the temperature each logit is \
+             divided by",
             r.n,
             if r.ci_method == "group" {
                 "cluster"
@@ -193,9 +197,39 @@ fn title_and_note(r: &MultiLabelReport) -> (String, String) {
                 Some(g) => format!("{g} patients"),
                 None => "images".into(),
             },
-            crate::evaluate::BOOTSTRAP_RESAMPLES
+            crate::evaluate::BOOTSTRAP_RESAMPLES,
+            rules_in_words(r)
         ),
     )
+}
+
+/// The threshold rules: one for every label, or each label that departs from the commonest.
+fn rules_in_words(r: &MultiLabelReport) -> String {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for l in &r.per_label {
+        match counts
+            .iter_mut()
+            .find(|(rule, _)| *rule == l.threshold_rule)
+        {
+            Some((_, n)) => *n += 1,
+            None => counts.push((&l.threshold_rule, 1)),
+        }
+    }
+    let common = counts
+        .iter()
+        .max_by_key(|(_, n)| *n)
+        .map_or("youden", |(r, _)| *r);
+    let others: Vec<String> = r
+        .per_label
+        .iter()
+        .filter(|l| l.threshold_rule != common)
+        .map(|l| format!("{} {}", l.label, l.threshold_rule))
+        .collect();
+    if others.is_empty() {
+        common.to_string()
+    } else {
+        format!("{}; others {common}", others.join(", "))
+    }
 }
 
 /// The terminal table of a multi-label evaluation.

@@ -22,10 +22,18 @@ pub struct ModelCard {
     /// sigmoid per label, each with its threshold in `thresholds`).
     #[serde(default, skip_serializing_if = "crate::config::Task::is_multiclass")]
     pub task: crate::config::Task,
-    /// Multi-label: each label's decision threshold on its probability, chosen on the
-    /// validation split (Youden's J; 0.5 for a label without validation positives).
+    /// Multi-label: each label's decision threshold on its (temperature-scaled) probability,
+    /// chosen on the validation split by its rule in `threshold_rules` (0.5 for a label
+    /// without validation positives or negatives).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub thresholds: Vec<f64>,
+    /// Multi-label: how each threshold was chosen ("youden" or "sensitivity >= T").
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub threshold_rules: Vec<String>,
+    /// Multi-label: each label's logit is divided by its temperature before the sigmoid
+    /// (fitted on validation; absent: 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub temperatures: Vec<f64>,
     /// Side of the square input in pixels.
     pub image_size: u32,
     /// Input channels (1 or 3).
@@ -90,6 +98,13 @@ impl ModelCard {
     pub fn label_thresholds(&self) -> Vec<f64> {
         (0..self.classes.len())
             .map(|l| self.thresholds.get(l).copied().unwrap_or(0.5))
+            .collect()
+    }
+
+    /// Multi-label: each label's temperature, 1 for any model.json lacks.
+    pub fn label_temperatures(&self) -> Vec<f64> {
+        (0..self.classes.len())
+            .map(|l| self.temperatures.get(l).copied().unwrap_or(1.0))
             .collect()
     }
 

@@ -8,8 +8,12 @@ use anyhow::Result;
 use super::trainer::{Ending, Trainer};
 use super::TrainOutcome;
 use crate::compute::scoring::{score_set, SetScores};
+use crate::config::{EvalConfig, LabelTemperature, LabelThreshold};
 use crate::error::TorchResultExt;
 use crate::metrics::calibration::{fit_temperature, softmax_at_temperature};
+use crate::metrics::multilabel::{
+    calibrated, fit_label_temperatures, thresholds_by, ThresholdRule,
+};
 use crate::metrics::operating;
 use crate::ood::{self, OodCard, OodDetector};
 use crate::progress;
@@ -24,6 +28,49 @@ pub struct Calibration {
     pub operating_points: Option<ValidationOperatingPoints>,
     /// Two classes: the decision threshold (the target-sensitivity point's, else 0.5).
     pub threshold: f64,
+}
+
+/// What calibration on validation chose for a multi-label model, per label.
+#[derive(Debug, Clone, Default)]
+pub struct LabelCalibration {
+    /// Logit divisors before the sigmoid.
+    pub temperatures: Vec<f64>,
+    /// Decision thresholds on the temperature-scaled probabilities.
+    pub thresholds: Vec<f64>,
+    /// How each threshold was chosen.
+    pub rules: Vec<String>,
+}
+
+/// Each label's threshold rule: its own sensitivity target when `eval.label_sensitivity` names
+/// it, else `eval.label_threshold`'s.
+pub fn threshold_rules(eval: &EvalConfig, labels: &[String]) -> Vec<ThresholdRule> {
+    labels
+        .iter()
+        .map(|l| match eval.label_sensitivity.get(l) {
+            Some(&t) => ThresholdRule::Sensitivity(t),
+            None => match eval.label_threshold {
+                LabelThreshold::Youden => ThresholdRule::Youden,
+                LabelThreshold::Sensitivity => ThresholdRule::Sensitivity(eval.target_sensitivity),
+            },
+        })
+        .collect()
+}
+
+/// Fits the temperatures on validation logits (`eval.label_temperature`), then each label's
+/// threshold on the scaled probabilities by its rule.
+pub fn calibrate_labels(val: &SetScores, eval: &EvalConfig, labels: &[String]) -> LabelCalibration {
+    let temperatures = match eval.label_temperature {
+        LabelTemperature::PerLabel => fit_label_temperatures(&val.logits, &val.targets, false),
+        LabelTemperature::Shared => fit_label_temperatures(&val.logits, &val.targets, true),
+        LabelTemperature::None => vec![1.0; labels.len()],
+    };
+    let probs = calibrated(&val.logits, &temperatures);
+    let rules = threshold_rules(eval, labels);
+    LabelCalibration {
+        thresholds: thresholds_by(&probs, &val.targets, &rules),
+        rules: rules.iter().map(ToString::to_string).collect(),
+        temperatures,
+    }
 }
 
 /// Fits the temperature on validation logits and, for two classes, picks the operating points
@@ -55,6 +102,24 @@ pub fn calibrate(val: &SetScores, n_classes: usize, target_sensitivity: f64) -> 
 }
 
 impl Trainer<'_> {
+    /// A multi-label model's temperatures and thresholds on validation, said on the terminal.
+    fn label_calibration(&self, val: &SetScores) -> LabelCalibration {
+        let cal = calibrate_labels(val, &self.config.eval, &self.classes);
+        let each: Vec<String> = (0..self.classes.len())
+            .map(|l| {
+                format!(
+                    "{} {:.3} (T {:.2}, {})",
+                    self.classes[l], cal.thresholds[l], cal.temperatures[l], cal.rules[l]
+                )
+            })
+            .collect();
+        progress::note(&format!(
+            "thresholds per label on validation: {}",
+            each.join(", ")
+        ));
+        cal
+    }
+
     /// Loads the best weights, calibrates on validation, writes model.json and the finished
     /// state, and points `checkpoints/latest` at the run when asked.
     pub(super) fn finish(
@@ -81,11 +146,7 @@ impl Trainer<'_> {
             )?,
         };
         let multilabel = !val.targets.is_empty();
-        let thresholds = if multilabel {
-            crate::metrics::multilabel::youden_thresholds(&val.probs, &val.targets)
-        } else {
-            Vec::new()
-        };
+        let labels = multilabel.then(|| self.label_calibration(&val));
         let cal = if multilabel {
             Calibration {
                 temperature: 1.0,
@@ -95,18 +156,7 @@ impl Trainer<'_> {
         } else {
             calibrate(&val, self.classes.len(), config.eval.target_sensitivity)
         };
-        if multilabel {
-            let each: Vec<String> = self
-                .classes
-                .iter()
-                .zip(&thresholds)
-                .map(|(l, t)| format!("{l} {t:.3}"))
-                .collect();
-            progress::note(&format!(
-                "thresholds per label on validation (Youden's J): {}",
-                each.join(", ")
-            ));
-        } else {
+        if !multilabel {
             progress::note(&format!(
                 "calibration on validation: temperature {:.3}{}",
                 cal.temperature,
@@ -119,6 +169,7 @@ impl Trainer<'_> {
                 }
             ));
         }
+        let labels = labels.unwrap_or_default();
         let ood = if config.ood.enabled {
             Some(self.fit_ood_guard()?)
         } else {
@@ -128,7 +179,9 @@ impl Trainer<'_> {
             arch: config.model.arch,
             classes: self.classes.clone(),
             task: config.model.task,
-            thresholds,
+            thresholds: labels.thresholds,
+            threshold_rules: labels.rules,
+            temperatures: labels.temperatures,
             image_size: config.data.image_size,
             channels: config.data.channels,
             mean: config.data.mean.clone(),
@@ -241,5 +294,36 @@ pub fn write_curves(run_dir: &Path, history: &[EpochMetrics]) {
     });
     if let Err(e) = result {
         eprintln!("warning: could not draw {}: {e:#}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `eval.label_sensitivity` overrides `eval.label_threshold` for the labels it names.
+    #[test]
+    fn label_sensitivity_overrides_the_rule_for_its_labels() {
+        let labels: Vec<String> = ["A", "B", "C"].iter().map(|s| s.to_string()).collect();
+        let mut eval = EvalConfig::default();
+        eval.label_sensitivity.insert("B".into(), 0.9);
+        assert_eq!(
+            threshold_rules(&eval, &labels),
+            [
+                ThresholdRule::Youden,
+                ThresholdRule::Sensitivity(0.9),
+                ThresholdRule::Youden
+            ]
+        );
+        eval.label_threshold = LabelThreshold::Sensitivity;
+        eval.target_sensitivity = 0.8;
+        assert_eq!(
+            threshold_rules(&eval, &labels),
+            [
+                ThresholdRule::Sensitivity(0.8),
+                ThresholdRule::Sensitivity(0.9),
+                ThresholdRule::Sensitivity(0.8)
+            ]
+        );
     }
 }

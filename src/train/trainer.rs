@@ -174,6 +174,19 @@ pub(crate) fn check_task(config: &Config, split: &SplitSet) -> Result<()> {
         ))
         .into());
     }
+    if let Some(unknown) = config
+        .eval
+        .label_sensitivity
+        .keys()
+        .find(|l| !multilabel || !split.classes.contains(l))
+    {
+        return Err(Error::usage(format!(
+            "eval.label_sensitivity names {unknown:?}, which is not a label of {} (labels: {})",
+            config.data.split.display(),
+            split.classes.join(", ")
+        ))
+        .into());
+    }
     Ok(())
 }
 
