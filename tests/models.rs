@@ -71,7 +71,8 @@ fn inference_build_folds_batch_norm_into_the_convolutions() {
     tch::manual_seed(3);
     let dir = tempfile::tempdir().unwrap();
     let xs = Tensor::randn([3, 3, 64, 64], (Kind::Float, Device::Cpu));
-    for &arch in Arch::ALL {
+    // DenseNet's norms come before their convolutions, a ReLU between: nothing of it folds.
+    for &arch in Arch::ALL.iter().filter(|&&a| a != Arch::DenseNet121) {
         let vs = nn::VarStore::new(Device::Cpu);
         let model = build(&vs.root(), &spec(arch, 3, 3)).unwrap();
         // Statistics and affine parameters far from their initial 0 and 1.
@@ -160,6 +161,34 @@ fn mobilenet_v2_matches_tch_reference_on_imagenet_weights() {
     let a = tch::no_grad(|| ours.forward_t(&xs, false));
     let b = tch::no_grad(|| reference.forward_t(&xs, false));
     assert!(max_abs_diff(&a, &b) < 1e-4, "{}", max_abs_diff(&a, &b));
+}
+
+/// DenseNet-121's stages and names. (Its numbers are checked against PyTorch's in
+/// import_weights.rs: tch 0.24's own `densenet121` cannot serve, its head pools with
+/// `divisor_override = 1`, a sum over the 7x7 grid rather than a mean.)
+#[test]
+fn densenet121_stages_own_torchvisions_names() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let model = build(&vs.root(), &spec(Arch::DenseNet121, 3, 10)).unwrap();
+    assert_eq!(model.num_stages(), 5);
+    assert_eq!(
+        model.stage_prefixes(4),
+        ["features.denseblock4.", "features.norm5."]
+    );
+    // Every variable belongs to a stage or the head: freezing and fine-tuning see them all.
+    let mut prefixes: Vec<String> = (0..5).flat_map(|i| model.stage_prefixes(i)).collect();
+    prefixes.push(model.head_prefix().to_string());
+    let vars = vs.variables();
+    assert_eq!(vars.len(), 606, "the tensors torchvision's file holds");
+    for name in vars.keys() {
+        assert!(
+            prefixes.iter().any(|p| name.starts_with(p.as_str())),
+            "{name} is in no stage"
+        );
+    }
+    let xs = Tensor::randn([1, 3, 224, 224], (Kind::Float, Device::Cpu));
+    let f = tch::no_grad(|| model.features(&xs, false));
+    assert_eq!(f.size(), [1, 1024, 7, 7]);
 }
 
 #[test]

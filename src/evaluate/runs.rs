@@ -10,14 +10,16 @@ use anyhow::Result;
 use tch::Device;
 
 use crate::error::Error;
+use crate::evaluate::multilabel::{evaluate_multilabel, labelled_split, MultiLabelReport};
 use crate::evaluate::{evaluate, labelled_images, CiBy, EvalReport, ScoredImage};
 use crate::infer::Predictor;
 use crate::metrics::{roc_auc, roc_curve};
 use crate::run::{read_metrics_csv, run_name, EpochMetrics, ModelCard};
 
-/// One run, summed up.
+/// One run, summed up, with its evaluation report `R` (a multi-label run's is a
+/// [`MultiLabelReport`]).
 #[derive(Debug, Clone)]
-pub struct RunSummary {
+pub struct RunSummary<R = EvalReport> {
     /// The run folder.
     pub run_dir: PathBuf,
     /// Its name (the folder's).
@@ -34,17 +36,18 @@ pub struct RunSummary {
     /// Whether `train_seconds` covers the epochs only (an older run folder).
     pub epochs_time_only: bool,
     /// The test evaluation.
-    pub report: EvalReport,
+    pub report: R,
     /// The ROC curve: the positive class's with two classes, else micro-averaged over the
-    /// classes (every one-against-the-rest score pooled), with its area.
+    /// classes (every one-against-the-rest score pooled; multi-label: every unmasked label of
+    /// every image pooled), with its area.
     pub roc: (Vec<(f64, f64)>, Option<f64>),
     /// metrics.csv.
     pub history: Vec<EpochMetrics>,
 }
 
-/// Refuses runs that cannot be compared (fewer than two, or different class lists) before any
-/// is loaded.
-pub fn check_comparable(runs: &[PathBuf]) -> Result<()> {
+/// Refuses runs that cannot be compared (fewer than two, different class lists, or single- and
+/// multi-label runs together) before any is loaded; says whether they are multi-label.
+pub fn check_comparable(runs: &[PathBuf]) -> Result<bool> {
     if runs.len() < 2 {
         return Err(Error::usage("compare needs two run folders or more").into());
     }
@@ -63,8 +66,18 @@ pub fn check_comparable(runs: &[PathBuf]) -> Result<()> {
             ))
             .into());
         }
+        if card.task != cards[0].task {
+            return Err(Error::usage(format!(
+                "{} is {} but {} is {}: single- and multi-label runs cannot be compared",
+                run.display(),
+                card.task,
+                runs[0].display(),
+                cards[0].task
+            ))
+            .into());
+        }
     }
-    Ok(())
+    Ok(cards[0].task == crate::config::Task::Multilabel)
 }
 
 /// Loads `run_dir` and evaluates it on its split's `source` images ("test" normally).
@@ -77,9 +90,51 @@ pub fn summarize(
     let predictor = Predictor::load(run_dir, device)?;
     let labelled = labelled_images(&predictor, source)?;
     let (report, scored) = evaluate(&predictor, labelled, source, batch_size, CiBy::Auto)?;
+    let roc = pooled_roc(&scored, report.classes.len());
+    Ok(summary_of(&predictor, report, roc))
+}
+
+/// Loads the multi-label run `run_dir` and evaluates it on its split's `source` images.
+pub fn summarize_labels(
+    run_dir: &Path,
+    device: Device,
+    source: &str,
+    batch_size: usize,
+) -> Result<RunSummary<MultiLabelReport>> {
+    let predictor = Predictor::load(run_dir, device)?;
+    let (labelled, targets) = labelled_split(&predictor, source)?;
+    let (report, scored) = evaluate_multilabel(
+        &predictor,
+        labelled,
+        targets,
+        source,
+        batch_size,
+        CiBy::Auto,
+    )?;
+    let mut scores = Vec::new();
+    let mut positive = Vec::new();
+    for s in &scored {
+        for (&p, &t) in s.probs.iter().zip(&s.targets) {
+            if t >= 0.0 {
+                scores.push(p);
+                positive.push(t == 1.0);
+            }
+        }
+    }
+    let roc = (roc_curve(&scores, &positive), roc_auc(&scores, &positive));
+    Ok(summary_of(&predictor, report, roc))
+}
+
+/// The run's size, training time and history beside its evaluation.
+fn summary_of<R>(
+    predictor: &Predictor,
+    report: R,
+    roc: (Vec<(f64, f64)>, Option<f64>),
+) -> RunSummary<R> {
+    let run_dir = &predictor.run_dir;
     let history = read_metrics_csv(&run_dir.join("metrics.csv")).unwrap_or_default();
-    Ok(RunSummary {
-        run_dir: run_dir.to_path_buf(),
+    RunSummary {
+        run_dir: run_dir.clone(),
         name: run_name(run_dir),
         parameters: predictor.parameter_count(),
         epochs: history.len(),
@@ -89,10 +144,10 @@ pub fn summarize(
             .train_seconds
             .unwrap_or_else(|| history.iter().map(|m| m.seconds).sum()),
         epochs_time_only: predictor.card.train_seconds.is_none(),
-        roc: pooled_roc(&scored, report.classes.len()),
+        roc,
         report,
         history,
-    })
+    }
 }
 
 /// The ROC curve of the positive class (two classes) or micro-averaged (more), and its area.

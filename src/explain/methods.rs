@@ -129,6 +129,9 @@ pub struct Explainer<'a> {
     pub norm: Normalize,
     /// Integrated Gradients path images per forward pass.
     pub batch_size: usize,
+    /// The outputs are independent sigmoids (a multi-label model): a target's score is its own
+    /// logit, not its margin over the others (see [`target_score`]).
+    pub independent: bool,
 }
 
 impl Explainer<'_> {
@@ -152,7 +155,8 @@ impl Explainer<'_> {
                     Some(f) => f.shallow_clone(),
                     None => tch::no_grad(|| model.features(xs, false)),
                 };
-                let cam = class_activation_maps(model, &features, targets, method);
+                let cam =
+                    class_activation_maps(model, &features, targets, method, self.independent);
                 upsample_to_input(&cam, h, model.grid())
             }
             Method::IntegratedGradients { baseline, steps } => {
@@ -165,6 +169,7 @@ impl Explainer<'_> {
                             steps,
                             norm: &self.norm,
                             batch_size: self.batch_size,
+                            independent: self.independent,
                         };
                         ig.attribute(model, &x, t)
                     })
@@ -178,10 +183,23 @@ impl Explainer<'_> {
     }
 }
 
-/// The score a heatmap explains, summed over the batch: each target's logit minus the mean of
-/// the other logits. Softmax logits are defined only up to a term shared by all classes, so a
-/// lone logit's gradient carries whatever the classes have in common (lungs, ribs); the margin
-/// is what decides the class. For two classes it is `z_t - z_other`.
+/// The score a heatmap explains, summed over the batch: with `independent` (sigmoid outputs,
+/// each label decided on its own logit) the target's logit; else its margin
+/// ([`target_margin`]).
+fn target_score(logits: &Tensor, targets: &[usize], independent: bool) -> Tensor {
+    if !independent {
+        return target_margin(logits, targets);
+    }
+    let index = Tensor::from_slice(&targets.iter().map(|&t| t as i64).collect::<Vec<_>>())
+        .to_device(logits.device())
+        .unsqueeze(1);
+    logits.gather(1, &index, false).sum(Kind::Float)
+}
+
+/// Each target's logit minus the mean of the other logits, summed over the batch. Softmax
+/// logits are defined only up to a term shared by all classes, so a lone logit's gradient
+/// carries whatever the classes have in common (lungs, ribs); the margin is what decides the
+/// class. For two classes it is `z_t - z_other`.
 fn target_margin(logits: &Tensor, targets: &[usize]) -> Tensor {
     let k = logits.size()[1];
     let index = Tensor::from_slice(&targets.iter().map(|&t| t as i64).collect::<Vec<_>>())
@@ -202,12 +220,13 @@ fn class_activation_maps(
     features: &Tensor,
     targets: &[usize],
     method: Method,
+    independent: bool,
 ) -> Tensor {
     if method == Method::EigenCam {
         return eigen_cam(features);
     }
     let a = features.detach().set_requires_grad(true);
-    let score = target_margin(&model.head(&a, false), targets);
+    let score = target_score(&model.head(&a, false), targets, independent);
     let grads = Tensor::run_backward(&[score], &[&a], false, false)
         .pop()
         .expect("one gradient");
@@ -265,10 +284,11 @@ struct IntegratedGradients<'a> {
     steps: usize,
     norm: &'a Normalize,
     batch_size: usize,
+    independent: bool,
 }
 
 impl IntegratedGradients<'_> {
-    /// Attributions of the target's margin for one image `x` (`[c, s, s]`), summed over
+    /// Attributions of the target's score for one image `x` (`[c, s, s]`), summed over
     /// channels as absolute values: `[s, s]`.
     fn attribute(&self, model: &dyn Classifier, x: &Tensor, target: usize) -> Tensor {
         let x = x.unsqueeze(0);
@@ -289,7 +309,7 @@ impl IntegratedGradients<'_> {
                 .view([-1, 1, 1, 1]);
             let path = (&base + &a * &diff).detach().set_requires_grad(true);
             let logits = model.forward_t(&path, false);
-            let score = target_margin(&logits, &vec![target; chunk.len()]);
+            let score = target_score(&logits, &vec![target; chunk.len()], self.independent);
             let grads = Tensor::run_backward(&[score], &[&path], false, false)
                 .pop()
                 .expect("one gradient");
@@ -372,5 +392,7 @@ mod tests {
         );
         assert_eq!(peak(GridPlacement::Symmetric), (96, 96));
         assert_eq!(peak(GridPlacement::TfSame), (127, 127));
+        // DenseNet: 3 * 32 + 16 - 1.5 = 110.5.
+        assert_eq!(peak(GridPlacement::DenseNet), (110, 110));
     }
 }

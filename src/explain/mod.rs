@@ -78,13 +78,16 @@ pub struct Explained {
 }
 
 /// Heatmaps, at the model's input resolution, of a batch of decoded images; also the
-/// probabilities and the targets used.
+/// probabilities and the targets used. A row of the maps explains one (image, class) pair:
+/// one row per image for a single target, one per finding for a multi-label model's findings.
 pub(crate) struct BatchMaps {
     /// Class probabilities per image (temperature-scaled).
     pub probs: Vec<Vec<f64>>,
-    /// The class each image's maps explain.
+    /// The image of each map row.
+    pub rows: Vec<usize>,
+    /// The class each map row explains.
     pub targets: Vec<usize>,
-    /// Per method, `[n, s, s]`.
+    /// Per method, `[rows, s, s]`.
     pub maps: Vec<Tensor>,
     /// Each image's out-of-distribution score, when the run has a guard (from the same
     /// features as the probabilities).
@@ -97,6 +100,7 @@ pub fn explainer(predictor: &Predictor, batch_size: usize) -> Explainer<'_> {
         model: predictor.model(),
         norm: predictor.input_spec().norm,
         batch_size,
+        independent: predictor.multilabel(),
     }
 }
 
@@ -144,13 +148,47 @@ pub fn answer_pixels(
     Ok(out)
 }
 
-/// One forward pass for the probabilities, the targets they decide, and each method's maps
-/// from the same feature maps.
+/// One forward pass for the probabilities, the target each decides, and each method's maps
+/// from the same feature maps (one row per image).
 pub(crate) fn batch_maps(
     predictor: &Predictor,
     explainer: &Explainer<'_>,
     pixels: &[&[u8]],
     target: Target,
+    methods: &[Method],
+) -> Result<BatchMaps> {
+    let multilabel = predictor.multilabel();
+    let choose = |p: &[f64]| {
+        vec![match target {
+            Target::Class(c) => c,
+            // Multi-label: the most probable label.
+            Target::Predicted if multilabel => crate::metrics::most_probable(p),
+            Target::Predicted => crate::metrics::decide(p, predictor.card.threshold),
+        }]
+    };
+    batch_maps_by(predictor, explainer, pixels, &choose, methods)
+}
+
+/// A multi-label model's findings (its labels over their thresholds), or its most probable
+/// label when it has none: what "predicted" explains.
+fn findings_or_most_probable(p: &[f64], thresholds: &[f64]) -> Vec<usize> {
+    let found = crate::metrics::multilabel::over_thresholds(p, thresholds);
+    if found.is_empty() {
+        vec![crate::metrics::most_probable(p)]
+    } else {
+        found
+    }
+}
+
+/// One forward pass for the probabilities, and each method's maps for every class `choose`
+/// picks from an image's probabilities, all from the same feature maps: the images are
+/// repeated, one map row per (image, class), so that explaining three findings of an image
+/// costs no second pass through the network's stages.
+fn batch_maps_by(
+    predictor: &Predictor,
+    explainer: &Explainer<'_>,
+    pixels: &[&[u8]],
+    choose: &dyn Fn(&[f64]) -> Vec<usize>,
     methods: &[Method],
 ) -> Result<BatchMaps> {
     let xs = predictor.input_tensor(pixels);
@@ -162,22 +200,26 @@ pub(crate) fn batch_maps(
     } else {
         probabilities(&logits, predictor.card.temperature)?
     };
-    let targets: Vec<usize> = probs
+    let (rows, targets): (Vec<usize>, Vec<usize>) = probs
         .iter()
-        .map(|p| match target {
-            Target::Class(c) => c,
-            // Multi-label: the most probable label.
-            Target::Predicted if predictor.multilabel() => crate::metrics::most_probable(p),
-            Target::Predicted => crate::metrics::decide(p, predictor.card.threshold),
-        })
-        .collect();
+        .enumerate()
+        .flat_map(|(i, p)| choose(p).into_iter().map(move |t| (i, t)))
+        .unzip();
+    let (xs_rows, feature_rows) = if rows.iter().copied().eq(0..probs.len()) {
+        (xs.shallow_clone(), features.shallow_clone())
+    } else {
+        let index: Vec<i64> = rows.iter().map(|&i| i as i64).collect();
+        let index = Tensor::from_slice(&index).to_device(xs.device());
+        (xs.index_select(0, &index), features.index_select(0, &index))
+    };
     let maps = methods
         .iter()
-        .map(|&m| explainer.heatmaps(&xs, Some(&features), &targets, m))
+        .map(|&m| explainer.heatmaps(&xs_rows, Some(&feature_rows), &targets, m))
         .collect();
     let ood = predictor.ood.as_ref().map(|d| d.score_maps(&features));
     Ok(BatchMaps {
         probs,
+        rows,
         targets,
         maps,
         ood,
@@ -253,19 +295,19 @@ pub fn explain_files(
         let decoded = decode_all(predictor, chunk);
         let ok: Vec<&Decoded> = decoded.iter().filter_map(|d| d.as_ref().ok()).collect();
         let pixels: Vec<&[u8]> = ok.iter().map(|d| d.model_pixels.as_slice()).collect();
-        // Multi-label, "predicted": a pass per label, each image explained for its findings
-        // (its most probable label when it has none).
-        let passes: Vec<Target> = if multilabel && target == Target::Predicted {
-            (0..classes.len()).map(Target::Class).collect()
+        // Multi-label, "predicted": each image explained for each of its findings (its most
+        // probable label when it has none), all from one pass.
+        let thresholds = predictor.card.label_thresholds();
+        let batch = if ok.is_empty() {
+            None
+        } else if multilabel && target == Target::Predicted {
+            let choose = |p: &[f64]| findings_or_most_probable(p, &thresholds);
+            Some(batch_maps_by(
+                predictor, &explainer, &pixels, &choose, methods,
+            )?)
         } else {
-            vec![target]
+            Some(batch_maps(predictor, &explainer, &pixels, target, methods)?)
         };
-        let mut maps = Vec::with_capacity(passes.len());
-        if !ok.is_empty() {
-            for &pass in &passes {
-                maps.push(batch_maps(predictor, &explainer, &pixels, pass, methods)?);
-            }
-        }
         let mut next = 0;
         for d in decoded {
             let d = match d {
@@ -277,19 +319,14 @@ pub fn explain_files(
             };
             let i = next;
             next += 1;
+            let batch = batch.as_ref().expect("decoded images were explained");
             let stem = unique_stem(&d.path, &mut used);
-            let probs = &maps[0].probs[i];
+            let probs = &batch.probs[i];
             let decision =
                 crate::predict::Prediction::from_probabilities(probs.clone(), &predictor.card);
-            let wanted = |t: usize| match (&decision.findings, passes.len() > 1) {
-                (Some(f), true) if !f.is_empty() => f.contains(&classes[t]),
-                (_, true) => t == crate::metrics::most_probable(probs),
-                (_, false) => true,
-            };
             let (w, h) = d.original.dimensions();
-            for pass in &maps {
-                let t = pass.targets[i];
-                if !wanted(t) {
+            for (r, &t) in batch.targets.iter().enumerate() {
+                if batch.rows[r] != i {
                     continue;
                 }
                 // A multi-label image's files name the label explained.
@@ -299,8 +336,8 @@ pub fn explain_files(
                     stem.clone()
                 };
                 let mut outputs = Vec::new();
-                for (method, map) in methods.iter().zip(&pass.maps) {
-                    let (full, picture) = overlay::overlay_on(&d.original, map, i, side)?;
+                for (method, map) in methods.iter().zip(&batch.maps) {
+                    let (full, picture) = overlay::overlay_on(&d.original, map, r, side)?;
                     let overlay_name = format!("{stem}.{}.png", method.name());
                     let heat_name = format!("{stem}.{}.heat.png", method.name());
                     let title = format!(

@@ -56,6 +56,13 @@ pub const CATALOGUE: &[Source] = &[
         sha256: "b0353104",
         out: "mobilenet_v2_imagenet.safetensors",
     },
+    Source {
+        name: "densenet121",
+        arch: Arch::DenseNet121,
+        file: "densenet121-a639ec97.pth",
+        sha256: "a639ec97",
+        out: "densenet121_imagenet.safetensors",
+    },
 ];
 
 /// The catalogue entry called `name`.

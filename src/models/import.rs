@@ -392,6 +392,22 @@ pub fn read_torch_state_dict(path: &Path) -> Result<Vec<(String, Tensor)>> {
     Ok(out)
 }
 
+/// A parameter's name as torchvision spells it today. Its published DenseNet files predate
+/// the rule that module names hold no dot, and name a dense layer's parts `norm.1`, `conv.1`,
+/// `norm.2`, `conv.2` (torchvision renames them when it loads one: `_load_state_dict`).
+pub fn current_name(name: &str) -> String {
+    if !name.contains(".denselayer") {
+        return name.to_string();
+    }
+    let mut out = name.to_string();
+    for part in ["norm", "relu", "conv"] {
+        for i in ["1", "2"] {
+            out = out.replace(&format!(".{part}.{i}."), &format!(".{part}{i}."));
+        }
+    }
+    out
+}
+
 /// What [`import_weights`] wrote.
 #[derive(Debug)]
 pub struct ImportReport {
@@ -407,7 +423,10 @@ pub struct ImportReport {
 /// of `arch` is there with its shape.
 pub fn import_weights(pth: &Path, arch: Arch, out: &Path) -> Result<ImportReport> {
     use tch::nn;
-    let tensors = read_torch_state_dict(pth)?;
+    let tensors: Vec<(String, Tensor)> = read_torch_state_dict(pth)?
+        .into_iter()
+        .map(|(n, t)| (current_name(&n), t))
+        .collect();
     let by_name: HashMap<&str, &Tensor> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     // Build the architecture with the checkpoint's own input channels and classes.
     let probe = nn::VarStore::new(tch::Device::Cpu);
@@ -473,4 +492,27 @@ pub fn import_weights(pth: &Path, arch: Arch, out: &Path) -> Result<ImportReport
         classes,
         left_out,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// torchvision's published DenseNet names become today's; other names stay.
+    #[test]
+    fn legacy_densenet_names_become_todays() {
+        assert_eq!(
+            current_name("features.denseblock1.denselayer1.norm.1.running_mean"),
+            "features.denseblock1.denselayer1.norm1.running_mean"
+        );
+        assert_eq!(
+            current_name("features.denseblock4.denselayer16.conv.2.weight"),
+            "features.denseblock4.denselayer16.conv2.weight"
+        );
+        assert_eq!(
+            current_name("features.transition1.norm.weight"),
+            "features.transition1.norm.weight"
+        );
+        assert_eq!(current_name("layer1.0.bn1.weight"), "layer1.0.bn1.weight");
+    }
 }

@@ -7,6 +7,7 @@
 
 pub mod cnn;
 pub mod conv_bn;
+pub mod densenet;
 pub mod efficientnet;
 pub mod fetch;
 pub mod import;
@@ -35,6 +36,8 @@ choice! {
         EfficientNetLite0 = "efficientnet_lite0",
         /// ResNet18 (torchvision's names).
         ResNet18 = "resnet18",
+        /// DenseNet-121 (torchvision's names), CheXNet's and torchxrayvision's network.
+        DenseNet121 = "densenet121",
     }
 }
 
@@ -77,6 +80,10 @@ pub enum GridPlacement {
     /// TensorFlow "same" padding, the extra pixel right and bottom (EfficientNet): cell `i`
     /// is centred at `stride * i + stride - 0.5`, half a cell after the tiled place.
     TfSame,
+    /// DenseNet: a symmetric stem to stride 4 (centres at `4 * i + 0.5`), then three 2x2
+    /// average poolings, each moving the centres by half its input's stride (2, 4 and 8 px):
+    /// cell `i` is centred at `stride * i + stride / 2 - 1.5`.
+    DenseNet,
 }
 
 impl GridPlacement {
@@ -86,6 +93,7 @@ impl GridPlacement {
             GridPlacement::Tiled => stride / 2.0,
             GridPlacement::Symmetric => 0.5,
             GridPlacement::TfSame => stride - 0.5,
+            GridPlacement::DenseNet => stride / 2.0 - 1.5,
         }
     }
 }
@@ -152,6 +160,7 @@ pub fn build(root: &nn::Path, spec: &ModelSpec) -> Result<Box<dyn Classifier>> {
         Arch::MobileNetV2 => Box::new(mobilenet::mobilenet_v2(root, c, k, d, norm)),
         Arch::EfficientNetLite0 => Box::new(efficientnet::efficientnet_lite0(root, c, k, d, norm)),
         Arch::ResNet18 => Box::new(resnet::resnet18(root, c, k, d, norm)),
+        Arch::DenseNet121 => Box::new(densenet::densenet121(root, c, k, d)),
     })
 }
 

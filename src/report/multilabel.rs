@@ -378,7 +378,9 @@ fn write_predictions(path: &Path, r: &MultiLabelReport, scored: &[ScoredLabels])
                 t if t < 0.0 => String::new(),
                 t => format!("{t:.0}"),
             });
-            row.push(format!("{:.6}", s.probs[l]));
+            // Every digit: rounded to six, probabilities near 1 of different labels tie, and
+            // the pooled (micro) AUC of the file would differ from the report's.
+            row.push(s.probs[l].to_string());
         }
         let found: Vec<&str> = over_thresholds(&s.probs, &thresholds)
             .into_iter()
