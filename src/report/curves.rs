@@ -27,6 +27,9 @@ struct CurvePlot<'a> {
     area: &'a str,
     /// Per curve, its chance line (a straight line through two points).
     chance: Vec<[(f64, f64); 2]>,
+    /// The curves are a multi-label model's labels (each its positives against its
+    /// negatives), not classes each against the rest.
+    labels: bool,
 }
 
 /// `roc.png`: one ROC curve per class (one against the rest) or for the positive class, with
@@ -43,6 +46,7 @@ pub fn roc_png_titled(path: &Path, title: &str, curves: &[ScoreCurve]) -> Result
         y_desc: "true-positive rate (sensitivity)",
         area: "AUC",
         chance: vec![[(0.0, 0.0), (1.0, 1.0)]; curves.len()],
+        labels: false,
     };
     draw(path, plot, curves)
 }
@@ -56,6 +60,7 @@ pub fn roc_panels_png(path: &Path, curves: &[ScoreCurve]) -> Result<()> {
         y_desc: "true-positive rate (sensitivity)",
         area: "AUC",
         chance: vec![[(0.0, 0.0), (1.0, 1.0)]; curves.len()],
+        labels: true,
     };
     small_multiples(path, &plot, curves)
 }
@@ -69,8 +74,23 @@ pub fn pr_png(path: &Path, curves: &[ScoreCurve], prevalences: &[f64]) -> Result
         y_desc: "precision (positive predictive value)",
         area: "AP",
         chance: prevalences.iter().map(|&p| [(0.0, p), (1.0, p)]).collect(),
+        labels: false,
     };
     draw(path, plot, curves)
+}
+
+/// `pr.png` of a multi-label model: one panel per label, its average precision in the panel's
+/// title and its prevalence as the chance line.
+pub fn pr_panels_png(path: &Path, curves: &[ScoreCurve], prevalences: &[f64]) -> Result<()> {
+    let plot = CurvePlot {
+        title: "precision-recall per label",
+        x_desc: "recall (sensitivity)",
+        y_desc: "precision (positive predictive value)",
+        area: "AP",
+        chance: prevalences.iter().map(|&p| [(0.0, p), (1.0, p)]).collect(),
+        labels: true,
+    };
+    small_multiples(path, &plot, curves)
 }
 
 fn draw(path: &Path, plot: CurvePlot<'_>, curves: &[ScoreCurve]) -> Result<()> {
@@ -203,10 +223,17 @@ fn small_multiples(path: &Path, plot: &CurvePlot<'_>, curves: &[ScoreCurve]) -> 
     };
     render_png(path, width, height, |root| {
         root.draw(&Text::new(
-            format!(
-                "{}: each of {n} classes against the rest (mean {} {mean})",
-                plot.title, plot.area
-            ),
+            if plot.labels {
+                format!(
+                    "{}: {n} labels, each its positives against its negatives (mean {} {mean})",
+                    plot.title, plot.area
+                )
+            } else {
+                format!(
+                    "{}: each of {n} classes against the rest (mean {} {mean})",
+                    plot.title, plot.area
+                )
+            },
             (10, 8),
             font(20),
         ))

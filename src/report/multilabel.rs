@@ -303,7 +303,7 @@ pub fn write_multilabel_eval(
     }
     super::curves::roc_panels_png(&out.join("roc.png"), &roc)?;
     let prevalences: Vec<f64> = r.per_label.iter().map(|l| l.prevalence).collect();
-    super::curves::pr_png(&out.join("pr.png"), &pr, &prevalences)?;
+    super::curves::pr_panels_png(&out.join("pr.png"), &pr, &prevalences)?;
     let k = r.labels.len();
     let positive: Vec<Vec<bool>> = targets
         .iter()
