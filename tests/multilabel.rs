@@ -60,6 +60,15 @@ pub(crate) fn strings(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
+/// A JSON array of numbers.
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_f64().unwrap())
+        .collect()
+}
+
 /// model.json's classes (the labels, in output order).
 pub(crate) fn card_classes(card: &serde_json::Value) -> Vec<String> {
     strings(&card["classes"])
@@ -147,12 +156,7 @@ fn synth_fixture_trains_evaluates_predicts_and_points_at_each_labels_box() {
     assert_clean_stderr(&train.stderr);
     let card = read_json(&run.join("model.json"));
     assert_eq!(card["task"], "multilabel");
-    let thresholds: Vec<f64> = card["thresholds"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_f64().unwrap())
-        .collect();
+    let thresholds = numbers(&card["thresholds"]);
     assert_eq!(thresholds.len(), 4);
 
     let eval_dir = dir.path().join("eval");
@@ -538,16 +542,6 @@ fn bad_label_files_and_configs_are_one_clear_line() {
     }
 }
 
-/// model.json's threshold rule per label.
-fn label_rules(card: &serde_json::Value) -> Vec<String> {
-    card["threshold_rules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r.as_str().unwrap().to_string())
-        .collect()
-}
-
 /// The training paths a multi-label model shares with a single-label one, run for real:
 /// `data.on_device`, a run killed after two epochs and resumed, and `tune`; and the thresholds
 /// chosen by a sensitivity target (one label with its own) after a shared temperature, which
@@ -606,7 +600,7 @@ fn multilabel_on_device_resumes_tunes_and_meets_its_sensitivity_targets() {
     let card = read_json(&run.join("model.json"));
     assert_eq!(card["task"], "multilabel");
     assert_eq!(
-        label_rules(&card),
+        strings(&card["threshold_rules"]),
         [
             "sensitivity >= 0.9",
             "sensitivity >= 0.9",
@@ -614,12 +608,7 @@ fn multilabel_on_device_resumes_tunes_and_meets_its_sensitivity_targets() {
             "sensitivity >= 1"
         ]
     );
-    let temperatures: Vec<f64> = card["temperatures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_f64().unwrap())
-        .collect();
+    let temperatures = numbers(&card["temperatures"]);
     assert_eq!(temperatures.len(), 4);
     assert!(
         temperatures.windows(2).all(|w| w[0] == w[1]),

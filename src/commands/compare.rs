@@ -1,13 +1,14 @@
 //! `xray compare RUN_DIR... [--out DIR]`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args;
+use tch::Device;
 
 use crate::compute::device::resolve_device;
 use crate::config::DeviceChoice;
-use crate::evaluate::runs::{check_comparable, summarize, summarize_labels};
+use crate::evaluate::runs::{check_comparable, summarize, summarize_labels, RunSummary};
 use crate::report::compare::{
     compare_labels_text, compare_text, write_compare, write_compare_labels,
 };
@@ -36,26 +37,28 @@ pub struct CompareArgs {
 impl CompareArgs {
     /// Evaluates every run, prints the table and writes the files.
     pub fn execute(self) -> Result<()> {
-        let multilabel = check_comparable(&self.runs)?;
-        let device = resolve_device(self.device)?;
-        if multilabel {
-            let summaries = self
-                .runs
-                .iter()
-                .map(|r| summarize_labels(r, device, &self.split, self.batch_size))
-                .collect::<Result<Vec<_>>>()?;
-            write_compare_labels(&self.out, &summaries)?;
-            print!("{}", compare_labels_text(&summaries));
-            println!("\ncompare: {}", self.out.join("compare.html").display());
-            return Ok(());
+        if check_comparable(&self.runs)? {
+            self.compare(summarize_labels, write_compare_labels, compare_labels_text)
+        } else {
+            self.compare(summarize, write_compare, compare_text)
         }
+    }
+
+    /// Summarises every run with `summarize`, writes the files with `write` and prints `text`.
+    fn compare<R>(
+        &self,
+        summarize: fn(&Path, Device, &str, usize) -> Result<RunSummary<R>>,
+        write: fn(&Path, &[RunSummary<R>]) -> Result<()>,
+        text: fn(&[RunSummary<R>]) -> String,
+    ) -> Result<()> {
+        let device = resolve_device(self.device)?;
         let summaries = self
             .runs
             .iter()
             .map(|r| summarize(r, device, &self.split, self.batch_size))
             .collect::<Result<Vec<_>>>()?;
-        write_compare(&self.out, &summaries)?;
-        print!("{}", compare_text(&summaries));
+        write(&self.out, &summaries)?;
+        print!("{}", text(&summaries));
         println!("\ncompare: {}", self.out.join("compare.html").display());
         Ok(())
     }

@@ -183,9 +183,13 @@ pub fn evaluate_multilabel(
         predictor.ood.as_ref(),
         predictor.precision,
     )?;
+    // score_set's probabilities are the sigmoid of the raw logits (temperature 1).
     let mut scores = scores;
-    scores.probs = calibrated(&scores.logits, &predictor.card.label_temperatures());
-    let report = report_of(predictor, source, &scores, &clusters, method);
+    let raw = std::mem::replace(
+        &mut scores.probs,
+        calibrated(&scores.logits, &predictor.card.label_temperatures()),
+    );
+    let report = report_of(predictor, source, &scores, &raw, &clusters, method);
     let scored = set
         .paths
         .iter()
@@ -200,11 +204,13 @@ pub fn evaluate_multilabel(
     Ok((report, scored))
 }
 
-/// The report of scored images (`clusters`: each image's group for the bootstrap).
+/// The report of scored images (`raw`: their probabilities at temperature 1; `clusters`: each
+/// image's group for the bootstrap).
 fn report_of(
     predictor: &Predictor,
     source: &str,
     scores: &SetScores,
+    raw: &[Vec<f64>],
     clusters: &[usize],
     method: &str,
 ) -> MultiLabelReport {
@@ -212,7 +218,6 @@ fn report_of(
     let labels = predictor.card.classes.clone();
     let thresholds = predictor.card.label_thresholds();
     let temperatures = predictor.card.label_temperatures();
-    let raw = calibrated(&scores.logits, &vec![1.0; labels.len()]);
     let counts = counts_at(probs, targets, &thresholds);
     let aucs = per_label_auc(probs, targets);
     let aps = per_label_ap(probs, targets);
@@ -246,7 +251,7 @@ fn report_of(
                 f1: counts[l].f1(),
                 ece: binary_ece(&s, &y, ECE_BINS),
                 ece_uncalibrated: {
-                    let (raw_s, raw_y) = column(&raw, targets, l);
+                    let (raw_s, raw_y) = column(raw, targets, l);
                     binary_ece(&raw_s, &raw_y, ECE_BINS)
                 },
             }

@@ -13,6 +13,7 @@ use crate::error::Error;
 use crate::evaluate::multilabel::{evaluate_multilabel, labelled_split, MultiLabelReport};
 use crate::evaluate::{evaluate, labelled_images, CiBy, EvalReport, ScoredImage};
 use crate::infer::Predictor;
+use crate::metrics::multilabel::flattened;
 use crate::metrics::{roc_auc, roc_curve};
 use crate::run::{read_metrics_csv, run_name, EpochMetrics, ModelCard};
 
@@ -111,17 +112,10 @@ pub fn summarize_labels(
         batch_size,
         CiBy::Auto,
     )?;
-    let mut scores = Vec::new();
-    let mut positive = Vec::new();
-    for s in &scored {
-        for (&p, &t) in s.probs.iter().zip(&s.targets) {
-            if t >= 0.0 {
-                scores.push(p);
-                positive.push(t == 1.0);
-            }
-        }
-    }
-    let roc = (roc_curve(&scores, &positive), roc_auc(&scores, &positive));
+    let probs: Vec<Vec<f64>> = scored.iter().map(|s| s.probs.clone()).collect();
+    let targets: Vec<Vec<f32>> = scored.iter().map(|s| s.targets.clone()).collect();
+    let (scores, positive) = flattened(&probs, &targets);
+    let roc = (roc_curve(&scores, &positive), report.roc_auc_micro);
     Ok(summary_of(&predictor, report, roc))
 }
 

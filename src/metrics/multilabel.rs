@@ -52,7 +52,7 @@ pub fn macro_mean(values: &[Option<f64>]) -> Option<f64> {
 }
 
 /// Every unmasked entry as one binary problem (scikit-learn's `average="micro"`).
-fn flattened(probs: &[Vec<f64>], targets: &[Vec<f32>]) -> (Vec<f64>, Vec<bool>) {
+pub fn flattened(probs: &[Vec<f64>], targets: &[Vec<f32>]) -> (Vec<f64>, Vec<bool>) {
     let mut s = Vec::new();
     let mut y = Vec::new();
     for l in 0..n_labels(targets) {

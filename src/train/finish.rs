@@ -102,6 +102,24 @@ pub fn calibrate(val: &SetScores, n_classes: usize, target_sensitivity: f64) -> 
 }
 
 impl Trainer<'_> {
+    /// A single-label model's temperature and operating points on validation, said on the
+    /// terminal.
+    fn class_calibration(&self, val: &SetScores) -> Calibration {
+        let cal = calibrate(val, self.classes.len(), self.config.eval.target_sensitivity);
+        progress::note(&format!(
+            "calibration on validation: temperature {:.3}{}",
+            cal.temperature,
+            match &cal.operating_points {
+                Some(o) => format!(
+                    "; decision threshold {:.4} (sensitivity >= {} on validation)",
+                    cal.threshold, o.target_sensitivity
+                ),
+                None => String::new(),
+            }
+        ));
+        cal
+    }
+
     /// A multi-label model's temperatures and thresholds on validation, said on the terminal.
     fn label_calibration(&self, val: &SetScores) -> LabelCalibration {
         let cal = calibrate_labels(val, &self.config.eval, &self.classes);
@@ -145,31 +163,17 @@ impl Trainer<'_> {
                 self.precision,
             )?,
         };
-        let multilabel = !val.targets.is_empty();
-        let labels = multilabel.then(|| self.label_calibration(&val));
-        let cal = if multilabel {
-            Calibration {
+        let (cal, labels) = if val.targets.is_empty() {
+            (self.class_calibration(&val), LabelCalibration::default())
+        } else {
+            // A multi-label card's single-label fields keep their neutral values.
+            let neutral = Calibration {
                 temperature: 1.0,
                 operating_points: None,
                 threshold: 0.5,
-            }
-        } else {
-            calibrate(&val, self.classes.len(), config.eval.target_sensitivity)
+            };
+            (neutral, self.label_calibration(&val))
         };
-        if !multilabel {
-            progress::note(&format!(
-                "calibration on validation: temperature {:.3}{}",
-                cal.temperature,
-                match &cal.operating_points {
-                    Some(o) => format!(
-                        "; decision threshold {:.4} (sensitivity >= {} on validation)",
-                        cal.threshold, o.target_sensitivity
-                    ),
-                    None => String::new(),
-                }
-            ));
-        }
-        let labels = labels.unwrap_or_default();
         let ood = if config.ood.enabled {
             Some(self.fit_ood_guard()?)
         } else {
