@@ -5,6 +5,7 @@ mod browser;
 mod cluster;
 mod common;
 mod dicom;
+mod dicom_attack;
 mod export;
 mod formats;
 mod gradcam;

@@ -143,9 +143,15 @@ pub struct ServeArgs {
     /// (0xA700), so the sender tries again later.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub results_queue_mb: u64,
-    /// Associations held at once; more are rejected (transient, local limit exceeded).
+    /// Associations held at once, taken only by peers that pass the AE title and address
+    /// checks; more are rejected. Connections that have not associated yet have their own
+    /// small budget (4 per address, 32 in all, each for at most --header-timeout).
     #[arg(long, default_value_t = 8)]
     pub dicom_max_associations: usize,
+    /// Most seconds one association may last, however busy it is; then it is aborted (the
+    /// sender associates again for more).
+    #[arg(long, value_name = "SECONDS", default_value_t = 600.0)]
+    pub dicom_association_timeout: f64,
     /// Root of the UIDs of the DICOM results (default: UUID-derived 2.25 UIDs).
     #[arg(long, value_name = "UID")]
     pub uid_root: Option<String>,
@@ -278,10 +284,10 @@ impl ServeArgs {
                         .iter()
                         .map(|a| Allowed::parse(a))
                         .collect::<Result<_>>()?,
-                    queue_dir: self
-                        .results_queue
-                        .clone()
-                        .unwrap_or_else(|| default_queue_dir(&self.ae_title)),
+                    queue_dir: match &self.results_queue {
+                        Some(dir) => dir.clone(),
+                        None => default_queue_dir(&self.ae_title)?,
+                    },
                     results_to,
                     queue_bytes: self.results_queue_mb.max(1) << 20,
                     uids: match &self.uid_root {
@@ -291,6 +297,10 @@ impl ServeArgs {
                     max_associations: self.dicom_max_associations.max(1),
                     artim: timeouts.header,
                     idle: timeouts.body_idle,
+                    association_timeout: seconds(
+                        "dicom-association-timeout",
+                        self.dicom_association_timeout,
+                    )?,
                     send_timeout: Duration::from_secs(30),
                     want_tls: self.dicom_tls,
                     tls: None,

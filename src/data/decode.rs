@@ -7,8 +7,9 @@ use std::path::Path;
 
 use image::{imageops::FilterType, DynamicImage, ImageReader};
 
+use crate::data::codestream::{check_frame, Codestream, FrameShape};
 use crate::data::truncation::truncation;
-use crate::error::Error;
+use crate::error::{Error, ImageFault};
 
 /// Largest accepted width or height in pixels.
 pub const MAX_IMAGE_SIDE_PX: u32 = 16_384;
@@ -46,7 +47,7 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
     let n = read_head(path, &mut head).map_err(|e| Error::image(path, io_reason(&e)))?;
     if is_dicom(&head[..n]) {
         let bytes = std::fs::read(path).map_err(|e| Error::image(path, io_reason(&e)))?;
-        return decode_dicom_bytes(&bytes, path, MAX_DICOM_PIXELS);
+        return contained(path, || decode_dicom_bytes(&bytes, path, MAX_DICOM_PIXELS));
     }
     let format = guess_format(path, &head[..n])?;
     // The whole file, once: checked for truncation, then decoded from memory.
@@ -56,9 +57,7 @@ pub fn decode_image(path: &Path) -> Result<DynamicImage, Error> {
     }
     let mut reader = ImageReader::with_format(std::io::Cursor::new(&bytes), format);
     reader.limits(limits());
-    reader
-        .decode()
-        .map_err(|e| Error::image(path, image_reason(&e)))
+    contained(path, || reader.decode().map_err(|e| image_error(path, &e)))
 }
 
 /// Decodes an image held in memory (an upload), `name` standing for it in messages; refuses
@@ -72,7 +71,7 @@ pub fn decode_image_bytes(
         return Err(Error::image(name, "empty file (0 bytes)"));
     }
     if is_dicom(bytes) {
-        return decode_dicom_bytes(bytes, name, max_pixels);
+        return contained(name, || decode_dicom_bytes(bytes, name, max_pixels));
     }
     let format = guess_format(name, bytes)?;
     if let Some(reason) = truncation(bytes) {
@@ -85,17 +84,67 @@ pub fn decode_image_bytes(
     };
     let (w, h) = reader()
         .into_dimensions()
-        .map_err(|e| Error::image(name, image_reason(&e)))?;
+        .map_err(|e| image_error(name, &e))?;
     if w as u64 * h as u64 > max_pixels {
         return Err(too_many_pixels(name, w, h, max_pixels));
     }
-    reader()
-        .decode()
-        .map_err(|e| Error::image(name, image_reason(&e)))
+    contained(name, || {
+        reader().decode().map_err(|e| image_error(name, &e))
+    })
+}
+
+thread_local! {
+    /// Set while this thread runs a decoder inside [`contained`]: its panics are caught there
+    /// and reported as a refusal, so the panic hook keeps quiet (no message, no backtrace).
+    static DECODING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Where the panic hook leaves a caught decoder panic's message and place.
+    static PANIC_MESSAGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs a decoder so that a panic inside it (a bug in a codec, reached by a crafted file)
+/// costs this one image and not the process, the association or the worker: the panic is
+/// caught and becomes [`ImageFault::DecoderFault`], with the panic's message and place in
+/// the reason and nothing written to stderr.
+pub fn contained<T>(name: &Path, decode: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if DECODING.with(|d| d.get()) {
+                let place = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let text = info
+                    .payload()
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "panic".into());
+                let line = text.lines().next().unwrap_or_default().to_string();
+                PANIC_MESSAGE.with(|m| *m.borrow_mut() = Some(format!("{line}{place}")));
+            } else {
+                previous(info);
+            }
+        }));
+    });
+    let was = DECODING.with(|d| d.replace(true));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode));
+    DECODING.with(|d| d.set(was));
+    outcome.unwrap_or_else(|_| {
+        let message = PANIC_MESSAGE
+            .with(|m| m.borrow_mut().take())
+            .unwrap_or_else(|| "panic".into());
+        Err(Error::image_fault(
+            name,
+            ImageFault::DecoderFault,
+            format!("the decoder failed on this image ({message}); the image is refused"),
+        ))
+    })
 }
 
 fn too_many_pixels(name: &Path, w: u32, h: u32, max_pixels: u64) -> Error {
-    Error::image(
+    Error::image_too_large(
         name,
         format!(
             "image too large ({w}x{h} = {:.1} megapixels; limit {:.1})",
@@ -119,7 +168,7 @@ pub fn is_dicom_file(path: &Path) -> bool {
 
 fn guess_format(name: &Path, head: &[u8]) -> Result<image::ImageFormat, Error> {
     image::guess_format(head).map_err(|_| {
-        Error::image(
+        Error::image_unsupported(
             name,
             "not a recognised image format (PNG, JPEG, BMP, TIFF or DICOM)",
         )
@@ -207,7 +256,7 @@ impl DicomSize {
         } else {
             return Ok(());
         };
-        Err(Error::image(
+        Err(Error::image_too_large(
             name,
             format!(
                 "image too large ({c}x{r}{frames} = {:.1} megapixels; {why}), judged from the DICOM header before decoding",
@@ -238,6 +287,7 @@ fn decode_dicom_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Dyna
     let meta = dicom_object::meta::FileMetaTable::from_reader(&bytes[128..])
         .map_err(|e| Error::image(name, dicom_reason("unreadable DICOM file meta header", &e)))?;
     check_transfer_syntax(meta.transfer_syntax(), name)?;
+    let codestream = Codestream::of_transfer_syntax(meta.transfer_syntax());
     let open = || OpenFileOptions::new().read_preamble(ReadPreamble::Never);
     // Every element before the pixel data (a deflated set is inflated only that far).
     let header = open()
@@ -261,8 +311,9 @@ fn decode_dicom_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Dyna
         .from_reader(&whole[128..])
         .map_err(|e| Error::image(name, dicom_reason("unreadable DICOM", &e)))?;
     if obj.element(tags::PIXEL_DATA).is_err() {
-        return Err(Error::image(
+        return Err(Error::image_fault(
             name,
+            ImageFault::Unprocessable,
             "DICOM without pixel data (no PixelData element)",
         ));
     }
@@ -275,20 +326,57 @@ fn decode_dicom_bytes(bytes: &[u8], name: &Path, max_pixels: u64) -> Result<Dyna
     // The full read must agree with the header that was judged.
     size.check(name, max_pixels)?;
     if size.frames > 1 {
-        return Err(Error::image(
+        return Err(Error::image_fault(
             name,
+            ImageFault::Unprocessable,
             format!(
                 "multi-frame DICOM ({} frames): xray reads single images; send one frame per file",
                 size.frames
             ),
         ));
     }
-    let pixels = obj
-        .decode_pixel_data()
-        .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))?;
-    pixels
-        .to_dynamic_image_with_options(0, &ConvertOptions::new())
-        .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))
+    if let Some(kind) = codestream {
+        check_codestream(&obj, kind, size, name)?;
+    }
+    contained(name, || {
+        let pixels = obj
+            .decode_pixel_data()
+            .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))?;
+        pixels
+            .to_dynamic_image_with_options(0, &ConvertOptions::new())
+            .map_err(|e| Error::image(name, dicom_reason("DICOM pixel data", &e)))
+    })
+}
+
+/// Reads the compressed frame's own header (JPEG SOF, RLE segment table) and refuses the
+/// image, before the decoder allocates anything, when it disagrees with the DICOM header that
+/// was judged against the limits: the decoder sizes its buffers from the codestream.
+fn check_codestream(
+    obj: &dicom_object::FileDicomObject<dicom_object::InMemDicomObject>,
+    kind: Codestream,
+    size: DicomSize,
+    name: &Path,
+) -> Result<(), Error> {
+    use dicom_dictionary_std::tags;
+    let Some(fragments) = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments())
+    else {
+        return Err(Error::image(
+            name,
+            "the transfer syntax is compressed but the pixel data is not encapsulated",
+        ));
+    };
+    // One frame (multi-frame images are refused above): its fragments in order.
+    let frame: Vec<u8> = fragments.concat();
+    let shape = FrameShape {
+        rows: size.rows,
+        columns: size.columns,
+        samples: size.samples,
+        bits_allocated: size.bytes_per_sample * 8,
+    };
+    check_frame(kind, &frame, shape).map_err(|why| Error::image(name, why))
 }
 
 /// The file with its deflated data set inflated (at most `cap` bytes, else refused as too
@@ -315,7 +403,7 @@ fn inflate_data_set(
         .read_to_end(&mut data)
         .map_err(|e| Error::image(name, format!("corrupt deflated DICOM data set: {e}")))?;
     if data.len() as u64 > cap {
-        return Err(Error::image(
+        return Err(Error::image_too_large(
             name,
             format!(
                 "image too large: the deflated DICOM data set inflates past {} MiB, more than its header's image size allows",
@@ -346,11 +434,11 @@ fn check_transfer_syntax(uid: &str, name: &Path) -> Result<(), Error> {
     use dicom_transfer_syntax_registry::{TransferSyntaxIndex, TransferSyntaxRegistry};
     let advice = "send it uncompressed (for example `gdcmconv --raw` or `dcmdjpeg`)";
     match TransferSyntaxRegistry.get(uid) {
-        None => Err(Error::image(
+        None => Err(Error::image_unsupported(
             name,
             format!("DICOM transfer syntax {uid} is unknown to xray; {advice}"),
         )),
-        Some(ts) if !ts.can_decode_all() => Err(Error::image(
+        Some(ts) if !ts.can_decode_all() => Err(Error::image_unsupported(
             name,
             format!(
                 "DICOM transfer syntax {} ({uid}) is compressed in a way xray cannot decode; {advice}",
@@ -369,15 +457,22 @@ fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
-fn image_reason(e: &image::ImageError) -> String {
+fn image_error(name: &Path, e: &image::ImageError) -> Error {
     match e {
-        image::ImageError::Limits(_) => format!(
-            "image too large (limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels, {} MiB to decode)",
-            MAX_DECODE_BYTES >> 20
+        image::ImageError::Limits(_) => Error::image_too_large(
+            name,
+            format!(
+                "image too large (limit {MAX_IMAGE_SIDE_PX}x{MAX_IMAGE_SIDE_PX} pixels, {} MiB to decode)",
+                MAX_DECODE_BYTES >> 20
+            ),
         ),
-        image::ImageError::Unsupported(u) => format!("unsupported image: {u}"),
-        image::ImageError::Decoding(d) => format!("corrupt or truncated image: {d}"),
-        other => other.to_string(),
+        image::ImageError::Unsupported(u) => {
+            Error::image_unsupported(name, format!("unsupported image: {u}"))
+        }
+        image::ImageError::Decoding(d) => {
+            Error::image(name, format!("corrupt or truncated image: {d}"))
+        }
+        other => Error::image(name, other.to_string()),
     }
 }
 

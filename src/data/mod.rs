@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod augment;
+pub mod codestream;
 pub mod decode;
 pub mod loader;
 pub mod multilabel;

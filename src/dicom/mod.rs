@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod sc;
 pub mod scu;
 pub mod sr;
+pub mod status;
 pub mod stow;
 pub mod uid;
 

@@ -76,6 +76,26 @@ pub enum Delivery {
     Unreachable(String),
 }
 
+/// Refuses a queue folder that others can read, write or enter (the results carry patient
+/// names and IDs) or that is not ours: it must be 0700 and owned by this user.
+fn check_private(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("the results queue {}", dir.display()))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let mode = meta.mode() & 0o777;
+    if meta.uid() != me || mode & 0o077 != 0 {
+        return Err(crate::error::Error::usage(format!(
+            "the results queue {} is mode {mode:o} and owned by uid {}: it holds patient data, so it must be 0700 and this user's (chmod 700 it, or name another with --results-queue)",
+            dir.display(),
+            meta.uid()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 impl Outbox {
     /// Opens (creating, 0700) the queue folder `dir`, holding at most `max_bytes`.
     pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox> {
@@ -85,6 +105,7 @@ impl Outbox {
             .mode(0o700)
             .create(dir)
             .with_context(|| format!("cannot create the results queue {}", dir.display()))?;
+        check_private(dir)?;
         Ok(Outbox {
             dir: dir.to_path_buf(),
             max_bytes,
@@ -141,8 +162,12 @@ impl Outbox {
             );
         }
         let stamp = micros(received);
+        // Two images received in the same microsecond must not share a name (the second
+        // would replace the first): a number of this process's, after the time.
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
         for (i, (name, bytes)) in objects.iter().enumerate() {
-            let path = self.dir.join(format!("{stamp:020}-{i}-{name}.dcm"));
+            let path = self.dir.join(format!("{stamp:020}-{n:08}-{i}-{name}.dcm"));
             crate::fsutil::write_private(&path, bytes)?;
         }
         self.notify();

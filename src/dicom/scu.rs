@@ -14,6 +14,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use dicom_ul::association::client::ClientAssociationOptions;
 use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 
+use super::status;
 use crate::error::Error;
 
 /// Another DICOM node: `AE@HOST:PORT`.
@@ -200,7 +201,7 @@ pub fn store(
             })
             .cloned();
         let Some(pc) = pc else {
-            results.push(Sent::Refused(0x0122));
+            results.push(Sent::Refused(status::SOP_CLASS_NOT_SUPPORTED));
             continue;
         };
         let ts = syntax(&pc.transfer_syntax).ok_or_else(|| {
@@ -232,7 +233,7 @@ pub fn store(
                 .map_err(|e| anyhow!("sending to {to}: {e}"))?;
         }
         let status = response_status(&mut assoc).with_context(|| format!("the answer of {to}"))?;
-        results.push(if status == 0 || (0xB000..=0xBFFF).contains(&status) {
+        results.push(if status::is_stored(status) {
             Sent::Stored
         } else {
             Sent::Refused(status)

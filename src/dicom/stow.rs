@@ -73,7 +73,10 @@ impl Stow {
     /// those and the rest are [`Sent::Later`]. Fails as a whole when not even the first
     /// request got an answer.
     pub fn store(&self, files: &[PathBuf], timeout: Duration) -> Result<Vec<Sent>> {
-        let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+        let agent = ureq::AgentBuilder::new()
+            .timeout(timeout)
+            .redirects(0)
+            .build();
         let boundary = format!("xray-{:016x}", rand::random::<u64>());
         let mut out = Vec::with_capacity(files.len());
         for path in files {
@@ -99,16 +102,21 @@ impl Stow {
                 request = request.set("Authorization", auth);
             }
             match request.send_bytes(&body) {
-                Ok(r) if r.status() == 200 => out.push(Sent::Stored),
-                // 202: stored with warnings, or some instances failed (here, the one).
+                // Stored only when the server says so of this instance (PS3.18 10.5.3): 200
+                // with the instance in its Referenced SOP Sequence and no Failed SOP Sequence.
+                // A redirect (not followed: the POST would become a GET), 202 (some or all
+                // failed, or warnings) or a 200 that does not list it is not a delivery.
                 Ok(r) => {
                     let status = r.status();
                     let text = r.into_string().unwrap_or_default();
-                    out.push(if text.contains("00081198") {
-                        Sent::Refused(status)
-                    } else {
-                        Sent::Stored
-                    });
+                    let instance = instance_uid(&bytes);
+                    out.push(
+                        if status == 200 && lists_stored(&text, instance.as_deref()) {
+                            Sent::Stored
+                        } else {
+                            Sent::Refused(status)
+                        },
+                    );
                 }
                 Err(ureq::Error::Status(code, _)) if code >= 500 => out.push(Sent::Later),
                 Err(ureq::Error::Status(code, _)) => out.push(Sent::Refused(code)),
@@ -120,8 +128,50 @@ impl Stow {
     }
 }
 
+/// The SOP Instance UID of a Part 10 file held in memory.
+fn instance_uid(bytes: &[u8]) -> Option<String> {
+    use dicom_dictionary_std::tags;
+    let obj = dicom_object::OpenFileOptions::new()
+        .read_until(tags::PIXEL_DATA)
+        .from_reader(bytes)
+        .ok()?;
+    super::text(&obj, tags::SOP_INSTANCE_UID)
+}
+
+/// Whether a STOW-RS response (DICOM JSON, PS3.18 F.2) lists `instance` in its Referenced
+/// SOP Sequence (0008,1199) and has no Failed SOP Sequence (0008,1198).
+fn lists_stored(response: &str, instance: Option<&str>) -> bool {
+    let Some(instance) = instance else {
+        return false;
+    };
+    let Ok(json) = serde_json::from_str::<serde_json::Value>(response) else {
+        return false;
+    };
+    let failed = json["00081198"]["Value"]
+        .as_array()
+        .is_some_and(|items| !items.is_empty());
+    let stored = json["00081199"]["Value"].as_array().is_some_and(|items| {
+        items
+            .iter()
+            .any(|item| item["00081155"]["Value"][0].as_str() == Some(instance))
+    });
+    stored && !failed
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_response_counts_as_stored_only_when_it_lists_the_instance() {
+        let ok = r#"{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3"]}}]}}"#;
+        assert!(super::lists_stored(ok, Some("1.2.3")));
+        assert!(!super::lists_stored(ok, Some("1.2.4")));
+        assert!(!super::lists_stored(ok, None));
+        let failed = r#"{"00081199":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3"]}}]},"00081198":{"vr":"SQ","Value":[{"00081155":{"vr":"UI","Value":["1.2.3"]}}]}}"#;
+        assert!(!super::lists_stored(failed, Some("1.2.3")));
+        assert!(!super::lists_stored("<html>moved</html>", Some("1.2.3")));
+        assert!(!super::lists_stored("{}", Some("1.2.3")));
+    }
+
     use super::*;
 
     #[test]

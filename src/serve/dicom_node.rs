@@ -36,18 +36,19 @@ use dicom_dictionary_std::{tags, uids};
 use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{
-    AssociationRJ, AssociationRJResult, AssociationRJServiceProviderPresentationReason,
-    AssociationRJServiceUserReason, AssociationRJSource, PDataValue, PDataValueType, Pdu,
-    UserIdentity,
+    AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, PresentationContextNegotiated,
+    PresentationContextResultReason, UserIdentity,
 };
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::audit::AuditLog;
+use super::refusal::Refused;
 use super::worker::{Job, Prepared};
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
 use crate::dicom::outbox::{Delivery, Destination, Outbox};
 use crate::dicom::scu::{encode_command, implicit_le};
+use crate::dicom::status;
 use crate::dicom::uid::UidRoot;
 use crate::dicom::{encode, results, text, Producer, Source};
 use crate::error::Error;
@@ -165,6 +166,9 @@ pub struct NodeOptions {
     pub artim: Duration,
     /// Most time between two PDUs of an association.
     pub idle: Duration,
+    /// Most time an association is held in all (`--dicom-association-timeout`): a peer that
+    /// keeps a trickle going cannot keep its place for ever.
+    pub association_timeout: Duration,
     /// Time for each step of sending the results.
     pub send_timeout: Duration,
     /// `--dicom-tls`: TLS on the node's port, with the certificate of `--tls-cert`.
@@ -205,10 +209,17 @@ pub struct Running {
     pub outbox: Arc<Outbox>,
 }
 
-/// The access rule of one connection: our AE title, and the allow list against this peer.
+/// The access rule of one connection: our AE title, and the allow list against this peer;
+/// a request that passes them takes its place among `--dicom-max-associations` here, so that
+/// only an authenticated peer ever holds one.
 struct Gate<'a> {
     allow: &'a [Allowed],
     peer: IpAddr,
+    slots: &'a Arc<tokio::sync::Semaphore>,
+    /// The place taken, moved out once the association is established.
+    slot: &'a std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+    /// Whether the request passed the checks but found every place taken.
+    busy: &'a std::sync::atomic::AtomicBool,
 }
 
 impl AccessControl for Gate<'_> {
@@ -230,11 +241,107 @@ impl AccessControl for Gate<'_> {
                 a.ae_title == calling && a.hosts.as_ref().is_none_or(|h| h.contains(&self.peer))
             })
         };
-        if allowed {
-            Ok(())
-        } else {
-            Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+        if !allowed {
+            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
         }
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
+                Ok(())
+            }
+            Err(_) => {
+                // dicom-ul's access control can only reject as the service user; the audit
+                // line says why.
+                self.busy.store(true, Ordering::SeqCst);
+                Err(AssociationRJServiceUserReason::NoReasonGiven)
+            }
+        }
+    }
+}
+
+/// Connections that have not yet associated, from one address at most; more are closed at
+/// once, before anything is read.
+pub const PENDING_PER_PEER: usize = 4;
+/// Connections that have not yet associated, in all, from addresses `--dicom-allow` names
+/// and, apart, from the others (half each): more are closed at once. Strangers from many
+/// addresses fill their own half, never the listed peers'.
+pub const PENDING_TOTAL: usize = 32;
+/// What one connection holds before it associates: the A-ASSOCIATE-RQ's buffer.
+pub const PENDING_BYTES: u64 = MAX_PDU_BYTES as u64 + 6;
+
+/// The pre-association budget: connections counted per address and in total (listed and
+/// other addresses apart), each count given back by the [`Pending`] guard however the
+/// connection ends.
+#[derive(Default)]
+struct PendingBudget {
+    counts: std::sync::Mutex<PendingCounts>,
+}
+
+#[derive(Default)]
+struct PendingCounts {
+    by_peer: std::collections::HashMap<IpAddr, usize>,
+    /// In all: from listed addresses, from the others.
+    listed: usize,
+    others: usize,
+}
+
+/// One connection's place in the pre-association budget; given back on drop.
+struct Pending<'a> {
+    budget: &'a PendingBudget,
+    peer: IpAddr,
+    listed: bool,
+}
+
+impl PendingBudget {
+    /// A place for a new connection from `peer` (`listed`: an address of `--dicom-allow`),
+    /// or `None` when that address or its kind already has as many as allowed.
+    fn enter(&self, peer: IpAddr, listed: bool) -> Option<Pending<'_>> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let total = if listed { counts.listed } else { counts.others };
+        let mine = counts.by_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= PENDING_PER_PEER || total >= PENDING_TOTAL / 2 {
+            return None;
+        }
+        *counts.by_peer.entry(peer).or_insert(0) += 1;
+        if listed {
+            counts.listed += 1;
+        } else {
+            counts.others += 1;
+        }
+        Some(Pending {
+            budget: self,
+            peer,
+            listed,
+        })
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.budget.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = counts.by_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                counts.by_peer.remove(&self.peer);
+            }
+        }
+        if self.listed {
+            counts.listed -= 1;
+        } else {
+            counts.others -= 1;
+        }
+    }
+}
+
+/// Whether `--dicom-allow` names `peer`'s address (an `AE@*` entry names every address;
+/// without the flag, the loopback is the allowed host).
+fn listed(allow: &[Allowed], peer: IpAddr) -> bool {
+    if allow.is_empty() {
+        peer.is_loopback()
+    } else {
+        allow
+            .iter()
+            .any(|a| a.hosts.as_ref().is_none_or(|h| h.contains(&peer)))
     }
 }
 
@@ -272,10 +379,12 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         },
     )?;
     let node = Arc::new(NodeState {
+        slots: Arc::new(tokio::sync::Semaphore::new(options.max_associations)),
         options,
         shared,
         outbox: outbox.clone(),
-        active: AtomicUsize::new(0),
+        pending: PendingBudget::default(),
+        crowded: AtomicUsize::new(0),
         syntaxes: transfer_syntaxes(),
     });
     // One task a connection on the server's runtime: negotiation and messages are async;
@@ -296,8 +405,10 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
                     continue;
                 }
             };
+            // An IPv4 peer on a dual-stack listener arrives as ::ffff:a.b.c.d.
+            let peer = peer.ip().to_canonical();
             let node = node.clone();
-            tokio::spawn(async move { node.association(stream, peer.ip()).await });
+            tokio::spawn(async move { node.association(stream, peer).await });
         }
     });
     Ok(Running { local, outbox })
@@ -316,7 +427,12 @@ struct NodeState {
     options: NodeOptions,
     shared: Shared,
     outbox: Arc<Outbox>,
-    active: AtomicUsize,
+    /// The places of `--dicom-max-associations`, taken by [`Gate`].
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Connections not yet associated.
+    pending: PendingBudget,
+    /// Connections closed unread since the last log line about them.
+    crowded: AtomicUsize,
     syntaxes: Vec<&'static str>,
 }
 
@@ -328,11 +444,53 @@ struct Incoming {
     data: Vec<u8>,
     data_bytes: usize,
     data_done: bool,
-    context_id: u8,
+    /// The presentation context of the message's first PDV.
+    context_id: Option<u8>,
+    /// Whether a later PDV named another context.
+    mixed_contexts: bool,
 }
 
 /// A C-STORE status and why.
 struct Status(u16, String);
+
+/// DIMSE command fields (PS3.7 E.1).
+const C_STORE_RQ: u16 = 0x0001;
+const C_ECHO_RQ: u16 = 0x0030;
+/// Set in a response's command field.
+const RESPONSE: u16 = 0x8000;
+
+/// The accepted presentation context a message may be handled on: the one its PDVs name,
+/// accepted at negotiation, whose abstract syntax is the command's affected SOP class, which
+/// must be among `classes`. Otherwise why not (answered 0x0122, SOP class not supported).
+fn context_for<'a>(
+    msg: &Incoming,
+    contexts: &'a [PresentationContextNegotiated],
+    class: &str,
+    classes: &[&str],
+) -> Result<&'a PresentationContextNegotiated, String> {
+    if msg.mixed_contexts {
+        return Err("the message's PDVs name more than one presentation context".into());
+    }
+    let id = msg.context_id.unwrap_or(0);
+    let Some(pc) = contexts.iter().find(|pc| pc.id == id) else {
+        return Err(format!("presentation context {id} was not proposed"));
+    };
+    if pc.reason != PresentationContextResultReason::Acceptance {
+        return Err(format!(
+            "presentation context {id} was refused at negotiation"
+        ));
+    }
+    let syntax = pc.abstract_syntax.trim_end_matches('\0');
+    if syntax != class {
+        return Err(format!(
+            "SOP class {class} sent on presentation context {id}, negotiated for {syntax}"
+        ));
+    }
+    if !classes.contains(&class) {
+        return Err(format!("SOP class {class} is not one xray accepts"));
+    }
+    Ok(pc)
+}
 
 impl NodeState {
     /// Writes an audit line from async code (the writer's acknowledgement is waited for in
@@ -341,50 +499,46 @@ impl NodeState {
         tokio::task::block_in_place(|| audit_line(self.shared.audit.as_ref(), line));
     }
 
-    /// Serves one connection: the association, its messages, the release.
+    /// Serves one connection: a place in the pre-association budget (else closed unread),
+    /// the association within the ARTIM time, its messages, the release. Every place taken is
+    /// a guard, given back on every way out, a panic included.
     async fn association(self: Arc<Self>, stream: tokio::net::TcpStream, peer: IpAddr) {
-        let n = self.active.fetch_add(1, Ordering::SeqCst);
-        if n >= self.options.max_associations {
-            self.reject_busy(stream, peer).await;
-        } else if let Err(e) = self.serve_association(stream, peer).await {
+        let listed = listed(&self.options.allow, peer);
+        let Some(pending) = self.pending.enter(peer, listed) else {
+            // One line per 100 such connections: a flood must not fill the log or the audit.
+            if self
+                .crowded
+                .fetch_add(1, Ordering::SeqCst)
+                .is_multiple_of(100)
+            {
+                tracing::warn!(
+                    "dicom: connection from {peer} closed unread: {PENDING_PER_PEER} from one address, or {} from listed or from other addresses, are waiting to associate", PENDING_TOTAL / 2
+                );
+            }
+            drop(stream);
+            return;
+        };
+        if let Err(e) = self.serve_association(stream, peer, pending).await {
             tracing::warn!("dicom: association from {peer}: {e:#}");
         }
-        self.active.fetch_sub(1, Ordering::SeqCst);
-    }
-
-    /// Reads the request (within the ARTIM time) and rejects it: transient, local limit
-    /// exceeded.
-    async fn reject_busy(&self, mut stream: tokio::net::TcpStream, peer: IpAddr) {
-        use tokio::io::AsyncWriteExt;
-        let mut buf = bytes::BytesMut::new();
-        let read = dicom_ul::association::read_pdu_from_wire_async(
-            &mut stream,
-            &mut buf,
-            MAX_PDU_BYTES,
-            false,
-        );
-        let _ = tokio::time::timeout(self.options.artim, read).await;
-        let pdu = Pdu::AssociationRJ(AssociationRJ {
-            result: AssociationRJResult::Transient,
-            source: AssociationRJSource::ServiceProviderPresentation(
-                AssociationRJServiceProviderPresentationReason::LocalLimitExceeded,
-            ),
-        });
-        let mut out = Vec::new();
-        if dicom_ul::pdu::write_pdu(&mut out, &pdu).is_ok() {
-            let _ = tokio::time::timeout(self.options.idle, stream.write_all(&out)).await;
-        }
-        self.audit(
-            json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": "too many associations"}),
-        );
     }
 
     /// Negotiates the association (over TLS with `--dicom-tls`) within the ARTIM time, then
     /// serves it.
-    async fn serve_association(&self, stream: tokio::net::TcpStream, peer: IpAddr) -> Result<()> {
+    async fn serve_association(
+        &self,
+        stream: tokio::net::TcpStream,
+        peer: IpAddr,
+        pending: Pending<'_>,
+    ) -> Result<()> {
+        let slot = std::sync::Mutex::new(None);
+        let busy = std::sync::atomic::AtomicBool::new(false);
         let gate = Gate {
             allow: &self.options.allow,
             peer,
+            slots: &self.slots,
+            slot: &slot,
+            busy: &busy,
         };
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(gate)
@@ -401,24 +555,42 @@ impl NodeState {
         }
         let artim = self.options.artim;
         let refused = |why: String| {
+            let why = if busy.load(Ordering::SeqCst) {
+                format!(
+                    "too many associations ({} held)",
+                    self.options.max_associations
+                )
+            } else {
+                why
+            };
             self.audit(
                 json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
             );
             Ok(())
         };
         let late = || format!("no association request within {} s", artim.as_secs_f64());
+        // The place taken by the gate, once established: held until this function returns.
+        let take_slot = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
         match &self.options.tls {
             // The current certificate: renewed ones apply to the next association.
             Some(tls) => {
                 let options = options.tls_config(tls.get_inner());
                 match tokio::time::timeout(artim, options.establish_tls_async(stream)).await {
-                    Ok(Ok(assoc)) => self.run_association(assoc, peer).await,
+                    Ok(Ok(assoc)) => {
+                        let _slot = take_slot();
+                        drop(pending);
+                        self.run_association(assoc, peer).await
+                    }
                     Ok(Err(e)) => refused(e.to_string()),
                     Err(_) => refused(late()),
                 }
             }
             None => match tokio::time::timeout(artim, options.establish_async(stream)).await {
-                Ok(Ok(assoc)) => self.run_association(assoc, peer).await,
+                Ok(Ok(assoc)) => {
+                    let _slot = take_slot();
+                    drop(pending);
+                    self.run_association(assoc, peer).await
+                }
                 Ok(Err(e)) => refused(e.to_string()),
                 Err(_) => refused(late()),
             },
@@ -443,9 +615,14 @@ impl NodeState {
         );
         let contexts = assoc.presentation_contexts().to_vec();
         let mut msg = Incoming::default();
+        let deadline = tokio::time::Instant::now() + self.options.association_timeout;
         loop {
             let ended = |why: String| json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "ended", "reason": why});
-            let pdu = match tokio::time::timeout(self.options.idle, assoc.receive()).await {
+            let wait = self
+                .options
+                .idle
+                .min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+            let pdu = match tokio::time::timeout(wait, assoc.receive()).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
                     self.audit(ended(e.to_string()));
@@ -453,8 +630,14 @@ impl NodeState {
                     return Ok(());
                 }
                 Err(_) => {
-                    let idle = self.options.idle.as_secs_f64();
-                    self.audit(ended(format!("no PDU within {idle} s")));
+                    let why = if tokio::time::Instant::now() >= deadline {
+                        let most = self.options.association_timeout.as_secs_f64();
+                        format!("held for {most} s, the most an association may last")
+                    } else {
+                        let idle = self.options.idle.as_secs_f64();
+                        format!("no PDU within {idle} s")
+                    };
+                    self.audit(ended(why));
                     let _ = assoc.abort().await;
                     return Ok(());
                 }
@@ -497,7 +680,11 @@ impl NodeState {
         calling: &str,
         peer: IpAddr,
     ) -> Option<Pdu> {
-        msg.context_id = pdv.presentation_context_id;
+        match msg.context_id {
+            None => msg.context_id = Some(pdv.presentation_context_id),
+            Some(id) if id != pdv.presentation_context_id => msg.mixed_contexts = true,
+            Some(_) => {}
+        }
         match pdv.value_type {
             PDataValueType::Command => {
                 if msg.command.len() + pdv.data.len() <= MAX_COMMAND_BYTES {
@@ -541,23 +728,30 @@ impl NodeState {
             .and_then(|e| e.to_int::<u16>().ok())
             .unwrap_or(0);
         let class = text_or_empty(&command, tags::AFFECTED_SOP_CLASS_UID);
+        let context_id = msg.context_id.unwrap_or(0);
         match field {
-            0x0030 => Some(response(
-                msg.context_id,
-                0x8030,
-                message_id,
-                &class,
-                None,
-                0,
-            )),
-            0x0001 => Some(self.c_store(msg, &command, message_id, contexts, calling, peer)),
+            C_ECHO_RQ => {
+                let status = match context_for(msg, contexts, &class, &[uids::VERIFICATION]) {
+                    Ok(_) => status::SUCCESS,
+                    Err(_) => status::SOP_CLASS_NOT_SUPPORTED,
+                };
+                Some(response(
+                    context_id,
+                    C_ECHO_RQ | RESPONSE,
+                    message_id,
+                    &class,
+                    None,
+                    status,
+                ))
+            }
+            C_STORE_RQ => Some(self.c_store(msg, &command, message_id, contexts, calling, peer)),
             _ => Some(response(
-                msg.context_id,
-                field | 0x8000,
+                context_id,
+                field | RESPONSE,
                 message_id,
                 &class,
                 None,
-                0x0211,
+                status::UNRECOGNIZED_OPERATION,
             )),
         }
     }
@@ -577,14 +771,12 @@ impl NodeState {
         let instance = text_or_empty(command, tags::AFFECTED_SOP_INSTANCE_UID);
         let started = Instant::now();
         let received = std::time::SystemTime::now();
-        let ts = contexts
-            .iter()
-            .find(|pc| pc.id == msg.context_id)
-            .map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string())
-            .unwrap_or_default();
-        let outcome = if msg.data_bytes > self.shared.max_bytes {
+        let context = context_for(msg, contexts, &class, STORAGE_CLASSES);
+        let outcome = if let Err(why) = &context {
+            Err(Status(status::SOP_CLASS_NOT_SUPPORTED, why.clone()))
+        } else if msg.data_bytes > self.shared.max_bytes {
             Err(Status(
-                0xA700,
+                status::OUT_OF_RESOURCES,
                 format!(
                     "data set of {} MiB; limit {} MiB",
                     msg.data_bytes >> 20,
@@ -593,14 +785,14 @@ impl NodeState {
             ))
         } else {
             let data = std::mem::take(&mut msg.data);
-            self.store(&class, &instance, &ts, data, received)
+            let ts = context.map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string());
+            self.store(&class, &instance, &ts.unwrap_or_default(), data, received)
         };
         let (status, record) = match outcome {
-            Ok(record) => (0u16, record),
-            Err(Status(status, reason)) => (
-                status,
-                json!({"status": format!("0x{status:04X}"), "error": reason}),
-            ),
+            Ok(record) => (status::SUCCESS, record),
+            Err(Status(code, reason)) => {
+                (code, json!({"status": status::hex(code), "error": reason}))
+            }
         };
         let mut line = json!({
             "dicom": "c-store",
@@ -617,8 +809,8 @@ impl NodeState {
         }
         audit_line(self.shared.audit.as_ref(), line);
         response(
-            msg.context_id,
-            0x8001,
+            msg.context_id.unwrap_or(0),
+            C_STORE_RQ | RESPONSE,
             message_id,
             &class,
             Some(&instance),
@@ -639,24 +831,33 @@ impl NodeState {
         // Long on purpose: the checks of one image in their order, each with its status.
         let name = PathBuf::from(format!("C-STORE {}", short_uid(instance)));
         if !self.outbox.has_room(2 * data.len() as u64) {
-            return Err(Status(0xA700, "the results queue is full".into()));
+            return Err(Status(
+                status::OUT_OF_RESOURCES,
+                "the results queue is full".into(),
+            ));
         }
-        let part10 =
-            part10(class, instance, ts, &data).map_err(|e| Status(0xC000, format!("{e:#}")))?;
+        let part10 = part10(class, instance, ts, &data)
+            .map_err(|e| Status(status::CANNOT_UNDERSTAND, format!("{e:#}")))?;
         drop(data);
         let header = dicom_object::OpenFileOptions::new()
             .read_preamble(dicom_object::file::ReadPreamble::Always)
             .read_until(tags::PIXEL_DATA)
             .from_reader(part10.as_slice())
-            .map_err(|e| Status(0xC000, format!("unreadable data set: {e}")))?;
+            .map_err(|e| {
+                Status(
+                    status::CANNOT_UNDERSTAND,
+                    format!("unreadable data set: {e}"),
+                )
+            })?;
         let in_set = text_or_empty(&header, tags::SOP_CLASS_UID);
         if in_set != class || text_or_empty(&header, tags::SOP_INSTANCE_UID) != instance {
             return Err(Status(
-                0xA900,
+                status::DATA_SET_MISMATCH,
                 "the data set's SOP class or instance differs from the command's".into(),
             ));
         }
-        let source = Source::of(&header, &name).map_err(|e| Status(0xC000, e.to_string()))?;
+        let source = Source::of(&header, &name)
+            .map_err(|e| Status(status::CANNOT_UNDERSTAND, e.to_string()))?;
         drop(header);
         let (size, channels, max_pixels) = (
             self.shared.size,
@@ -668,18 +869,10 @@ impl NodeState {
             let _place = decoders
                 .acquire_owned()
                 .await
-                .map_err(|_| Status(0xA700, "stopping".into()))?;
+                .map_err(|_| Status(status::OUT_OF_RESOURCES, "stopping".into()))?;
             let image = decode_image_bytes(&part10, &name, max_pixels).map_err(|e| {
-                let reason = match &e {
-                    Error::Image { reason, .. } => reason.clone(),
-                    other => other.to_string(),
-                };
-                let status = if reason.contains("too large") {
-                    0xA700
-                } else {
-                    0xC000
-                };
-                Status(status, reason)
+                let refused = Refused::of(&e);
+                Status(refused.dicom_status(), refused.reason)
             })?;
             Ok::<_, Status>(Prepared {
                 preview: Some(preview(&image)),
@@ -699,13 +892,13 @@ impl NodeState {
         self.shared
             .jobs
             .send(job)
-            .map_err(|_| Status(0xA700, "the model is not running".into()))?;
+            .map_err(|_| Status(status::OUT_OF_RESOURCES, "the model is not running".into()))?;
         let answer = answer
             .blocking_recv()
-            .map_err(|_| Status(0xA700, "the model stopped".into()))?
-            .map_err(|e| Status(0xA700, e))?
+            .map_err(|_| Status(status::OUT_OF_RESOURCES, "the model stopped".into()))?
+            .map_err(|e| Status(status::OUT_OF_RESOURCES, e))?
             .pop()
-            .ok_or_else(|| Status(0xA700, "no answer".into()))?;
+            .ok_or_else(|| Status(status::OUT_OF_RESOURCES, "no answer".into()))?;
         let device = crate::dicom::Producer::device_uid(&self.options.ae_title);
         let set = results(
             &source,
@@ -716,25 +909,25 @@ impl NodeState {
             &self.options.uids,
             &device,
         )
-        .map_err(|e| Status(0xA700, format!("{e:#}")))?;
+        .map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?;
         let mut objects = vec![(
             "sr".to_string(),
-            encode(set.report).map_err(|e| Status(0xA700, format!("{e:#}")))?,
+            encode(set.report).map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?,
         )];
         if let Some(sc) = set.capture {
             objects.push((
                 "sc".to_string(),
-                encode(sc).map_err(|e| Status(0xA700, format!("{e:#}")))?,
+                encode(sc).map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?,
             ));
         }
         self.outbox
             .push(&objects, received)
-            .map_err(|e| Status(0xA700, format!("{e:#}")))?;
+            .map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?;
         let mut record = answer.json.clone();
         if let Some(o) = record.as_object_mut() {
             o.remove("path");
             o.remove("message");
-            o.insert("status".into(), json!("0x0000"));
+            o.insert("status".into(), json!(status::hex(status::SUCCESS)));
             o.insert("results".into(), json!(objects.len()));
         }
         Ok(record)
@@ -816,14 +1009,25 @@ fn response(
 }
 
 /// The default results queue folder: `$XDG_STATE_HOME/xray/outbox-AE` (else
-/// `~/.local/state/xray/outbox-AE`).
-pub fn default_queue_dir(ae_title: &str) -> PathBuf {
+/// `~/.local/state/xray/outbox-AE`); never a shared temporary folder, so without either
+/// variable the operator must name one.
+pub fn default_queue_dir(ae_title: &str) -> Result<PathBuf, Error> {
     let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".local/state")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("xray")
-        .join(format!("outbox-{}", ae_title.trim()))
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| Path::new(&h).join(".local/state"))
+        })
+        .ok_or_else(|| {
+            Error::usage(
+                "neither XDG_STATE_HOME nor HOME is set: name the results queue with --results-queue DIR (a folder of this user's, mode 0700)",
+            )
+        })?;
+    Ok(base
+        .join("xray")
+        .join(format!("outbox-{}", ae_title.trim())))
 }
 
 #[cfg(test)]

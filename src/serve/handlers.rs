@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 use super::admission::{audited, error, fields, Admitted, Client, ClientRequestId, RequestId};
+use super::refusal::Refused;
 use super::worker::{preview, Job, Prepared};
 use super::AppState;
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
@@ -99,21 +100,6 @@ fn upload_error(e: &axum::extract::multipart::MultipartError, context: &str) -> 
             format!("{context}: {}", e.body_text()),
             "malformed upload".into(),
         )
-    }
-}
-
-/// The status of an upload that could not be decoded: too large (413), a format or DICOM
-/// encoding xray cannot read (415), or anything else wrong with the file (422).
-fn refusal_status(reason: &str) -> StatusCode {
-    if reason.contains("too large") {
-        StatusCode::PAYLOAD_TOO_LARGE
-    } else if reason.contains("cannot decode")
-        || reason.contains("is unknown to xray")
-        || reason.contains("not a recognised image format")
-    {
-        StatusCode::UNSUPPORTED_MEDIA_TYPE
-    } else {
-        StatusCode::UNPROCESSABLE_ENTITY
     }
 }
 
@@ -254,14 +240,11 @@ pub async fn predict(
                 outcomes.push(None);
             }
             Err(e) => {
-                let reason = match &e {
-                    Error::Image { reason, .. } => reason.clone(),
-                    other => other.to_string(),
-                };
+                let refused = Refused::of(&e);
                 outcomes.push(Some(Outcome::Refused(
-                    refusal_status(&reason),
+                    refused.http_status(),
                     e.to_string(),
-                    reason,
+                    refused.reason,
                 )));
             }
         }

@@ -26,6 +26,7 @@ mod handlers;
 pub mod limit;
 pub mod options;
 pub mod prometheus;
+pub mod refusal;
 pub mod tls;
 mod worker;
 

@@ -129,7 +129,7 @@ pub struct MemoryBound {
     pub decoded: u64,
     /// `dicom_associations x (2 x max_upload_bytes + 2.2 MB + 128 KiB)`: each DICOM association
     /// holds one data set as received and as a file in memory, its decoded image, and its PDU
-    /// buffers.
+    /// buffers; plus `PENDING_TOTAL x 64 KiB` for the connections not yet associated.
     pub dicom: u64,
 }
 
@@ -150,8 +150,15 @@ impl MemoryBound {
                 * options.max_pixels
                 * Self::DECODE_BYTES_PER_PIXEL,
             decoded: queue * options.max_files as u64 * Self::KEPT_BYTES_PER_IMAGE,
-            dicom: options.dicom_associations as u64
-                * (2 * options.max_upload_bytes as u64 + Self::KEPT_BYTES_PER_IMAGE + (128 << 10)),
+            dicom: if options.dicom_associations == 0 {
+                0
+            } else {
+                options.dicom_associations as u64
+                    * (2 * options.max_upload_bytes as u64
+                        + Self::KEPT_BYTES_PER_IMAGE
+                        + (128 << 10))
+                    + super::dicom_node::PENDING_TOTAL as u64 * super::dicom_node::PENDING_BYTES
+            },
         }
     }
 
@@ -175,7 +182,7 @@ impl MemoryBound {
             mib(self.connections),
             if self.dicom > 0 {
                 format!(
-                    ", DICOM associations {} MiB (--dicom-max-associations x 2 x --max-upload-mb)",
+                    ", DICOM associations {} MiB (--dicom-max-associations x 2 x --max-upload-mb, and 32 connections waiting to associate)",
                     mib(self.dicom)
                 )
             } else {
@@ -230,7 +237,7 @@ mod tests {
         });
         assert_eq!(
             node.dicom,
-            8 * (2 * 32 * 1048576 + 768 * 768 * 3 + 512 * 512 * 3 + 131072)
+            8 * (2 * 32 * 1048576 + 768 * 768 * 3 + 512 * 512 * 3 + 131072) + 32 * (65536 + 6)
         );
         assert_eq!(node.total(), m.total() + node.dicom);
         assert!((16..=1024).contains(&default_max_connections()));
