@@ -1221,3 +1221,161 @@ fn a_silent_connection_is_closed_after_the_artim_time_and_the_node_keeps_serving
             .any(|l| l["dicom"] == "association" && l["result"] == "rejected")
     });
 }
+
+/// A test CA: its certificate's PEM and what signs with it.
+struct TestCa {
+    pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+        ];
+        let pem = params.self_signed(&key).unwrap().pem();
+        TestCa {
+            pem,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `cn` signed by this CA (expired with `expired`), written as
+    /// `dir/NAME.pem` and `dir/NAME.key` (0600): their paths.
+    fn issue(&self, dir: &Path, name: &str, cn: &str, expired: bool) -> (PathBuf, PathBuf) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let (pem, key_path) = (
+            dir.join(format!("{name}.pem")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&pem, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        (pem, key_path)
+    }
+}
+
+#[test]
+#[ignore = "needs DCMTK (scripts/setup/dicom.sh); make test runs it"]
+fn mutual_tls_admits_only_certificates_of_the_client_ca_and_the_listed_subject() {
+    need_tools();
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (ca, stranger_ca) = (TestCa::new("Hospital CA"), TestCa::new("Other CA"));
+    let ca_pem = d.join("ca.pem");
+    std::fs::write(&ca_pem, &ca.pem).unwrap();
+    let (server_cert, server_key) = ca.issue(d, "server", "xray.hospital.example", false);
+    let (good_cert, good_key) = ca.issue(d, "modality", "ct1.hospital.example", false);
+    let (other_cert, other_key) = ca.issue(d, "other", "ct2.hospital.example", false);
+    let (old_cert, old_key) = ca.issue(d, "expired", "ct1.hospital.example", true);
+    let (foreign_cert, foreign_key) =
+        stranger_ca.issue(d, "foreign", "ct1.hospital.example", false);
+    let (_server, port, audit) = lone_node(
+        d,
+        &[
+            "--tls-cert",
+            server_cert.to_str().unwrap(),
+            "--tls-key",
+            server_key.to_str().unwrap(),
+            "--dicom-tls",
+            "--dicom-tls-client-ca",
+            ca_pem.to_str().unwrap(),
+            "--dicom-allow",
+            "MODALITY@127.0.0.1/ct1.hospital.example",
+        ],
+    );
+    let echo_with = |client: Option<(&Path, &Path)>| {
+        let mut cmd = Command::new("echoscu");
+        match client {
+            Some((cert, key)) => cmd.arg("+tls").arg(key).arg(cert),
+            None => cmd.arg("+tla"),
+        };
+        run(cmd
+            .arg("+cf")
+            .arg(&ca_pem)
+            .args(["-aet", "MODALITY", "-aec", "XRAY", "-to", "10", "127.0.0.1"])
+            .arg(port.to_string()))
+    };
+    let (ok, text) = echo_with(Some((&good_cert, &good_key)));
+    assert!(ok, "the listed certificate was refused:\n{text}");
+    for (what, client) in [
+        ("no client certificate", None),
+        (
+            "a certificate of another CA",
+            Some((foreign_cert.as_path(), foreign_key.as_path())),
+        ),
+        (
+            "an expired certificate",
+            Some((old_cert.as_path(), old_key.as_path())),
+        ),
+        (
+            "a certificate of the CA for another subject",
+            Some((other_cert.as_path(), other_key.as_path())),
+        ),
+    ] {
+        let (ok, text) = echo_with(client);
+        assert!(!ok, "{what} was let in:\n{text}");
+    }
+    let cr = d.join("chest.dcm");
+    write_cr(
+        &t.data.join("normal/normal_00004.png"),
+        &cr,
+        &Ids::new("PAT-13", 1),
+    );
+    let tls = [
+        "+tls",
+        good_key.to_str().unwrap(),
+        good_cert.to_str().unwrap(),
+        "+cf",
+        ca_pem.to_str().unwrap(),
+    ];
+    let (ok, text) = store(std::slice::from_ref(&cr), port, &tls);
+    assert!(ok, "storescu over mutual TLS:\n{text}");
+    let lines = wait_for_audit(&audit, |lines| {
+        lines
+            .iter()
+            .any(|l| l["dicom"] == "c-store" && l["status"] == "0x0000")
+    });
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["certificate_cn"] == "ct1.hospital.example"),
+        "{lines:?}"
+    );
+    // Off the loopback, plain DICOM must be asked for by name.
+    let out = xray()
+        .args(["serve", "--checkpoint"])
+        .arg(&t.run)
+        .args([
+            "--dicom-addr",
+            "0.0.0.0:0",
+            "--results-to",
+            "PACS@127.0.0.1:4242",
+        ])
+        .arg("--results-queue")
+        .arg(d.join("q2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--insecure-dicom"), "{err}");
+}

@@ -16,6 +16,7 @@ use crate::dicom::uid::UidRoot;
 use crate::error::Error;
 use crate::infer::Predictor;
 use crate::serve::dicom_node::{default_queue_dir, Allowed, NodeOptions};
+use crate::serve::dicom_tls::ClientCa;
 use crate::serve::options::default_max_connections;
 use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
@@ -159,6 +160,15 @@ pub struct ServeArgs {
     /// again when they change, as for HTTPS).
     #[arg(long, requires = "dicom_addr", requires = "tls_cert")]
     pub dicom_tls: bool,
+    /// Mutual TLS: a peer must present a client certificate signed by the CA (PEM) of FILE
+    /// before it may associate; `--dicom-allow AE@HOST/CN` can then also require the
+    /// certificate's subject Common Name.
+    #[arg(long, value_name = "FILE", requires = "dicom_tls")]
+    pub dicom_tls_client_ca: Option<PathBuf>,
+    /// Allow a non-loopback --dicom-addr without --dicom-tls: images, patient names and AE
+    /// titles then cross the network in clear text, and an AE title can be claimed by anyone.
+    #[arg(long, requires = "dicom_addr")]
+    pub insecure_dicom: bool,
 }
 
 /// How `serve` writes its log on stderr.
@@ -263,6 +273,7 @@ impl ServeArgs {
         let dicom = match &self.dicom_addr {
             Some(addr) => {
                 check_ae_title(&self.ae_title, "--ae-title")?;
+                check_dicom_exposure(addr, self.dicom_tls, self.insecure_dicom)?;
                 let results_to = match (&self.results_to, &self.results_stow) {
                     (Some(to), _) => Destination::Dicom {
                         node: Node::parse(to, "--results-to")?,
@@ -304,6 +315,10 @@ impl ServeArgs {
                     send_timeout: Duration::from_secs(30),
                     want_tls: self.dicom_tls,
                     tls: None,
+                    client_ca: match &self.dicom_tls_client_ca {
+                        Some(path) => Some(ClientCa::load(path)?),
+                        None => None,
+                    },
                 })
             }
             None => None,
@@ -317,4 +332,24 @@ impl ServeArgs {
         };
         serve(&self.checkpoint, predictor, &listen, options, dicom)
     }
+}
+
+/// Refuses a `--dicom-addr` that other hosts can reach without `--dicom-tls`, unless
+/// `--insecure-dicom`: images and patient attributes would cross the network in clear text.
+fn check_dicom_exposure(addr: &str, tls: bool, insecure: bool) -> Result<()> {
+    use std::net::ToSocketAddrs;
+    if tls || insecure {
+        return Ok(());
+    }
+    let addrs: Vec<_> = addr
+        .to_socket_addrs()
+        .map_err(|e| Error::usage(format!("--dicom-addr {addr}: {e}")))?
+        .collect();
+    if addrs.iter().all(|a| a.ip().is_loopback()) {
+        return Ok(());
+    }
+    Err(Error::usage(format!(
+        "--dicom-addr {addr} is reachable from other hosts: add --dicom-tls (with --tls-cert/--tls-key, and --dicom-tls-client-ca to authenticate peers), or --insecure-dicom to send images in clear text"
+    ))
+    .into())
 }

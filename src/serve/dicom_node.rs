@@ -27,7 +27,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::SyncSender;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
@@ -99,26 +99,35 @@ const MAX_COMMAND_BYTES: usize = 64 << 10;
 /// Largest PDU we receive (the peer splits larger data sets).
 const MAX_PDU_BYTES: u32 = 64 << 10;
 
-/// One entry of `--dicom-allow`: a calling AE title and the host it must come from.
+/// One entry of `--dicom-allow`: a calling AE title, the host it must come from and,
+/// under mutual TLS, the subject Common Name of its certificate.
 #[derive(Debug, Clone)]
 pub struct Allowed {
     /// The calling AE title.
     pub ae_title: String,
     /// The addresses the host name resolved to at start (any, for `*`).
     pub hosts: Option<Vec<IpAddr>>,
+    /// The client certificate's subject CN it must present (`AE@HOST/CN`).
+    pub subject: Option<String>,
     /// As given, for messages.
     pub text: String,
 }
 
 impl Allowed {
-    /// Parses `AE@HOST` (`AE@*`: from any host), resolving HOST now.
+    /// Parses `AE@HOST` (`AE@*`: from any host), resolving HOST now, and `AE@HOST/CN`: the
+    /// same, with a client certificate whose subject Common Name is CN.
     pub fn parse(text: &str) -> Result<Allowed> {
         let bad = || {
             Error::usage(format!(
-                "--dicom-allow {text}: expected AE@HOST (for example PACS@10.0.0.5, or PACS@* for any host)"
+                "--dicom-allow {text}: expected AE@HOST or AE@HOST/CN (for example PACS@10.0.0.5, PACS@* for any host, PACS@*/pacs.hospital.example for a certificate's subject)"
             ))
         };
-        let (ae, host) = text.split_once('@').ok_or_else(bad)?;
+        let (ae, rest) = text.split_once('@').ok_or_else(bad)?;
+        let (host, subject) = match rest.split_once('/') {
+            Some((_, "")) => return Err(bad().into()),
+            Some((host, cn)) => (host, Some(cn.to_string())),
+            None => (rest, None),
+        };
         crate::dicom::scu::check_ae_title(ae, "--dicom-allow")?;
         let hosts = if host == "*" {
             None
@@ -138,6 +147,7 @@ impl Allowed {
         Ok(Allowed {
             ae_title: ae.to_string(),
             hosts,
+            subject,
             text: text.to_string(),
         })
     }
@@ -175,6 +185,8 @@ pub struct NodeOptions {
     pub want_tls: bool,
     /// That certificate, once loaded (set by [`super::serve`]).
     pub tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    /// `--dicom-tls-client-ca`: peers must present a certificate it signed.
+    pub client_ca: Option<super::dicom_tls::ClientCa>,
 }
 
 /// What the node shares with the HTTP side.
@@ -220,6 +232,8 @@ struct Gate<'a> {
     slot: &'a std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
     /// Whether the request passed the checks but found every place taken.
     busy: &'a std::sync::atomic::AtomicBool,
+    /// The subject CN of the client certificate verified in the TLS handshake.
+    subject: &'a Mutex<Option<String>>,
 }
 
 impl AccessControl for Gate<'_> {
@@ -234,11 +248,20 @@ impl AccessControl for Gate<'_> {
             return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
         }
         let calling = calling_ae_title.trim();
+        let subject = self
+            .subject
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let allowed = if self.allow.is_empty() {
             self.peer.is_loopback()
         } else {
             self.allow.iter().any(|a| {
-                a.ae_title == calling && a.hosts.as_ref().is_none_or(|h| h.contains(&self.peer))
+                a.ae_title == calling
+                    && a.hosts.as_ref().is_none_or(|h| h.contains(&self.peer))
+                    && a.subject
+                        .as_ref()
+                        .is_none_or(|cn| Some(cn) == subject.as_ref())
             })
         };
         if !allowed {
@@ -533,12 +556,14 @@ impl NodeState {
     ) -> Result<()> {
         let slot = std::sync::Mutex::new(None);
         let busy = std::sync::atomic::AtomicBool::new(false);
+        let subject = Arc::new(Mutex::new(None));
         let gate = Gate {
             allow: &self.options.allow,
             peer,
             slots: &self.slots,
             slot: &slot,
             busy: &busy,
+            subject: &subject,
         };
         let mut options = ServerAssociationOptions::new()
             .ae_access_control(gate)
@@ -574,12 +599,20 @@ impl NodeState {
         match &self.options.tls {
             // The current certificate: renewed ones apply to the next association.
             Some(tls) => {
-                let options = options.tls_config(tls.get_inner());
+                let config = match &self.options.client_ca {
+                    // Mutual TLS: this connection's verifier leaves the subject for the gate.
+                    Some(ca) => ca
+                        .config_for(&tls.get_inner(), subject.clone())
+                        .map_err(|e| anyhow!("TLS configuration: {e}"))?,
+                    None => tls.get_inner(),
+                };
+                let options = options.tls_config(config);
                 match tokio::time::timeout(artim, options.establish_tls_async(stream)).await {
                     Ok(Ok(assoc)) => {
                         let _slot = take_slot();
                         drop(pending);
-                        self.run_association(assoc, peer).await
+                        let cn = subject.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        self.run_association(assoc, peer, cn).await
                     }
                     Ok(Err(e)) => refused(e.to_string()),
                     Err(_) => refused(late()),
@@ -589,7 +622,7 @@ impl NodeState {
                 Ok(Ok(assoc)) => {
                     let _slot = take_slot();
                     drop(pending);
-                    self.run_association(assoc, peer).await
+                    self.run_association(assoc, peer, None).await
                 }
                 Ok(Err(e)) => refused(e.to_string()),
                 Err(_) => refused(late()),
@@ -603,6 +636,7 @@ impl NodeState {
         &self,
         mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
         peer: IpAddr,
+        subject: Option<String>,
     ) -> Result<()>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
@@ -611,7 +645,7 @@ impl NodeState {
             .trim()
             .to_string();
         self.audit(
-            json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "accepted"}),
+            json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "certificate_cn": subject, "result": "accepted"}),
         );
         let contexts = assoc.presentation_contexts().to_vec();
         let mut msg = Incoming::default();

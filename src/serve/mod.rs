@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 mod connections;
 pub mod dicom_node;
+pub mod dicom_tls;
 mod handlers;
 pub mod limit;
 pub mod options;
