@@ -1159,7 +1159,13 @@ fn results_go_by_stow_rs_to_a_dicomweb_pacs_without_showing_its_password() {
     let orthanc = Orthanc::start_with(port, true);
     let queue = dir.path().join("queue");
     let audit = dir.path().join("audit.jsonl");
-    let url = format!("http://xray:s3cret-pw@127.0.0.1:{}/dicom-web", orthanc.http);
+    let url = format!("http://xray@127.0.0.1:{}/dicom-web", orthanc.http);
+    let password = dir.path().join("stow-password");
+    std::fs::write(&password, "s3cret-pw\n").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&password, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let mut server = crate::serve::Server::start(
         &t.run,
         &[
@@ -1167,6 +1173,8 @@ fn results_go_by_stow_rs_to_a_dicomweb_pacs_without_showing_its_password() {
             &format!("127.0.0.1:{port}"),
             "--results-stow",
             &url,
+            "--results-stow-password-file",
+            password.to_str().unwrap(),
             "--results-queue",
             queue.to_str().unwrap(),
             "--audit-log",
@@ -1194,6 +1202,9 @@ fn results_go_by_stow_rs_to_a_dicomweb_pacs_without_showing_its_password() {
     let logged = std::fs::read_to_string(&audit).unwrap();
     assert!(logged.contains("\"results-sent\""), "{logged}");
     assert!(!logged.contains("s3cret") && !node_line.contains("s3cret"));
+    // Not on the command line, where `ps` shows it.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", server.child.id())).unwrap();
+    assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret"));
 }
 
 #[test]

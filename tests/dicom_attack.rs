@@ -445,6 +445,13 @@ fn new_uid(n: u32) -> String {
 /// A node on a fresh port with the demo model: results to a closed port (they wait in the
 /// queue), its audit log and stderr in `dir`. The server, its DICOM port.
 fn attacked_node(dir: &Path, extra: &[&str]) -> (Server, u16) {
+    let to = format!("PACS@127.0.0.1:{}", free_port());
+    node_sending_to(dir, &["--results-to", &to], extra)
+}
+
+/// A node on a fresh port with the demo model, results sent as `destination` says, its queue,
+/// audit log and stderr in `dir`. The server, its DICOM port.
+fn node_sending_to(dir: &Path, destination: &[&str], extra: &[&str]) -> (Server, u16) {
     let port = free_port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_xray"));
     cmd.arg("serve")
@@ -452,7 +459,7 @@ fn attacked_node(dir: &Path, extra: &[&str]) -> (Server, u16) {
         .arg(&trained().run)
         .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
         .args(["--dicom-addr", &format!("127.0.0.1:{port}")])
-        .args(["--results-to", &format!("PACS@127.0.0.1:{}", free_port())])
+        .args(destination)
         .arg("--results-queue")
         .arg(dir.join("queue"))
         .arg("--audit-log")
@@ -739,4 +746,121 @@ fn silent_and_trickling_connections_do_not_lock_out_an_allowed_peer() {
         before >> 20,
         after >> 20
     );
+}
+
+/// A DICOMweb server that answers every request with `answer` (a whole HTTP response) and
+/// counts the requests: its port.
+fn canned_http(answer: &'static str) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            // The head, then the body its Content-Length declares.
+            let mut data = Vec::new();
+            let mut buf = [0u8; 65536];
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                data.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&data).to_string();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if data.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            let _ = stream.write_all(answer.as_bytes());
+        }
+    });
+    (port, count)
+}
+
+/// The audit's results-sent lines.
+fn deliveries(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("audit.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["dicom"] == "results-sent")
+        .collect()
+}
+
+#[test]
+fn stow_answers_that_are_not_a_stored_instance_never_count_as_delivered() {
+    const FAILED: &str = "HTTP/1.1 202 Accepted\r\nContent-Type: application/dicom+json\r\nContent-Length: 74\r\nConnection: close\r\n\r\n{\"00081198\":{\"vr\":\"SQ\",\"Value\":[{\"00081197\":{\"vr\":\"US\",\"Value\":[272]}}]}}";
+    let cases: [(&str, &'static str, &str); 4] = [
+        (
+            "a redirect",
+            "HTTP/1.1 302 Found\r\nLocation: /elsewhere\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "refused",
+        ),
+        ("202 with a failed SOP", FAILED, "refused"),
+        (
+            "200 that lists nothing",
+            "HTTP/1.1 200 OK\r\nContent-Type: application/dicom+json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            "refused",
+        ),
+        (
+            "500",
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "unreachable",
+        ),
+    ];
+    for (what, answer, result) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (http, requests) = canned_http(answer);
+        let url = format!("http://127.0.0.1:{http}/dicom-web");
+        let (_server, port) = node_sending_to(dir.path(), &["--results-stow", &url], &[]);
+        let (_, mut stream) = open_store(port);
+        let uid = new_uid(1);
+        let native: Vec<u8> = (0..64 * 64).map(|i| (i % 251) as u8).collect();
+        let image = data_set(CR, &uid, 64, 64, &Pixels::Native(native));
+        assert_eq!(c_store(&mut stream, 7, 1, CR, &uid, &image), Some(0x0000));
+        release(stream);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let lines = loop {
+            let lines = deliveries(dir.path());
+            if !lines.is_empty() {
+                break lines;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no delivery audited in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(
+            lines.iter().all(|l| l["result"] != "stored"),
+            "{what}: {lines:?}"
+        );
+        assert_eq!(lines[0]["result"], result, "{what}: {lines:?}");
+        // Nothing was deleted as delivered: the results wait, or are set aside.
+        let queue = dir.path().join("queue");
+        let kept = std::fs::read_dir(&queue).unwrap().count();
+        assert!(kept >= 1, "{what}: the queue is empty");
+        if result == "refused" {
+            assert!(
+                std::fs::read_dir(&queue)
+                    .unwrap()
+                    .flatten()
+                    .any(|e| e.path().extension().is_some_and(|x| x == "refused")),
+                "{what}"
+            );
+        }
+    }
 }

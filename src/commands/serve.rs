@@ -133,9 +133,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "AE@HOST:PORT", requires = "dicom_addr")]
     pub results_to: Option<String>,
     /// Or send them by DICOMweb STOW-RS to this URL (the DICOMweb root or its /studies;
-    /// user:password@ in the URL is sent as Basic auth and never shown).
+    /// user@ in the URL, with the password of --results-stow-password-file or of the
+    /// environment variable XRAY_STOW_PASSWORD, is sent as Basic auth and never shown).
     #[arg(long, value_name = "URL", requires = "dicom_addr")]
     pub results_stow: Option<String>,
+    /// The STOW-RS password: the first line of FILE (mode 0600 or stricter).
+    #[arg(long, value_name = "FILE", requires = "results_stow")]
+    pub results_stow_password_file: Option<PathBuf>,
     /// Folder of the results waiting to be sent (kept across restarts; default
     /// $XDG_STATE_HOME/xray/outbox-AE or ~/.local/state/xray/outbox-AE).
     #[arg(long, value_name = "DIR", requires = "dicom_addr")]
@@ -144,6 +148,10 @@ pub struct ServeArgs {
     /// (0xA700), so the sender tries again later.
     #[arg(long, value_name = "MIB", default_value_t = 1024)]
     pub results_queue_mb: u64,
+    /// Days a result the destination refused is kept in the queue folder (as NAME.refused,
+    /// for the operator to look at) before it is removed: it holds patient data.
+    #[arg(long, value_name = "DAYS", default_value_t = 7.0)]
+    pub results_keep_days: f64,
     /// Associations held at once, taken only by peers that pass the AE title and address
     /// checks; more are rejected. Connections that have not associated yet have their own
     /// small budget (4 per address, 32 in all, each for at most --header-timeout).
@@ -279,7 +287,11 @@ impl ServeArgs {
                         node: Node::parse(to, "--results-to")?,
                         calling_ae: self.ae_title.clone(),
                     },
-                    (None, Some(url)) => Destination::Stow(Stow::parse(url)?),
+                    (None, Some(url)) => Destination::Stow(Stow::parse(
+                        url,
+                        stow_password(self.results_stow_password_file.as_deref())?.as_deref(),
+                        self.insecure_http,
+                    )?),
                     (None, None) => {
                         return Err(Error::usage(
                             "--dicom-addr needs --results-to or --results-stow",
@@ -301,6 +313,17 @@ impl ServeArgs {
                     },
                     results_to,
                     queue_bytes: self.results_queue_mb.max(1) << 20,
+                    keep_refused: if self.results_keep_days.is_finite()
+                        && self.results_keep_days > 0.0
+                    {
+                        Duration::from_secs_f64(self.results_keep_days * 86400.0)
+                    } else {
+                        return Err(Error::usage(format!(
+                            "--results-keep-days {}: give a number of days above 0",
+                            self.results_keep_days
+                        ))
+                        .into());
+                    },
                     uids: match &self.uid_root {
                         Some(root) => UidRoot::parse(root)?,
                         None => UidRoot::default(),
@@ -352,4 +375,25 @@ fn check_dicom_exposure(addr: &str, tls: bool, insecure: bool) -> Result<()> {
         "--dicom-addr {addr} is reachable from other hosts: add --dicom-tls (with --tls-cert/--tls-key, and --dicom-tls-client-ca to authenticate peers), or --insecure-dicom to send images in clear text"
     ))
     .into())
+}
+
+/// The STOW-RS password: the first line of `file` (refused when others may read it), else
+/// `XRAY_STOW_PASSWORD`; `None` without either.
+fn stow_password(file: Option<&std::path::Path>) -> Result<Option<String>> {
+    let flag = "--results-stow-password-file";
+    match file {
+        Some(path) => {
+            crate::serve::tls::check_private(path, flag)?;
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| Error::usage(format!("{flag} {}: {e}", path.display())))?;
+            let line = text.lines().next().unwrap_or("").to_string();
+            if line.is_empty() {
+                return Err(Error::usage(format!("{flag} {}: empty", path.display())).into());
+            }
+            Ok(Some(line))
+        }
+        None => Ok(std::env::var("XRAY_STOW_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty())),
+    }
 }

@@ -60,6 +60,8 @@ const BATCH: usize = 64;
 pub struct Outbox {
     dir: PathBuf,
     max_bytes: u64,
+    /// How long a file the destination refused is kept (for the operator to look at).
+    keep_refused: Duration,
     wake: Arc<(Mutex<bool>, Condvar)>,
     stop: Arc<AtomicBool>,
 }
@@ -74,6 +76,8 @@ pub enum Delivery {
     Refused(PathBuf, u16),
     /// The destination could not be reached; everything stays queued.
     Unreachable(String),
+    /// This many refused files passed their keeping time and were removed.
+    Expired(usize),
 }
 
 /// Refuses a queue folder that others can read, write or enter (the results carry patient
@@ -97,8 +101,9 @@ fn check_private(dir: &Path) -> Result<()> {
 }
 
 impl Outbox {
-    /// Opens (creating, 0700) the queue folder `dir`, holding at most `max_bytes`.
-    pub fn open(dir: &Path, max_bytes: u64) -> Result<Outbox> {
+    /// Opens (creating, 0700) the queue folder `dir`, holding at most `max_bytes` (waiting
+    /// and refused files together), refused files kept for `keep_refused`.
+    pub fn open(dir: &Path, max_bytes: u64, keep_refused: Duration) -> Result<Outbox> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -109,6 +114,7 @@ impl Outbox {
         Ok(Outbox {
             dir: dir.to_path_buf(),
             max_bytes,
+            keep_refused,
             wake: Arc::new((Mutex::new(false), Condvar::new())),
             stop: Arc::new(AtomicBool::new(false)),
         })
@@ -122,14 +128,30 @@ impl Outbox {
     /// The queued files (`*.dcm`, not those being written), oldest name first, and their
     /// total size.
     pub fn pending(&self) -> (Vec<PathBuf>, u64) {
+        // Not a file still being written (write_with's `NAME.PID.tmp.dcm`).
+        self.files("dcm", |path| !path.to_string_lossy().contains(".tmp."))
+    }
+
+    /// Whether `bytes` more fit under the bound, which counts the files set aside as
+    /// refused too: they hold patient data as much as the waiting ones.
+    pub fn has_room(&self, bytes: u64) -> bool {
+        self.pending().1 + self.refused().1 + bytes <= self.max_bytes
+    }
+
+    /// The files the destination refused (`*.refused`), by name, and their total size.
+    pub fn refused(&self) -> (Vec<PathBuf>, u64) {
+        self.files("refused", |_| true)
+    }
+
+    /// The folder's files with extension `ext` that `keep` takes, sorted by name, and their
+    /// total size.
+    fn files(&self, ext: &str, keep: impl Fn(&Path) -> bool) -> (Vec<PathBuf>, u64) {
         let mut files = Vec::new();
         let mut bytes = 0;
         if let Ok(entries) = std::fs::read_dir(&self.dir) {
             for e in entries.flatten() {
                 let path = e.path();
-                // Not a file still being written (write_with's `NAME.PID.tmp.dcm`).
-                let writing = path.to_string_lossy().contains(".tmp.");
-                if path.extension().is_some_and(|x| x == "dcm") && !writing {
+                if path.extension().is_some_and(|x| x == ext) && keep(&path) {
                     bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
                     files.push(path);
                 }
@@ -139,9 +161,21 @@ impl Outbox {
         (files, bytes)
     }
 
-    /// Whether `bytes` more fit under the bound.
-    pub fn has_room(&self, bytes: u64) -> bool {
-        self.pending().1 + bytes <= self.max_bytes
+    /// Removes the refused files older than the keeping time; how many.
+    pub fn expire_refused(&self) -> usize {
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for path in self.refused().0 {
+            let old = std::fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > self.keep_refused);
+            if old && std::fs::remove_file(&path).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
     }
 
     /// Queues `objects` (name, encoded Part 10 file) answering an image received at
@@ -194,6 +228,10 @@ impl Outbox {
             .spawn(move || {
                 let mut backoff = Duration::from_secs(1);
                 while !me.stop.load(Ordering::Relaxed) {
+                    let expired = me.expire_refused();
+                    if expired > 0 {
+                        report(Delivery::Expired(expired));
+                    }
                     let (files, _) = me.pending();
                     if files.is_empty() {
                         me.wait(MAX_BACKOFF);
@@ -287,7 +325,7 @@ mod tests {
     fn pushed_results_are_private_ordered_bounded_and_timed() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let outbox = Outbox::open(&dir.path().join("q"), 1000).unwrap();
+        let outbox = Outbox::open(&dir.path().join("q"), 1000, Duration::from_secs(3600)).unwrap();
         let earlier = std::time::SystemTime::now() - Duration::from_secs(3);
         outbox
             .push(
@@ -325,5 +363,47 @@ mod tests {
             .unwrap_err();
         assert!(e.to_string().contains("full"), "{e}");
         assert_eq!(outbox.pending().0.len(), 3);
+    }
+
+    #[test]
+    fn refused_files_count_against_the_bound_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("q"), 1000, Duration::from_secs(1)).unwrap();
+        let now = std::time::SystemTime::now();
+        outbox.push(&[("sr".into(), vec![1; 600])], now).unwrap();
+        let (files, _) = outbox.pending();
+        settle(&files, vec![Sent::Refused(0x0122)], &|_| {});
+        assert!(outbox.pending().0.is_empty());
+        assert_eq!(outbox.refused().1, 600);
+        // The refused file still takes its room.
+        assert!(!outbox.has_room(500));
+        assert_eq!(outbox.expire_refused(), 0);
+        std::thread::sleep(Duration::from_millis(1100));
+        assert_eq!(outbox.expire_refused(), 1);
+        assert!(outbox.has_room(500));
+    }
+
+    #[test]
+    fn a_shared_or_foreign_queue_folder_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let q = dir.path().join("q");
+        std::fs::create_dir(&q).unwrap();
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let e = Outbox::open(&q, 1000, Duration::from_secs(1)).unwrap_err();
+        assert!(e.to_string().contains("must be 0700"), "{e}");
+        std::fs::set_permissions(&q, std::fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(Outbox::open(&q, 1000, Duration::from_secs(1)).is_ok());
+    }
+
+    #[test]
+    fn results_received_in_the_same_microsecond_keep_their_own_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let outbox = Outbox::open(&dir.path().join("q"), 10_000, Duration::from_secs(1)).unwrap();
+        let now = std::time::SystemTime::now();
+        for i in 0..5u8 {
+            outbox.push(&[("sr".into(), vec![i; 10])], now).unwrap();
+        }
+        assert_eq!(outbox.pending().0.len(), 5);
     }
 }

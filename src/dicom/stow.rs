@@ -32,22 +32,52 @@ impl std::fmt::Display for Stow {
 }
 
 impl Stow {
-    /// Parses `http(s)://[user:password@]host[:port]/path`: the DICOMweb root (`/studies` is
-    /// appended) or its `/studies` resource. Credentials become a Basic authorization and are
-    /// never shown.
-    pub fn parse(text: &str) -> Result<Stow> {
+    /// Parses `http(s)://[user@]host[:port]/path`: the DICOMweb root (`/studies` is appended)
+    /// or its `/studies` resource; with `password` (from a file or the environment, never
+    /// the command line, where `ps` shows it), `user:password` becomes a Basic authorization
+    /// that is never shown. A password in the URL is refused, as is Basic auth over `http://`
+    /// to another host unless `insecure_http`.
+    pub fn parse(text: &str, password: Option<&str>, insecure_http: bool) -> Result<Stow> {
         let bad = |why: &str| Error::usage(format!("--results-stow: {why}"));
         let (scheme, rest) = text
             .split_once("://")
             .filter(|(s, _)| *s == "http" || *s == "https")
             .ok_or_else(|| bad("expected an http:// or https:// URL"))?;
         let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        let (credentials, host) = match authority.rsplit_once('@') {
-            Some((c, h)) => (Some(c), h),
+        let (user, host) = match authority.rsplit_once('@') {
+            Some((u, h)) => (Some(u), h),
             None => (None, authority),
         };
         if host.is_empty() {
             return Err(bad("no host in the URL").into());
+        }
+        if user.is_some_and(|u| u.contains(':')) {
+            return Err(bad(
+                "a password in the URL shows in `ps` and in shell history: give user@host in the URL and the password in --results-stow-password-file FILE or XRAY_STOW_PASSWORD",
+            )
+            .into());
+        }
+        let authorization = match (user, password) {
+            (Some(user), Some(password)) => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+            )),
+            (None, Some(_)) => {
+                return Err(bad("a STOW password without a user: write user@host in the URL").into())
+            }
+            (Some(_), None) => {
+                return Err(bad(
+                    "user@ in the URL without a password: give it in --results-stow-password-file FILE or XRAY_STOW_PASSWORD",
+                )
+                .into())
+            }
+            (None, None) => None,
+        };
+        if authorization.is_some() && scheme == "http" && !insecure_http && !is_loopback(host) {
+            return Err(bad(
+                "Basic auth over http:// sends the password in clear text: use https://, or --insecure-http to accept that",
+            )
+            .into());
         }
         let path = path.trim_end_matches('/');
         let path = if path.ends_with("studies") {
@@ -57,12 +87,6 @@ impl Stow {
         } else {
             format!("{path}/studies")
         };
-        let authorization = credentials.map(|c| {
-            format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(c.as_bytes())
-            )
-        });
         Ok(Stow {
             url: format!("{scheme}://{host}/{path}"),
             authorization,
@@ -128,6 +152,18 @@ impl Stow {
     }
 }
 
+/// Whether `host` (`name[:port]`, `[v6]:port`) is this machine's loopback.
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The SOP Instance UID of a Part 10 file held in memory.
 fn instance_uid(bytes: &[u8]) -> Option<String> {
     use dicom_dictionary_std::tags;
@@ -176,20 +212,33 @@ mod tests {
 
     #[test]
     fn urls_are_parsed_and_credentials_hidden() {
-        let s = Stow::parse("http://alice:secret@pacs:8042/dicom-web/").unwrap();
-        assert_eq!(s.to_string(), "http://pacs:8042/dicom-web/studies");
+        let s = Stow::parse("https://alice@pacs:8042/dicom-web/", Some("secret"), false).unwrap();
+        assert_eq!(s.to_string(), "https://pacs:8042/dicom-web/studies");
         assert!(!format!("{s} {s:?}").contains("secret"));
         assert_eq!(s.authorization.as_deref(), Some("Basic YWxpY2U6c2VjcmV0"));
-        let s = Stow::parse("https://pacs/wado/studies").unwrap();
+        let s = Stow::parse("https://pacs/wado/studies", None, false).unwrap();
         assert_eq!(s.to_string(), "https://pacs/wado/studies");
         assert!(s.authorization.is_none());
         assert_eq!(
-            Stow::parse("http://pacs").unwrap().to_string(),
+            Stow::parse("http://pacs", None, false).unwrap().to_string(),
             "http://pacs/studies"
         );
-        for bad in ["pacs:8042", "ftp://pacs/x", "http:///x"] {
-            let e = Stow::parse(bad).unwrap_err();
+        // Basic auth in clear text: only to the loopback, or when asked for.
+        assert!(Stow::parse("http://alice@127.0.0.1:8042/x", Some("pw"), false).is_ok());
+        assert!(Stow::parse("http://alice@[::1]:8042/x", Some("pw"), false).is_ok());
+        assert!(Stow::parse("http://alice@pacs:8042/x", Some("pw"), true).is_ok());
+        for (bad, password) in [
+            ("pacs:8042", None),
+            ("ftp://pacs/x", None),
+            ("http:///x", None),
+            ("https://alice:secret@pacs/x", None),
+            ("https://alice@pacs/x", None),
+            ("https://pacs/x", Some("pw")),
+            ("http://alice@pacs:8042/x", Some("pw")),
+        ] {
+            let e = Stow::parse(bad, password, false).unwrap_err();
             assert!(e.to_string().contains("--results-stow"), "{bad}: {e}");
+            assert!(!e.to_string().contains("secret"), "{bad}: {e}");
         }
     }
 }

@@ -166,8 +166,10 @@ pub struct NodeOptions {
     pub results_to: Destination,
     /// The results queue folder.
     pub queue_dir: PathBuf,
-    /// Its size bound in bytes.
+    /// Its size bound in bytes (waiting and refused results together).
     pub queue_bytes: u64,
+    /// How long results the destination refused are kept (`--results-keep-days`).
+    pub keep_refused: Duration,
     /// Root of new UIDs.
     pub uids: UidRoot,
     /// Associations held at once.
@@ -374,7 +376,11 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     let listener = TcpListener::bind(&options.addr)
         .map_err(|e| Error::usage(format!("--dicom-addr {}: cannot listen: {e}", options.addr)))?;
     let local = listener.local_addr()?;
-    let outbox = Arc::new(Outbox::open(&options.queue_dir, options.queue_bytes)?);
+    let outbox = Arc::new(Outbox::open(
+        &options.queue_dir,
+        options.queue_bytes,
+        options.keep_refused,
+    )?);
     let audit = shared.audit.clone();
     let to = options.results_to.clone();
     outbox.start(
@@ -389,6 +395,7 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
                     ("refused", json!(format!("0x{status:04X}")), Some(path))
                 }
                 Delivery::Unreachable(e) => ("unreachable", json!(e), None),
+                Delivery::Expired(n) => ("expired", json!({"refused_files_removed": n}), None),
             };
             if result != "stored" {
                 tracing::warn!("dicom: results to {to}: {result} {extra}");
