@@ -250,18 +250,41 @@ pub enum Pixels {
 /// A data set in explicit VR little endian: an image of class `class`, `rows` x `columns`
 /// grey 8-bit, with its pixel data.
 fn data_set(class: &str, instance: &str, rows: u16, columns: u16, pixels: &Pixels) -> Vec<u8> {
+    let study = format!("{instance}.1");
+    let patient = Patient {
+        name: "Attack^Test",
+        study_uid: &study,
+    };
+    data_set_of(&patient, class, instance, rows, columns, pixels)
+}
+
+/// The patient and study attributes of [`data_set_of`].
+struct Patient<'a> {
+    name: &'a str,
+    study_uid: &'a str,
+}
+
+/// [`data_set`] with the patient's name and study UID given.
+fn data_set_of(
+    patient: &Patient,
+    class: &str,
+    instance: &str,
+    rows: u16,
+    columns: u16,
+    pixels: &Pixels,
+) -> Vec<u8> {
     let us = |v: u16| v.to_le_bytes();
     let mut v = Vec::new();
     v.extend(explicit(0x0008, 0x0016, b"UI", class.as_bytes()));
     v.extend(explicit(0x0008, 0x0018, b"UI", instance.as_bytes()));
     v.extend(explicit(0x0008, 0x0060, b"CS", b"CR"));
-    v.extend(explicit(0x0010, 0x0010, b"PN", b"Attack^Test"));
+    v.extend(explicit(0x0010, 0x0010, b"PN", patient.name.as_bytes()));
     v.extend(explicit(0x0010, 0x0020, b"LO", b"ATTACK1"));
     v.extend(explicit(
         0x0020,
         0x000D,
         b"UI",
-        format!("{instance}.1").as_bytes(),
+        patient.study_uid.as_bytes(),
     ));
     v.extend(explicit(
         0x0020,
@@ -645,6 +668,27 @@ fn the_wrong_sop_class_or_a_refused_context_gets_0122_and_nothing_is_queued() {
     assert_eq!(c_store(&mut stream, 9, 3, SC, &uid, &cr), Some(0x0122));
     // A CR command on a CR context whose id the node never agreed to.
     assert_eq!(c_store(&mut stream, 13, 4, CR, &uid, &cr), Some(0x0122));
+    // Attributes that would be copied into the results, breaking their VR's rules: refused.
+    let long_uid = format!("1.2.{}", "9".repeat(70));
+    let name_with_newline = "Attack^Test\r\nInjected: 1";
+    for patient in [
+        Patient {
+            name: "Attack^Test",
+            study_uid: "1.2.3.<script>",
+        },
+        Patient {
+            name: "Attack^Test",
+            study_uid: &long_uid,
+        },
+        Patient {
+            name: name_with_newline,
+            study_uid: "1.2.3.4",
+        },
+    ] {
+        let uid = new_uid(9);
+        let bad = data_set_of(&patient, CR, &uid, 64, 64, &Pixels::Native(native.clone()));
+        assert_eq!(c_store(&mut stream, 7, 8, CR, &uid, &bad), Some(0xC000));
+    }
     // A C-ECHO on a storage context.
     assert_eq!(c_echo(&mut stream, 7, 5), Some(0x0122));
     assert_eq!(c_echo(&mut stream, 1, 6), Some(0x0000));

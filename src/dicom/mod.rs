@@ -15,6 +15,7 @@ pub mod sr;
 pub mod status;
 pub mod stow;
 pub mod uid;
+pub mod vr;
 
 use std::path::Path;
 
@@ -49,6 +50,16 @@ const COPIED: &[Tag] = &[
     tags::STUDY_INSTANCE_UID,
     tags::STUDY_ID,
 ];
+
+/// The source's UIDs a result refers to.
+const SOURCE_UIDS: &[Tag] = &[
+    tags::SERIES_INSTANCE_UID,
+    tags::SOP_CLASS_UID,
+    tags::SOP_INSTANCE_UID,
+];
+
+/// The source's series attributes the overlay's series takes.
+const SERIES_EXTRA: &[Tag] = &[tags::BODY_PART_EXAMINED, tags::LATERALITY];
 
 /// Type 2 attributes of the Patient and General Study modules: present in every result, empty
 /// when the source has none.
@@ -99,6 +110,11 @@ impl Source {
         let need = |tag: Tag, what: &str| {
             text(obj, tag).ok_or_else(|| Error::image(name, format!("DICOM without {what}")))
         };
+        // What goes into the results must keep to its VR's rules (PS3.5 6.2).
+        vr::check_attributes(obj, COPIED)
+            .and_then(|()| vr::check_attributes(obj, SOURCE_UIDS))
+            .and_then(|()| vr::check_attributes(obj, SERIES_EXTRA))
+            .map_err(|why| Error::image(name, format!("DICOM attribute {why}")))?;
         let copied = COPIED
             .iter()
             .filter_map(|&t| obj.element(t).ok().cloned())
@@ -110,7 +126,7 @@ impl Source {
             sop_class_uid: need(tags::SOP_CLASS_UID, "SOP Class UID")?,
             sop_instance_uid: need(tags::SOP_INSTANCE_UID, "SOP Instance UID")?,
             modality: text(obj, tags::MODALITY).unwrap_or_else(|| "OT".into()),
-            series_extra: [tags::BODY_PART_EXAMINED, tags::LATERALITY]
+            series_extra: SERIES_EXTRA
                 .iter()
                 .filter_map(|&t| obj.element(t).ok().cloned())
                 .collect(),

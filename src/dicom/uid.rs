@@ -47,14 +47,7 @@ impl UidRoot {
             ))
             .into());
         }
-        for part in root.split('.') {
-            if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(bad("not a UID (digits separated by dots)").into());
-            }
-            if part.len() > 1 && part.starts_with('0') {
-                return Err(bad("a component starts with 0").into());
-            }
-        }
+        super::vr::check_uid(root).map_err(|why| bad(&format!("not a UID: {why}")))?;
         Ok(UidRoot {
             root: Some(root.to_string()),
             counter: AtomicU64::new(0),

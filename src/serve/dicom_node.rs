@@ -614,10 +614,14 @@ impl NodeState {
                     None => tls.get_inner(),
                 };
                 let options = options.tls_config(config);
-                match tokio::time::timeout(artim, options.establish_tls_async(stream)).await {
+                let established =
+                    tokio::time::timeout(artim, options.establish_tls_async(stream)).await;
+                // No longer waiting to associate, whatever the outcome (before the audit line,
+                // which may take a while: a rejected peer's next try must find its place).
+                drop(pending);
+                match established {
                     Ok(Ok(assoc)) => {
                         let _slot = take_slot();
-                        drop(pending);
                         let cn = subject.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         self.run_association(assoc, peer, cn).await
                     }
@@ -625,15 +629,19 @@ impl NodeState {
                     Err(_) => refused(late()),
                 }
             }
-            None => match tokio::time::timeout(artim, options.establish_async(stream)).await {
-                Ok(Ok(assoc)) => {
-                    let _slot = take_slot();
-                    drop(pending);
-                    self.run_association(assoc, peer, None).await
+            None => {
+                let established =
+                    tokio::time::timeout(artim, options.establish_async(stream)).await;
+                drop(pending);
+                match established {
+                    Ok(Ok(assoc)) => {
+                        let _slot = take_slot();
+                        self.run_association(assoc, peer, None).await
+                    }
+                    Ok(Err(e)) => refused(e.to_string()),
+                    Err(_) => refused(late()),
                 }
-                Ok(Err(e)) => refused(e.to_string()),
-                Err(_) => refused(late()),
-            },
+            }
         }
     }
 
