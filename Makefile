@@ -19,7 +19,7 @@ SKIP_SHARED = $(if $(wildcard ../shared/weights/mobilenet_v2_imagenet.safetensor
 # Every shell script, held to shellcheck's warnings like the code to clippy's.
 SHELL_SCRIPTS := $(shell find scripts deploy .ci -type f \( -name '*.sh' -o -name run \))
 
-.PHONY: demo test build lint libtorch weights clean-runs
+.PHONY: demo test build lint libtorch weights clean-runs fuzz
 
 demo: build
 	target/release/xray demo
@@ -29,14 +29,14 @@ test: lint
 	scripts/setup/postgres.sh
 	scripts/setup/dicom.sh
 	scripts/setup/sklearn.sh >/dev/null
-	$(TORCH_ENV) $(CARGO) test --release -- --include-ignored $(SKIP_SHARED)
+	$(TORCH_ENV) $(CARGO) test --release --workspace -- --include-ignored $(SKIP_SHARED)
 
 build: libtorch
 	$(TORCH_ENV) $(CARGO) build --release
 
 lint: libtorch
-	$(CARGO) fmt --check
-	$(TORCH_ENV) $(CARGO) clippy --release --all-targets -- -D warnings
+	$(CARGO) fmt --all --check
+	$(TORCH_ENV) $(CARGO) clippy --release --workspace --all-targets -- -D warnings
 	scripts/setup/shellcheck.sh
 	shellcheck -S warning $(SHELL_SCRIPTS)
 
@@ -47,6 +47,12 @@ libtorch:
 # into ~/.cache/xray/weights (configs name them weights:NAME).
 weights: build
 	scripts/setup/weights.sh target/release/xray
+
+# The fuzz targets of fuzz/ (the DICOM decode path and a C-STORE P-DATA stream), FUZZ_SECONDS
+# each (nightly and cargo-fuzz installed on first use); CI runs them for 60 s each.
+FUZZ_SECONDS ?= 300
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 clean-runs:
 	rm -rf checkpoints/demo-* checkpoints/latest datasets/synth datasets/synth-split

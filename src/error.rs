@@ -25,23 +25,16 @@ pub enum Error {
     },
 }
 
-/// Why an image was refused, as a closed set: each network answer (HTTP status, DICOM
-/// C-STORE status) is mapped from it in one place (`serve::refusal`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ImageFault {
-    /// Larger than a limit (pixels, bytes, sides), judged before decoding.
-    TooLarge,
-    /// A format or DICOM encoding xray does not decode.
-    Unsupported,
-    /// Damaged, truncated, empty or self-contradictory (a codestream whose own size disagrees
-    /// with its DICOM header), or not readable at all.
-    Corrupt,
-    /// Readable, but not one image xray can answer (several frames, no pixel data).
-    Unprocessable,
-    /// The decoder itself failed (a panic caught at the decoding boundary): the image is
-    /// refused, the process goes on.
-    DecoderFault,
+pub use xray_codec::{ImageError, ImageFault};
+
+impl From<ImageError> for Error {
+    fn from(e: ImageError) -> Self {
+        Error::Image {
+            path: e.path,
+            kind: e.kind,
+            reason: e.reason,
+        }
+    }
 }
 
 impl Error {
@@ -57,21 +50,7 @@ impl Error {
 
     /// An image refused for a `kind` of reason, naming the file.
     pub fn image_fault(path: &Path, kind: ImageFault, reason: impl Into<String>) -> Self {
-        Error::Image {
-            path: path.display().to_string(),
-            kind,
-            reason: reason.into(),
-        }
-    }
-
-    /// An image over a size limit, naming the file.
-    pub fn image_too_large(path: &Path, reason: impl Into<String>) -> Self {
-        Error::image_fault(path, ImageFault::TooLarge, reason)
-    }
-
-    /// An image in a format or encoding xray does not decode, naming the file.
-    pub fn image_unsupported(path: &Path, reason: impl Into<String>) -> Self {
-        Error::image_fault(path, ImageFault::Unsupported, reason)
+        ImageError::new(path, kind, reason).into()
     }
 }
 

@@ -23,6 +23,10 @@
 //! | 12 | [`serve`] | the HTTP server and the DICOM node |
 //! | 13 | [`commands`] | one module per subcommand |
 //! | 14 | [`cli`] | the command line |
+//!
+//! Below floor 0, outside this crate: `crates/xray-codec` (no libtorch), the decoding of what
+//! the disk and the network hand xray (images, DICOM, compressed frames, DIMSE messages),
+//! which `fuzz/` fuzzes; [`data::decode`] and [`error`] take it in.
 
 pub mod alloc;
 pub mod choice;

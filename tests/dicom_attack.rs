@@ -26,6 +26,7 @@ const IMPLICIT_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
 const RLE: &str = "1.2.840.10008.1.2.5";
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
 const JPEG2000: &str = "1.2.840.10008.1.2.4.90";
 
 // ---------------------------------------------------------------------------------------------
@@ -512,6 +513,7 @@ fn store_contexts() -> Vec<Proposed<'static>> {
         Proposed(7, CR, &[EXPLICIT_LE]),
         Proposed(9, SC, &[JPEG2000]),
         Proposed(11, CT, &[EXPLICIT_LE]),
+        Proposed(15, CR, &[DEFLATED]),
     ]
 }
 
@@ -907,4 +909,134 @@ fn stow_answers_that_are_not_a_stored_instance_never_count_as_delivered() {
             );
         }
     }
+}
+
+/// `set` (from [`data_set`]) with `extra` put just before its pixel data.
+fn with_before_pixels(set: &[u8], extra: &[u8]) -> Vec<u8> {
+    let at = set
+        .windows(4)
+        .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+        .unwrap();
+    [&set[..at], extra, &set[at..]].concat()
+}
+
+/// An explicit VR little endian element with a 4-byte length field (OB, UN, SQ...), its
+/// declared length `length`, followed by `value`.
+fn long_element(group: u16, element: u16, vr: &[u8; 2], length: u32, value: &[u8]) -> Vec<u8> {
+    let mut v = group.to_le_bytes().to_vec();
+    v.extend_from_slice(&element.to_le_bytes());
+    v.extend_from_slice(vr);
+    v.extend_from_slice(&[0, 0]);
+    v.extend_from_slice(&length.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+#[test]
+fn what_a_hostile_client_found_is_refused_and_the_node_keeps_answering() {
+    // Each case from a hostile-client review of this node: sent, refused, and the node still
+    // stores a good image afterwards.
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port) = attacked_node(dir.path(), &[]);
+    let pid = server.child.id();
+    let before = rss(pid);
+    let peak = Peak::watch(pid);
+    let native: Vec<u8> = (0..64 * 64).map(|i| (i % 251) as u8).collect();
+    let good = |uid: &str| data_set(CR, uid, 64, 64, &Pixels::Native(native.clone()));
+    let (_, mut stream) = open_store(port);
+    let mut id = 0u16;
+    let mut store = |stream: &mut TcpStream, context: u8, set: &[u8], uid: &str| {
+        id += 1;
+        c_store(stream, context, id, CR, uid, set)
+    };
+    // 1,500 nested sequences (the stack overflowed and the process died).
+    let mut nested = Vec::new();
+    for _ in 0..1500 {
+        nested.extend(long_element(0x0040, 0xA730, b"SQ", 0xFFFF_FFFF, &[]));
+        nested.extend_from_slice(&[0xFE, 0xFF, 0x00, 0xE0, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+    for _ in 0..1500 {
+        nested.extend_from_slice(&[0xFE, 0xFF, 0x0D, 0xE0, 0, 0, 0, 0]);
+        nested.extend_from_slice(&[0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    }
+    let uid = new_uid(1);
+    let set = with_before_pixels(&good(&uid), &nested);
+    assert_eq!(store(&mut stream, 7, &set, &uid), Some(0xC000), "nesting");
+    // A second Rows of 0 after Pixel Representation (the inference thread panicked, and every
+    // later image got "the model is not running").
+    let uid = new_uid(2);
+    let set = with_before_pixels(&good(&uid), &explicit(0x0028, 0x0010, b"US", &[0, 0]));
+    assert_eq!(store(&mut stream, 7, &set, &uid), Some(0xC000), "rows 0");
+    // An OB declaring 0xFFFFFFF0 bytes in a 326-byte data set (4.2 GB reserved on the DICOM
+    // path, whose header read came before the check).
+    let uid = new_uid(3);
+    let lie = long_element(0x0009, 0x1010, b"OB", 0xFFFF_FFF0, b"abcd");
+    let set = with_before_pixels(&good(&uid), &lie);
+    assert_eq!(
+        store(&mut stream, 7, &set, &uid),
+        Some(0xC000),
+        "a lying OB"
+    );
+    // The same lie in a deflated data set that inflates to 256 MiB.
+    let uid = new_uid(4);
+    let mut deflater = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::best());
+    {
+        use std::io::Write as _;
+        let head = with_before_pixels(&good(&uid), &[]);
+        let cut = head
+            .windows(4)
+            .rposition(|w| w == [0xE0, 0x7F, 0x10, 0x00])
+            .unwrap();
+        deflater.write_all(&head[..cut]).unwrap();
+        deflater
+            .write_all(&long_element(0x0009, 0x1010, b"OB", 256 << 20, &[]))
+            .unwrap();
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            deflater.write_all(&zeros).unwrap();
+        }
+    }
+    let deflated = deflater.finish().unwrap();
+    assert!(deflated.len() < 1 << 20, "{} bytes", deflated.len());
+    assert_eq!(
+        store(&mut stream, 15, &deflated, &uid),
+        Some(0xC000),
+        "deflate"
+    );
+    // An RLE segment of runs far longer than the image (2.2 GB for 16 MB sent): refused.
+    let uid = new_uid(5);
+    let mut frame = vec![0u8; 64];
+    frame[0..4].copy_from_slice(&1u32.to_le_bytes());
+    frame[4..8].copy_from_slice(&64u32.to_le_bytes());
+    for _ in 0..(1 << 16) {
+        frame.extend_from_slice(&[0x81, 0x80]);
+    }
+    let set = data_set(CR, &uid, 64, 64, &Pixels::Encapsulated(frame));
+    assert_eq!(store(&mut stream, 5, &set, &uid), Some(0xC000), "long RLE");
+    // The node, its model included, still answers.
+    assert_eq!(c_echo(&mut stream, 1, 900), Some(0x0000));
+    let uid = new_uid(6);
+    assert_eq!(
+        store(&mut stream, 7, &good(&uid), &uid),
+        Some(0x0000),
+        "a good image"
+    );
+    release(stream);
+    let peak = peak.stop();
+    assert!(
+        peak < before + (64 << 20),
+        "resident memory {} -> {} MiB",
+        before >> 20,
+        peak >> 20
+    );
+    let err = stderr_of(dir.path());
+    assert!(
+        !err.contains("overflow") && !err.contains("panicked"),
+        "{err}"
+    );
+    eprintln!(
+        "hostile findings: resident {} MiB before, peak {} MiB",
+        before >> 20,
+        peak >> 20
+    );
 }

@@ -78,9 +78,15 @@ pub struct ServeArgs {
     /// reopened on SIGHUP (logrotate).
     #[arg(long, value_name = "FILE")]
     pub audit_log: Option<PathBuf>,
-    /// Rotate the audit log past this many MiB (FILE.1 is the newest rotated file).
-    #[arg(long, value_name = "MIB", requires = "audit_log")]
-    pub audit_max_mb: Option<u64>,
+    /// Rotate the audit log past this many MiB (FILE.1 is the newest rotated file), so that a
+    /// flood of refusals cannot fill the disk; with --audit-keep 5, at most 6 x 256 MiB.
+    #[arg(
+        long,
+        value_name = "MIB",
+        default_value_t = 256,
+        requires = "audit_log"
+    )]
+    pub audit_max_mb: u64,
     /// Rotated audit files kept.
     #[arg(long, default_value_t = 5)]
     pub audit_keep: usize,
@@ -255,7 +261,7 @@ impl ServeArgs {
             rate_per_minute: self.rate_limit,
             token_file: self.token_file,
             audit_log: self.audit_log,
-            audit_max_bytes: self.audit_max_mb.map(|mb| mb.max(1) << 20),
+            audit_max_bytes: Some(self.audit_max_mb.max(1) << 20),
             audit_keep: self.audit_keep.max(1),
             model_load_seconds: 0.0,
             metrics: !self.no_metrics,

@@ -3,7 +3,6 @@
 
 pub mod archive;
 pub mod augment;
-pub mod codestream;
 pub mod decode;
 pub mod loader;
 pub mod multilabel;
@@ -12,4 +11,5 @@ pub mod on_device;
 pub mod scan;
 pub mod split;
 pub mod synth;
-pub mod truncation;
+
+pub use xray_codec::{codestream, truncation};

@@ -135,9 +135,13 @@ impl Source {
 
     /// The attributes of a DICOM Part 10 file, read up to its pixel data.
     pub fn read(path: &Path) -> Result<Source, Error> {
+        let bytes = std::fs::read(path).map_err(|e| Error::image(path, e.to_string()))?;
+        // Framing first: dicom-rs reserves what an element's length says before reading it.
+        xray_codec::decode::check_dicom(&bytes, path)?;
         let obj = dicom_object::OpenFileOptions::new()
+            .read_preamble(dicom_object::file::ReadPreamble::Always)
             .read_until(tags::PIXEL_DATA)
-            .open_file(path)
+            .from_reader(bytes.as_slice())
             .map_err(|e| Error::image(path, format!("unreadable DICOM: {e}")))?;
         Source::of(&obj, path)
     }

@@ -70,11 +70,13 @@ pub fn fields(
     m
 }
 
+/// The client's address; an IPv4 client of a dual-stack listener (`::ffff:a.b.c.d`) as IPv4,
+/// so that the rate limit and the loopback rules see one client, not two.
 fn peer(request: &Request) -> Option<IpAddr> {
     request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip())
+        .map(|c| c.0.ip().to_canonical())
 }
 
 /// An error answer: status and `{"error": message}`.

@@ -49,7 +49,8 @@ pub struct TokenFile {
 
 #[derive(Debug)]
 struct Loaded {
-    modified: Option<SystemTime>,
+    /// The file's modification time, mode and owner when last read.
+    modified: Option<Stamp>,
     /// `None` after a failed reload: every token is refused.
     tokens: Option<Vec<Token>>,
 }
@@ -90,7 +91,11 @@ impl TokenFile {
         let now_modified = modified(&self.path);
         if now_modified != loaded.modified {
             loaded.modified = now_modified;
-            loaded.tokens = match read_tokens(&self.path) {
+            // A chmod changes no content but may open the file to others: its permissions
+            // are judged again, as at start, before its tokens count.
+            let read = super::tls::check_private(&self.path, "--token-file")
+                .and_then(|()| read_tokens(&self.path));
+            loaded.tokens = match read {
                 Ok(t) => {
                     tracing::warn!(
                         "serve: {} read again: {} tokens",
@@ -121,8 +126,13 @@ impl TokenFile {
     }
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells that the token file changed: its modification time, mode and owner.
+type Stamp = (SystemTime, u32, u32);
+
+fn modified(path: &Path) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.mode(), meta.uid()))
 }
 
 fn read_tokens(path: &Path) -> Result<Vec<Token>, Error> {
@@ -306,6 +316,24 @@ mod tests {
             .set_modified(later + std::time::Duration::from_secs(2))
             .unwrap();
         assert_eq!(tokens.check("delta-0123456789abcdef"), Verdict::Unknown);
+    }
+
+    #[test]
+    fn a_token_file_opened_to_others_refuses_every_token_until_it_is_private_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let (f, tokens) = file("alpha-0123456789abcdef\n");
+        let mode = |m| std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(m));
+        assert!(matches!(
+            tokens.check("alpha-0123456789abcdef"),
+            Verdict::Valid(_)
+        ));
+        mode(0o644).unwrap();
+        assert_eq!(tokens.check("alpha-0123456789abcdef"), Verdict::Unknown);
+        mode(0o600).unwrap();
+        assert!(matches!(
+            tokens.check("alpha-0123456789abcdef"),
+            Verdict::Valid(_)
+        ));
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
-use dicom_object::{FileMetaTableBuilder, InMemDicomObject};
+use dicom_object::InMemDicomObject;
 use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
 use dicom_ul::pdu::{
     AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, PresentationContextNegotiated,
@@ -47,12 +47,13 @@ use super::refusal::Refused;
 use super::worker::{Job, Prepared};
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
 use crate::dicom::outbox::{Delivery, Destination, Outbox};
-use crate::dicom::scu::{encode_command, implicit_le};
+use crate::dicom::scu::encode_command;
 use crate::dicom::status;
 use crate::dicom::uid::UidRoot;
 use crate::dicom::{encode, results, text, Producer, Source};
 use crate::error::Error;
 use crate::explain::overlay::preview;
+use xray_codec::dimse::{part10, Incoming, Message};
 
 /// The storage SOP classes accepted: what a chest X-ray, an MRI slice or a photograph arrives
 /// as (CR, DX for presentation and processing, Digital Mammography is not among them, MR,
@@ -68,16 +69,7 @@ pub const STORAGE_CLASSES: &[&str] = &[
 
 /// Transfer syntaxes offered, in order of preference, before the ones this build cannot
 /// decode are taken out.
-const CANDIDATE_SYNTAXES: &[&str] = &[
-    uids::EXPLICIT_VR_LITTLE_ENDIAN,
-    uids::IMPLICIT_VR_LITTLE_ENDIAN,
-    uids::DEFLATED_EXPLICIT_VR_LITTLE_ENDIAN,
-    uids::JPEG_BASELINE8_BIT,
-    uids::JPEG_EXTENDED12_BIT,
-    uids::JPEG_LOSSLESS,
-    uids::JPEG_LOSSLESS_SV1,
-    uids::RLE_LOSSLESS,
-];
+const CANDIDATE_SYNTAXES: &[&str] = xray_codec::dimse::TRANSFER_SYNTAXES;
 
 /// The transfer syntaxes accepted: those of [`CANDIDATE_SYNTAXES`] this build can decode.
 pub fn transfer_syntaxes() -> Vec<&'static str> {
@@ -92,9 +84,6 @@ pub fn transfer_syntaxes() -> Vec<&'static str> {
         })
         .collect()
 }
-
-/// Largest command set accepted (a C-STORE-RQ is about 200 bytes).
-const MAX_COMMAND_BYTES: usize = 64 << 10;
 
 /// Largest PDU we receive (the peer splits larger data sets).
 const MAX_PDU_BYTES: u32 = 64 << 10;
@@ -466,20 +455,6 @@ struct NodeState {
     syntaxes: Vec<&'static str>,
 }
 
-/// One message being received: its command, then its data set.
-#[derive(Default)]
-struct Incoming {
-    command: Vec<u8>,
-    command_done: bool,
-    data: Vec<u8>,
-    data_bytes: usize,
-    data_done: bool,
-    /// The presentation context of the message's first PDV.
-    context_id: Option<u8>,
-    /// Whether a later PDV named another context.
-    mixed_contexts: bool,
-}
-
 /// A C-STORE status and why.
 struct Status(u16, String);
 
@@ -493,7 +468,7 @@ const RESPONSE: u16 = 0x8000;
 /// accepted at negotiation, whose abstract syntax is the command's affected SOP class, which
 /// must be among `classes`. Otherwise why not (answered 0x0122, SOP class not supported).
 fn context_for<'a>(
-    msg: &Incoming,
+    msg: &Message,
     contexts: &'a [PresentationContextNegotiated],
     class: &str,
     classes: &[&str],
@@ -501,7 +476,7 @@ fn context_for<'a>(
     if msg.mixed_contexts {
         return Err("the message's PDVs name more than one presentation context".into());
     }
-    let id = msg.context_id.unwrap_or(0);
+    let id = msg.context_id;
     let Some(pc) = contexts.iter().find(|pc| pc.id == id) else {
         return Err(format!("presentation context {id} was not proposed"));
     };
@@ -663,7 +638,7 @@ impl NodeState {
             json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "certificate_cn": subject, "result": "accepted"}),
         );
         let contexts = assoc.presentation_contexts().to_vec();
-        let mut msg = Incoming::default();
+        let mut msg = Incoming::new(self.shared.max_bytes);
         let deadline = tokio::time::Instant::now() + self.options.association_timeout;
         loop {
             let ended = |why: String| json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "ended", "reason": why});
@@ -694,16 +669,31 @@ impl NodeState {
             match pdu {
                 Pdu::PData { data } => {
                     for pdv in data {
+                        let is_command = pdv.value_type == PDataValueType::Command;
+                        let pushed = msg.push(
+                            pdv.presentation_context_id,
+                            is_command,
+                            pdv.is_last,
+                            &pdv.data,
+                        );
+                        let mut message = match pushed {
+                            Ok(Some(message)) => message,
+                            Ok(None) => continue,
+                            // A stream that is not DIMSE: a protocol error, the association
+                            // ends (PS3.8 7.3.2: the provider aborts).
+                            Err(why) => {
+                                self.audit(ended(why.to_string()));
+                                let _ = assoc.abort().await;
+                                return Ok(());
+                            }
+                        };
                         let reply = tokio::task::block_in_place(|| {
-                            self.take(&mut msg, pdv, &contexts, &calling, peer)
+                            self.answer(&mut message, &contexts, &calling, peer)
                         });
-                        if let Some(reply) = reply {
-                            assoc
-                                .send(&reply)
-                                .await
-                                .map_err(|e| anyhow!("answering {calling}: {e}"))?;
-                            msg = Incoming::default();
-                        }
+                        assoc
+                            .send(&reply)
+                            .await
+                            .map_err(|e| anyhow!("answering {calling}: {e}"))?;
                     }
                 }
                 Pdu::ReleaseRQ => {
@@ -719,89 +709,41 @@ impl NodeState {
         }
     }
 
-    /// Adds a PDV to the message; when the message is complete, handles it and returns the
-    /// response PDU.
-    fn take(
+    /// Answers a whole message: its response PDU.
+    fn answer(
         &self,
-        msg: &mut Incoming,
-        pdv: PDataValue,
-        contexts: &[dicom_ul::pdu::PresentationContextNegotiated],
+        msg: &mut Message,
+        contexts: &[PresentationContextNegotiated],
         calling: &str,
         peer: IpAddr,
-    ) -> Option<Pdu> {
-        match msg.context_id {
-            None => msg.context_id = Some(pdv.presentation_context_id),
-            Some(id) if id != pdv.presentation_context_id => msg.mixed_contexts = true,
-            Some(_) => {}
-        }
-        match pdv.value_type {
-            PDataValueType::Command => {
-                if msg.command.len() + pdv.data.len() <= MAX_COMMAND_BYTES {
-                    msg.command.extend_from_slice(&pdv.data);
-                }
-                msg.command_done = pdv.is_last;
-            }
-            PDataValueType::Data => {
-                msg.data_bytes += pdv.data.len();
-                if msg.data_bytes <= self.shared.max_bytes {
-                    msg.data.extend_from_slice(&pdv.data);
-                } else {
-                    msg.data = Vec::new();
-                }
-                msg.data_done = pdv.is_last;
-                if !pdv.is_last {
-                    return None;
-                }
-            }
-        }
-        if !msg.command_done {
-            return None;
-        }
-        let command =
-            InMemDicomObject::read_dataset_with_ts(msg.command.as_slice(), &implicit_le()).ok()?;
-        let field = command
-            .element(tags::COMMAND_FIELD)
-            .ok()
-            .and_then(|e| e.to_int::<u16>().ok())?;
-        let has_data = command
-            .element(tags::COMMAND_DATA_SET_TYPE)
-            .ok()
-            .and_then(|e| e.to_int::<u16>().ok())
-            .is_some_and(|t| t != 0x0101);
-        if has_data && !msg.data_done {
-            return None; // the data set follows
-        }
-        let message_id = command
-            .element(tags::MESSAGE_ID)
-            .ok()
-            .and_then(|e| e.to_int::<u16>().ok())
-            .unwrap_or(0);
-        let class = text_or_empty(&command, tags::AFFECTED_SOP_CLASS_UID);
-        let context_id = msg.context_id.unwrap_or(0);
-        match field {
+    ) -> Pdu {
+        let command = msg.command.clone();
+        let context_id = msg.context_id;
+        match command.field {
             C_ECHO_RQ => {
-                let status = match context_for(msg, contexts, &class, &[uids::VERIFICATION]) {
+                let status = match context_for(msg, contexts, &command.class, &[uids::VERIFICATION])
+                {
                     Ok(_) => status::SUCCESS,
                     Err(_) => status::SOP_CLASS_NOT_SUPPORTED,
                 };
-                Some(response(
+                response(
                     context_id,
                     C_ECHO_RQ | RESPONSE,
-                    message_id,
-                    &class,
+                    command.message_id,
+                    &command.class,
                     None,
                     status,
-                ))
+                )
             }
-            C_STORE_RQ => Some(self.c_store(msg, &command, message_id, contexts, calling, peer)),
-            _ => Some(response(
+            C_STORE_RQ => self.c_store(msg, contexts, calling, peer),
+            field => response(
                 context_id,
                 field | RESPONSE,
-                message_id,
-                &class,
+                command.message_id,
+                &command.class,
                 None,
                 status::UNRECOGNIZED_OPERATION,
-            )),
+            ),
         }
     }
 
@@ -809,15 +751,13 @@ impl NodeState {
     /// refused with a status; audited either way. The C-STORE-RSP.
     fn c_store(
         &self,
-        msg: &mut Incoming,
-        command: &InMemDicomObject,
-        message_id: u16,
-        contexts: &[dicom_ul::pdu::PresentationContextNegotiated],
+        msg: &mut Message,
+        contexts: &[PresentationContextNegotiated],
         calling: &str,
         peer: IpAddr,
     ) -> Pdu {
-        let class = text_or_empty(command, tags::AFFECTED_SOP_CLASS_UID);
-        let instance = text_or_empty(command, tags::AFFECTED_SOP_INSTANCE_UID);
+        let (class, instance) = (msg.command.class.clone(), msg.command.instance.clone());
+        let message_id = msg.command.message_id;
         let started = Instant::now();
         let received = std::time::SystemTime::now();
         let context = context_for(msg, contexts, &class, STORAGE_CLASSES);
@@ -858,7 +798,7 @@ impl NodeState {
         }
         audit_line(self.shared.audit.as_ref(), line);
         response(
-            msg.context_id.unwrap_or(0),
+            msg.context_id,
             C_STORE_RQ | RESPONSE,
             message_id,
             &class,
@@ -885,9 +825,20 @@ impl NodeState {
                 "the results queue is full".into(),
             ));
         }
-        let part10 = part10(class, instance, ts, &data)
-            .map_err(|e| Status(status::CANNOT_UNDERSTAND, format!("{e:#}")))?;
+        let part10 = part10(
+            class,
+            instance,
+            ts,
+            crate::dicom::IMPLEMENTATION_CLASS_UID,
+            &data,
+        )
+        .map_err(|e| Status(status::CANNOT_UNDERSTAND, e.to_string()))?;
         drop(data);
+        // Framing first: dicom-rs reserves what an element's length says before reading it.
+        xray_codec::decode::check_dicom(&part10, &name).map_err(|e| {
+            let refused = Refused::of(&e.into());
+            Status(refused.dicom_status(), refused.reason)
+        })?;
         let header = dicom_object::OpenFileOptions::new()
             .read_preamble(dicom_object::file::ReadPreamble::Always)
             .read_until(tags::PIXEL_DATA)
@@ -991,24 +942,6 @@ fn short_uid(uid: &str) -> String {
 /// A text element's value, trimmed; empty when absent.
 fn text_or_empty(obj: &InMemDicomObject, tag: dicom_core::Tag) -> String {
     text(obj, tag).unwrap_or_default()
-}
-
-/// A received data set made into a Part 10 file in memory (preamble, file meta, data set as
-/// received), which the decoder reads.
-fn part10(class: &str, instance: &str, ts: &str, data: &[u8]) -> Result<Vec<u8>> {
-    let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(class)
-        .media_storage_sop_instance_uid(instance)
-        .transfer_syntax(ts)
-        .implementation_class_uid(crate::dicom::IMPLEMENTATION_CLASS_UID)
-        .build()
-        .context("file meta group")?;
-    let mut out = Vec::with_capacity(data.len() + 512);
-    out.extend_from_slice(&[0u8; 128]);
-    out.extend_from_slice(b"DICM");
-    meta.write(&mut out).context("file meta group")?;
-    out.extend_from_slice(data);
-    Ok(out)
 }
 
 /// A DIMSE response PDU (no data set).

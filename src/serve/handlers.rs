@@ -448,7 +448,7 @@ pub async fn track(State(state): State<Arc<AppState>>, request: Request, next: N
     let client = request
         .extensions()
         .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+        .map(|c| c.0.ip().to_canonical().to_string());
     let response = next.run(request).await;
     let seconds = started.elapsed().as_secs_f64();
     let status = response.status().as_u16();

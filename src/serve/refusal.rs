@@ -70,7 +70,11 @@ mod tests {
 
     #[test]
     fn statuses_follow_the_kind_not_the_words() {
-        let e = Error::image_too_large(std::path::Path::new("a"), "cannot decode this");
+        let e = Error::image_fault(
+            std::path::Path::new("a"),
+            ImageFault::TooLarge,
+            "cannot decode this",
+        );
         let r = Refused::of(&e);
         assert_eq!(r.http_status(), StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(r.dicom_status(), 0xA700);

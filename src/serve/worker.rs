@@ -2,6 +2,7 @@
 //! pass a job. libtorch already spreads one pass over the cores, so more model copies would
 //! only compete for them.
 
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, SyncSender};
 
 use anyhow::{Context, Result};
@@ -60,8 +61,22 @@ pub fn start(
         .spawn(move || {
             let explainer = explainer(&predictor, 1);
             for job in rx {
-                let result =
-                    answer(&predictor, &explainer, &model, &job).map_err(|e| format!("{e:#}"));
+                // A panic while answering (an input the checks let through that the model
+                // code cannot take) costs this job, never the thread: without it, every later
+                // request would find the model gone.
+                let contained = xray_codec::decode::contained(Path::new("the job"), || {
+                    Ok(answer(&predictor, &explainer, &model, &job))
+                });
+                let result = match contained {
+                    Ok(answered) => answered.map_err(|e| format!("{e:#}")),
+                    Err(fault) => {
+                        tracing::error!("serve: answering a job failed: {}", fault.reason);
+                        Err(format!(
+                            "the model could not answer this image: {}",
+                            fault.reason
+                        ))
+                    }
+                };
                 let _ = job.reply.send(result);
             }
         })

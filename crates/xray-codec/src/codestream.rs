@@ -146,6 +146,10 @@ fn check_jpeg(frame: &[u8], shape: FrameShape) -> Result<(), String> {
     Ok(())
 }
 
+/// Bytes an RLE segment may decode to past Rows x Columns (one run of an encoder that does
+/// not stop exactly at the end); beyond it the segment is refused.
+const RLE_SLACK: usize = 128;
+
 /// The DICOM RLE header: a segment count, then 15 offsets (PS3.5 G.5).
 const RLE_HEADER_BYTES: usize = 64;
 
@@ -181,10 +185,18 @@ fn check_rle(frame: &[u8], shape: FrameShape) -> Result<(), String> {
                 frame.len()
             ));
         }
-        let decoded = packbits_length(&frame[start..end], plane);
+        // Counted a little past Rows x Columns: the decoder decodes a segment to its end, so
+        // a segment of runs far longer than the image (16 MB of them made 2.2 GB) is refused.
+        let decoded = packbits_length(&frame[start..end], plane + RLE_SLACK);
         if decoded < plane {
             return Err(format!(
                 "RLE segment {} decodes to {decoded} bytes, fewer than Rows x Columns = {plane}",
+                i + 1
+            ));
+        }
+        if decoded > plane + RLE_SLACK {
+            return Err(format!(
+                "RLE segment {} decodes to more than Rows x Columns = {plane} bytes",
                 i + 1
             ));
         }
@@ -299,6 +311,8 @@ mod tests {
         assert!(check_frame(Codestream::Rle, &rle(1, 256), shape).is_ok());
         let short = check_frame(Codestream::Rle, &rle(1, 200), shape).unwrap_err();
         assert!(short.contains("200 bytes"), "{short}");
+        let long = check_frame(Codestream::Rle, &rle(1, 256 + 1024), shape).unwrap_err();
+        assert!(long.contains("more than"), "{long}");
         let many = check_frame(Codestream::Rle, &rle(3, 256), shape).unwrap_err();
         assert!(many.contains("3 segments"), "{many}");
         let mut bad = rle(1, 256);
