@@ -224,8 +224,9 @@ impl DicomSize {
             rows: int(tags::ROWS)?,
             columns: int(tags::COLUMNS)?,
             frames: int(tags::NUMBER_OF_FRAMES).unwrap_or(1).max(1),
-            samples: int(tags::SAMPLES_PER_PIXEL).unwrap_or(1).max(1),
-            bytes_per_sample: int(tags::BITS_ALLOCATED).unwrap_or(8).max(1).div_ceil(8),
+            // As written (0 is refused by `check`): the decoders size their output from these.
+            samples: int(tags::SAMPLES_PER_PIXEL).unwrap_or(1),
+            bytes_per_sample: int(tags::BITS_ALLOCATED).unwrap_or(8).div_ceil(8),
         })
     }
 
@@ -251,6 +252,12 @@ impl DicomSize {
             return Err(Error::corrupt(
                 name,
                 format!("DICOM image of {c}x{r} pixels: Rows and Columns must be above 0"),
+            ));
+        }
+        if self.samples == 0 || self.bytes_per_sample == 0 {
+            return Err(Error::corrupt(
+                name,
+                "DICOM image with 0 samples per pixel or 0 bits allocated",
             ));
         }
         let why = if r > MAX_IMAGE_SIDE_PX || c > MAX_IMAGE_SIDE_PX {

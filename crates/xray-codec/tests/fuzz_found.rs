@@ -72,3 +72,70 @@ fn a_delimiter_with_a_length_is_refused() {
     let why = refused("oom-delimiter-length.dcm");
     assert!(why.contains("instead of 0"), "{why}");
 }
+
+#[test]
+fn a_c_store_stream_with_zero_samples_per_pixel_is_refused_before_the_jpeg_adapter() {
+    // dicom-rs's JPEG adapter sized its output from SamplesPerPixel 0 and panicked copying
+    // into it (contained, but a decoder fault all the same).
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_found/crash-jpeg-zero-samples.bin");
+    let input = std::fs::read(&path).unwrap();
+    let (&pick, mut stream) = input.split_first().unwrap();
+    let syntax = xray_codec::dimse::TRANSFER_SYNTAXES
+        [pick as usize % xray_codec::dimse::TRANSFER_SYNTAXES.len()];
+    let mut incoming = xray_codec::dimse::Incoming::new(1 << 20);
+    let mut refusals = Vec::new();
+    while let Ok(Some(pdu)) = dicom_ul_pdu(&mut stream) {
+        for (context, command, last, bytes) in pdu {
+            let Ok(Some(m)) = incoming.push(context, command, last, &bytes) else {
+                continue;
+            };
+            let c = &m.command;
+            let Ok(file) =
+                xray_codec::dimse::part10(&c.class, &c.instance, syntax, "1.2.3", &m.data)
+            else {
+                continue;
+            };
+            if let Err(e) = decode_image_bytes(&file, Path::new("stream"), 4_000_000) {
+                refusals.push(e);
+            }
+        }
+    }
+    assert!(!refusals.is_empty());
+    for e in refusals {
+        assert_ne!(e.kind, ImageFault::DecoderFault, "{e}");
+    }
+}
+
+/// The PDVs of one P-DATA PDU off the front of `stream` (other PDUs skipped): context,
+/// command or data, last, bytes.
+#[allow(clippy::type_complexity)]
+fn dicom_ul_pdu(stream: &mut &[u8]) -> Result<Option<Vec<(u8, bool, bool, Vec<u8>)>>, ()> {
+    let s = *stream;
+    if s.len() < 6 {
+        return Ok(None);
+    }
+    let len = u32::from_be_bytes(s[2..6].try_into().unwrap()) as usize;
+    let body = s.get(6..6 + len).ok_or(())?;
+    *stream = &s[6 + len..];
+    if s[0] != 0x04 {
+        return Ok(Some(Vec::new()));
+    }
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 6 <= body.len() {
+        let n = u32::from_be_bytes(body[at..at + 4].try_into().unwrap()) as usize;
+        if n < 2 || at + 4 + n > body.len() {
+            break;
+        }
+        let control = body[at + 5];
+        out.push((
+            body[at + 4],
+            control & 1 == 1,
+            control & 2 == 2,
+            body[at + 6..at + 4 + n].to_vec(),
+        ));
+        at += 4 + n;
+    }
+    Ok(Some(out))
+}
