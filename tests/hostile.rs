@@ -991,7 +991,9 @@ fn a_new_certificate_is_served_after_sighup() {
 #[test]
 fn the_tokenless_loopback_mode_refuses_other_hosts_and_origins() {
     let t = trained();
-    let server = Server::start(&t.run, &[]);
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit.jsonl");
+    let server = Server::start(&t.run, &["--audit-log", audit.to_str().unwrap()]);
     let addr = authority(&server);
     let port = addr.rsplit(':').next().unwrap().to_string();
     let png = std::fs::read(t.data.join("normal/normal_00003.png")).unwrap();
@@ -1028,6 +1030,20 @@ fn the_tokenless_loopback_mode_refuses_other_hosts_and_origins() {
     };
     assert_eq!(post("http://attacker.example"), 403);
     assert_eq!(post(&server.base), 200);
+    // Both refusals are in the audit log, with the client's address.
+    let lines: Vec<Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    for status in [421, 403] {
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["status"] == status && l["client"] == "127.0.0.1"),
+            "{status} not audited: {lines:?}"
+        );
+    }
 }
 
 /// The security files and the exposure rules: usage errors naming the file and the fix.

@@ -208,7 +208,25 @@ pub fn is_loopback_host(host: &str) -> bool {
 
 /// The token-less loopback mode's guard against other web sites: a `Host` that is not a
 /// loopback name (DNS rebinding) gets 421, a POST from another origin 403.
-pub async fn local_only(request: Request, next: Next) -> Response {
+pub async fn local_only(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    // Both refusals are audited like the others (the client's address, no token).
+    let refuse = |request: Request, status: StatusCode, reason: &str, message: &str| {
+        let client = Client {
+            ip: peer(&request),
+            token: None,
+        };
+        let line = fields(
+            &client,
+            request.extensions().get::<RequestId>(),
+            request.extensions().get::<ClientRequestId>(),
+        );
+        let response = turn_away(request, error(status, message));
+        audited(&state, line, status, reason, response)
+    };
     let host = request
         .headers()
         .get(header::HOST)
@@ -216,13 +234,12 @@ pub async fn local_only(request: Request, next: Next) -> Response {
         .unwrap_or("")
         .to_string();
     if !is_loopback_host(&host) {
-        return turn_away(
+        return refuse(
             request,
-            error(
-                StatusCode::MISDIRECTED_REQUEST,
-                "this server answers only to a loopback name (localhost, 127.0.0.1, [::1]); \
+            StatusCode::MISDIRECTED_REQUEST,
+            "not a loopback host name",
+            "this server answers only to a loopback name (localhost, 127.0.0.1, [::1]); \
              serve with --token-file to reach it by another name",
-            ),
         );
     }
     if request.method() == Method::POST {
@@ -240,10 +257,8 @@ pub async fn local_only(request: Request, next: Next) -> Response {
             authority != host
         });
         if cross_site || foreign {
-            return turn_away(
-                request,
-                error(StatusCode::FORBIDDEN, "cross-origin requests are refused"),
-            );
+            let message = "cross-origin requests are refused";
+            return refuse(request, StatusCode::FORBIDDEN, message, message);
         }
     }
     next.run(request).await

@@ -263,7 +263,10 @@ pub fn router(
     }
     let mut app = app.layer(middleware::from_fn(admission::request_id));
     if loopback_only {
-        app = app.layer(middleware::from_fn(admission::local_only));
+        app = app.layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::local_only,
+        ));
     }
     let app = security_headers(app, tls)
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
