@@ -103,6 +103,11 @@ pub struct Allowed {
 }
 
 impl Allowed {
+    /// Whether `peer` is this entry's host (any, for `*`).
+    fn admits_host(&self, peer: IpAddr) -> bool {
+        self.hosts.as_ref().is_none_or(|h| h.contains(&peer))
+    }
+
     /// Parses `AE@HOST` (`AE@*`: from any host), resolving HOST now, and `AE@HOST/CN`: the
     /// same, with a client certificate whose subject Common Name is CN.
     pub fn parse(text: &str) -> Result<Allowed> {
@@ -249,7 +254,7 @@ impl AccessControl for Gate<'_> {
         } else {
             self.allow.iter().any(|a| {
                 a.ae_title == calling
-                    && a.hosts.as_ref().is_none_or(|h| h.contains(&self.peer))
+                    && a.admits_host(self.peer)
                     && a.subject
                         .as_ref()
                         .is_none_or(|cn| Some(cn) == subject.as_ref())
@@ -353,9 +358,7 @@ fn listed(allow: &[Allowed], peer: IpAddr) -> bool {
     if allow.is_empty() {
         peer.is_loopback()
     } else {
-        allow
-            .iter()
-            .any(|a| a.hosts.as_ref().is_none_or(|h| h.contains(&peer)))
+        allow.iter().any(|a| a.admits_host(peer))
     }
 }
 

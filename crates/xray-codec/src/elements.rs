@@ -34,7 +34,7 @@ const UNDEFINED: u32 = 0xFFFF_FFFF;
 
 /// Explicit VRs with a 2-byte length (PS3.5 7.1.2); every other VR, an unknown one included
 /// (dicom-rs reads it as UN), has a 2-byte reserved field and a 4-byte length.
-const SHORT_VRS: &[&[u8; 2]] = &[
+pub const SHORT_VRS: &[&[u8; 2]] = &[
     b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
     b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
 ];

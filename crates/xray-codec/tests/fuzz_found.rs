@@ -5,17 +5,12 @@
 use std::path::Path;
 
 use xray_codec::decode::decode_image_bytes;
+use xray_codec::elements::SHORT_VRS;
 use xray_codec::ImageFault;
 
 const CR: &str = "1.2.840.10008.5.1.4.1.1.1";
 const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 const JPEG_BASELINE: &str = "1.2.840.10008.1.2.4.50";
-
-/// Explicit VR little endian VRs with a 2-byte length (PS3.5 7.1.2).
-const SHORT_VRS: &[&[u8; 2]] = &[
-    b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"PN",
-    b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US",
-];
 
 /// An explicit VR little endian element declaring `length` bytes, followed by `value` (which
 /// may be shorter: that is the lie).
