@@ -739,9 +739,10 @@ fn silent_and_trickling_connections_do_not_lock_out_an_allowed_peer() {
     for _ in 0..16 {
         match associate(port, "MODALITY", &store_contexts()) {
             (Answer::Accepted(_), Some(s)) => tricklers.push(s),
-            // A-ASSOCIATE-RJ: result 1 (permanent), source 1 (service user), reason 1.
+            // A-ASSOCIATE-RJ: result 2 (transient), source 3 (service provider,
+            // presentation), reason 2 (local limit exceeded): try again later.
             (Answer::Rejected(result, source, reason), _) => {
-                assert_eq!((result, source, reason), (1, 1, 1));
+                assert_eq!((result, source, reason), (2, 3, 2));
                 rejected += 1
             }
             (Answer::Closed, _) => panic!("an allowed peer's connection was closed unanswered"),
@@ -1039,4 +1040,85 @@ fn what_a_hostile_client_found_is_refused_and_the_node_keeps_answering() {
         before >> 20,
         peak >> 20
     );
+}
+
+/// Points the node's audit log at `target` (a symlink in its place; `None`: the file kept
+/// aside comes back) and has it reopened (SIGHUP), as logrotate would.
+fn audit_goes_to(server: &Server, dir: &Path, target: Option<&str>) {
+    let audit = dir.join("audit.jsonl");
+    let kept = dir.join("audit.kept");
+    match target {
+        Some(target) => {
+            std::fs::rename(&audit, &kept).unwrap();
+            std::os::unix::fs::symlink(target, &audit).unwrap();
+        }
+        None => {
+            std::fs::remove_file(&audit).unwrap();
+            std::fs::rename(&kept, &audit).unwrap();
+        }
+    }
+    // SAFETY: a signal to the child this test started and still holds.
+    assert_eq!(
+        unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGHUP) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+/// A DICOM answer waits for its audit line, as an HTTP answer does: with the audit log on a
+/// full disk (`/dev/full`), a C-STORE gets 0xA700 and nothing is queued, a new association is
+/// aborted before any message, and an HTTP prediction gets 500 without its answer; with the
+/// log writable again, the node stores and answers.
+#[test]
+fn no_answer_goes_out_without_its_audit_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, port) = attacked_node(dir.path(), &[]);
+    let image = |n: u32| {
+        let uid = new_uid(n);
+        let native: Vec<u8> = (0..64 * 64)
+            .map(|i| ((i + n as usize) % 251) as u8)
+            .collect();
+        let set = data_set(CR, &uid, 64, 64, &Pixels::Native(native));
+        (uid, set)
+    };
+    let (_, mut stream) = open_store(port);
+    let (uid, set) = image(1);
+    assert_eq!(c_store(&mut stream, 7, 1, CR, &uid, &set), Some(0x0000));
+    let stored = queued(dir.path()).len();
+    assert!(stored >= 1, "the first image's results are queued");
+
+    audit_goes_to(&server, dir.path(), Some("/dev/full"));
+    let (lost_uid, set) = image(2);
+    assert_eq!(
+        c_store(&mut stream, 7, 2, CR, &lost_uid, &set),
+        Some(0xA700),
+        "an image whose audit line cannot be written"
+    );
+    assert_eq!(queued(dir.path()).len(), stored, "nothing more queued");
+    release(stream);
+    // A new association: accepted by the upper layer, then aborted before any message.
+    let (_, mut fresh) = open_store(port);
+    assert_eq!(c_echo(&mut fresh, 1, 1), None, "an association not audited");
+    // The HTTP side: no answer without its line.
+    let png = std::fs::read(trained().data.join("normal").join("normal_00003.png")).unwrap();
+    let (code, answer) = server.predict("normal.png", &png, "");
+    assert_eq!(code, 500, "{answer}");
+    assert!(answer.get("results").is_none(), "{answer}");
+
+    audit_goes_to(&server, dir.path(), None);
+    let (_, mut stream) = open_store(port);
+    let (uid3, set) = image(3);
+    assert_eq!(c_store(&mut stream, 7, 3, CR, &uid3, &set), Some(0x0000));
+    release(stream);
+    assert!(queued(dir.path()).len() > stored);
+    let hash = |uid: &str| xray::fsutil::sha256_hex(uid.as_bytes());
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(log.contains(&hash(&uid)) && log.contains(&hash(&uid3)));
+    assert!(
+        !log.contains(&hash(&lost_uid)),
+        "a line for the refused image"
+    );
+    let err = stderr_of(dir.path());
+    assert!(err.contains("audit"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -105,6 +105,9 @@ fn hardened_server_over_tls_with_tokens_dicom_many_files_and_an_audit_log() {
             tokens.to_str().unwrap(),
             "--audit-log",
             audit.to_str().unwrap(),
+            // Every refusal in full (not counted per address), to check each line.
+            "--audit-aggregate-seconds",
+            "0",
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",

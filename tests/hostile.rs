@@ -283,7 +283,14 @@ fn half_sent_headers_and_idle_connections_are_closed_by_the_header_timeout() {
     let t = trained();
     let server = Server::start(
         &t.run,
-        &["--header-timeout", "3", "--max-connections", "600"],
+        &[
+            "--header-timeout",
+            "3",
+            "--max-connections",
+            "600",
+            "--max-connections-per-ip",
+            "600",
+        ],
     );
     let addr = authority(&server);
     let mut open: Vec<TcpStream> = (0..500)
@@ -376,6 +383,66 @@ fn connections_past_the_cap_are_closed_at_once() {
     drop(held);
     std::thread::sleep(Duration::from_millis(200));
     server.healthy();
+}
+
+/// A TCP connection to `addr` from the loopback address `from` (127.0.0.2, ...).
+pub(crate) fn connect_from(from: &str, addr: &str) -> std::io::Result<TcpStream> {
+    use socket2::{Domain, Socket, Type};
+    let to: std::net::SocketAddr = addr.parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+    let local: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into())?;
+    socket.connect(&to.into())?;
+    Ok(socket.into())
+}
+
+/// Whether the server closes `c` without an answer to a health check.
+fn closed_unanswered(mut c: TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    let mut buf = [0u8; 256];
+    matches!(c.read(&mut buf), Ok(0) | Err(_))
+}
+
+/// `--max-connections-per-ip`: one address holding its share cannot open more, while other
+/// addresses still get in; a closed connection gives its address a place back.
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    let t = trained();
+    let server = Server::start(
+        &t.run,
+        &["--max-connections", "16", "--max-connections-per-ip", "4"],
+    );
+    let addr = authority(&server);
+    let mut held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = connect_from("127.0.0.1", &addr).unwrap();
+            c.write_all(b"GET /healthz HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let fifth = connect_from("127.0.0.1", &addr).unwrap();
+    assert!(closed_unanswered(fifth), "a fifth from 127.0.0.1");
+    // A health check from `from`: its status.
+    let health = |from: &str| {
+        let mut c = connect_from(from, &addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = c.read_to_end(&mut answer);
+        status_of(&answer)
+    };
+    assert_eq!(
+        health("127.0.0.2"),
+        Some(200),
+        "another address is answered"
+    );
+    // One closed: 127.0.0.1 gets its place back.
+    drop(held.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(health("127.0.0.1"), Some(200), "after one closed");
 }
 
 /// An 8-bit DICOM of `rows` x `columns` x `samples` whose data set is deflated (transfer
@@ -764,6 +831,9 @@ fn refusals_are_audited_once_with_the_servers_request_id_and_metrics_need_the_to
             tokens.to_str().unwrap(),
             "--audit-log",
             audit.to_str().unwrap(),
+            // Every refusal in full (not counted per address), to check each line.
+            "--audit-aggregate-seconds",
+            "0",
         ],
     );
     server.healthy();
@@ -908,6 +978,8 @@ fn metrics_on_an_internal_address_of_their_own() {
             tokens.to_str().unwrap(),
             "--metrics-addr",
             "127.0.0.1:0",
+            "--header-timeout",
+            "1",
         ],
     );
     let memory = server.next_line();
@@ -922,6 +994,36 @@ fn metrics_on_an_internal_address_of_their_own() {
     assert_eq!(scrape.status(), 200);
     assert_eq!(scrape.header("x-content-type-options"), Some("nosniff"));
     assert!(scrape.into_string().unwrap().contains("xray_model_info"));
+    // The main listener's header timeout, and a cap of 4 connections from one address.
+    let metrics = at
+        .trim_start_matches("http://")
+        .trim_end_matches("/metrics");
+    let started = Instant::now();
+    let mut half = connect_from("127.0.0.1", metrics).unwrap();
+    half.write_all(b"GET /metrics HTTP/1.1\r\nX-Slow: ")
+        .unwrap();
+    half.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 512];
+    let _ = half.read(&mut buf);
+    let cut = started.elapsed().as_secs_f64();
+    assert!(
+        (0.5..3.0).contains(&cut),
+        "a half-sent head closed after {cut:.1} s"
+    );
+    let held: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut c = connect_from("127.0.0.1", metrics).unwrap();
+            c.write_all(b"GET /metrics HTTP/1.1\r\n").unwrap();
+            c
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let fifth = connect_from("127.0.0.1", metrics).unwrap();
+    assert!(
+        closed_unanswered(fifth),
+        "a fifth connection to --metrics-addr"
+    );
+    drop(held);
     server.token = Some(TOKEN.into());
     assert_eq!(server.get("/metrics").0, 404);
     crate::hardened::refused(
@@ -1103,4 +1205,116 @@ fn tokens_off_loopback_need_tls_and_secrets_must_be_private() {
         "{}",
         server.base
     );
+}
+
+/// 100,000 requests without a token from four addresses (401, then 429 past the rate limit):
+/// the audit log and the log grow by a bounded amount (the first refusal of each address and
+/// status in an interval in full, then one line with the count), and the counts add up to
+/// every request sent. An authenticated request is answered throughout.
+#[test]
+fn a_flood_of_unauthenticated_requests_leaves_bounded_lines() {
+    let t = trained();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = token_file(dir.path());
+    let audit = dir.path().join("audit.jsonl");
+    let stderr = dir.path().join("stderr");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xray"));
+    cmd.arg("serve")
+        .arg("--checkpoint")
+        .arg(&t.run)
+        .args(["--addr", "127.0.0.1:0", "--device", "cpu"])
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--audit-log")
+        .arg(&audit)
+        .args(["--audit-aggregate-seconds", "5"])
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(&stderr).unwrap(),
+        ));
+    let mut server = Server::spawn(cmd, ureq::Agent::new());
+    let addr = authority(&server);
+    let addr = &addr;
+    const SENT: usize = 100_000;
+    const THREADS: usize = 8;
+    let answered = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|s| {
+        for thread in 0..THREADS {
+            let answered = &answered;
+            s.spawn(move || {
+                let from = format!("127.0.0.{}", 1 + thread % 4);
+                for _ in 0..SENT / THREADS {
+                    let mut c = connect_from(&from, addr).unwrap();
+                    c.write_all(b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                        .unwrap();
+                    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    let mut answer = Vec::new();
+                    let _ = c.read_to_end(&mut answer);
+                    if matches!(status_of(&answer), Some(401 | 429)) {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        // Meanwhile a client with a token, from an address of its own, is served.
+        s.spawn(|| {
+            for _ in 0..5 {
+                let mut c = connect_from("127.0.0.5", addr).unwrap();
+                let ask = format!(
+                    "GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+                );
+                c.write_all(ask.as_bytes()).unwrap();
+                let mut answer = Vec::new();
+                let _ = c.read_to_end(&mut answer);
+                assert_eq!(status_of(&answer), Some(200), "with a token, during the flood");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        });
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    assert_eq!(
+        answered.load(Ordering::Relaxed),
+        SENT as u64,
+        "each refused 401 or 429"
+    );
+    // The last interval's counts are written within a second of its end.
+    std::thread::sleep(Duration::from_secs(7));
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let full = lines
+        .iter()
+        .filter(|l| l["request_id"].is_string() && matches!(l["status"].as_u64(), Some(401 | 429)))
+        .count() as u64;
+    let summaries: Vec<&Value> = lines.iter().filter(|l| l["event"] == "refusals").collect();
+    let counted: u64 = summaries
+        .iter()
+        .map(|l| l["refusals"].as_u64().unwrap())
+        .sum();
+    // Each summary includes the refusal written in full that opened its interval.
+    let total = counted + full - summaries.len() as u64;
+    let log = std::fs::read_to_string(&stderr).unwrap();
+    eprintln!(
+        "{SENT} unauthenticated requests from 4 addresses in {seconds:.1} s: audit log {} lines, \
+         {} KiB ({} in full, {} counts); log {} lines, {} KiB",
+        lines.len(),
+        text.len() >> 10,
+        full,
+        summaries.len(),
+        log.lines().count(),
+        log.len() >> 10
+    );
+    assert_eq!(total, SENT as u64, "every refusal counted once");
+    // 4 addresses x 2 statuses x 2 lines an interval of 5 s, with room for a slow machine.
+    let intervals = (seconds / 5.0).ceil() as usize + 2;
+    assert!(
+        lines.len() <= 4 * 2 * 2 * intervals + 16,
+        "{} lines in {intervals} intervals",
+        lines.len()
+    );
+    assert!(text.len() < 512 << 10, "{} bytes", text.len());
+    assert!(log.lines().count() <= 4 * 2 * 2 * intervals + 16, "{log}");
+    let _ = server.child.kill();
 }

@@ -17,7 +17,7 @@ use crate::error::Error;
 use crate::infer::Predictor;
 use crate::serve::dicom_node::{default_queue_dir, Allowed, NodeOptions};
 use crate::serve::dicom_tls::ClientCa;
-use crate::serve::options::default_max_connections;
+use crate::serve::options::{default_max_connections, default_per_ip};
 use crate::serve::{serve, Listen, ServeOptions, Timeouts};
 
 /// Arguments of `xray serve`.
@@ -57,6 +57,11 @@ pub struct ServeArgs {
     /// process's open-file limit when lower).
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections held at once from one client address, so that one address cannot take
+    /// every place (default: a quarter of --max-connections, at least 8). Behind a proxy on
+    /// this host every client shares its address: raise it to --max-connections there.
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_ip: Option<usize>,
     /// Seconds for a request's headers to arrive; also how long an idle keep-alive connection
     /// stays open.
     #[arg(long, default_value_t = 10.0)]
@@ -90,6 +95,12 @@ pub struct ServeArgs {
     /// Rotated audit files kept.
     #[arg(long, default_value_t = 5)]
     pub audit_keep: usize,
+    /// Refusals of clients without a valid token (401, 429, and the loopback mode's 421 and
+    /// 403): per address and interval of this many seconds, the first is audited and logged in
+    /// full and the rest counted into one line, so that a flood fills neither disk nor log
+    /// (0: every refusal in full).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub audit_aggregate_seconds: u64,
     /// PEM certificate chain: serve HTTPS (with --tls-key).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -252,6 +263,10 @@ impl ServeArgs {
             body_idle: seconds("body-idle-timeout", self.body_idle_timeout)?,
             ..Timeouts::default()
         };
+        let max_connections = self
+            .max_connections
+            .unwrap_or_else(default_max_connections)
+            .max(1);
         let options = ServeOptions {
             max_upload_bytes: self.max_upload_mb.max(1) << 20,
             max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
@@ -263,14 +278,16 @@ impl ServeArgs {
             audit_log: self.audit_log,
             audit_max_bytes: Some(self.audit_max_mb.max(1) << 20),
             audit_keep: self.audit_keep.max(1),
+            audit_aggregate: Duration::from_secs(self.audit_aggregate_seconds),
             model_load_seconds: 0.0,
             metrics: !self.no_metrics,
             metrics_labels: self.metrics_labels,
             timeouts,
-            max_connections: self
-                .max_connections
-                .unwrap_or_else(default_max_connections)
-                .max(1),
+            max_connections,
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or_else(|| default_per_ip(max_connections))
+                .clamp(1, max_connections),
             dicom_associations: if self.dicom_addr.is_some() {
                 self.dicom_max_associations.max(1)
             } else {

@@ -18,8 +18,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::auth::{self, Verdict};
+use super::auth::{self, Verdict as TokenVerdict};
 use super::prometheus::Metrics;
+use super::tally::Verdict;
 use super::AppState;
 
 /// The server's id of a request (always its own; sent back as `X-Request-Id`).
@@ -139,6 +140,43 @@ fn refuse_unread(
     audited(state, fields, status, reason, turn_away(request, response))
 }
 
+/// Refuses a request of a client that has not authenticated, before its body is read: the
+/// first such refusal of its address and status in an interval is audited and logged, the
+/// others only counted ([`super::tally`]), so that a flood fills neither the disk nor the log.
+fn refuse_unauthenticated(
+    state: &AppState,
+    request: Request,
+    fields: serde_json::Map<String, Value>,
+    status: StatusCode,
+    reason: &str,
+    response: Response,
+) -> Response {
+    let ip = peer(&request);
+    let request_id = request
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.as_str());
+    let verdict = state
+        .refusals
+        .refusal(ip, status.as_u16(), reason, request_id);
+    let response = turn_away(request, response);
+    match verdict {
+        Verdict::Counted => response,
+        Verdict::Write => {
+            let addr = ip.map_or("?".into(), |ip| ip.to_string());
+            let status = status.as_u16();
+            tracing::warn!(client = %addr, reason, "serve: {status} for {addr}: {reason} (more from it in the next {} s are counted, not logged one by one)", state.refusals.interval().as_secs());
+            audited(
+                state,
+                fields,
+                StatusCode::from_u16(status).unwrap_or_default(),
+                reason,
+                response,
+            )
+        }
+    }
+}
+
 /// Audits a refusal (`status` and `reason`, with `fields`) and returns `response`; when the
 /// audit log is behind, a 503 instead: nothing is answered without its line.
 pub fn audited(
@@ -213,7 +251,8 @@ pub async fn local_only(
     request: Request,
     next: Next,
 ) -> Response {
-    // Both refusals are audited like the others (the client's address, no token).
+    // Both refusals are audited like the other unauthenticated ones (the client's address, no
+    // token; a flood counted).
     let refuse = |request: Request, status: StatusCode, reason: &str, message: &str| {
         let client = Client {
             ip: peer(&request),
@@ -224,8 +263,14 @@ pub async fn local_only(
             request.extensions().get::<RequestId>(),
             request.extensions().get::<ClientRequestId>(),
         );
-        let response = turn_away(request, error(status, message));
-        audited(&state, line, status, reason, response)
+        refuse_unauthenticated(
+            &state,
+            request,
+            line,
+            status,
+            reason,
+            error(status, message),
+        )
     };
     let host = request
         .headers()
@@ -285,9 +330,11 @@ pub async fn authenticate(
             );
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            return refuse_unread(
+            let line = audit_fields(&request);
+            return refuse_unauthenticated(
                 &state,
                 request,
+                line,
                 StatusCode::TOO_MANY_REQUESTS,
                 "rate limit",
                 r,
@@ -301,19 +348,17 @@ pub async fn authenticate(
                 .get(header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok()),
         );
-        let verdict = presented.map_or(Verdict::Unknown, |t| tokens.check(t));
+        let verdict = presented.map_or(TokenVerdict::Unknown, |t| tokens.check(t));
         match verdict {
-            Verdict::Valid(id) => client.token = Some(id),
+            TokenVerdict::Valid(id) => client.token = Some(id),
             refused => {
                 let why = match &refused {
-                    Verdict::Expired(id) => format!("expired token {id}"),
+                    TokenVerdict::Expired(id) => format!("expired token {id}"),
                     _ if presented.is_none() => "no token".to_string(),
                     _ => "unknown token".to_string(),
                 };
-                let addr = ip.map_or("?".into(), |ip| ip.to_string());
-                tracing::warn!(client = %addr, reason = %why, "serve: 401 for {addr}: {why}");
                 // An expired token is named in the audit line by its id.
-                if let Verdict::Expired(id) = refused {
+                if let TokenVerdict::Expired(id) = refused {
                     client.token = Some(id);
                     request.extensions_mut().insert(client);
                 }
@@ -325,7 +370,15 @@ pub async fn authenticate(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer realm=\"xray\""),
                 );
-                return refuse_unread(&state, request, StatusCode::UNAUTHORIZED, &why, r);
+                let line = audit_fields(&request);
+                return refuse_unauthenticated(
+                    &state,
+                    request,
+                    line,
+                    StatusCode::UNAUTHORIZED,
+                    &why,
+                    r,
+                );
             }
         }
     }

@@ -193,8 +193,12 @@ impl Writer {
         let Some(rotation) = self.rotation else {
             return Ok(());
         };
-        let size = self.file.metadata().map(|m| m.len()).unwrap_or(0);
-        if size < rotation.max_bytes {
+        let (size, regular) = self
+            .file
+            .metadata()
+            .map_or((0, false), |m| (m.len(), m.is_file()));
+        // A device or a pipe (/dev/full, a FIFO to a collector) is never renamed.
+        if !regular || size < rotation.max_bytes {
             return Ok(());
         }
         let numbered = |k: usize| PathBuf::from(format!("{}.{k}", self.path.display()));

@@ -240,29 +240,19 @@ impl AccessControl for Gate<'_> {
         called_ae_title: &str,
         _user_identity: Option<&UserIdentity>,
     ) -> Result<(), AssociationRJServiceUserReason> {
-        if called_ae_title.trim() != this_ae_title.trim() {
-            return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
-        }
-        let calling = calling_ae_title.trim();
         let subject = self
             .subject
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        let allowed = if self.allow.is_empty() {
-            self.peer.is_loopback()
-        } else {
-            self.allow.iter().any(|a| {
-                a.ae_title == calling
-                    && a.admits_host(self.peer)
-                    && a.subject
-                        .as_ref()
-                        .is_none_or(|cn| Some(cn) == subject.as_ref())
-            })
-        };
-        if !allowed {
-            return Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized);
-        }
+        admits(
+            self.allow,
+            self.peer,
+            subject.as_deref(),
+            this_ae_title,
+            calling_ae_title,
+            called_ae_title,
+        )?;
         match self.slots.clone().try_acquire_owned() {
             Ok(permit) => {
                 *self.slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(permit);
@@ -274,6 +264,82 @@ impl AccessControl for Gate<'_> {
                 self.busy.store(true, Ordering::SeqCst);
                 Err(AssociationRJServiceUserReason::NoReasonGiven)
             }
+        }
+    }
+}
+
+/// Whether a request from `peer` (with the client certificate's `subject` under mutual TLS)
+/// calling `calling` and called `called` passes our AE title and the allow list (without one,
+/// loopback peers only).
+fn admits(
+    allow: &[Allowed],
+    peer: IpAddr,
+    subject: Option<&str>,
+    this_ae_title: &str,
+    calling: &str,
+    called: &str,
+) -> Result<(), AssociationRJServiceUserReason> {
+    if called.trim() != this_ae_title.trim() {
+        return Err(AssociationRJServiceUserReason::CalledAETitleNotRecognized);
+    }
+    let calling = calling.trim();
+    let allowed = if allow.is_empty() {
+        peer.is_loopback()
+    } else {
+        allow.iter().any(|a| {
+            a.ae_title == calling
+                && a.admits_host(peer)
+                && a.subject.as_deref().is_none_or(|cn| Some(cn) == subject)
+        })
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(AssociationRJServiceUserReason::CallingAETitleNotRecognized)
+    }
+}
+
+/// The called and calling AE titles of the A-ASSOCIATE-RQ waiting on `stream` (bytes 10 to 26
+/// and 26 to 42 of the PDU, PS3.8 9.3.2), read without taking them from the socket, so that
+/// dicom-ul still reads the whole request; `None` when the first byte is not an
+/// A-ASSOCIATE-RQ or the connection ends first.
+async fn peek_titles(stream: &tokio::net::TcpStream) -> Option<(String, String)> {
+    let mut head = [0u8; 42];
+    loop {
+        let n = stream.peek(&mut head).await.ok()?;
+        if n == 0 || head[0] != 0x01 {
+            return None;
+        }
+        if n == head.len() {
+            break;
+        }
+        // Part of it has come: wait for the rest (the caller bounds this by ARTIM).
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    Some((text(&head[10..26]), text(&head[26..42])))
+}
+
+/// A-ASSOCIATE-RJ, rejected-transient (2) by the service provider, presentation related (3):
+/// local limit exceeded (2), PS3.8 9.3.4: the peer may try again later.
+const REJECT_BUSY: [u8; 10] = [0x03, 0, 0, 0, 0, 4, 0, 2, 3, 2];
+
+/// Answers the waiting request with [`REJECT_BUSY`], reads what the peer still sends for at
+/// most a second (so that closing does not reset the connection before the peer reads the
+/// answer), and closes.
+async fn reject_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.write_all(&REJECT_BUSY).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 8192];
+    let mut left = PENDING_BYTES;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+    while left > 0 {
+        match tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n as u64),
+            _ => break,
         }
     }
 }
@@ -394,7 +460,8 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
             }
             // The queue file's name: time of receipt, index and kind; nothing of the patient.
             let file = file.and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned());
-            audit_line(
+            // Sent already: a line that cannot be written is logged as an error (audit_line).
+            let _ = audit_line(
                 audit.as_ref(),
                 json!({"dicom": "results-sent", "to": to.to_string(), "result": result, "detail": extra, "file": file}),
             );
@@ -436,13 +503,18 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
     Ok(Running { local, outbox })
 }
 
-/// Writes one audit line (the writer stamps its time) and waits until it is on disk; a line
-/// the writer is too far behind to take is dropped, the DICOM side answering with its status.
-fn audit_line(audit: Option<&AuditLog>, record: Value) {
-    let Some(audit) = audit else { return };
-    if let Ok(written) = audit.submit(&[record]) {
-        let _ = written.blocking_recv();
+/// Writes one audit line (the writer stamps its time) and waits until it is on disk; why it
+/// could not be written (the writer too far behind, or the disk). Without an audit log, `Ok`.
+fn audit_line(audit: Option<&AuditLog>, record: Value) -> Result<(), String> {
+    let Some(audit) = audit else { return Ok(()) };
+    let written = audit.submit(&[record]).map_err(|busy| busy.to_string())?;
+    let result = written
+        .blocking_recv()
+        .unwrap_or_else(|_| Err("the audit writer stopped".into()));
+    if let Err(e) = &result {
+        tracing::error!("dicom: audit line not written: {e}");
     }
+    result
 }
 
 struct NodeState {
@@ -502,9 +574,9 @@ fn context_for<'a>(
 
 impl NodeState {
     /// Writes an audit line from async code (the writer's acknowledgement is waited for in
-    /// place of a worker).
-    fn audit(&self, line: Value) {
-        tokio::task::block_in_place(|| audit_line(self.shared.audit.as_ref(), line));
+    /// place of a worker); why it could not be written.
+    fn audit(&self, line: Value) -> Result<(), String> {
+        tokio::task::block_in_place(|| audit_line(self.shared.audit.as_ref(), line))
     }
 
     /// Serves one connection: a place in the pre-association budget (else closed unread),
@@ -573,7 +645,8 @@ impl NodeState {
             } else {
                 why
             };
-            self.audit(
+            // Rejected already: a line that cannot be written is logged as an error.
+            let _ = self.audit(
                 json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
             );
             Ok(())
@@ -608,6 +681,36 @@ impl NodeState {
                 }
             }
             None => {
+                // Every place taken: a peer that would pass the gate is told "transient, local
+                // limit exceeded" (try again later), which dicom-ul's access control cannot
+                // send. Read from the request's head without taking it; under TLS the head is
+                // encrypted, and the gate rejects as the service user instead.
+                if self.slots.available_permits() == 0 {
+                    let titles = tokio::time::timeout(artim, peek_titles(&stream)).await;
+                    if let Ok(Some((called, calling))) = titles {
+                        let passes = admits(
+                            &self.options.allow,
+                            peer,
+                            None,
+                            &self.options.ae_title,
+                            &calling,
+                            &called,
+                        )
+                        .is_ok();
+                        if passes && self.slots.available_permits() == 0 {
+                            drop(pending);
+                            reject_busy(stream).await;
+                            let why = format!(
+                                "too many associations ({} held); rejected transient, local limit exceeded",
+                                self.options.max_associations
+                            );
+                            let _ = self.audit(
+                                json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "rejected", "reason": why}),
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
                 let established =
                     tokio::time::timeout(artim, options.establish_async(stream)).await;
                 drop(pending);
@@ -637,9 +740,13 @@ impl NodeState {
         let calling = dicom_ul::association::Association::peer_ae_title(&assoc)
             .trim()
             .to_string();
-        self.audit(
+        // An association whose acceptance cannot be audited is aborted before any message.
+        if let Err(e) = self.audit(
             json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "certificate_cn": subject, "result": "accepted"}),
-        );
+        ) {
+            let _ = assoc.abort().await;
+            return Err(anyhow!("aborted: the audit log cannot be written ({e})"));
+        }
         let contexts = assoc.presentation_contexts().to_vec();
         let mut msg = Incoming::new(self.shared.max_bytes);
         let deadline = tokio::time::Instant::now() + self.options.association_timeout;
@@ -652,7 +759,7 @@ impl NodeState {
             let pdu = match tokio::time::timeout(wait, assoc.receive()).await {
                 Ok(Ok(p)) => p,
                 Ok(Err(e)) => {
-                    self.audit(ended(e.to_string()));
+                    let _ = self.audit(ended(e.to_string()));
                     let _ = assoc.abort().await;
                     return Ok(());
                 }
@@ -664,7 +771,7 @@ impl NodeState {
                         let idle = self.options.idle.as_secs_f64();
                         format!("no PDU within {idle} s")
                     };
-                    self.audit(ended(why));
+                    let _ = self.audit(ended(why));
                     let _ = assoc.abort().await;
                     return Ok(());
                 }
@@ -685,7 +792,7 @@ impl NodeState {
                             // A stream that is not DIMSE: a protocol error, the association
                             // ends (PS3.8 7.3.2: the provider aborts).
                             Err(why) => {
-                                self.audit(ended(why.to_string()));
+                                let _ = self.audit(ended(why.to_string()));
                                 let _ = assoc.abort().await;
                                 return Ok(());
                             }
@@ -778,13 +885,15 @@ impl NodeState {
         } else {
             let data = std::mem::take(&mut msg.data);
             let ts = context.map(|pc| pc.transfer_syntax.trim_end_matches('\0').to_string());
-            self.store(&class, &instance, &ts.unwrap_or_default(), data, received)
+            self.store(&class, &instance, &ts.unwrap_or_default(), data)
         };
-        let (status, record) = match outcome {
-            Ok(record) => (status::SUCCESS, record),
-            Err(Status(code, reason)) => {
-                (code, json!({"status": status::hex(code), "error": reason}))
-            }
+        let (mut status, record, objects) = match outcome {
+            Ok(Stored { record, objects }) => (status::SUCCESS, record, objects),
+            Err(Status(code, reason)) => (
+                code,
+                json!({"status": status::hex(code), "error": reason}),
+                Vec::new(),
+            ),
         };
         let mut line = json!({
             "dicom": "c-store",
@@ -799,7 +908,28 @@ impl NodeState {
         if let (Some(l), Some(r)) = (line.as_object_mut(), record.as_object()) {
             l.extend(r.clone());
         }
-        audit_line(self.shared.audit.as_ref(), line);
+        // The answer waits for its line, as on the HTTP side: an image whose line cannot be
+        // written gets 0xA700 (the sender tries again later) and its results are not queued.
+        // The results are queued once the line is on disk; if that fails, a second line says
+        // so and the image gets 0xA700.
+        match audit_line(self.shared.audit.as_ref(), line.clone()) {
+            Err(_) => status = status::OUT_OF_RESOURCES,
+            Ok(()) if !objects.is_empty() => {
+                if let Err(e) = self.outbox.push(&objects, received) {
+                    status = status::OUT_OF_RESOURCES;
+                    if let Some(l) = line.as_object_mut() {
+                        l.insert("status".into(), json!(status::hex(status)));
+                        l.insert(
+                            "error".into(),
+                            json!(format!("queueing the results: {e:#}")),
+                        );
+                        l.insert("correction".into(), json!(true));
+                    }
+                    let _ = audit_line(self.shared.audit.as_ref(), line);
+                }
+            }
+            Ok(()) => {}
+        }
         response(
             msg.context_id,
             C_STORE_RQ | RESPONSE,
@@ -810,16 +940,15 @@ impl NodeState {
         )
     }
 
-    /// Decodes, answers and queues the results of one received image; the audit record of the
-    /// answer, or the status to refuse it with.
+    /// Decodes and answers one received image: the audit record of the answer and the result
+    /// objects to queue, or the status to refuse it with.
     fn store(
         &self,
         class: &str,
         instance: &str,
         ts: &str,
         data: Vec<u8>,
-        received: std::time::SystemTime,
-    ) -> Result<Value, Status> {
+    ) -> Result<Stored, Status> {
         // Long on purpose: the checks of one image in their order, each with its status.
         let name = PathBuf::from(format!("C-STORE {}", short_uid(instance)));
         if !self.outbox.has_room(2 * data.len() as u64) {
@@ -923,9 +1052,6 @@ impl NodeState {
                 encode(sc).map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?,
             ));
         }
-        self.outbox
-            .push(&objects, received)
-            .map_err(|e| Status(status::OUT_OF_RESOURCES, format!("{e:#}")))?;
         let mut record = answer.json.clone();
         if let Some(o) = record.as_object_mut() {
             o.remove("path");
@@ -933,8 +1059,14 @@ impl NodeState {
             o.insert("status".into(), json!(status::hex(status::SUCCESS)));
             o.insert("results".into(), json!(objects.len()));
         }
-        Ok(record)
+        Ok(Stored { record, objects })
     }
+}
+
+/// An image answered: its audit record and the result objects (kind, encoded) to queue.
+struct Stored {
+    record: Value,
+    objects: Vec<(String, Vec<u8>)>,
 }
 
 /// The first characters of a UID, for names in messages.

@@ -276,8 +276,20 @@ pub async fn predict(
         }
         let answers = match answer.await {
             Ok(Ok(v)) => v.into_iter().map(|a| a.json).collect::<Vec<_>>(),
-            Ok(Err(e)) => return error(StatusCode::INTERNAL_SERVER_ERROR, e),
-            Err(_) => return error(StatusCode::INTERNAL_SERVER_ERROR, "the model stopped"),
+            Ok(Err(e)) => {
+                return refuse(Refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e,
+                    "model error".into(),
+                ))
+            }
+            Err(_) => {
+                return refuse(Refusal(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the model stopped".into(),
+                    "model stopped".into(),
+                ))
+            }
         };
         let mut answers = answers.into_iter();
         for slot in outcomes.iter_mut().filter(|o| o.is_none()) {

@@ -10,7 +10,8 @@
 //! - [`handlers`]: the body, read within a time limit; each image's size judged from its header,
 //!   then decoded by a bounded set of decoders and reduced at once to the model's input.
 //! - [`worker`]: one inference thread owns the model; one forward pass a request.
-//! - [`audit`]: every answer and every refusal, written off the runtime by one writer thread.
+//! - [`audit`]: every answer and every refusal, written off the runtime by one writer thread;
+//!   a flood of unauthenticated refusals counted per address ([`tally`]).
 //!
 //! Memory is bounded by the flags ([`options::MemoryBound`]), TLS is [`tls`], and for a
 //! cluster there are `GET /metrics` ([`metrics`], Prometheus; behind the token when tokens are
@@ -28,6 +29,7 @@ pub mod limit;
 pub mod options;
 pub mod prometheus;
 pub mod refusal;
+pub mod tally;
 pub mod tls;
 mod worker;
 
@@ -83,6 +85,8 @@ struct AppState {
     input_spec: PixelSpec,
     tokens: Option<TokenFile>,
     audit: Option<AuditLog>,
+    /// Unauthenticated refusals, counted per address and interval.
+    refusals: Arc<tally::Tally>,
     limit: Option<RateLimit>,
     metrics: Metrics,
     /// Places for requests, taken before their body is read.
@@ -165,7 +169,7 @@ pub fn router(
     loopback_only: bool,
     separate_metrics: bool,
     dicom: Option<dicom_node::NodeOptions>,
-) -> Result<(Router, Option<Router>, Option<dicom_node::Running>)> {
+) -> Result<Routes> {
     // Long on purpose: the route table: one entry per route and layer, read as one list.
     let tokens = options
         .token_file
@@ -220,6 +224,7 @@ pub fn router(
         },
         tokens,
         audit,
+        refusals: Arc::new(tally::Tally::new(options.audit_aggregate)),
         limit: RateLimit::new(options.rate_per_minute),
         metrics,
         admission: Admission::new(options.queue),
@@ -289,8 +294,66 @@ pub fn router(
         )?),
         _ => None,
     };
-    spawn_hangup(state);
-    Ok((app, metrics_only, node))
+    spawn_tally(state.clone());
+    spawn_hangup(state.clone());
+    Ok(Routes {
+        app,
+        metrics: metrics_only,
+        node,
+        flush: Box::new(move || flush_tally(&state, true)),
+    })
+}
+
+/// What [`router`] builds.
+pub struct Routes {
+    /// The main address's routes.
+    pub app: Router,
+    /// `GET /metrics` alone, for `--metrics-addr`.
+    pub metrics: Option<Router>,
+    /// The DICOM node, when asked for.
+    pub node: Option<dicom_node::Running>,
+    /// Writes the counts of refusals not yet written (at shutdown).
+    pub flush: Box<dyn FnOnce() + Send>,
+}
+
+/// Writes the lines of the refusal counts whose interval ended (`all`: every count) to the
+/// audit log and the log.
+fn flush_tally(state: &AppState, all: bool) {
+    let lines = state.refusals.due(std::time::Instant::now(), all);
+    if lines.is_empty() {
+        return;
+    }
+    for line in &lines {
+        tracing::warn!(
+            "serve: {} refusals {} for {} ({}) from {} to {}",
+            line["refusals"],
+            line["status"],
+            line["client"].as_str().unwrap_or("other addresses"),
+            line["error"].as_str().unwrap_or(""),
+            line["from"].as_str().unwrap_or(""),
+            line["to"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(audit) = &state.audit {
+        if let Err(busy) = audit.submit(&lines) {
+            tracing::error!("serve: the refusal counts were not audited: {busy}");
+        }
+    }
+}
+
+/// Every second, writes the refusal counts whose interval ended.
+fn spawn_tally(state: Arc<AppState>) {
+    if state.refusals.interval().is_zero() || tokio::runtime::Handle::try_current().is_err() {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            flush_tally(&state, false);
+        }
+    });
 }
 
 /// `--metrics-addr`: the address, refused (usage) unless loopback or private (RFC 1918, unique
@@ -401,7 +464,12 @@ pub fn serve(
     let loopback_only = options.token_file.is_none() && addr.ip().is_loopback();
     let timeouts = options.timeouts;
     let max_connections = options.max_connections;
-    let memory = MemoryBound::of(&options);
+    let max_connections_per_ip = options.max_connections_per_ip;
+    let mut memory = MemoryBound::of(&options);
+    if metrics_tcp.is_some() {
+        memory.connections +=
+            (options::METRICS_CONNECTIONS * 2 * options::CONNECTION_BUFFER_BYTES) as u64;
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -435,7 +503,12 @@ pub fn serve(
                 d.queue_dir.display()
             )
         });
-        let (app, metrics_app, node) = router(
+        let Routes {
+            app,
+            metrics: metrics_app,
+            node,
+            flush,
+        } = router(
             predictor,
             options,
             tls.is_some(),
@@ -446,7 +519,14 @@ pub fn serve(
         let mut metrics_at = None;
         if let (Some(tcp), Some(metrics_app)) = (metrics_tcp, metrics_app) {
             metrics_at = Some(tcp.local_addr()?);
-            let server = axum_server::from_tcp(tcp)?.http1_only();
+            // The main listener's header timeout and head buffer; a cap of its own.
+            let server = http1_server(tcp, &timeouts)?;
+            let capped = connections::Capped::new(
+                axum_server::accept::DefaultAcceptor,
+                options::METRICS_CONNECTIONS,
+                options::METRICS_CONNECTIONS_PER_IP,
+            );
+            let server = server.acceptor(capped);
             tokio::spawn(async move {
                 if let Err(e) = server.serve(metrics_app.into_make_service()).await {
                     tracing::error!("serve: --metrics-addr: {e}");
@@ -491,15 +571,12 @@ pub fn serve(
                 handle.graceful_shutdown(Some(Duration::from_secs(30)));
             }
         });
-        let capped = connections::Capped::new(axum_server::accept::DefaultAcceptor, max_connections);
-        let mut server = axum_server::from_tcp(tcp)?.http1_only();
-        // The header timeout also ends idle keep-alive connections; the buffer caps a head.
-        server
-            .http_builder()
-            .http1()
-            .header_read_timeout(timeouts.header)
-            .max_buf_size(options::CONNECTION_BUFFER_BYTES);
-        let server = server.handle(handle);
+        let capped = connections::Capped::new(
+            axum_server::accept::DefaultAcceptor,
+            max_connections,
+            max_connections_per_ip,
+        );
+        let server = http1_server(tcp, &timeouts)?.handle(handle);
         let served = match tls {
             Some(config) => {
                 let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(config)
@@ -510,12 +587,28 @@ pub fn serve(
             None => server.acceptor(capped).serve(service).await,
         };
         served.context("server")?;
+        flush();
         if let Some(node) = &node {
             node.outbox.stop();
         }
         println!("stopped: in-flight requests answered");
         Ok(())
     })
+}
+
+/// An HTTP/1.1 server on `tcp` with the header timeout (which also ends idle keep-alive
+/// connections) and the buffer that caps a request head.
+fn http1_server(
+    tcp: std::net::TcpListener,
+    timeouts: &Timeouts,
+) -> std::io::Result<axum_server::Server<std::net::SocketAddr>> {
+    let mut server = axum_server::from_tcp(tcp)?.http1_only();
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(timeouts.header)
+        .max_buf_size(options::CONNECTION_BUFFER_BYTES);
+    Ok(server)
 }
 
 /// Removes the DICOM uploads that versions of xray before this one wrote to the temporary

@@ -28,6 +28,9 @@ pub struct ServeOptions {
     pub audit_max_bytes: Option<u64>,
     /// Rotated audit files kept (`audit.jsonl.1` ... `.N`).
     pub audit_keep: usize,
+    /// Unauthenticated refusals of one address in this interval: the first written in full,
+    /// the others counted into one line (zero: each written in full).
+    pub audit_aggregate: Duration,
     /// Seconds the caller took to load the model (reported by /metrics).
     pub model_load_seconds: f64,
     /// Serve `GET /metrics` and count every request for it (and log requests at info level).
@@ -39,6 +42,8 @@ pub struct ServeOptions {
     pub timeouts: Timeouts,
     /// Connections held at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Connections held at once from one client address (at most `max_connections`).
+    pub max_connections_per_ip: usize,
     /// DICOM associations held at once (0: no DICOM node).
     pub dicom_associations: usize,
 }
@@ -82,11 +87,13 @@ impl Default for ServeOptions {
             audit_log: None,
             audit_max_bytes: None,
             audit_keep: 5,
+            audit_aggregate: Duration::from_secs(60),
             model_load_seconds: 0.0,
             metrics: true,
             metrics_labels: false,
             timeouts: Timeouts::default(),
             max_connections: default_max_connections(),
+            max_connections_per_ip: default_per_ip(default_max_connections()),
             dicom_associations: 0,
         }
     }
@@ -107,6 +114,18 @@ pub fn default_max_connections() -> usize {
     };
     (files / 2).clamp(16, 1024)
 }
+
+/// Connections from one address by default: a quarter of `max_connections`, at least 8 (and
+/// never more than `max_connections`), so that one address cannot hold every place.
+pub fn default_per_ip(max_connections: usize) -> usize {
+    (max_connections / 4).max(8).min(max_connections.max(1))
+}
+
+/// Connections held at once on `--metrics-addr` (a scraper needs one or two), and from one
+/// address there.
+pub const METRICS_CONNECTIONS: usize = 16;
+/// See [`METRICS_CONNECTIONS`].
+pub const METRICS_CONNECTIONS_PER_IP: usize = 4;
 
 /// Bytes of the read buffer of one connection (hyper's `max_buf_size`): the longest request
 /// head accepted.
@@ -241,5 +260,8 @@ mod tests {
         );
         assert_eq!(node.total(), m.total() + node.dicom);
         assert!((16..=1024).contains(&default_max_connections()));
+        assert_eq!(default_per_ip(1024), 256);
+        assert_eq!(default_per_ip(16), 8);
+        assert_eq!(default_per_ip(4), 4);
     }
 }
