@@ -34,7 +34,9 @@ use anyhow::{anyhow, Context, Result};
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};
 use dicom_object::InMemDicomObject;
-use dicom_ul::association::server::{AccessControl, ServerAssociationOptions};
+use dicom_ul::association::server::{
+    AccessControl, AsyncServerAssociation, ServerAssociationOptions,
+};
 use dicom_ul::pdu::{
     AssociationRJServiceUserReason, PDataValue, PDataValueType, Pdu, PresentationContextNegotiated,
     PresentationContextResultReason, UserIdentity,
@@ -635,25 +637,9 @@ impl NodeState {
         for ts in &self.syntaxes {
             options = options.with_transfer_syntax(*ts);
         }
-        let artim = self.options.artim;
-        let refused = |why: String| {
-            let why = if busy.load(Ordering::SeqCst) {
-                format!(
-                    "too many associations ({} held)",
-                    self.options.max_associations
-                )
-            } else {
-                why
-            };
-            // Rejected already: a line that cannot be written is logged as an error.
-            let _ = self.audit(
-                json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
-            );
-            Ok(())
-        };
-        let late = || format!("no association request within {} s", artim.as_secs_f64());
-        // The place taken by the gate, once established: held until this function returns.
-        let take_slot = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // One ARTIM time for all that comes before the association: the busy check's look at
+        // the request, the TLS handshake, the negotiation.
+        let deadline = tokio::time::Instant::now() + self.options.artim;
         match &self.options.tls {
             // The current certificate: renewed ones apply to the next association.
             Some(tls) => {
@@ -666,19 +652,10 @@ impl NodeState {
                 };
                 let options = options.tls_config(config);
                 let established =
-                    tokio::time::timeout(artim, options.establish_tls_async(stream)).await;
-                // No longer waiting to associate, whatever the outcome (before the audit line,
-                // which may take a while: a rejected peer's next try must find its place).
-                drop(pending);
-                match established {
-                    Ok(Ok(assoc)) => {
-                        let _slot = take_slot();
-                        let cn = subject.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                        self.run_association(assoc, peer, cn).await
-                    }
-                    Ok(Err(e)) => refused(e.to_string()),
-                    Err(_) => refused(late()),
-                }
+                    tokio::time::timeout_at(deadline, options.establish_tls_async(stream)).await;
+                let cn = subject.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                self.settle(established, peer, pending, &slot, &busy, cn)
+                    .await
             }
             None => {
                 // Every place taken: a peer that would pass the gate is told "transient, local
@@ -686,7 +663,7 @@ impl NodeState {
                 // send. Read from the request's head without taking it; under TLS the head is
                 // encrypted, and the gate rejects as the service user instead.
                 if self.slots.available_permits() == 0 {
-                    let titles = tokio::time::timeout(artim, peek_titles(&stream)).await;
+                    let titles = tokio::time::timeout_at(deadline, peek_titles(&stream)).await;
                     if let Ok(Some((called, calling))) = titles {
                         let passes = admits(
                             &self.options.allow,
@@ -712,25 +689,57 @@ impl NodeState {
                     }
                 }
                 let established =
-                    tokio::time::timeout(artim, options.establish_async(stream)).await;
-                drop(pending);
-                match established {
-                    Ok(Ok(assoc)) => {
-                        let _slot = take_slot();
-                        self.run_association(assoc, peer, None).await
-                    }
-                    Ok(Err(e)) => refused(e.to_string()),
-                    Err(_) => refused(late()),
-                }
+                    tokio::time::timeout_at(deadline, options.establish_async(stream)).await;
+                self.settle(established, peer, pending, &slot, &busy, None)
+                    .await
             }
         }
+    }
+
+    /// After the negotiation (plain or TLS): the association served with the place the gate
+    /// took (held until it ends), or the rejection or the silence audited.
+    async fn settle<S, E: std::fmt::Display>(
+        &self,
+        established: Result<Result<AsyncServerAssociation<S>, E>, tokio::time::error::Elapsed>,
+        peer: IpAddr,
+        pending: Pending<'_>,
+        slot: &std::sync::Mutex<Option<tokio::sync::OwnedSemaphorePermit>>,
+        busy: &std::sync::atomic::AtomicBool,
+        subject: Option<String>,
+    ) -> Result<()>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    {
+        // No longer waiting to associate, whatever the outcome (before the audit line, which
+        // may take a while: a rejected peer's next try must find its place).
+        drop(pending);
+        let why = match established {
+            Ok(Ok(assoc)) => {
+                let _slot = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return self.run_association(assoc, peer, subject).await;
+            }
+            Ok(Err(_)) if busy.load(Ordering::SeqCst) => format!(
+                "too many associations ({} held)",
+                self.options.max_associations
+            ),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!(
+                "no association request within {} s",
+                self.options.artim.as_secs_f64()
+            ),
+        };
+        // Rejected already: a line that cannot be written is logged as an error.
+        let _ = self.audit(
+            json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
+        );
+        Ok(())
     }
 
     /// The association's receive loop: one arm per PDU kind, until release, abort, error or
     /// the idle time without a PDU.
     async fn run_association<S>(
         &self,
-        mut assoc: dicom_ul::association::server::AsyncServerAssociation<S>,
+        mut assoc: AsyncServerAssociation<S>,
         peer: IpAddr,
         subject: Option<String>,
     ) -> Result<()>
