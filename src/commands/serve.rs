@@ -58,8 +58,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub max_connections: Option<usize>,
     /// Connections held at once from one client address, so that one address cannot take
-    /// every place (default: a quarter of --max-connections, at least 8). Behind a proxy on
-    /// this host every client shares its address: raise it to --max-connections there.
+    /// every place (default: a sixteenth of --max-connections, at least 8; an IPv6 address
+    /// counts by its /64). Behind a proxy on this host every client shares its address: raise
+    /// it to --max-connections there.
     #[arg(long, value_name = "N")]
     pub max_connections_per_ip: Option<usize>,
     /// Seconds for a request's headers to arrive; also how long an idle keep-alive connection

@@ -163,16 +163,13 @@ fn refuse_unauthenticated(
     match verdict {
         Verdict::Counted => response,
         Verdict::Write => {
-            let addr = ip.map_or("?".into(), |ip| ip.to_string());
-            let status = status.as_u16();
-            tracing::warn!(client = %addr, reason, "serve: {status} for {addr}: {reason} (more from it in the next {} s are counted, not logged one by one)", state.refusals.interval().as_secs());
-            audited(
-                state,
-                fields,
-                StatusCode::from_u16(status).unwrap_or_default(),
-                reason,
-                response,
-            )
+            // The log gets one line per interval with the totals (serve::flush_tally); with
+            // no interval, one per refusal.
+            if state.refusals.interval().is_zero() {
+                let addr = ip.map_or("?".into(), |ip| ip.to_string());
+                tracing::warn!(client = %addr, reason, "serve: {status} for {addr}: {reason}");
+            }
+            audited(state, fields, status, reason, response)
         }
     }
 }

@@ -37,6 +37,8 @@ struct PerAddress {
 impl PerAddress {
     /// One more connection from `ip`, unless `max` are open from it.
     fn enter(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressPlace> {
+        // An IPv6 address by its /64: one host holds a whole /64.
+        let ip = super::tally::address_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= max {
@@ -258,6 +260,17 @@ mod tests {
             "the total is full again"
         );
         drop((a2, again, others));
+        // One IPv6 /64 is one address.
+        let v6: Vec<_> = ["2001:db8::1", "2001:db8::2:3"]
+            .iter()
+            .map(|ip| accept(&cap, ip).unwrap())
+            .collect();
+        assert!(
+            accept(&cap, "2001:db8::ffff:1").is_none(),
+            "a third from one /64"
+        );
+        assert!(accept(&cap, "2001:db8:0:1::1").is_some(), "another /64");
+        drop(v6);
         assert_eq!(cap.open_from("10.0.0.1".parse().unwrap()), 0);
         assert!(
             cap.addresses.open.lock().unwrap().is_empty(),

@@ -46,6 +46,7 @@ use tokio::sync::oneshot;
 
 use super::audit::AuditLog;
 use super::refusal::Refused;
+use super::tally::{Tally, Verdict};
 use super::worker::{Job, Prepared};
 use crate::data::decode::{decode_image_bytes, to_model_pixels};
 use crate::dicom::outbox::{Delivery, Destination, Outbox};
@@ -209,6 +210,9 @@ pub struct Shared {
     pub card: crate::run::ModelCard,
     /// The model's name and weights hash.
     pub producer: Producer,
+    /// Rejected associations of one address and reason in this interval: the first audited in
+    /// full, the others counted into one line (zero: each in full).
+    pub audit_aggregate: Duration,
 }
 
 /// A running node: its address and the results sender.
@@ -469,6 +473,7 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
             );
         },
     )?;
+    let shared_interval = shared.audit_aggregate;
     let node = Arc::new(NodeState {
         slots: Arc::new(tokio::sync::Semaphore::new(options.max_associations)),
         options,
@@ -476,6 +481,7 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         outbox: outbox.clone(),
         pending: PendingBudget::default(),
         crowded: AtomicUsize::new(0),
+        rejections: Tally::new(shared_interval),
         syntaxes: transfer_syntaxes(),
     });
     // One task a connection on the server's runtime: negotiation and messages are async;
@@ -485,6 +491,17 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         .set_nonblocking(true)
         .context("the DICOM listener")?;
     let listener = tokio::net::TcpListener::from_std(listener).context("the DICOM listener")?;
+    if !shared_interval.is_zero() {
+        let node = node.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                node.flush_rejections();
+            }
+        });
+    }
     tokio::spawn(async move {
         loop {
             let (stream, peer) = match listener.accept().await {
@@ -529,6 +546,8 @@ struct NodeState {
     pending: PendingBudget,
     /// Connections closed unread since the last log line about them.
     crowded: AtomicUsize,
+    /// Rejected associations, counted per address and reason.
+    rejections: Tally,
     syntaxes: Vec<&'static str>,
 }
 
@@ -579,6 +598,41 @@ impl NodeState {
     /// place of a worker); why it could not be written.
     fn audit(&self, line: Value) -> Result<(), String> {
         tokio::task::block_in_place(|| audit_line(self.shared.audit.as_ref(), line))
+    }
+
+    /// Audits a rejected association (`code` 2 transient, 1 permanent): the first of its
+    /// address and reason in an interval in full, the others counted ([`Tally`]).
+    fn rejected(&self, peer: IpAddr, code: u16, why: &str, calling: Option<&str>) {
+        if self.rejections.refusal(Some(peer), code, why, None) == Verdict::Counted {
+            return;
+        }
+        // Rejected already: a line that cannot be written is logged as an error.
+        let _ = self.audit(
+            json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "rejected", "reason": why}),
+        );
+    }
+
+    /// Writes the counts of rejected associations whose interval ended: a line each where
+    /// there was more than the one audited in full, and one log line with the totals.
+    fn flush_rejections(&self) {
+        let counts = self.rejections.due(std::time::Instant::now(), false);
+        let Some(summary) = crate::serve::tally::summary(&counts) else {
+            return;
+        };
+        tracing::warn!(
+            "dicom: associations rejected in the last {} s (2: transient, 1: permanent): {summary}",
+            self.rejections.interval().as_secs()
+        );
+        for c in counts.iter().filter(|c| c.refusals > 1) {
+            let line = json!({"dicom": "association", "result": "rejected", "peer": c.client.map(|ip| ip.to_string()), "reason": c.reason, "rejections": c.refusals, "written_in_full": 1, "from": c.from, "to": c.to});
+            let audit = self.shared.audit.clone();
+            // From the runtime's timer task: the writer's answer is not waited for.
+            if let Some(audit) = audit {
+                if let Err(busy) = audit.submit(&[line]) {
+                    tracing::error!("dicom: the rejection counts were not audited: {busy}");
+                }
+            }
+        }
     }
 
     /// Serves one connection: a place in the pre-association budget (else closed unread),
@@ -675,15 +729,15 @@ impl NodeState {
                         )
                         .is_ok();
                         if passes && self.slots.available_permits() == 0 {
-                            drop(pending);
+                            // The pre-association place is held until the connection is
+                            // closed: a peer that never reads its rejection still counts.
                             reject_busy(stream).await;
+                            drop(pending);
                             let why = format!(
                                 "too many associations ({} held); rejected transient, local limit exceeded",
                                 self.options.max_associations
                             );
-                            let _ = self.audit(
-                                json!({"dicom": "association", "peer": peer.to_string(), "calling_ae": calling, "result": "rejected", "reason": why}),
-                            );
+                            self.rejected(peer, 2, &why, Some(&calling));
                             return Ok(());
                         }
                     }
@@ -728,10 +782,7 @@ impl NodeState {
                 self.options.artim.as_secs_f64()
             ),
         };
-        // Rejected already: a line that cannot be written is logged as an error.
-        let _ = self.audit(
-            json!({"dicom": "association", "peer": peer.to_string(), "result": "rejected", "reason": why}),
-        );
+        self.rejected(peer, 1, &why, None);
         Ok(())
     }
 

@@ -290,6 +290,7 @@ pub fn router(
                 runtime: tokio::runtime::Handle::current(),
                 card,
                 producer,
+                audit_aggregate: options.audit_aggregate,
             },
         )?),
         _ => None,
@@ -316,25 +317,24 @@ pub struct Routes {
     pub flush: Box<dyn FnOnce() + Send>,
 }
 
-/// Writes the lines of the refusal counts whose interval ended (`all`: every count) to the
-/// audit log and the log.
+/// Writes the refusal counts whose interval ended (`all`: every count): a line each to the
+/// audit log where there was more than the one written in full, and one line with the totals
+/// to the log.
 fn flush_tally(state: &AppState, all: bool) {
-    let lines = state.refusals.due(std::time::Instant::now(), all);
-    if lines.is_empty() {
+    let counts = state.refusals.due(std::time::Instant::now(), all);
+    let Some(summary) = tally::summary(&counts) else {
         return;
-    }
-    for line in &lines {
-        tracing::warn!(
-            "serve: {} refusals {} for {} ({}) from {} to {}",
-            line["refusals"],
-            line["status"],
-            line["client"].as_str().unwrap_or("other addresses"),
-            line["error"].as_str().unwrap_or(""),
-            line["from"].as_str().unwrap_or(""),
-            line["to"].as_str().unwrap_or("")
-        );
-    }
-    if let Some(audit) = &state.audit {
+    };
+    tracing::warn!(
+        "serve: refused without a valid token in the last {} s: {summary}",
+        state.refusals.interval().as_secs()
+    );
+    let lines: Vec<Value> = counts
+        .iter()
+        .filter(|c| c.refusals > 1)
+        .map(tally::Count::line)
+        .collect();
+    if let (Some(audit), false) = (&state.audit, lines.is_empty()) {
         if let Err(busy) = audit.submit(&lines) {
             tracing::error!("serve: the refusal counts were not audited: {busy}");
         }

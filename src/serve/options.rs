@@ -115,10 +115,11 @@ pub fn default_max_connections() -> usize {
     (files / 2).clamp(16, 1024)
 }
 
-/// Connections from one address by default: a quarter of `max_connections`, at least 8 (and
-/// never more than `max_connections`), so that one address cannot hold every place.
+/// Connections from one address by default: a sixteenth of `max_connections`, at least 8 (and
+/// never more than `max_connections`), so that it takes sixteen addresses, not one, to hold
+/// every place.
 pub fn default_per_ip(max_connections: usize) -> usize {
-    (max_connections / 4).max(8).min(max_connections.max(1))
+    (max_connections / 16).max(8).min(max_connections.max(1))
 }
 
 /// Connections held at once on `--metrics-addr` (a scraper needs one or two), and from one
@@ -260,7 +261,7 @@ mod tests {
         );
         assert_eq!(node.total(), m.total() + node.dicom);
         assert!((16..=1024).contains(&default_max_connections()));
-        assert_eq!(default_per_ip(1024), 256);
+        assert_eq!(default_per_ip(1024), 64);
         assert_eq!(default_per_ip(16), 8);
         assert_eq!(default_per_ip(4), 4);
     }
