@@ -13,8 +13,21 @@ pub trait Choice: Copy + 'static {
 }
 
 /// Declares a closed set of names: the enum, its words, and [`Choice`], serde, `FromStr` and
-/// `Display` implementations that use them.
+/// `Display` implementations that use them; `Name, "key", default = Variant { ... }` adds
+/// `Default`.
 macro_rules! choice {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $key:literal, default = $default:ident { $($body:tt)* }
+    ) => {
+        $crate::choice::choice! { $(#[$meta])* $name, $key { $($body)* } }
+
+        impl Default for $name {
+            fn default() -> Self {
+                $name::$default
+            }
+        }
+    };
     (
         $(#[$meta:meta])*
         $name:ident, $key:literal {

@@ -9,7 +9,7 @@ use clap::Args;
 
 use crate::compute::device::resolve_device;
 use crate::config::Config;
-use crate::data::split::{split_dataset, write_split, SplitOptions, SplitSet};
+use crate::data::split::{split_dataset, write_split, Split, SplitOptions, SplitSet};
 use crate::data::synth::{write_synth_dataset, SynthOptions};
 use crate::evaluate::{evaluate, CiBy, Labelled};
 use crate::explain::{
@@ -72,10 +72,10 @@ impl DemoArgs {
         let predictor =
             Predictor::load(&run_dir, resolve_device(crate::config::DeviceChoice::Auto)?)?;
         let split = SplitSet::read(&split_dir)?;
-        let samples = split.samples("test")?;
+        let samples = split.samples(Split::Test)?;
         let labelled = Labelled {
             samples: samples.clone(),
-            groups: Some(split.groups("test")),
+            groups: Some(split.groups(Split::Test)),
         };
         let (report, scored) = evaluate(&predictor, labelled, "test", 64, CiBy::Auto)?;
         let eval_dir = run_dir.join("eval-test");

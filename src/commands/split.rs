@@ -6,7 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Args;
 
-use crate::data::split::{split_dataset, write_split, SplitOptions, DEFAULT_GROUP_REGEX, SPLITS};
+use crate::data::scan::LayoutKind;
+use crate::data::split::{
+    split_dataset, write_split, Split, SplitOptions, TestFrom, DEFAULT_GROUP_REGEX,
+};
 use crate::error::Error;
 
 /// Arguments of `xray split`.
@@ -117,8 +120,8 @@ impl SplitArgs {
         if r.is_multilabel() {
             println!("images per split (positives per label):");
         }
-        for split in SPLITS {
-            let counts = &r.counts[split];
+        for split in Split::ALL.iter().copied() {
+            let counts = &r.counts[split.as_str()];
             let total: usize = if r.is_multilabel() {
                 outcome.records.iter().filter(|x| x.split == split).count()
             } else {
@@ -173,27 +176,29 @@ impl SplitArgs {
 /// What the scan found: the layout, where test came from, what it skipped.
 fn layout_line(r: &crate::data::split::SplitReport) -> String {
     let l = &r.layout;
-    let mut line = match l.kind.as_str() {
-        "split_folders" => format!(
+    let mut line = match l.kind {
+        LayoutKind::SplitFolders => format!(
             "layout: split folders ({}) holding {} classes; test {}",
             l.split_folders.join(", "),
             r.classes.len(),
-            if r.test_from == "dataset" {
+            if r.test_from == TestFrom::Dataset {
                 "is the dataset's own test folder, train+val re-split by patient"
             } else {
                 "re-split by --ratios (--resplit)"
             }
         ),
-        "labels_csv" if r.is_multilabel() => format!(
+        LayoutKind::LabelsCsv if r.is_multilabel() => format!(
             "layout: labels and groups from --labels ({} file, {} labels per image)",
-            r.label_format,
+            r.label_format.map_or("?", |f| f.as_str()),
             r.classes.len()
         ),
-        "labels_csv" => format!(
+        LayoutKind::LabelsCsv => format!(
             "layout: labels and groups from --labels ({} classes)",
             r.classes.len()
         ),
-        _ => format!("layout: one folder per class ({} classes)", r.classes.len()),
+        LayoutKind::ClassFolders => {
+            format!("layout: one folder per class ({} classes)", r.classes.len())
+        }
     };
     if !l.descended.is_empty() {
         line.push_str(&format!("; inside {}", l.descended.join("/")));

@@ -62,7 +62,7 @@ choice! {
 
 choice! {
     /// How a multi-label model's threshold per label is chosen on validation.
-    LabelThreshold, "eval.label_threshold" {
+    LabelThreshold, "eval.label_threshold", default = Youden {
         /// Youden's J (sensitivity + specificity - 1) at its maximum.
         Youden = "youden",
         /// The highest threshold reaching `eval.target_sensitivity` (or the label's own target
@@ -74,7 +74,7 @@ choice! {
 choice! {
     /// How a multi-label model's probabilities are calibrated: the logits are divided by a
     /// temperature fitted on validation (binary NLL) before the sigmoid.
-    LabelTemperature, "eval.label_temperature" {
+    LabelTemperature, "eval.label_temperature", default = PerLabel {
         /// A temperature per label.
         PerLabel = "per_label",
         /// One temperature for every label.
@@ -96,7 +96,7 @@ choice! {
 
 choice! {
     /// What the network predicts.
-    Task, "model.task" {
+    Task, "model.task", default = Multiclass {
         /// One class per image (softmax, cross-entropy).
         Multiclass = "multiclass",
         /// Any number of labels per image (a sigmoid per label, binary cross-entropy).
@@ -151,27 +151,6 @@ choice! {
         ValAcc = "val_acc",
         /// Cross-entropy; lower is better.
         ValLoss = "val_loss",
-    }
-}
-
-#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
-impl Default for LabelThreshold {
-    fn default() -> Self {
-        LabelThreshold::Youden
-    }
-}
-
-#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
-impl Default for LabelTemperature {
-    fn default() -> Self {
-        LabelTemperature::PerLabel
-    }
-}
-
-#[allow(clippy::derivable_impls)] // the enum is made by `choice!`
-impl Default for Task {
-    fn default() -> Self {
-        Task::Multiclass
     }
 }
 

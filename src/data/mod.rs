@@ -10,6 +10,7 @@ pub mod near_dup;
 pub mod on_device;
 pub mod scan;
 pub mod split;
+pub mod splits;
 pub mod synth;
 
 pub use xray_codec::{codestream, truncation};

@@ -13,7 +13,7 @@
 //!   folder name (`CheXpert-v1.0-small/train/...`), as CheXpert's do.
 //! - **generic**: `path` plus one `0`/`1` column per label, and optionally `group`.
 //!
-//! Values keep what the file said ([`POSITIVE`], [`NEGATIVE`], [`UNCERTAIN`], [`BLANK`]); the
+//! Values keep what the file said ([`LabelValue::Positive`], [`LabelValue::Negative`], [`LabelValue::Uncertain`], [`LabelValue::Blank`]); the
 //! training targets apply `data.uncertain` and `data.blank` ([`target`]).
 
 use std::collections::{BTreeSet, HashMap};
@@ -28,14 +28,20 @@ use regex::Regex;
 use crate::config::{BlankPolicy, UncertainPolicy};
 use crate::error::Error;
 
-/// The finding is present.
-pub const POSITIVE: i8 = 1;
-/// The finding is absent.
-pub const NEGATIVE: i8 = 0;
-/// The report was uncertain (`-1` in CheXpert/MIMIC).
-pub const UNCERTAIN: i8 = -1;
-/// The report did not mention the finding (a blank cell).
-pub const BLANK: i8 = -2;
+/// What a labels file says of one finding in one image. Ordered as the numbers CheXpert
+/// writes (blank first), which is the order label combinations are sorted in.
+#[repr(i8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum LabelValue {
+    /// The report did not mention the finding (a blank cell).
+    Blank = -2,
+    /// The report was uncertain (`-1` in CheXpert/MIMIC).
+    Uncertain = -1,
+    /// The finding is absent.
+    Negative = 0,
+    /// The finding is present.
+    Positive = 1,
+}
 
 /// What an image without any finding is called (NIH's word).
 pub const NO_FINDING: &str = "No Finding";
@@ -43,25 +49,15 @@ pub const NO_FINDING: &str = "No Finding";
 /// A target masked out of the loss and the metrics.
 pub const MASKED: f32 = -1.0;
 
-/// Which layout a labels CSV has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LabelFormat {
-    /// NIH ChestX-ray14's `Data_Entry_2017.csv`.
-    Nih,
-    /// CheXpert/MIMIC-CXR: a column per finding with 1, 0, -1 or blank.
-    Chexpert,
-    /// `path`, a 0/1 column per label, optional `group`.
-    Generic,
-}
-
-impl LabelFormat {
-    /// The name `split_report.json` records.
-    pub fn name(self) -> &'static str {
-        match self {
-            LabelFormat::Nih => "nih",
-            LabelFormat::Chexpert => "chexpert",
-            LabelFormat::Generic => "generic",
-        }
+crate::choice::choice! {
+    /// Which layout a labels CSV has (the word `split_report.json` records).
+    LabelFormat, "label_format" {
+        /// NIH ChestX-ray14's `Data_Entry_2017.csv`.
+        Nih = "nih",
+        /// CheXpert/MIMIC-CXR: a column per finding with 1, 0, -1 or blank.
+        Chexpert = "chexpert",
+        /// `path`, a 0/1 column per label, optional `group`.
+        Generic = "generic",
     }
 }
 
@@ -72,8 +68,8 @@ pub struct LabelRow {
     pub rel_path: PathBuf,
     /// The patient, when the file names one.
     pub group: Option<String>,
-    /// One value per label: [`POSITIVE`], [`NEGATIVE`], [`UNCERTAIN`] or [`BLANK`].
-    pub values: Vec<i8>,
+    /// One value per label: [`LabelValue::Positive`], [`LabelValue::Negative`], [`LabelValue::Uncertain`] or [`LabelValue::Blank`].
+    pub values: Vec<LabelValue>,
 }
 
 /// A multi-label CSV read: its layout, label names and rows.
@@ -245,9 +241,9 @@ fn read_nih(
                 .iter()
                 .map(|l| {
                     if found.contains(l) {
-                        POSITIVE
+                        LabelValue::Positive
                     } else {
-                        NEGATIVE
+                        LabelValue::Negative
                     }
                 })
                 .collect(),
@@ -332,17 +328,17 @@ fn read_columns(
 }
 
 /// A cell as a value: `1`, `0`, `-1` (also `1.0`, `0.0`, `-1.0`) or blank.
-fn parse_value(cell: &str) -> Option<i8> {
+fn parse_value(cell: &str) -> Option<LabelValue> {
     if cell.is_empty() {
-        return Some(BLANK);
+        return Some(LabelValue::Blank);
     }
     let v = cell.parse::<f64>().ok()?;
     if v == 1.0 {
-        Some(POSITIVE)
+        Some(LabelValue::Positive)
     } else if v == 0.0 {
-        Some(NEGATIVE)
+        Some(LabelValue::Negative)
     } else if v == -1.0 {
-        Some(UNCERTAIN)
+        Some(LabelValue::Uncertain)
     } else {
         None
     }
@@ -367,16 +363,16 @@ fn resolve(root: &Path, listed: &Path) -> Result<PathBuf, &'static str> {
 
 /// The training target of a value: 1 or 0, or [`MASKED`], by the uncertain and blank policies
 /// (the CheXpert paper's U-Ignore, U-Zeros and U-Ones).
-pub fn target(value: i8, uncertain: UncertainPolicy, blank: BlankPolicy) -> f32 {
+pub fn target(value: LabelValue, uncertain: UncertainPolicy, blank: BlankPolicy) -> f32 {
     match value {
-        POSITIVE => 1.0,
-        NEGATIVE => 0.0,
-        UNCERTAIN => match uncertain {
+        LabelValue::Positive => 1.0,
+        LabelValue::Negative => 0.0,
+        LabelValue::Uncertain => match uncertain {
             UncertainPolicy::Ignore => MASKED,
             UncertainPolicy::Zeros => 0.0,
             UncertainPolicy::Ones => 1.0,
         },
-        _ => match blank {
+        LabelValue::Blank => match blank {
             BlankPolicy::Ignore => MASKED,
             BlankPolicy::Zeros => 0.0,
         },
@@ -384,17 +380,17 @@ pub fn target(value: i8, uncertain: UncertainPolicy, blank: BlankPolicy) -> f32 
 }
 
 /// A value as split.csv writes it: `1`, `0`, `-1` or empty.
-pub fn value_text(value: i8) -> &'static str {
+pub fn value_text(value: LabelValue) -> &'static str {
     match value {
-        POSITIVE => "1",
-        NEGATIVE => "0",
-        UNCERTAIN => "-1",
-        _ => "",
+        LabelValue::Positive => "1",
+        LabelValue::Negative => "0",
+        LabelValue::Uncertain => "-1",
+        LabelValue::Blank => "",
     }
 }
 
 /// A cell of split.csv read back (see [`value_text`]).
-pub fn value_of_text(text: &str) -> Option<i8> {
+pub fn value_of_text(text: &str) -> Option<LabelValue> {
     parse_value(text.trim())
 }
 
@@ -409,12 +405,12 @@ pub fn join_findings<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 }
 
 /// The positive labels of `values`, as [`join_findings`] writes them.
-pub fn finding_text(labels: &[String], values: &[i8]) -> String {
+pub fn finding_text(labels: &[String], values: &[LabelValue]) -> String {
     join_findings(
         labels
             .iter()
             .zip(values)
-            .filter(|(_, &v)| v == POSITIVE)
+            .filter(|(_, &v)| v == LabelValue::Positive)
             .map(|(l, _)| l.as_str()),
     )
 }
@@ -552,9 +548,10 @@ mod tests {
         let t = read_label_table(&root, &csv).unwrap();
         assert_eq!(t.format, LabelFormat::Nih);
         assert_eq!(t.labels, vec!["Cardiomegaly", "Effusion"]);
-        assert_eq!(t.rows[0].values, vec![1, 1]);
-        assert_eq!(t.rows[1].values, vec![1, 0]);
-        assert_eq!(t.rows[2].values, vec![0, 0]);
+        use LabelValue::{Negative as N, Positive as P};
+        assert_eq!(t.rows[0].values, vec![P, P]);
+        assert_eq!(t.rows[1].values, vec![P, N]);
+        assert_eq!(t.rows[2].values, vec![N, N]);
         assert_eq!(
             t.rows[1].rel_path,
             PathBuf::from("images_002/images/00000001_001.png")
@@ -583,8 +580,14 @@ mod tests {
         let t = read_label_table(&root, &csv).unwrap();
         assert_eq!(t.format, LabelFormat::Chexpert);
         assert_eq!(t.labels, vec!["Cardiomegaly", "Edema"]);
-        assert_eq!(t.rows[0].values, vec![POSITIVE, UNCERTAIN]);
-        assert_eq!(t.rows[1].values, vec![BLANK, NEGATIVE]);
+        assert_eq!(
+            t.rows[0].values,
+            vec![LabelValue::Positive, LabelValue::Uncertain]
+        );
+        assert_eq!(
+            t.rows[1].values,
+            vec![LabelValue::Blank, LabelValue::Negative]
+        );
         assert_eq!(t.rows[1].group.as_deref(), Some("patient00001"));
         assert_eq!(
             t.rows[0].rel_path,
@@ -617,12 +620,17 @@ mod tests {
     fn policies_turn_values_into_targets() {
         use BlankPolicy as B;
         use UncertainPolicy as U;
-        assert_eq!(target(UNCERTAIN, U::Ignore, B::Zeros), MASKED);
-        assert_eq!(target(UNCERTAIN, U::Zeros, B::Zeros), 0.0);
-        assert_eq!(target(UNCERTAIN, U::Ones, B::Zeros), 1.0);
-        assert_eq!(target(BLANK, U::Ones, B::Zeros), 0.0);
-        assert_eq!(target(BLANK, U::Ones, B::Ignore), MASKED);
-        for v in [POSITIVE, NEGATIVE, UNCERTAIN, BLANK] {
+        assert_eq!(target(LabelValue::Uncertain, U::Ignore, B::Zeros), MASKED);
+        assert_eq!(target(LabelValue::Uncertain, U::Zeros, B::Zeros), 0.0);
+        assert_eq!(target(LabelValue::Uncertain, U::Ones, B::Zeros), 1.0);
+        assert_eq!(target(LabelValue::Blank, U::Ones, B::Zeros), 0.0);
+        assert_eq!(target(LabelValue::Blank, U::Ones, B::Ignore), MASKED);
+        for v in [
+            LabelValue::Positive,
+            LabelValue::Negative,
+            LabelValue::Uncertain,
+            LabelValue::Blank,
+        ] {
             assert_eq!(value_of_text(value_text(v)), Some(v));
         }
     }

@@ -16,6 +16,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::data::decode::has_image_extension;
+use crate::data::splits::Split;
 use crate::error::Error;
 
 /// One image found in a dataset folder.
@@ -25,9 +26,8 @@ pub struct ScannedImage {
     pub rel_path: PathBuf,
     /// Index into [`ScannedDataset::classes`].
     pub label: usize,
-    /// The dataset's own split the image sits in (an index into `train, val, test`), when the
-    /// dataset has split folders.
-    pub source_split: Option<usize>,
+    /// The dataset's own split the image sits in, when the dataset has split folders.
+    pub source_split: Option<Split>,
     /// The group (patient) a labels file gave it; otherwise it comes from the file name.
     pub group: Option<String>,
 }
@@ -45,13 +45,25 @@ pub struct ScannedDataset {
     pub layout: Layout,
 }
 
+crate::choice::choice! {
+    /// How a dataset gives its labels (`split_report.json`'s `layout.kind`).
+    LayoutKind, "layout.kind", default = ClassFolders {
+        /// One folder per class (the default: reports older than `layout` knew no other).
+        ClassFolders = "class_folders",
+        /// Split folders (train/val/test) each holding one folder per class.
+        SplitFolders = "split_folders",
+        /// A labels CSV (`--labels`): single- or multi-label.
+        LabelsCsv = "labels_csv",
+    }
+}
+
 /// How the dataset was laid out, and what the scan left out (`split_report.json`'s `layout`).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Layout {
-    /// "class_folders" or "split_folders".
-    pub kind: String,
-    /// The split folders found (as named on disk), for "split_folders".
+    /// How the labels were given.
+    pub kind: LayoutKind,
+    /// The split folders found (as named on disk), for [`LayoutKind::SplitFolders`].
     pub split_folders: Vec<String>,
     /// Wrapping folders descended into (a single folder holding the dataset).
     pub descended: Vec<String>,
@@ -76,14 +88,9 @@ pub struct ScanOptions {
     pub follow_external_links: bool,
 }
 
-/// The split names a folder level may carry: index 0 train, 1 val, 2 test.
-pub fn split_of_folder(name: &str) -> Option<usize> {
-    match name.to_ascii_lowercase().as_str() {
-        "train" | "training" => Some(0),
-        "val" | "valid" | "validation" | "dev" => Some(1),
-        "test" | "testing" => Some(2),
-        _ => None,
-    }
+/// The split a folder level's name stands for.
+pub fn split_of_folder(name: &str) -> Option<Split> {
+    Split::of_folder(name)
 }
 
 /// Archive and desktop junk, never data.
@@ -131,14 +138,14 @@ pub fn scan_dataset_with(root: &Path, opts: &ScanOptions) -> Result<ScannedDatas
         .partition(|name| split_of_folder(name).is_some());
     let mut images = Vec::new();
     let classes = if splits.is_empty() {
-        walker.layout.kind = "class_folders".into();
+        walker.layout.kind = LayoutKind::ClassFolders;
         let classes = check_classes(&root, others)?;
         for (label, class) in classes.iter().enumerate() {
             walker.images_under(&root.join(class), label, None, &mut images)?;
         }
         classes
     } else {
-        walker.layout.kind = "split_folders".into();
+        walker.layout.kind = LayoutKind::SplitFolders;
         walker.skip_nested_copies(&root, others, &splits)?;
         let mut per_split = Vec::new();
         let mut all: BTreeSet<String> = BTreeSet::new();
@@ -251,7 +258,7 @@ fn scan_labels_csv(
         classes,
         images,
         layout: Layout {
-            kind: "labels_csv".into(),
+            kind: LayoutKind::LabelsCsv,
             ..Layout::default()
         },
     })
@@ -467,7 +474,7 @@ impl Walker {
         &mut self,
         dir: &Path,
         label: usize,
-        source_split: Option<usize>,
+        source_split: Option<Split>,
         out: &mut Vec<ScannedImage>,
     ) -> Result<()> {
         let canonical = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());

@@ -16,18 +16,14 @@ use rayon::prelude::*;
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
+use crate::config::Task;
 use crate::data::decode::decode_image;
 use crate::data::multilabel;
 use crate::data::near_dup::{self, NearDuplicates, NearPair};
-use crate::data::scan::{scan_dataset_with, Layout, ScanOptions, ScannedDataset};
+use crate::data::scan::{scan_dataset_with, Layout, LayoutKind, ScanOptions, ScannedDataset};
+pub use crate::data::splits::Split;
 use crate::error::Error;
 use crate::progress;
-
-/// The split names, in the order of the ratios.
-pub const SPLITS: [&str; 3] = ["train", "val", "test"];
-
-/// Index of "test" in [`SPLITS`].
-const TEST: usize = 2;
 
 /// Default `--group-regex`: the patient in Kermany file names (`person123_bacteria_45.jpeg` →
 /// `person123`, `IM-0115-0001.jpeg` → `IM-0115`, `NORMAL2-IM-0927-0001.jpeg` →
@@ -87,14 +83,14 @@ pub struct SplitRecord {
     pub label: String,
     /// Group (patient) the image belongs to.
     pub group: String,
-    /// "train", "val" or "test".
-    pub split: String,
+    /// Which split it went to.
+    pub split: Split,
     /// sha256 of the file's bytes, hex.
     pub sha256: String,
     /// Multi-label splits: one value per label (see [`crate::data::multilabel`]), written as
     /// a column per label after these.
     #[serde(skip)]
-    pub values: Vec<i8>,
+    pub values: Vec<multilabel::LabelValue>,
 }
 
 /// A file left out of the split, and why.
@@ -136,9 +132,9 @@ pub struct SplitReport {
     /// How the dataset was laid out and what the scan skipped.
     #[serde(default)]
     pub layout: Layout,
-    /// Where the test split came from: "dataset" (its own test folder) or "resplit".
+    /// Where the test split came from: the dataset's own test folder, or re-split.
     #[serde(default)]
-    pub test_from: String,
+    pub test_from: TestFrom,
     /// Byte-identical images found in both the dataset's test folder and its other folders:
     /// the copy dropped (`path`) and why, naming the one kept.
     #[serde(default)]
@@ -157,13 +153,13 @@ pub struct SplitReport {
     /// without any of them (multi-label: without any positive).
     #[serde(default)]
     pub class_warnings: Vec<ClassWarning>,
-    /// "multiclass" (empty in older reports) or "multilabel"; for "multilabel", `classes` are
-    /// the labels and `counts` their positive images.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub task: String,
-    /// Multi-label: the labels file's layout ("nih", "chexpert" or "generic").
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub label_format: String,
+    /// Multiclass (left out of the file, as in older reports) or multi-label; for
+    /// multi-label, `classes` are the labels and `counts` their positive images.
+    #[serde(default, skip_serializing_if = "Task::is_multiclass")]
+    pub task: Task,
+    /// Multi-label: the labels file's layout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_format: Option<multilabel::LabelFormat>,
     /// Multi-label: label_counts[split][label], every value the file gave.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub label_counts: BTreeMap<String, BTreeMap<String, LabelCount>>,
@@ -173,10 +169,20 @@ pub struct SplitReport {
     pub cooccurrence: Vec<Vec<usize>>,
 }
 
+crate::choice::choice! {
+    /// Where a split's test images came from (`split_report.json`'s `test_from`).
+    TestFrom, "test_from", default = Resplit {
+        /// The dataset's own test folder, kept as it is.
+        Dataset = "dataset",
+        /// Re-split from all the images by the ratios (the default: older reports).
+        Resplit = "resplit",
+    }
+}
+
 impl SplitReport {
     /// Whether the split's labels are multi-label.
     pub fn is_multilabel(&self) -> bool {
-        self.task == "multilabel"
+        self.task == Task::Multilabel
     }
 }
 
@@ -298,7 +304,11 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         },
     )?;
     // The dataset's own test folder stays the test split unless asked otherwise.
-    let fixed_test = !opts.resplit && scanned.images.iter().any(|i| i.source_split == Some(TEST));
+    let fixed_test = !opts.resplit
+        && scanned
+            .images
+            .iter()
+            .any(|i| i.source_split == Some(Split::Test));
     if fixed_test && opts.ratios[0] + opts.ratios[1] <= 0.0 {
         return Err(Error::usage(
             "--ratios gives train and val no share, but the dataset's own test folder is the test split (use --resplit to split everything by --ratios)",
@@ -328,7 +338,7 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
                 path: rel(*i),
                 label: scanned.classes[scanned.images[*i].label].clone(),
                 group: group.clone(),
-                split: SPLITS[s].to_string(),
+                split: Split::ALL[s],
                 sha256: hash.clone(),
                 values: Vec::new(),
             });
@@ -349,14 +359,18 @@ pub fn split_dataset(data_dir: &Path, opts: &SplitOptions) -> Result<SplitOutcom
         label_conflicts_dropped: unique.conflicts,
         corrupt_skipped: corrupt,
         layout: scanned.layout.clone(),
-        test_from: if fixed_test { "dataset" } else { "resplit" }.into(),
+        test_from: if fixed_test {
+            TestFrom::Dataset
+        } else {
+            TestFrom::Resplit
+        },
         cross_split_duplicates: unique.cross_split,
         groups_moved_to_test,
         near_duplicates: near,
         label_conflicts: conflicts_of(&scanned, &unique.conflict_sets),
         class_warnings: Vec::new(),
-        task: String::new(),
-        label_format: String::new(),
+        task: Task::Multiclass,
+        label_format: None,
         label_counts: BTreeMap::new(),
         cooccurrence: Vec::new(),
     };
@@ -385,14 +399,15 @@ fn split_multilabel(
         .canonicalize()
         .with_context(|| format!("cannot resolve {}", data_dir.display()))?;
     let table = multilabel::read_label_table(&root, labels_csv)?;
-    let mut combos: Vec<Vec<i8>> = table.rows.iter().map(|r| r.values.clone()).collect();
+    let mut combos: Vec<Vec<multilabel::LabelValue>> =
+        table.rows.iter().map(|r| r.values.clone()).collect();
     combos.sort();
     combos.dedup();
-    let combo_name = |values: &[i8]| {
+    let combo_name = |values: &[multilabel::LabelValue]| {
         let mut name = multilabel::finding_text(&table.labels, values);
         for (what, v) in [
-            ("uncertain", multilabel::UNCERTAIN),
-            ("blank", multilabel::BLANK),
+            ("uncertain", multilabel::LabelValue::Uncertain),
+            ("blank", multilabel::LabelValue::Blank),
         ] {
             let these: Vec<&str> = table
                 .labels
@@ -423,7 +438,7 @@ fn split_multilabel(
             })
             .collect(),
         layout: Layout {
-            kind: "labels_csv".into(),
+            kind: LayoutKind::LabelsCsv,
             ..Layout::default()
         },
     };
@@ -452,7 +467,7 @@ fn split_multilabel(
                 .map(|l| {
                     members
                         .iter()
-                        .filter(|&&k| values_of(k)[l] == multilabel::POSITIVE)
+                        .filter(|&&k| values_of(k)[l] == multilabel::LabelValue::Positive)
                         .count()
                 })
                 .collect(),
@@ -467,7 +482,7 @@ fn split_multilabel(
                 path: rel(*i),
                 label: multilabel::finding_text(&table.labels, values_of(k)),
                 group: group.clone(),
-                split: SPLITS[s].to_string(),
+                split: Split::ALL[s],
                 sha256: hash.clone(),
                 values: values_of(k).clone(),
             });
@@ -487,7 +502,7 @@ fn split_multilabel(
         .map(|r| {
             r.values
                 .iter()
-                .map(|&v| v == multilabel::POSITIVE)
+                .map(|&v| v == multilabel::LabelValue::Positive)
                 .collect()
         })
         .collect();
@@ -506,14 +521,14 @@ fn split_multilabel(
         label_conflicts_dropped: unique.conflicts,
         corrupt_skipped: corrupt,
         layout: scanned.layout.clone(),
-        test_from: "resplit".into(),
+        test_from: TestFrom::Resplit,
         cross_split_duplicates: unique.cross_split,
         groups_moved_to_test: 0,
         near_duplicates: near,
         label_conflicts: conflicts_of(&scanned, &unique.conflict_sets),
         class_warnings: Vec::new(),
-        task: "multilabel".into(),
-        label_format: table.format.name().into(),
+        task: Task::Multilabel,
+        label_format: Some(table.format),
         label_counts,
         cooccurrence,
     };
@@ -542,7 +557,7 @@ fn count_label_values(
     labels: &[String],
     records: &[SplitRecord],
 ) -> BTreeMap<String, BTreeMap<String, LabelCount>> {
-    let mut counts: BTreeMap<String, BTreeMap<String, LabelCount>> = SPLITS
+    let mut counts: BTreeMap<String, BTreeMap<String, LabelCount>> = Split::ALL
         .iter()
         .map(|s| {
             let per = labels
@@ -553,14 +568,14 @@ fn count_label_values(
         })
         .collect();
     for r in records {
-        let per = counts.get_mut(&r.split).expect("a known split");
+        let per = counts.get_mut(r.split.as_str()).expect("a known split");
         for (l, &v) in labels.iter().zip(&r.values) {
             let c = per.get_mut(l).expect("a known label");
             match v {
-                multilabel::POSITIVE => c.positive += 1,
-                multilabel::NEGATIVE => c.negative += 1,
-                multilabel::UNCERTAIN => c.uncertain += 1,
-                _ => c.blank += 1,
+                multilabel::LabelValue::Positive => c.positive += 1,
+                multilabel::LabelValue::Negative => c.negative += 1,
+                multilabel::LabelValue::Uncertain => c.uncertain += 1,
+                multilabel::LabelValue::Blank => c.blank += 1,
             }
         }
     }
@@ -585,7 +600,8 @@ fn label_warnings(table: &multilabel::LabelTable, report: &SplitReport) -> Vec<C
         .iter()
         .enumerate()
         .filter_map(|(l, label)| {
-            let positive = |r: &&multilabel::LabelRow| r.values[l] == multilabel::POSITIVE;
+            let positive =
+                |r: &&multilabel::LabelRow| r.values[l] == multilabel::LabelValue::Positive;
             let found = table.rows.iter().filter(positive).count();
             let in_set = |set: &std::collections::HashSet<&str>| {
                 table
@@ -595,11 +611,14 @@ fn label_warnings(table: &multilabel::LabelTable, report: &SplitReport) -> Vec<C
                     .filter(|r| set.contains(r.rel_path.to_string_lossy().as_ref()))
                     .count()
             };
-            let kept: usize = SPLITS.iter().map(|s| report.counts[*s][label]).sum();
-            let empty_splits: Vec<String> = SPLITS
+            let kept: usize = Split::ALL
+                .iter()
+                .map(|s| report.counts[s.as_str()][label])
+                .sum();
+            let empty_splits: Vec<String> = Split::ALL
                 .iter()
                 .enumerate()
-                .filter(|&(i, s)| report.ratios[i] > 0.0 && report.counts[*s][label] == 0)
+                .filter(|&(i, s)| report.ratios[i] > 0.0 && report.counts[s.as_str()][label] == 0)
                 .map(|(_, s)| s.to_string())
                 .collect();
             let label_conflicts = in_set(&dropped);
@@ -783,7 +802,7 @@ fn deduplicate(
     keep_test: bool,
 ) -> Unique {
     let rel = |i: usize| scanned.images[i].rel_path.to_string_lossy().into_owned();
-    let in_test = |i: usize| scanned.images[i].source_split == Some(TEST);
+    let in_test = |i: usize| scanned.images[i].source_split == Some(Split::Test);
     let mut unique = Unique {
         kept: Vec::new(),
         duplicates: Vec::new(),
@@ -879,7 +898,7 @@ fn assign_groups(
     let mut groups_by_class: Vec<Vec<(String, usize)>> = vec![Vec::new(); n_classes];
     let mut assignment: HashMap<String, usize> = HashMap::new();
     let mut moved = 0;
-    let in_test = |k: usize| scanned.images[kept[k].0].source_split == Some(TEST);
+    let in_test = |k: usize| scanned.images[kept[k].0].source_split == Some(Split::Test);
     let ratios = if fixed_test {
         [opts.ratios[0], opts.ratios[1], 0.0]
     } else {
@@ -888,7 +907,7 @@ fn assign_groups(
     for (group, members) in group_members {
         if fixed_test && members.iter().any(|&k| in_test(k)) {
             moved += usize::from(!members.iter().all(|&k| in_test(k)));
-            assignment.insert(group.clone(), TEST);
+            assignment.insert(group.clone(), Split::Test.index());
             continue;
         }
         let mut votes = vec![0usize; n_classes];
@@ -958,13 +977,17 @@ fn class_warnings(
         .iter()
         .enumerate()
         .filter_map(|(c, class)| {
-            let kept: usize = SPLITS.iter().map(|s| report.counts[*s][class]).sum();
-            let empty_splits: Vec<String> = SPLITS
+            let kept: usize = Split::ALL
+                .iter()
+                .map(|s| report.counts[s.as_str()][class])
+                .sum();
+            let empty_splits: Vec<String> = Split::ALL
                 .iter()
                 .enumerate()
                 .filter(|&(i, s)| {
-                    let has_share = ratios[i] > 0.0 || (i == TEST && report.test_from == "dataset");
-                    has_share && report.counts[*s][class] == 0
+                    let has_share = ratios[i] > 0.0
+                        || (*s == Split::Test && report.test_from == TestFrom::Dataset);
+                    has_share && report.counts[s.as_str()][class] == 0
                 })
                 .map(|(_, s)| s.to_string())
                 .collect();
@@ -989,7 +1012,7 @@ fn count_per_split(
     records: &[SplitRecord],
 ) -> BTreeMap<String, BTreeMap<String, usize>> {
     let mut counts: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for s in SPLITS {
+    for s in Split::ALL {
         let per = counts.entry(s.to_string()).or_default();
         for c in classes {
             per.insert(c.clone(), 0);
@@ -997,7 +1020,7 @@ fn count_per_split(
     }
     for r in records {
         *counts
-            .get_mut(&r.split)
+            .get_mut(r.split.as_str())
             .and_then(|m| m.get_mut(&r.label))
             .expect("every split and class is counted") += 1;
     }
@@ -1111,7 +1134,7 @@ impl SplitSet {
     /// label: 1, 0 or [`multilabel::MASKED`] by the policies.
     pub fn multilabel_samples(
         &self,
-        split: &str,
+        split: Split,
         uncertain: crate::config::UncertainPolicy,
         blank: crate::config::BlankPolicy,
     ) -> (Vec<(PathBuf, usize)>, Vec<f32>) {
@@ -1129,7 +1152,7 @@ impl SplitSet {
     }
 
     /// The group (patient) of each image of `split`, in the order of [`SplitSet::samples`].
-    pub fn groups(&self, split: &str) -> Vec<String> {
+    pub fn groups(&self, split: Split) -> Vec<String> {
         self.records
             .iter()
             .filter(|r| r.split == split)
@@ -1138,7 +1161,7 @@ impl SplitSet {
     }
 
     /// The (absolute path, label index) of each image of `split`, in split.csv's order.
-    pub fn samples(&self, split: &str) -> Result<Vec<(PathBuf, usize)>> {
+    pub fn samples(&self, split: Split) -> Result<Vec<(PathBuf, usize)>> {
         self.records
             .iter()
             .filter(|r| r.split == split)
@@ -1169,5 +1192,52 @@ mod tests {
             "NORMAL2-IM-0927"
         );
         assert_eq!(group_of("synth_00012.png", &re), "synth_00012");
+    }
+
+    /// The closed sets read the words reports written before they were types hold, and write
+    /// the same words back (a single-label report leaves `task` and `label_format` out).
+    #[test]
+    fn reports_written_with_strings_read_as_types_and_back() {
+        let minimal = |extra: &str| {
+            format!(
+                r#"{{"data_dir": "/d", "classes": ["a", "b"], "ratios": [0.7, 0.15, 0.15],
+                "seed": 42, "group_regex": "x", "files_found": 2, "images_kept": 2,
+                "groups": 2, "counts": {{}}, "duplicates_dropped": [],
+                "label_conflicts_dropped": [], "corrupt_skipped": []{extra}}}"#
+            )
+        };
+        let multilabel: SplitReport = serde_json::from_str(&minimal(
+            r#", "layout": {"kind": "labels_csv"}, "test_from": "resplit",
+            "task": "multilabel", "label_format": "nih""#,
+        ))
+        .unwrap();
+        assert!(multilabel.is_multilabel());
+        assert_eq!(multilabel.layout.kind, LayoutKind::LabelsCsv);
+        assert_eq!(multilabel.label_format, Some(multilabel::LabelFormat::Nih));
+        let text = serde_json::to_string(&multilabel).unwrap();
+        assert!(
+            text.contains(r#""task":"multilabel""#) && text.contains(r#""label_format":"nih""#)
+        );
+        let folders: SplitReport = serde_json::from_str(&minimal(
+            r#", "layout": {"kind": "split_folders"}, "test_from": "dataset""#,
+        ))
+        .unwrap();
+        assert!(!folders.is_multilabel());
+        assert_eq!(folders.test_from, TestFrom::Dataset);
+        let text = serde_json::to_string(&folders).unwrap();
+        assert!(
+            !text.contains("\"task\"") && !text.contains("label_format"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""kind":"split_folders""#) && text.contains(r#""test_from":"dataset""#)
+        );
+        // Older than `layout` and `test_from`: class folders, re-split.
+        let oldest: SplitReport = serde_json::from_str(&minimal("")).unwrap();
+        assert_eq!(oldest.layout.kind, LayoutKind::ClassFolders);
+        assert_eq!(oldest.test_from, TestFrom::Resplit);
+        // A word outside the set is an error that names the key.
+        let bad = serde_json::from_str::<SplitReport>(&minimal(r#", "test_from": "elsewhere""#));
+        assert!(bad.unwrap_err().to_string().contains("test_from"));
     }
 }

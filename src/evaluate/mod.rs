@@ -187,7 +187,7 @@ pub struct Labelled {
 /// must match.
 pub fn labelled_images(predictor: &Predictor, source: &str) -> Result<Labelled> {
     let classes = &predictor.card.classes;
-    if ["train", "val", "test"].contains(&source) {
+    if let Ok(source) = source.parse::<crate::data::split::Split>() {
         let config_path = predictor.run_dir.join("config.toml");
         let config = crate::config::Config::load(&config_path, &[])?;
         let split = SplitSet::read(&config.data.split)?;

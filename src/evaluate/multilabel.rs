@@ -66,8 +66,8 @@ pub struct LabelReport {
 /// `report.json` of a multi-label model.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MultiLabelReport {
-    /// "multilabel".
-    pub task: String,
+    /// Always [`crate::config::Task::Multilabel`] (the file says "multilabel").
+    pub task: crate::config::Task,
     /// The run folder evaluated.
     pub checkpoint: PathBuf,
     /// The model's architecture.
@@ -127,13 +127,13 @@ pub struct ScoredLabels {
 /// The images of split `source` ("train", "val" or "test" of the model's split) with the
 /// targets under the run's own `data.uncertain` and `data.blank`.
 pub fn labelled_split(predictor: &Predictor, source: &str) -> Result<(Labelled, Vec<f32>)> {
-    if !["train", "val", "test"].contains(&source) {
+    let Ok(source) = source.parse::<crate::data::split::Split>() else {
         return Err(Error::usage(format!(
             "{source}: a multi-label model is evaluated on its split (test, val or train), \
              whose labels file gives every label"
         ))
         .into());
-    }
+    };
     let config = Config::load(&predictor.run_dir.join("config.toml"), &[])?;
     let split = SplitSet::read(&config.data.split)?;
     if !split.multilabel || split.classes != predictor.card.classes {
@@ -265,7 +265,7 @@ fn report_of(
             macro_mean(&per_label_auc(&p, &t))
         });
     MultiLabelReport {
-        task: "multilabel".into(),
+        task: crate::config::Task::Multilabel,
         checkpoint: predictor.run_dir.clone(),
         arch: predictor.card.arch,
         source: source.to_string(),

@@ -47,10 +47,10 @@ pub fn write_split_pictures(out: &Path, outcome: &SplitOutcome) -> Result<()> {
                 .iter()
                 .filter(move |rec| {
                     let of_class = match rec.values.get(c) {
-                        Some(&v) => v == crate::data::multilabel::POSITIVE,
+                        Some(&v) => v == crate::data::multilabel::LabelValue::Positive,
                         None => &rec.label == class,
                     };
-                    of_class && rec.split == "train"
+                    of_class && rec.split == crate::data::split::Split::Train
                 })
                 .take(SAMPLES_PER_CLASS)
         })

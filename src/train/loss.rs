@@ -166,7 +166,10 @@ mod tests {
     #[test]
     fn flipping_uncertain_labels_does_not_change_the_loss_under_ignore() {
         use crate::config::{BlankPolicy, UncertainPolicy};
-        use crate::data::multilabel::{target, NEGATIVE, POSITIVE, UNCERTAIN};
+        use crate::data::multilabel::{target, LabelValue};
+        const POSITIVE: LabelValue = LabelValue::Positive;
+        const NEGATIVE: LabelValue = LabelValue::Negative;
+        const UNCERTAIN: LabelValue = LabelValue::Uncertain;
         let raw = [
             [POSITIVE, UNCERTAIN, NEGATIVE],
             [UNCERTAIN, NEGATIVE, POSITIVE],

@@ -24,7 +24,7 @@ use crate::config::{Config, PrecisionChoice, Task};
 use crate::data::augment::Normalize;
 use crate::data::loader::{ImageSet, InputSpec};
 use crate::data::on_device::{use_device_pipeline, DeviceImages};
-use crate::data::split::SplitSet;
+use crate::data::split::{Split, SplitSet};
 use crate::error::{Error, TorchResultExt};
 use crate::metrics::{accuracy, decide, summary_auc};
 use crate::models::pretrained::load_pretrained;
@@ -126,7 +126,7 @@ fn open_split(config: &Config) -> Result<TrainData> {
         },
     };
     let cache = config.data.cache;
-    let set = |name: &str| -> Result<ImageSet> {
+    let set = |name: Split| -> Result<ImageSet> {
         Ok(if split.multilabel {
             let (samples, targets) =
                 split.multilabel_samples(name, config.data.uncertain, config.data.blank);
@@ -135,7 +135,7 @@ fn open_split(config: &Config) -> Result<TrainData> {
             ImageSet::new(split.samples(name)?, spec.clone(), cache)
         })
     };
-    let (train, val) = (set("train")?, set("val")?);
+    let (train, val) = (set(Split::Train)?, set(Split::Val)?);
     if train.is_empty() || val.is_empty() {
         return Err(Error::usage(format!(
             "{}: the train and val splits must both hold images (train {}, val {})",
