@@ -82,6 +82,8 @@ struct AppState {
     /// The page's model line and `GET /api/model`: name, architecture, validation figures.
     model_info: Value,
     identity: ModelIdentity,
+    /// The run's card (classes, threshold), for the DICOM results.
+    card: crate::run::ModelCard,
     input_spec: PixelSpec,
     tokens: Option<TokenFile>,
     audit: Option<AuditLog>,
@@ -158,91 +160,125 @@ fn security_headers(router: Router<Arc<AppState>>, tls: bool) -> Router<Arc<AppS
     })
 }
 
-/// The routes over a loaded model, and `GET /metrics` alone when it has an address of its own
-/// (`separate_metrics`). Fails (usage, exit 2) on a bad token file or an audit log that cannot
-/// be opened. `tls` adds HSTS; `loopback_only` (no tokens, a loopback address) adds the Host
-/// and Origin checks.
-pub fn router(
-    predictor: Predictor,
-    options: ServeOptions,
-    tls: bool,
-    loopback_only: bool,
-    separate_metrics: bool,
-    dicom: Option<dicom_node::NodeOptions>,
-) -> Result<Routes> {
-    // Long on purpose: the route table: one entry per route and layer, read as one list.
-    let tokens = options
-        .token_file
-        .as_deref()
-        .map(TokenFile::load)
-        .transpose()?;
-    let rotation = options.audit_max_bytes.map(|max_bytes| Rotation {
-        max_bytes,
-        keep: options.audit_keep,
-    });
-    let audit = options
-        .audit_log
-        .as_deref()
-        .map(|p| AuditLog::open(p, rotation))
-        .transpose()
-        .map_err(|e| Error::usage(format!("{e:#}")))?;
-    let weights = predictor.run_dir.join("model.safetensors");
-    let identity = ModelIdentity {
-        model: run_name(&predictor.run_dir),
-        weights_sha256: crate::fsutil::sha256_file(&weights)
-            .with_context(|| format!("reading {}", weights.display()))?,
-    };
-    let info = model_info(&predictor, &identity, &options);
-    let spec = predictor.input_spec();
-    let metrics = Metrics::new(
-        &identity.model,
-        predictor.card.arch.as_str(),
-        &identity.weights_sha256,
-        options.queue.max(1),
-        options.model_load_seconds,
-        options.metrics_labels,
-    )
-    .context("registering the metrics")?;
-    let card = predictor.card.clone();
-    let producer = dicom.as_ref().map(|_| {
-        crate::dicom::Producer::new(
-            identity.model.clone(),
-            identity.weights_sha256.clone(),
-            &card,
+impl AppState {
+    /// Everything the handlers share, from a loaded model: the token file read, the audit log
+    /// opened, the weights hashed, the metrics registered and the inference thread started.
+    /// Fails (usage, exit 2) on a bad token file or an audit log that cannot be opened.
+    fn build(predictor: Predictor, options: &ServeOptions) -> Result<Arc<AppState>> {
+        let tokens = options
+            .token_file
+            .as_deref()
+            .map(TokenFile::load)
+            .transpose()?;
+        let rotation = options.audit_max_bytes.map(|max_bytes| Rotation {
+            max_bytes,
+            keep: options.audit_keep,
+        });
+        let audit = options
+            .audit_log
+            .as_deref()
+            .map(|p| AuditLog::open(p, rotation))
+            .transpose()
+            .map_err(|e| Error::usage(format!("{e:#}")))?;
+        let weights = predictor.run_dir.join("model.safetensors");
+        let identity = ModelIdentity {
+            model: run_name(&predictor.run_dir),
+            weights_sha256: crate::fsutil::sha256_file(&weights)
+                .with_context(|| format!("reading {}", weights.display()))?,
+        };
+        let info = model_info(&predictor, &identity, options);
+        let spec = predictor.input_spec();
+        let metrics = Metrics::new(
+            &identity.model,
+            predictor.card.arch.as_str(),
+            &identity.weights_sha256,
+            options.queue.max(1),
+            options.model_load_seconds,
+            options.metrics_labels,
         )
-    });
-    let (jobs, worker) = worker::start(predictor, identity.model.clone(), options.queue)?;
-    let state = Arc::new(AppState {
-        jobs,
-        worker,
-        options: options.clone(),
-        model_info: info,
-        identity,
-        input_spec: PixelSpec {
-            size: spec.size,
-            channels: spec.channels,
-        },
-        tokens,
-        audit,
-        refusals: Arc::new(tally::Tally::new(options.audit_aggregate)),
-        limit: RateLimit::new(options.rate_per_minute),
-        metrics,
-        admission: Admission::new(options.queue),
-        decoders: Arc::new(Semaphore::new(options.decode_threads.max(1))),
-    });
+        .context("registering the metrics")?;
+        let card = predictor.card.clone();
+        let (jobs, worker) = worker::start(predictor, identity.model.clone(), options.queue)?;
+        Ok(Arc::new(AppState {
+            jobs,
+            worker,
+            options: options.clone(),
+            model_info: info,
+            identity,
+            card,
+            input_spec: PixelSpec {
+                size: spec.size,
+                channels: spec.channels,
+            },
+            tokens,
+            audit,
+            refusals: Arc::new(tally::Tally::new(options.audit_aggregate)),
+            limit: RateLimit::new(options.rate_per_minute),
+            metrics,
+            admission: Admission::new(options.queue),
+            decoders: Arc::new(Semaphore::new(options.decode_threads.max(1))),
+        }))
+    }
+}
+
+/// What the routes depend on beyond the settings.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterFlags {
+    /// Served over TLS: HSTS is sent.
+    pub tls: bool,
+    /// No tokens on a loopback address: the Host and Origin checks apply.
+    pub loopback_only: bool,
+    /// `GET /metrics` has an address of its own (`--metrics-addr`).
+    pub separate_metrics: bool,
+}
+
+/// The names of the routes as they are added ("GET /healthz"), for the line `serve` prints.
+#[derive(Default)]
+struct Names(std::cell::RefCell<Vec<String>>);
+
+impl Names {
+    /// `path`, noted under `method`.
+    fn at(&self, method: &str, path: &'static str) -> &'static str {
+        self.0.borrow_mut().push(format!("{method} {path}"));
+        path
+    }
+}
+
+/// What [`router`] builds.
+pub struct Routes {
+    /// The main address's routes.
+    pub app: Router,
+    /// `GET /metrics` alone, for `--metrics-addr`.
+    pub metrics: Option<Router>,
+    /// The main address's routes by name, in the order they were added.
+    pub names: Vec<String>,
+}
+
+/// The route table over the shared state: the main address's routes and layers, and
+/// `GET /metrics` alone when it has an address of its own.
+fn router(state: &Arc<AppState>, flags: RouterFlags) -> Routes {
+    let options = &state.options;
+    let names = Names::default();
+    let public = Router::new()
+        .route(names.at("GET", "/"), get(handlers::index))
+        .route("/static/serve.js", get(handlers::script))
+        .route("/static/serve.css", get(handlers::style))
+        .route(names.at("GET", "/healthz"), get(handlers::healthz))
+        .route(names.at("GET", "/readyz"), get(handlers::readyz));
     let upload = Router::new()
-        .route("/api/predict", post(handlers::predict))
+        .route(names.at("POST", "/api/predict"), post(handlers::predict))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             admission::admit,
         ));
     let mut authenticated = Router::new()
-        .route("/api/model", get(handlers::model))
+        .route(names.at("GET", "/api/model"), get(handlers::model))
         .merge(upload);
-    if options.metrics && !separate_metrics {
-        authenticated = authenticated.route("/metrics", get(handlers::metrics_text));
+    if options.metrics && !flags.separate_metrics {
+        authenticated =
+            authenticated.route(names.at("GET", "/metrics"), get(handlers::metrics_text));
     }
-    let metrics_only = (options.metrics && separate_metrics).then(|| {
+    let metrics_only = (options.metrics && flags.separate_metrics).then(|| {
         security_headers(
             Router::new().route("/metrics", get(handlers::metrics_text)),
             false,
@@ -253,13 +289,7 @@ pub fn router(
         state.clone(),
         admission::authenticate,
     ));
-    let mut app = Router::new()
-        .route("/", get(handlers::index))
-        .route("/static/serve.js", get(handlers::script))
-        .route("/static/serve.css", get(handlers::style))
-        .route("/healthz", get(handlers::healthz))
-        .route("/readyz", get(handlers::readyz))
-        .merge(authenticated);
+    let mut app = public.merge(authenticated);
     if options.metrics {
         app = app.layer(middleware::from_fn_with_state(
             state.clone(),
@@ -267,54 +297,47 @@ pub fn router(
         ));
     }
     let mut app = app.layer(middleware::from_fn(admission::request_id));
-    if loopback_only {
+    if flags.loopback_only {
         app = app.layer(middleware::from_fn_with_state(
             state.clone(),
             admission::local_only,
         ));
     }
-    let app = security_headers(app, tls)
+    let app = security_headers(app, flags.tls)
         .layer(DefaultBodyLimit::max(options.max_upload_bytes))
         .with_state(state.clone());
-    let node = match (dicom, producer) {
-        (Some(node), Some(producer)) => Some(dicom_node::start(
-            node,
-            dicom_node::Shared {
-                jobs: state.jobs.clone(),
-                audit: state.audit.clone(),
-                size: spec.size,
-                channels: spec.channels,
-                max_bytes: options.max_upload_bytes,
-                max_pixels: options.max_pixels,
-                decoders: state.decoders.clone(),
-                runtime: tokio::runtime::Handle::current(),
-                card,
-                producer,
-                audit_aggregate: options.audit_aggregate,
-            },
-        )?),
-        _ => None,
-    };
-    spawn_tally(state.clone());
-    spawn_hangup(state.clone());
-    Ok(Routes {
+    Routes {
         app,
         metrics: metrics_only,
-        node,
-        flush: Box::new(move || flush_tally(&state, true)),
-    })
+        names: names.0.into_inner(),
+    }
 }
 
-/// What [`router`] builds.
-pub struct Routes {
-    /// The main address's routes.
-    pub app: Router,
-    /// `GET /metrics` alone, for `--metrics-addr`.
-    pub metrics: Option<Router>,
-    /// The DICOM node, when asked for.
-    pub node: Option<dicom_node::Running>,
-    /// Writes the counts of refusals not yet written (at shutdown).
-    pub flush: Box<dyn FnOnce() + Send>,
+/// Starts the DICOM node over the shared state: the same model, inference thread, decoders,
+/// audit log and limits.
+fn start_node(state: &AppState, node: dicom_node::NodeOptions) -> Result<dicom_node::Running> {
+    let options = &state.options;
+    let producer = crate::dicom::Producer::new(
+        state.identity.model.clone(),
+        state.identity.weights_sha256.clone(),
+        &state.card,
+    );
+    dicom_node::start(
+        node,
+        dicom_node::Shared {
+            jobs: state.jobs.clone(),
+            audit: state.audit.clone(),
+            size: state.input_spec.size,
+            channels: state.input_spec.channels,
+            max_bytes: options.max_upload_bytes,
+            max_pixels: options.max_pixels,
+            decoders: state.decoders.clone(),
+            runtime: tokio::runtime::Handle::current(),
+            card: state.card.clone(),
+            producer,
+            audit_aggregate: options.audit_aggregate,
+        },
+    )
 }
 
 /// Writes the refusal counts whose interval ended (`all`: every count): a line each to the
@@ -456,11 +479,6 @@ pub fn serve(
         (Some(a), true) => Some(metrics_listener(a)?),
         _ => None,
     };
-    let routes = if options.metrics && metrics_tcp.is_none() {
-        "GET /, POST /api/predict, GET /api/model, GET /healthz, GET /readyz, GET /metrics"
-    } else {
-        "GET /, POST /api/predict, GET /api/model, GET /healthz, GET /readyz"
-    };
     let loopback_only = options.token_file.is_none() && addr.ip().is_loopback();
     let timeouts = options.timeouts;
     let max_connections = options.max_connections;
@@ -503,19 +521,25 @@ pub fn serve(
                 d.queue_dir.display()
             )
         });
+        let state = AppState::build(predictor, &options)?;
+        let flags = RouterFlags {
+            tls: tls.is_some(),
+            loopback_only,
+            separate_metrics: metrics_tcp.is_some(),
+        };
         let Routes {
             app,
             metrics: metrics_app,
-            node,
-            flush,
-        } = router(
-            predictor,
-            options,
-            tls.is_some(),
-            loopback_only,
-            metrics_tcp.is_some(),
-            dicom,
-        )?;
+            names,
+        } = router(&state, flags);
+        let node = dicom.map(|d| start_node(&state, d)).transpose()?;
+        spawn_tally(state.clone());
+        spawn_hangup(state.clone());
+        let flush = {
+            let state = state.clone();
+            move || flush_tally(&state, true)
+        };
+        let routes = names.join(", ");
         let mut metrics_at = None;
         if let (Some(tcp), Some(metrics_app)) = (metrics_tcp, metrics_app) {
             metrics_at = Some(tcp.local_addr()?);
