@@ -341,6 +341,19 @@ fn a_network_address_needs_tokens_and_bad_security_files_are_usage_errors() {
         &["--addr", "0.0.0.0:0"],
         "a network address needs --token-file FILE",
     );
+    // Counts of 0 are refused by name, not quietly raised to 1.
+    for (flag, value, words) in [
+        ("--queue", "0", "'--queue <QUEUE>': give 1 or more"),
+        ("--max-connections-per-ip", "0", "give 1 or more"),
+        ("--decode-threads", "two", "not a whole number"),
+        (
+            "--max-megapixels",
+            "0",
+            "--max-megapixels 0: give a number of megapixels",
+        ),
+    ] {
+        refused(&t.run, &["--addr", "127.0.0.1:0", flag, value], words);
+    }
     refused(
         &t.run,
         &[

@@ -40,28 +40,28 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = PrecisionChoice::Auto)]
     pub precision: PrecisionChoice,
     /// Largest accepted request in MiB (all its files together).
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 32, value_parser = at_least_one::<usize>)]
     pub max_upload_mb: usize,
     /// Largest accepted image in megapixels.
     #[arg(long, default_value_t = 50.0)]
     pub max_megapixels: f64,
     /// Requests admitted at once (being read, decoded, waiting for or in the model); beyond
     /// that the answer is 503, before the body is read.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pub queue: usize,
     /// Images decoded at once, across all requests (each may hold --max-megapixels x 16 bytes
     /// while it decodes).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = at_least_one::<usize>)]
     pub decode_threads: usize,
     /// Connections held at once; more are closed when accepted (default: 1024, or half the
     /// process's open-file limit when lower).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one::<usize>)]
     pub max_connections: Option<usize>,
     /// Connections held at once from one client address, so that one address cannot take
     /// every place (default: a sixteenth of --max-connections, at least 8; an IPv6 address
     /// counts by its /64). Behind a proxy on this host every client shares its address: raise
     /// it to --max-connections there.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = at_least_one::<usize>)]
     pub max_connections_per_ip: Option<usize>,
     /// Seconds for a request's headers to arrive; also how long an idle keep-alive connection
     /// stays open.
@@ -74,7 +74,7 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 10.0)]
     pub body_idle_timeout: f64,
     /// Most files in one request to /api/predict.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = at_least_one::<usize>)]
     pub max_files: usize,
     /// Bearer tokens for the API, one per line, each optionally followed by an expiry
     /// (YYYY-MM-DD or RFC 3339); read again when the file changes.
@@ -90,11 +90,12 @@ pub struct ServeArgs {
         long,
         value_name = "MIB",
         default_value_t = 256,
-        requires = "audit_log"
+        requires = "audit_log",
+        value_parser = at_least_one::<u64>
     )]
     pub audit_max_mb: u64,
     /// Rotated audit files kept.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = at_least_one::<usize>)]
     pub audit_keep: usize,
     /// Refusals of clients without a valid token (401, 429, and the loopback mode's 421 and
     /// 403): per address and interval of this many seconds, the first is audited and logged in
@@ -164,7 +165,7 @@ pub struct ServeArgs {
     pub results_queue: Option<PathBuf>,
     /// Most MiB of results waiting; beyond it, new images are refused with "out of resources"
     /// (0xA700), so the sender tries again later.
-    #[arg(long, value_name = "MIB", default_value_t = 1024)]
+    #[arg(long, value_name = "MIB", default_value_t = 1024, value_parser = at_least_one::<u64>)]
     pub results_queue_mb: u64,
     /// Days a result the destination refused is kept in the queue folder (as NAME.refused,
     /// for the operator to look at) before it is removed: it holds patient data.
@@ -173,7 +174,7 @@ pub struct ServeArgs {
     /// Associations held at once, taken only by peers that pass the AE title and address
     /// checks; more are rejected. Connections that have not associated yet have their own
     /// small budget (4 per address, 32 in all, each for at most --header-timeout).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, value_parser = at_least_one::<usize>)]
     pub dicom_max_associations: usize,
     /// Most seconds one association may last, however busy it is; then it is aborted (the
     /// sender associates again for more).
@@ -258,27 +259,31 @@ impl ServeArgs {
                 )))
             }
         };
+        if !(self.max_megapixels.is_finite() && self.max_megapixels >= 0.001) {
+            return Err(Error::usage(format!(
+                "--max-megapixels {}: give a number of megapixels of at least 0.001",
+                self.max_megapixels
+            ))
+            .into());
+        }
         let timeouts = Timeouts {
             header: seconds("header-timeout", self.header_timeout)?,
             body: seconds("body-timeout", self.body_timeout)?,
             body_idle: seconds("body-idle-timeout", self.body_idle_timeout)?,
             ..Timeouts::default()
         };
-        let max_connections = self
-            .max_connections
-            .unwrap_or_else(default_max_connections)
-            .max(1);
+        let max_connections = self.max_connections.unwrap_or_else(default_max_connections);
         let options = ServeOptions {
-            max_upload_bytes: self.max_upload_mb.max(1) << 20,
-            max_pixels: (self.max_megapixels.max(0.001) * 1e6) as u64,
-            queue: self.queue.max(1),
-            decode_threads: self.decode_threads.max(1),
-            max_files: self.max_files.max(1),
+            max_upload_bytes: self.max_upload_mb << 20,
+            max_pixels: (self.max_megapixels * 1e6) as u64,
+            queue: self.queue,
+            decode_threads: self.decode_threads,
+            max_files: self.max_files,
             rate_per_minute: self.rate_limit,
             token_file: self.token_file,
             audit_log: self.audit_log,
-            audit_max_bytes: Some(self.audit_max_mb.max(1) << 20),
-            audit_keep: self.audit_keep.max(1),
+            audit_max_bytes: Some(self.audit_max_mb << 20),
+            audit_keep: self.audit_keep,
             audit_aggregate: Duration::from_secs(self.audit_aggregate_seconds),
             model_load_seconds: 0.0,
             metrics: !self.no_metrics,
@@ -290,7 +295,7 @@ impl ServeArgs {
                 .unwrap_or_else(|| default_per_ip(max_connections))
                 .clamp(1, max_connections),
             dicom_associations: if self.dicom_addr.is_some() {
-                self.dicom_max_associations.max(1)
+                self.dicom_max_associations
             } else {
                 0
             },
@@ -336,7 +341,7 @@ impl ServeArgs {
                         None => default_queue_dir(&self.ae_title)?,
                     },
                     results_to,
-                    queue_bytes: self.results_queue_mb.max(1) << 20,
+                    queue_bytes: self.results_queue_mb << 20,
                     keep_refused: if self.results_keep_days.is_finite()
                         && self.results_keep_days > 0.0
                     {
@@ -352,7 +357,7 @@ impl ServeArgs {
                         Some(root) => UidRoot::parse(root)?,
                         None => UidRoot::default(),
                     },
-                    max_associations: self.dicom_max_associations.max(1),
+                    max_associations: self.dicom_max_associations,
                     artim: timeouts.header,
                     idle: timeouts.body_idle,
                     association_timeout: seconds(
@@ -419,5 +424,15 @@ fn stow_password(file: Option<&std::path::Path>) -> Result<Option<String>> {
         None => Ok(std::env::var("XRAY_STOW_PASSWORD")
             .ok()
             .filter(|p| !p.is_empty())),
+    }
+}
+
+/// A count that must be at least 1 (a queue, a thread, a connection, a file, MiB): 0 is
+/// refused as a usage error naming the flag, not quietly raised to 1.
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(text: &str) -> Result<T, String> {
+    match text.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
+        Ok(_) => Err("give 1 or more".into()),
+        Err(_) => Err("not a whole number".into()),
     }
 }

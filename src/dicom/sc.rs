@@ -12,7 +12,7 @@ use plotters::prelude::*;
 
 use super::sr::Placement;
 use super::{put_seq, put_str, Producer, Source, NOT_FOR_DIAGNOSIS};
-use crate::report::labels::{font, line_height};
+use crate::report::text_layout::{font, line_height};
 
 /// The image's SOP class: Secondary Capture Image Storage.
 pub const SOP_CLASS: &str = uids::SECONDARY_CAPTURE_IMAGE_STORAGE;

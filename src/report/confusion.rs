@@ -15,8 +15,10 @@ use anyhow::Result;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
-use super::labels::{first_collision, font, line_height, text_width, widest, wrap, Label, Rect};
 use super::plots::{plot_err, render_png};
+use super::text_layout::{
+    first_collision, font, line_height, text_width, widest, wrap, Label, Rect,
+};
 
 /// Size of class names.
 const LABEL_PX: u32 = 13;
@@ -159,7 +161,7 @@ impl ConfusionLayout {
         let matrix = origins.map(|(x, y)| (x + left, y + PAD + title_h));
 
         let counts: Vec<String> = cm.iter().flatten().map(|n| n.to_string()).collect();
-        let cell_px = super::labels::fit_size(
+        let cell_px = super::text_layout::fit_size(
             &[counts.as_slice(), &["0.00".to_string()]].concat(),
             (cell - 6) as u32,
             ((cell / 3 + 2) as u32).clamp(8, 18),

@@ -8,8 +8,8 @@ use std::path::Path;
 use anyhow::Result;
 use plotters::prelude::*;
 
-use super::labels::{font, line_height, wrap};
 use super::plots::{labelled_line, plot_err, render_png, Area};
+use super::text_layout::{font, line_height, wrap};
 
 /// The most curves drawn over one another.
 pub const MAX_OVERLAID: usize = 8;

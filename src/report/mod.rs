@@ -23,7 +23,6 @@ pub mod curves;
 pub mod eval_files;
 pub mod gallery;
 pub mod html;
-pub mod labels;
 pub mod markdown;
 pub mod multilabel;
 pub mod plots;
@@ -31,6 +30,7 @@ pub mod serve_page;
 pub mod split_pictures;
 pub mod tables;
 pub mod text;
+pub mod text_layout;
 
 use crate::evaluate::EvalReport;
 pub use tables::ClassOrder;

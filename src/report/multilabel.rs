@@ -13,8 +13,8 @@ use crate::evaluate::multilabel::{MultiLabelReport, ScoredLabels};
 use crate::fsutil::{write_atomic, write_json_atomic};
 use crate::metrics::multilabel::over_thresholds;
 
-use super::labels::{text_width, widest, wrap};
 use super::plots::{plot_err, render_png};
+use super::text_layout::{text_width, widest, wrap};
 
 /// `cooccurrence.png`: a square per pair of labels holding the images positive for both (the
 /// diagonal: for the label), shaded by the share of the row label's positives that also have

@@ -155,8 +155,8 @@ pub fn calibration_png(
 pub fn titled_png(path: &Path, image: &image::RgbImage, title: &str) -> Result<()> {
     let (width, height) = image.dimensions();
     let font_px = (width / 22).clamp(11, 28);
-    let lines = super::labels::wrap(title, font_px, width.saturating_sub(6).max(1));
-    let lh = super::labels::line_height(font_px);
+    let lines = super::text_layout::wrap(title, font_px, width.saturating_sub(6).max(1));
+    let lh = super::text_layout::line_height(font_px);
     let band = lines.len() as u32 * lh + 6;
     let mut canvas = image::RgbImage::from_pixel(width, height + band, image::Rgb([255, 255, 255]));
     image::imageops::replace(&mut canvas, image, 0, band as i64);
@@ -223,13 +223,13 @@ pub fn gallery_grid_png(
     const PAD: u32 = 10;
     const HEADER: u32 = 40;
     const CAPTION_PX: u32 = 13;
-    let lh = super::labels::line_height(CAPTION_PX);
+    let lh = super::text_layout::line_height(CAPTION_PX);
     let captions: Vec<Vec<String>> = tiles
         .iter()
         .map(|t| {
             t.caption
                 .iter()
-                .flat_map(|line| super::labels::wrap(line, CAPTION_PX, tile))
+                .flat_map(|line| super::text_layout::wrap(line, CAPTION_PX, tile))
                 .collect()
         })
         .collect();
@@ -238,12 +238,12 @@ pub fn gallery_grid_png(
     let cols = tiles.len().clamp(1, columns) as u32;
     let rows = tiles.len().div_ceil(columns).max(1) as u32;
     let width = (PAD + cols * (tile + PAD)).max(600);
-    let title_lines = super::labels::wrap(
+    let title_lines = super::text_layout::wrap(
         if tiles.is_empty() { empty } else { title },
         18,
         width - 2 * PAD,
     );
-    let header = HEADER + (title_lines.len() as u32 - 1) * super::labels::line_height(18);
+    let header = HEADER + (title_lines.len() as u32 - 1) * super::text_layout::line_height(18);
     let height = header + rows * (tile + caption_h + PAD);
     let mut canvas = image::RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let origin = |i: usize| {
@@ -275,7 +275,7 @@ pub fn gallery_grid_png(
                 line.clone(),
                 (
                     PAD as i32,
-                    10 + (j as u32 * super::labels::line_height(18)) as i32,
+                    10 + (j as u32 * super::text_layout::line_height(18)) as i32,
                 ),
                 ("sans-serif", 18).into_font(),
             ))
@@ -565,18 +565,18 @@ pub fn classes_png(
     // Names in full: as wide as the widest one is drawn (wrapped past 420 px, rows growing).
     let names: Vec<Vec<String>> = classes
         .iter()
-        .map(|c| super::labels::wrap(c, 15, 420))
+        .map(|c| super::text_layout::wrap(c, 15, 420))
         .collect();
     let label_w = names
         .iter()
-        .map(|l| super::labels::widest(l, 15))
+        .map(|l| super::text_layout::widest(l, 15))
         .max()
         .unwrap_or(60)
         .max(60)
         + 20;
     let row_h: Vec<u32> = names
         .iter()
-        .map(|l| (l.len() as u32 * super::labels::line_height(15) + 8).max(ROW))
+        .map(|l| (l.len() as u32 * super::text_layout::line_height(15) + 8).max(ROW))
         .collect();
     let width = label_w + BAR_W + 40;
     let height = TOP + row_h.iter().sum::<u32>() + 20;
@@ -612,7 +612,12 @@ pub fn classes_png(
             let lines = &names[row];
             let h = row_h[row];
             for (j, l) in lines.iter().enumerate() {
-                text(l, 10, y + 8 + j as u32 * super::labels::line_height(15), 15)?;
+                text(
+                    l,
+                    10,
+                    y + 8 + j as u32 * super::text_layout::line_height(15),
+                    15,
+                )?;
             }
             // The bar sits in the row's first line.
             let mut x = label_w as f64;
@@ -628,7 +633,7 @@ pub fn classes_png(
                         color.filled(),
                     ))
                     .map_err(plot_err)?;
-                    if (super::labels::text_width(&n.to_string(), 13) + 8) as f64 <= w {
+                    if (super::text_layout::text_width(&n.to_string(), 13) + 8) as f64 <= w {
                         root.draw(&Text::new(
                             n.to_string(),
                             (x as i32 + 4, y as i32 + 8),

@@ -25,9 +25,9 @@ mod connections;
 pub mod dicom_node;
 pub mod dicom_tls;
 mod handlers;
-pub mod limit;
 pub mod options;
 pub mod prometheus;
+pub mod rate_limit;
 pub mod refusal;
 pub mod tally;
 pub mod tls;
@@ -56,9 +56,9 @@ use crate::run::run_name;
 use admission::Admission;
 use audit::{AuditLog, Rotation};
 use auth::TokenFile;
-use limit::RateLimit;
 pub use options::{Listen, MemoryBound, ServeOptions, Timeouts};
 use prometheus::Metrics;
+use rate_limit::RateLimit;
 use worker::Job;
 
 /// Which model answers: the run's name and the sha256 of its weights file.

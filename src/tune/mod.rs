@@ -15,9 +15,9 @@
 
 mod folder;
 pub mod pgtls;
+mod postgres_worker;
 pub mod prune;
 mod search;
-mod shared;
 pub mod space;
 pub mod storage;
 mod summary;
@@ -163,7 +163,7 @@ impl Default for TuneOptions {
 pub fn tune(config: &Config, opts: &TuneOptions) -> Result<TuneOutcome> {
     let search = Search::new(config, opts)?;
     match &opts.storage {
-        Some(url) => shared::tune_shared(search, url, opts),
+        Some(url) => postgres_worker::tune_shared(search, url, opts),
         None => folder::tune_in_folder(search),
     }
 }
