@@ -802,3 +802,46 @@ fn zip_bombs_and_links_out_of_the_dataset_are_refused() {
         );
     }
 }
+
+/// A labels file's warning names findings and points at the file, not at class folders it
+/// does not have.
+#[test]
+fn a_labels_file_warning_points_at_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("images")).unwrap();
+    let mut csv = String::from("path,Effusion,Rare\n");
+    for i in 0..40u32 {
+        let img = image::GrayImage::from_fn(32, 32, |x, y| {
+            image::Luma([((x * 7 + y * 3 + i * 11) % 256) as u8])
+        });
+        img.save(data.join(format!("images/p{i:03}_1.png")))
+            .unwrap();
+        // Effusion on every other image; Rare on one image only.
+        csv.push_str(&format!(
+            "images/p{i:03}_1.png,{},{}\n",
+            i % 2,
+            u8::from(i == 0)
+        ));
+    }
+    let labels = data.join("labels.csv");
+    std::fs::write(&labels, csv).unwrap();
+    let out = dir.path().join("split");
+    let run = xray()
+        .arg("split")
+        .arg(&data)
+        .arg("--labels")
+        .arg(&labels)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("finding(s) will train or be evaluated on too little"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("check the labels file"), "{stderr}");
+    assert!(!stderr.contains("--exclude"), "{stderr}");
+}

@@ -142,10 +142,21 @@ impl SplitArgs {
         }
         if !r.class_warnings.is_empty() {
             let conflicts = r.class_warnings.iter().any(|w| w.label_conflicts > 0);
+            // A labels file has no class folders to leave out: its remedy is in the file.
+            let remedy = if r.layout.kind == LayoutKind::LabelsCsv {
+                "check the labels file, or drop the finding's column (a generic labels file) or its \
+                 rows"
+            } else {
+                "fix the labels in the dataset, leave a class out with --exclude \
+                 '<class folder>/**', or give the labels yourself with --labels FILE.csv"
+            };
+            let kind = if r.is_multilabel() {
+                "finding"
+            } else {
+                "class"
+            };
             eprintln!(
-                "warning: {} class(es) will train or be evaluated on too little{}; fix the labels \
-                 in the dataset, leave a class out with --exclude '<class folder>/**', or give the \
-                 labels yourself with --labels FILE.csv",
+                "warning: {} {kind}(s) will train or be evaluated on too little{}; {remedy}",
                 r.class_warnings.len(),
                 if conflicts {
                     format!(
