@@ -195,19 +195,35 @@ pub struct SetScores {
     pub targets: Vec<Vec<f32>>,
 }
 
-/// Runs `model` over every image of `set` (no augmentation, no gradient) in `precision`,
-/// scoring each with the out-of-distribution guard `ood` when given (from the same features).
-#[allow(clippy::too_many_arguments)]
-pub fn score_set(
-    model: &dyn Classifier,
-    set: Arc<ImageSet>,
-    batch_size: usize,
-    device: Device,
-    temperature: f64,
-    what: &str,
-    ood: Option<&OodDetector>,
-    precision: Precision,
-) -> Result<SetScores> {
+/// How [`score_set`] runs: where, in what arithmetic, at what temperature, under what label,
+/// with what guard.
+#[derive(Clone, Copy)]
+pub struct Scoring<'a> {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Where the model is.
+    pub device: Device,
+    /// The arithmetic of the forward pass.
+    pub precision: Precision,
+    /// What the logits are divided by before the softmax (1.0: as they are).
+    pub temperature: f64,
+    /// The progress bar's label ("val", "eval", "calibrate").
+    pub what: &'a str,
+    /// The out-of-distribution guard, to score each image from the same features.
+    pub ood: Option<&'a OodDetector>,
+}
+
+/// Runs `model` over every image of `set` (no augmentation, no gradient) as `how` says,
+/// scoring each with the out-of-distribution guard when given (from the same features).
+pub fn score_set(model: &dyn Classifier, set: Arc<ImageSet>, how: Scoring) -> Result<SetScores> {
+    let Scoring {
+        batch_size,
+        device,
+        precision,
+        temperature,
+        what,
+        ood,
+    } = how;
     let n = set.len();
     let spec = set.spec().clone();
     let bar = progress::bar(n as u64, what);

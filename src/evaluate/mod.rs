@@ -10,7 +10,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
-use crate::compute::scoring::{score_set, SetScores};
+use crate::compute::scoring::{score_set, Scoring, SetScores};
 use crate::data::loader::ImageSet;
 use crate::data::scan::scan_dataset;
 use crate::data::split::SplitSet;
@@ -264,12 +264,14 @@ pub fn evaluate(
     let scores = score_set(
         predictor.model(),
         set.clone(),
-        batch_size,
-        predictor.device,
-        predictor.card.temperature,
-        "eval",
-        predictor.ood.as_ref(),
-        predictor.precision,
+        Scoring {
+            batch_size,
+            device: predictor.device,
+            precision: predictor.precision,
+            temperature: predictor.card.temperature,
+            what: "eval",
+            ood: predictor.ood.as_ref(),
+        },
     )?;
     let classes = predictor.card.classes.clone();
     let k = classes.len();

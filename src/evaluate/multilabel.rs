@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use super::{clusters, CiBy, Labelled, BOOTSTRAP_RESAMPLES, ECE_BINS};
-use crate::compute::scoring::{score_set, SetScores};
+use crate::compute::scoring::{score_set, Scoring, SetScores};
 use crate::config::Config;
 use crate::data::loader::ImageSet;
 use crate::data::split::SplitSet;
@@ -176,12 +176,14 @@ pub fn evaluate_multilabel(
     let scores = score_set(
         predictor.model(),
         set.clone(),
-        batch_size,
-        predictor.device,
-        1.0,
-        "eval",
-        predictor.ood.as_ref(),
-        predictor.precision,
+        Scoring {
+            batch_size,
+            device: predictor.device,
+            precision: predictor.precision,
+            temperature: 1.0,
+            what: "eval",
+            ood: predictor.ood.as_ref(),
+        },
     )?;
     // score_set's probabilities are the sigmoid of the raw logits (temperature 1).
     let mut scores = scores;

@@ -11,7 +11,8 @@ use super::phases::Inputs;
 use super::schedule::Schedule;
 use super::trainer::Trainer;
 use crate::compute::scoring::{
-    masked_bce, probabilities, rows, score_set, sigmoid_probabilities, target_rows, SetScores,
+    masked_bce, probabilities, rows, score_set, sigmoid_probabilities, target_rows, Scoring,
+    SetScores,
 };
 use crate::config::Sampler;
 use crate::data::loader::{batch_seed, epoch_order, stream_batches, ImageSet, InputSpec};
@@ -218,12 +219,14 @@ impl Trainer<'_> {
             Inputs::Images { set, .. } => score_set(
                 model,
                 set.clone(),
-                batch_size,
-                self.device,
-                1.0,
-                "val",
-                None,
-                self.precision,
+                Scoring {
+                    batch_size,
+                    device: self.device,
+                    precision: self.precision,
+                    temperature: 1.0,
+                    what: "val",
+                    ood: None,
+                },
             ),
             Inputs::Cached { labels, .. } => {
                 let n = labels.len();

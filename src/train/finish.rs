@@ -7,7 +7,7 @@ use anyhow::Result;
 
 use super::trainer::{Ending, Trainer};
 use super::TrainOutcome;
-use crate::compute::scoring::{score_set, SetScores};
+use crate::compute::scoring::{score_set, Scoring, SetScores};
 use crate::config::{EvalConfig, LabelTemperature, LabelThreshold};
 use crate::error::TorchResultExt;
 use crate::metrics::calibration::{fit_temperature, softmax_at_temperature};
@@ -155,12 +155,14 @@ impl Trainer<'_> {
             None => score_set(
                 self.model.as_ref(),
                 self.val_set.clone(),
-                config.train.batch_size.max(64),
-                self.device,
-                1.0,
-                "calibrate",
-                None,
-                self.precision,
+                Scoring {
+                    batch_size: config.train.batch_size.max(64),
+                    device: self.device,
+                    precision: self.precision,
+                    temperature: 1.0,
+                    what: "calibrate",
+                    ood: None,
+                },
             )?,
         };
         let (cal, labels) = if val.targets.is_empty() {
