@@ -122,14 +122,13 @@ impl AuditLog {
         }
     }
 
-    /// Writes `records` and waits until they are on disk (the tests' way to write a line).
-    #[cfg(test)]
-    fn append_blocking(&self, records: &[Value]) -> Result<()> {
-        let written = self.submit(records)?;
+    /// Writes `records` and waits until they are on disk (from a thread that may block); why
+    /// they could not be written: the writer too far behind, or the disk.
+    pub fn write_blocking(&self, records: &[Value]) -> Result<(), String> {
+        let written = self.submit(records).map_err(|busy| busy.to_string())?;
         written
             .blocking_recv()
-            .map_err(|_| anyhow::anyhow!("the audit writer stopped"))?
-            .map_err(anyhow::Error::msg)
+            .unwrap_or_else(|_| Err("the audit writer stopped".into()))
     }
 
     /// Closes and opens the file again by name (after logrotate moved it).
@@ -232,14 +231,14 @@ mod tests {
         let path = dir.path().join("audit.jsonl");
         std::fs::write(&path, "{\"earlier\":true}\n").unwrap();
         let log = AuditLog::open(&path, None).unwrap();
-        log.append_blocking(&[
+        log.write_blocking(&[
             json!({"request_id": "a", "part": 0}),
             json!({"request_id": "a", "part": 1}),
         ])
         .unwrap();
         drop(log);
         let log = AuditLog::open(&path, None).unwrap();
-        log.append_blocking(&[json!({"request_id": "b"})]).unwrap();
+        log.write_blocking(&[json!({"request_id": "b"})]).unwrap();
         let lines = read_lines(&path);
         assert_eq!(lines.len(), 4);
         assert_eq!(lines[0]["earlier"], true);
@@ -279,7 +278,7 @@ mod tests {
         )
         .unwrap();
         for i in 0..20 {
-            log.append_blocking(&[json!({ "n": i, "pad": "x".repeat(40) })])
+            log.write_blocking(&[json!({ "n": i, "pad": "x".repeat(40) })])
                 .unwrap();
         }
         let rotated = |k: usize| PathBuf::from(format!("{}.{k}", path.display()));
@@ -296,9 +295,9 @@ mod tests {
         // logrotate's move: lines keep going to the moved file until the reopen.
         let moved = dir.path().join("moved.jsonl");
         std::fs::rename(&path, &moved).unwrap();
-        log.append_blocking(&[json!({"after": "move"})]).unwrap();
+        log.write_blocking(&[json!({"after": "move"})]).unwrap();
         log.reopen();
-        log.append_blocking(&[json!({"after": "reopen"})]).unwrap();
+        log.write_blocking(&[json!({"after": "reopen"})]).unwrap();
         assert_eq!(read_lines(&moved).last().unwrap()["after"], "move");
         assert_eq!(read_lines(&path)[0]["after"], "reopen");
     }

@@ -491,16 +491,10 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
         .set_nonblocking(true)
         .context("the DICOM listener")?;
     let listener = tokio::net::TcpListener::from_std(listener).context("the DICOM listener")?;
-    if !shared_interval.is_zero() {
-        let node = node.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                node.flush_rejections();
-            }
-        });
+    {
+        let flushed = node.clone();
+        node.rejections
+            .every_second(move || flushed.flush_rejections());
     }
     tokio::spawn(async move {
         loop {
@@ -526,10 +520,7 @@ pub fn start(options: NodeOptions, shared: Shared) -> Result<Running> {
 /// could not be written (the writer too far behind, or the disk). Without an audit log, `Ok`.
 fn audit_line(audit: Option<&AuditLog>, record: Value) -> Result<(), String> {
     let Some(audit) = audit else { return Ok(()) };
-    let written = audit.submit(&[record]).map_err(|busy| busy.to_string())?;
-    let result = written
-        .blocking_recv()
-        .unwrap_or_else(|_| Err("the audit writer stopped".into()));
+    let result = audit.write_blocking(&[record]);
     if let Err(e) = &result {
         tracing::error!("dicom: audit line not written: {e}");
     }
@@ -612,27 +603,14 @@ impl NodeState {
         );
     }
 
-    /// Writes the counts of rejected associations whose interval ended: a line each where
-    /// there was more than the one audited in full, and one log line with the totals.
+    /// Writes the counts of rejected associations whose interval ended: see [`Tally::flush`].
     fn flush_rejections(&self) {
-        let counts = self.rejections.due(std::time::Instant::now(), false);
-        let Some(summary) = crate::serve::tally::summary(&counts) else {
-            return;
-        };
-        tracing::warn!(
-            "dicom: associations rejected in the last {} s (2: transient, 1: permanent): {summary}",
-            self.rejections.interval().as_secs()
+        self.rejections.flush(
+            false,
+            "dicom: associations rejected (2: transient, 1: permanent)",
+            self.shared.audit.as_ref(),
+            |c| json!({"dicom": "association", "result": "rejected", "peer": c.client.map(|ip| ip.to_string()), "reason": c.reason, "rejections": c.refusals, "written_in_full": 1, "from": c.from, "to": c.to}),
         );
-        for c in counts.iter().filter(|c| c.refusals > 1) {
-            let line = json!({"dicom": "association", "result": "rejected", "peer": c.client.map(|ip| ip.to_string()), "reason": c.reason, "rejections": c.refusals, "written_in_full": 1, "from": c.from, "to": c.to});
-            let audit = self.shared.audit.clone();
-            // From the runtime's timer task: the writer's answer is not waited for.
-            if let Some(audit) = audit {
-                if let Err(busy) = audit.submit(&[line]) {
-                    tracing::error!("dicom: the rejection counts were not audited: {busy}");
-                }
-            }
-        }
     }
 
     /// Serves one connection: a place in the pre-association budget (else closed unread),

@@ -340,43 +340,20 @@ fn start_node(state: &AppState, node: dicom_node::NodeOptions) -> Result<dicom_n
     )
 }
 
-/// Writes the refusal counts whose interval ended (`all`: every count): a line each to the
-/// audit log where there was more than the one written in full, and one line with the totals
-/// to the log.
+/// Writes the refusal counts whose interval ended (`all`: every count): see [`tally::Tally::flush`].
 fn flush_tally(state: &AppState, all: bool) {
-    let counts = state.refusals.due(std::time::Instant::now(), all);
-    let Some(summary) = tally::summary(&counts) else {
-        return;
-    };
-    tracing::warn!(
-        "serve: refused without a valid token in the last {} s: {summary}",
-        state.refusals.interval().as_secs()
+    state.refusals.flush(
+        all,
+        "serve: refused without a valid token",
+        state.audit.as_ref(),
+        tally::Count::line,
     );
-    let lines: Vec<Value> = counts
-        .iter()
-        .filter(|c| c.refusals > 1)
-        .map(tally::Count::line)
-        .collect();
-    if let (Some(audit), false) = (&state.audit, lines.is_empty()) {
-        if let Err(busy) = audit.submit(&lines) {
-            tracing::error!("serve: the refusal counts were not audited: {busy}");
-        }
-    }
 }
 
 /// Every second, writes the refusal counts whose interval ended.
 fn spawn_tally(state: Arc<AppState>) {
-    if state.refusals.interval().is_zero() || tokio::runtime::Handle::try_current().is_err() {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            flush_tally(&state, false);
-        }
-    });
+    let refusals = state.refusals.clone();
+    refusals.every_second(move || flush_tally(&state, false));
 }
 
 /// `--metrics-addr`: the address, refused (usage) unless loopback or private (RFC 1918, unique

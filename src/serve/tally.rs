@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::audit::AuditLog;
+
 /// Keys (address, status, reason) counted at once; past this, one shared count per status.
 pub const MAX_TRACKED: usize = 1024;
 
@@ -46,6 +48,7 @@ type Key = (Option<IpAddr>, u16, String);
 #[derive(Debug)]
 struct Window {
     opened: Instant,
+    reason: String,
     first: String,
     first_request_id: Option<String>,
     count: u64,
@@ -127,12 +130,9 @@ impl Tally {
         let mut windows = self.windows.lock().unwrap_or_else(|e| e.into_inner());
         let mut key = (client.map(address_key), status, reason.to_string());
         if !windows.contains_key(&key) && windows.len() >= MAX_TRACKED {
-            // The shared count: one per status, under the reason of its first refusal.
-            let shared = windows
-                .keys()
-                .find(|(c, s, _)| c.is_none() && *s == status)
-                .cloned();
-            key = shared.unwrap_or((None, status, reason.to_string()));
+            // The shared count: one per status (no address, no reason in its key), found
+            // without a scan of the tracked keys; it keeps the reason of its first refusal.
+            key = (None, status, String::new());
         }
         if let Some(w) = windows.get_mut(&key) {
             w.count += 1;
@@ -142,6 +142,7 @@ impl Tally {
             key,
             Window {
                 opened: Instant::now(),
+                reason: reason.to_string(),
                 first: now_text(),
                 first_request_id: request_id.map(str::to_string),
                 count: 1,
@@ -168,7 +169,7 @@ impl Tally {
             counts.push(Count {
                 client: key.0,
                 status: key.1,
-                reason: key.2,
+                reason: w.reason,
                 refusals: w.count,
                 first_request_id: w.first_request_id,
                 from: w.first,
@@ -176,6 +177,51 @@ impl Tally {
             });
         }
         counts
+    }
+}
+
+impl Tally {
+    /// Writes the counts whose interval ended by now (all of them with `all`): one line with
+    /// the totals to the log, headed `what` ("serve: refused without a valid token"), and to
+    /// `audit`, for each count with more than the refusal written in full, the line `line`
+    /// makes of it. Not waited for: the writer syncs them with its next batch.
+    pub fn flush(
+        &self,
+        all: bool,
+        what: &str,
+        audit: Option<&AuditLog>,
+        line: impl Fn(&Count) -> Value,
+    ) {
+        let counts = self.due(Instant::now(), all);
+        let Some(summary) = summary(&counts) else {
+            return;
+        };
+        tracing::warn!(
+            "{what} in the last {} s: {summary}",
+            self.interval.as_secs()
+        );
+        let lines: Vec<Value> = counts.iter().filter(|c| c.refusals > 1).map(line).collect();
+        if let (Some(audit), false) = (audit, lines.is_empty()) {
+            if let Err(busy) = audit.submit(&lines) {
+                tracing::error!("{what}: the counts were not audited: {busy}");
+            }
+        }
+    }
+
+    /// Every second, on the current Tokio runtime, calls `flush`, until the process ends; with
+    /// a zero interval (nothing counted) or outside a runtime, nothing.
+    pub fn every_second(&self, flush: impl Fn() + Send + 'static) {
+        if self.interval.is_zero() || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                flush();
+            }
+        });
     }
 }
 
